@@ -1,0 +1,80 @@
+# pgshadow — see README.md. Targets: all (default), deps, test, unit, integration,
+# bench, demo, format, format-check, clean.
+
+BUILD     ?= build
+CC        ?= gcc
+CLANG     ?= clang
+BPFTOOL   ?= bpftool
+PYTHON    ?= /usr/bin/python3
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+
+ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) \
+             -DPGSHADOW_VERSION='"$(VERSION)"'
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
+LDLIBS    := -lbpf -lelf -lz
+
+# Debian 12 packages the build, the tests and the demo need.
+DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
+                libcmocka-dev python3-pytest iproute2 nftables procps
+
+AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o
+UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_capture_bpf
+
+.PHONY: all deps test unit integration bench demo format format-check clean
+
+all: $(BUILD)/pgshadow
+
+$(BUILD):
+	mkdir -p $@
+
+$(BUILD)/capture.bpf.o: bpf/capture.bpf.c include/capture_event.h vmlinux/vmlinux.h | $(BUILD)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(BUILD)/capture.skel.h: $(BUILD)/capture.bpf.o
+	$(BPFTOOL) gen skeleton $< name capture_bpf > $@
+
+$(BUILD)/%.o: user/%.c $(wildcard include/*.h) | $(BUILD)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/capture.o: $(BUILD)/capture.skel.h
+
+$(BUILD)/pgshadow: $(AGENT_OBJS)
+	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/test_tcpstream: tests/unit/test_tcpstream.c $(BUILD)/tcpstream.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
+	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+
+integration: $(BUILD)/pgshadow
+	$(PYTHON) -m pytest -v -rs tests/integration
+
+test: all unit integration
+
+bench: $(BUILD)/pgshadow
+	$(PYTHON) tests/bench/capture.py
+
+format:
+	clang-format -i user/*.c include/*.h bpf/*.c tests/unit/*.c
+
+format-check:
+	clang-format --dry-run --Werror user/*.c include/*.h bpf/*.c tests/unit/*.c
+
+clean:
+	rm -rf $(BUILD)

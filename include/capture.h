@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * capture: loads bpf/capture.bpf.c, attaches it to interfaces (tcx, or tc clsact as a
+ * fallback), polls its ring buffer and reads its counters. A shell: it touches the
+ * kernel; everything it delivers goes to a callback on the polling thread.
+ */
+#ifndef PGSHADOW_CAPTURE_H
+#define PGSHADOW_CAPTURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capture_event.h"
+
+enum capture_attach_mode {
+	CAPTURE_ATTACH_TCX = 0, /* bpf_link per hook; gone when the agent's fds close */
+	CAPTURE_ATTACH_TC,	/* clsact filters; kernels without tcx (< 6.6) */
+};
+
+#define CAPTURE_MAX_INTERFACES 64
+
+struct capture_config {
+	uint16_t port;			    /* server port, 1..65535 */
+	const char *const *interfaces;	    /* NULL: every interface that is up */
+	int n_interfaces;
+	enum capture_attach_mode mode;
+	uint32_t ringbuf_bytes;		    /* power of two, multiple of the page size */
+	uint32_t wakeup_bytes;		    /* ring fill that forces a reader wakeup */
+	int verbose;			    /* pass libbpf's own messages to stderr */
+};
+
+/* Called for every valid record: ev is followed by ev->chunk_len bytes at data. */
+typedef void (*capture_record_fn)(void *ctx, const struct capture_event *ev,
+				  const uint8_t *data);
+
+/* What went wrong at capture_open, so main can print one line and pick an exit code. */
+struct capture_error {
+	int err;	 /* negative errno */
+	char msg[256];	 /* one line, no trailing newline */
+};
+
+/*
+ * Loads, configures and attaches the BPF program. Returns the instance or NULL with
+ * *error filled; nothing stays attached on failure. Free with capture_close().
+ */
+struct capture *capture_open(const struct capture_config *cfg, capture_record_fn fn, void *ctx,
+			     struct capture_error *error);
+
+/* Waits up to timeout_ms for records and delivers them. Returns the number of records
+ * delivered, or a negative errno (-EINTR when a signal arrived). */
+int capture_poll(struct capture *c, int timeout_ms);
+
+/* Detaches from every interface (no new records after it returns), then delivers every
+ * record still in the ring buffer. Returns records delivered or a negative errno. */
+int capture_detach_and_drain(struct capture *c);
+
+/* Sums the per-CPU kernel counters into out[CAPTURE_CNT_MAX]; records the user side
+ * rejected as malformed are added to out[CAPTURE_CNT_MAX] — so out must have
+ * CAPTURE_CNT_MAX + 1 slots. Returns 0 or a negative errno. */
+int capture_read_counters(struct capture *c, uint64_t *out);
+
+/* Adds one direction of a connection to the kernel's exclude map. 0 or -errno. */
+int capture_exclude_add(struct capture *c, const struct capture_tuple *t);
+
+/* A comma-separated list of the attached interfaces, e.g. "lo,eth0". */
+const char *capture_interfaces(const struct capture *c);
+
+/* Detaches (if still attached) and frees. NULL-safe. */
+void capture_close(struct capture *c);
+
+#endif /* PGSHADOW_CAPTURE_H */

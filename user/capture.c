@@ -1,0 +1,433 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * capture.c — the shell around bpf/capture.bpf.c: load, attach (tcx or tc), poll the
+ * ring buffer, read the counters, detach. See include/capture.h.
+ */
+#include <errno.h>
+#include <net/if.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <linux/capability.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "capture.h"
+#include "capture.skel.h"
+
+/* Debian 12's uapi headers (6.1) predate tcx; the kernel ABI values are stable. */
+enum { PGS_BPF_TCX_INGRESS = 46, PGS_BPF_TCX_EGRESS = 47 };
+
+/* Fixed handle and priority of our tc filters, so a later run finds and replaces the
+ * ones a killed agent left behind ("PG" and 0x5053 = "PS"). */
+#define TC_HANDLE 0x5047
+#define TC_PRIORITY 0x5053
+
+#define BTF_VMLINUX "/sys/kernel/btf/vmlinux"
+
+struct attachment {
+	int ifindex;
+	bool loopback;
+	bool created_clsact; /* tc mode: we created the qdisc, so we remove it */
+	int link_fd[2];	     /* tcx mode: ingress, egress (-1 when none) */
+	bool tc_attached[2]; /* tc mode */
+};
+
+struct capture {
+	struct capture_bpf *skel;
+	struct ring_buffer *rb;
+	enum capture_attach_mode mode;
+	struct attachment att[CAPTURE_MAX_INTERFACES];
+	int n_att;
+	bool detached;
+	capture_record_fn fn;
+	void *ctx;
+	uint64_t malformed;
+	char ifnames[CAPTURE_MAX_INTERFACES * (IF_NAMESIZE + 1)];
+};
+
+static int verbose_libbpf;
+
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	if (!verbose_libbpf && level != LIBBPF_WARN)
+		return 0;
+	if (!verbose_libbpf)
+		return 0; /* warnings too: main prints one line of its own per failure */
+	return vfprintf(stderr, fmt, args);
+}
+
+static void set_error(struct capture_error *e, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	e->err = err;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
+}
+
+/* True when the process may load and attach BPF programs: root, or CAP_BPF +
+ * CAP_NET_ADMIN + CAP_PERFMON in the effective set. */
+static bool privileged(void)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2] = {};
+	const int need[] = { CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON };
+	size_t i;
+
+	if (geteuid() == 0)
+		return true;
+	if (syscall(SYS_capget, &hdr, data))
+		return false;
+	for (i = 0; i < sizeof(need) / sizeof(need[0]); i++)
+		if (!(data[need[i] / 32].effective & (1u << (need[i] % 32))))
+			return false;
+	return true;
+}
+
+static int if_flags(const char *name, short *flags)
+{
+	struct ifreq ifr = {};
+	int fd, err = 0;
+
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr))
+		err = -errno;
+	else
+		*flags = ifr.ifr_flags;
+	close(fd);
+	return err;
+}
+
+static int add_interface(struct capture *c, const char *name, struct capture_error *error)
+{
+	struct attachment *a;
+	unsigned int ifindex;
+	short flags = 0;
+	int err;
+
+	if (strlen(name) >= IF_NAMESIZE) {
+		set_error(error, -EINVAL, "interface name '%s' is longer than %d characters", name,
+			  IF_NAMESIZE - 1);
+		return -EINVAL;
+	}
+	ifindex = if_nametoindex(name);
+	if (!ifindex) {
+		set_error(error, -ENODEV, "interface '%s' does not exist", name);
+		return -ENODEV;
+	}
+	if (c->n_att == CAPTURE_MAX_INTERFACES) {
+		set_error(error, -E2BIG, "too many interfaces (at most %d)", CAPTURE_MAX_INTERFACES);
+		return -E2BIG;
+	}
+	err = if_flags(name, &flags);
+	if (err) {
+		set_error(error, err, "cannot read flags of interface '%s': %s", name, strerror(-err));
+		return err;
+	}
+	a = &c->att[c->n_att++];
+	a->ifindex = ifindex;
+	a->loopback = flags & IFF_LOOPBACK;
+	a->link_fd[0] = a->link_fd[1] = -1;
+	if (c->ifnames[0])
+		strcat(c->ifnames, ",");
+	strcat(c->ifnames, name);
+	return 0;
+}
+
+/* Every interface that is up, in ifindex order. */
+static int add_all_up(struct capture *c, struct capture_error *error)
+{
+	struct if_nameindex *ifs, *i;
+	int err = 0;
+
+	ifs = if_nameindex();
+	if (!ifs) {
+		set_error(error, -errno, "cannot list interfaces: %s", strerror(errno));
+		return -errno;
+	}
+	for (i = ifs; i->if_index && !err; i++) {
+		short flags = 0;
+
+		if (if_flags(i->if_name, &flags) || !(flags & IFF_UP))
+			continue;
+		err = add_interface(c, i->if_name, error);
+	}
+	if_freenameindex(ifs);
+	if (!err && c->n_att == 0) {
+		set_error(error, -ENODEV, "no interface is up");
+		err = -ENODEV;
+	}
+	return err;
+}
+
+static int attach_tcx(struct capture *c, struct attachment *a, struct capture_error *error)
+{
+	int progs[2] = { bpf_program__fd(c->skel->progs.capture_ingress),
+			 bpf_program__fd(c->skel->progs.capture_egress) };
+	int types[2] = { PGS_BPF_TCX_INGRESS, PGS_BPF_TCX_EGRESS };
+	int i, fd;
+
+	/* On loopback every packet passes ingress once; egress would see it twice. */
+	for (i = 0; i < (a->loopback ? 1 : 2); i++) {
+		fd = bpf_link_create(progs[i], a->ifindex, types[i], NULL);
+		if (fd < 0) {
+			set_error(error, fd,
+				  "cannot attach tcx %s on ifindex %d: %s%s", i ? "egress" : "ingress",
+				  a->ifindex, strerror(-fd),
+				  fd == -EINVAL ? " (kernel older than 6.6? try --attach tc)" : "");
+			return fd;
+		}
+		a->link_fd[i] = fd;
+	}
+	return 0;
+}
+
+static void tc_detach_one(struct attachment *a, int i)
+{
+	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = a->ifindex,
+			    .attach_point = i ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+	DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = TC_HANDLE, .priority = TC_PRIORITY);
+
+	bpf_tc_detach(&hook, &opts); /* -ENOENT when nothing of ours is there: fine */
+}
+
+static int attach_tc(struct capture *c, struct attachment *a, struct capture_error *error)
+{
+	int progs[2] = { bpf_program__fd(c->skel->progs.capture_ingress),
+			 bpf_program__fd(c->skel->progs.capture_egress) };
+	int i, err;
+
+	for (i = 0; i < (a->loopback ? 1 : 2); i++) {
+		DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = a->ifindex,
+				    .attach_point = i ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+		DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = TC_HANDLE, .priority = TC_PRIORITY,
+				    .prog_fd = progs[i], .flags = BPF_TC_F_REPLACE);
+
+		err = bpf_tc_hook_create(&hook);
+		if (err && err != -EEXIST) {
+			set_error(error, err, "cannot create clsact qdisc on ifindex %d: %s",
+				  a->ifindex, strerror(-err));
+			return err;
+		}
+		if (!err)
+			a->created_clsact = true;
+		tc_detach_one(a, i); /* a stale filter of a killed agent */
+		err = bpf_tc_attach(&hook, &opts);
+		if (err) {
+			set_error(error, err, "cannot attach tc %s filter on ifindex %d: %s",
+				  i ? "egress" : "ingress", a->ifindex, strerror(-err));
+			return err;
+		}
+		a->tc_attached[i] = true;
+	}
+	return 0;
+}
+
+static void detach_all(struct capture *c)
+{
+	int n, i;
+
+	for (n = 0; n < c->n_att; n++) {
+		struct attachment *a = &c->att[n];
+
+		for (i = 0; i < 2; i++) {
+			if (a->link_fd[i] >= 0)
+				close(a->link_fd[i]);
+			a->link_fd[i] = -1;
+			if (a->tc_attached[i])
+				tc_detach_one(a, i);
+			a->tc_attached[i] = false;
+		}
+		if (a->created_clsact) {
+			DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = a->ifindex,
+					    .attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS);
+
+			bpf_tc_hook_destroy(&hook);
+			a->created_clsact = false;
+		}
+	}
+	c->detached = true;
+}
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+	struct capture *c = ctx;
+	const struct capture_event *ev = data;
+
+	if (size < sizeof(*ev) || size != sizeof(*ev) + ev->chunk_len ||
+	    ev->chunk_len > CAPTURE_CHUNK_MAX) {
+		c->malformed++;
+		return 0;
+	}
+	c->fn(c->ctx, ev, (const uint8_t *)(ev + 1));
+	return 0;
+}
+
+static int load(struct capture *c, const struct capture_config *cfg,
+		struct capture_error *error)
+{
+	int err;
+
+	c->skel = capture_bpf__open();
+	if (!c->skel) {
+		err = -errno;
+		set_error(error, err, "cannot open the BPF object: %s", strerror(-err));
+		return err;
+	}
+	c->skel->rodata->server_port = cfg->port;
+	c->skel->rodata->wakeup_bytes = cfg->wakeup_bytes;
+	err = bpf_map__set_max_entries(c->skel->maps.events, cfg->ringbuf_bytes);
+	if (err) {
+		set_error(error, err, "invalid ring buffer size %u: %s", cfg->ringbuf_bytes,
+			  strerror(-err));
+		return err;
+	}
+	err = capture_bpf__load(c->skel);
+	if (err) {
+		if (err == -EPERM || err == -EACCES)
+			set_error(error, err,
+				  "permission denied loading the BPF program: run as root or "
+				  "with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON");
+		else
+			set_error(error, err,
+				  "cannot load the BPF program: %s (run with --verbose for "
+				  "libbpf's log)",
+				  strerror(-err));
+		return err;
+	}
+	return 0;
+}
+
+struct capture *capture_open(const struct capture_config *cfg, capture_record_fn fn, void *ctx,
+			     struct capture_error *error)
+{
+	struct capture *c;
+	int err, i;
+
+	verbose_libbpf = cfg->verbose;
+	libbpf_set_print(libbpf_print);
+	if (!privileged()) {
+		set_error(error, -EPERM,
+			  "not privileged: run as root or with CAP_BPF, CAP_NET_ADMIN and "
+			  "CAP_PERFMON");
+		return NULL;
+	}
+	if (access(BTF_VMLINUX, R_OK)) {
+		set_error(error, -ENOTSUP,
+			  "the kernel has no BTF (%s is missing): pgshadow needs "
+			  "CONFIG_DEBUG_INFO_BTF",
+			  BTF_VMLINUX);
+		return NULL;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		set_error(error, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	c->mode = cfg->mode;
+	c->fn = fn;
+	c->ctx = ctx;
+	if (cfg->interfaces) {
+		for (i = 0, err = 0; i < cfg->n_interfaces && !err; i++)
+			err = add_interface(c, cfg->interfaces[i], error);
+	} else {
+		err = add_all_up(c, error);
+	}
+	if (err)
+		goto cleanup;
+	err = load(c, cfg, error);
+	if (err)
+		goto cleanup;
+	for (i = 0; i < c->n_att && !err; i++)
+		err = c->mode == CAPTURE_ATTACH_TCX ? attach_tcx(c, &c->att[i], error)
+						    : attach_tc(c, &c->att[i], error);
+	if (err)
+		goto cleanup;
+	c->rb = ring_buffer__new(bpf_map__fd(c->skel->maps.events), on_record, c, NULL);
+	if (!c->rb) {
+		err = -errno;
+		set_error(error, err, "cannot open the ring buffer: %s", strerror(-err));
+		goto cleanup;
+	}
+	return c;
+cleanup:
+	capture_close(c);
+	return NULL;
+}
+
+int capture_poll(struct capture *c, int timeout_ms)
+{
+	return ring_buffer__poll(c->rb, timeout_ms);
+}
+
+int capture_detach_and_drain(struct capture *c)
+{
+	if (!c->detached)
+		detach_all(c);
+	return ring_buffer__consume(c->rb);
+}
+
+int capture_read_counters(struct capture *c, uint64_t *out)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	int fd = bpf_map__fd(c->skel->maps.counters);
+	uint64_t *vals;
+	uint32_t key;
+	int cpu, err = 0;
+
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	vals = calloc(ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	for (key = 0; key < CAPTURE_CNT_MAX; key++) {
+		out[key] = 0;
+		if (bpf_map_lookup_elem(fd, &key, vals)) {
+			err = -errno;
+			break;
+		}
+		for (cpu = 0; cpu < ncpu; cpu++)
+			out[key] += vals[cpu];
+	}
+	out[CAPTURE_CNT_MAX] = c->malformed;
+	free(vals);
+	return err;
+}
+
+int capture_exclude_add(struct capture *c, const struct capture_tuple *t)
+{
+	uint8_t one = 1;
+
+	if (bpf_map_update_elem(bpf_map__fd(c->skel->maps.exclude), t, &one, BPF_ANY))
+		return -errno;
+	c->skel->bss->exclude_active = 1;
+	return 0;
+}
+
+const char *capture_interfaces(const struct capture *c)
+{
+	return c->ifnames;
+}
+
+void capture_close(struct capture *c)
+{
+	if (!c)
+		return;
+	if (!c->detached)
+		detach_all(c);
+	ring_buffer__free(c->rb);
+	capture_bpf__destroy(c->skel);
+	free(c);
+}

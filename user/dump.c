@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * dump.c — writes reassembled half-streams to files. See include/dump.h.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dump.h"
+
+#define MAX_REUSE_SUFFIX 1000
+
+struct dump {
+	char *dir;
+	uint64_t errors;
+};
+
+struct dump_flow {
+	char base[PATH_MAX];	 /* DIR/<client>-<server>[.N] */
+	FILE *out[2];		 /* indexed by enum tcpstream_dir */
+	FILE *gaps;		 /* opened at the first gap */
+	uint64_t offset[2];	 /* bytes written so far per direction */
+};
+
+static const char *const dir_ext[2] = { "c2s", "s2c" };
+
+void dump_format_endpoint(const struct tcpstream_addr *a, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (a->family == 4) {
+		inet_ntop(AF_INET, a->addr + 12, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, a->port);
+	} else {
+		inet_ntop(AF_INET6, a->addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, a->port);
+	}
+}
+
+static void dump_error(struct dump *d, const char *what, const char *path)
+{
+	if (d->errors++ == 0)
+		fprintf(stderr, "pgshadow: dump: cannot %s %s: %s (further dump errors are only "
+				"counted)\n",
+			what, path, strerror(errno));
+}
+
+/* Creates both stream files exclusively; on a name clash tries the next suffix. */
+static int create_files(struct dump *d, struct dump_flow *f, const char *name)
+{
+	char path[PATH_MAX + 8];
+	int n, i, fd;
+
+	for (n = 1; n <= MAX_REUSE_SUFFIX; n++) {
+		if (n == 1)
+			snprintf(f->base, sizeof(f->base), "%s/%s", d->dir, name);
+		else
+			snprintf(f->base, sizeof(f->base), "%s/%s.%d", d->dir, name, n);
+		for (i = 0; i < 2; i++) {
+			snprintf(path, sizeof(path), "%s.%s", f->base, dir_ext[i]);
+			fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+			if (fd < 0)
+				break;
+			f->out[i] = fdopen(fd, "w");
+			if (!f->out[i]) {
+				close(fd);
+				break;
+			}
+		}
+		if (i == 2)
+			return 0;
+		if (errno != EEXIST) {
+			dump_error(d, "create", path);
+			return -1;
+		}
+		if (i == 1) { /* .c2s was ours, .s2c clashed: take the next suffix */
+			snprintf(path, sizeof(path), "%s.%s", f->base, dir_ext[0]);
+			fclose(f->out[0]);
+			f->out[0] = NULL;
+			unlink(path);
+		}
+	}
+	dump_error(d, "find a free name for", name);
+	return -1;
+}
+
+static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
+{
+	struct dump *d = ctx;
+	struct dump_flow *f;
+	char client[64], server[64], name[160];
+
+	(void)ts_ns;
+	f = calloc(1, sizeof(*f));
+	if (!f) {
+		dump_error(d, "allocate state for", "a flow");
+		return;
+	}
+	dump_format_endpoint(&flow->client, client, sizeof(client));
+	dump_format_endpoint(&flow->server, server, sizeof(server));
+	snprintf(name, sizeof(name), "%s-%s", client, server);
+	if (create_files(d, f, name)) {
+		free(f);
+		return;
+	}
+	flow->user = f;
+}
+
+static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+		    const uint8_t *data, size_t len, uint64_t ts_ns)
+{
+	struct dump_flow *f = flow->user;
+
+	(void)ts_ns;
+	if (!f || !f->out[dir])
+		return;
+	if (fwrite(data, 1, len, f->out[dir]) != len) {
+		dump_error(ctx, "write", f->base);
+		fclose(f->out[dir]);
+		f->out[dir] = NULL;
+		return;
+	}
+	f->offset[dir] += len;
+}
+
+static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+		   uint64_t missing, uint64_t ts_ns)
+{
+	struct dump_flow *f = flow->user;
+	char path[PATH_MAX + 8];
+
+	(void)ts_ns;
+	if (!f)
+		return;
+	if (!f->gaps) {
+		snprintf(path, sizeof(path), "%s.gaps", f->base);
+		f->gaps = fopen(path, "we");
+		if (!f->gaps) {
+			dump_error(ctx, "create", path);
+			return;
+		}
+	}
+	if (missing)
+		fprintf(f->gaps, "%s offset=%llu missing=%llu\n", dir_ext[dir],
+			(unsigned long long)f->offset[dir], (unsigned long long)missing);
+	else
+		fprintf(f->gaps, "%s offset=%llu missing=unknown\n", dir_ext[dir],
+			(unsigned long long)f->offset[dir]);
+}
+
+static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_close_reason reason,
+		     uint64_t ts_ns)
+{
+	struct dump_flow *f = flow->user;
+	int i;
+
+	(void)reason;
+	(void)ts_ns;
+	if (!f)
+		return;
+	for (i = 0; i < 2; i++)
+		if (f->out[i] && fclose(f->out[i]))
+			dump_error(ctx, "close", f->base);
+	if (f->gaps)
+		fclose(f->gaps);
+	free(f);
+	flow->user = NULL;
+}
+
+struct dump *dump_open(const char *dir)
+{
+	struct dump *d;
+
+	if (access(dir, W_OK | X_OK))
+		return NULL;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->dir = strdup(dir);
+	if (!d->dir) {
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
+void dump_handler(struct tcpstream_handler *h)
+{
+	h->open = on_open;
+	h->data = on_data;
+	h->gap = on_gap;
+	h->close = on_close;
+}
+
+uint64_t dump_errors(const struct dump *d)
+{
+	return d->errors;
+}
+
+void dump_close(struct dump *d)
+{
+	if (!d)
+		return;
+	free(d->dir);
+	free(d);
+}
