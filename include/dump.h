@@ -17,8 +17,15 @@
 /* Returns a dumper writing into dir (which must exist), or NULL with errno set. */
 struct dump *dump_open(const char *dir);
 
-/* Fills *h with callbacks whose ctx must be the dumper. */
-void dump_handler(struct tcpstream_handler *h);
+/* Per-flow calls, made by the owner of the tcpstream handler. dump_flow_open returns
+ * NULL when the files cannot be created (counted in dump_errors); every other call
+ * accepts NULL and then does nothing. dump_flow_close frees the flow's state. */
+struct dump_flow *dump_flow_open(struct dump *d, const struct tcpstream_flow *flow);
+void dump_flow_data(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir,
+		    const uint8_t *data, size_t len);
+void dump_flow_gap(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir,
+		   uint64_t missing);
+void dump_flow_close(struct dump *d, struct dump_flow *f);
 
 /* Files that could not be created or written (each logged once to stderr). */
 uint64_t dump_errors(const struct dump *d);

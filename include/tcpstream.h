@@ -116,6 +116,8 @@ struct tcpstream_stats {
 	uint64_t gaps;		     /* gap events */
 	uint64_t gap_bytes;	     /* bytes known missing (unknown-size gaps add 0) */
 	uint64_t late_segments;	     /* segments of a lingering (closed) flow */
+	uint64_t segments_rejected;  /* dropped: malformed, or under another server address (or
+				      * with another ISN) without fitting the flow of its key */
 };
 
 /* Fills *cfg with the defaults documented in README.md. */

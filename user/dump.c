@@ -90,38 +90,33 @@ static int create_files(struct dump *d, struct dump_flow *f, const char *name)
 	return -1;
 }
 
-static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
+struct dump_flow *dump_flow_open(struct dump *d, const struct tcpstream_flow *flow)
 {
-	struct dump *d = ctx;
 	struct dump_flow *f;
 	char client[64], server[64], name[160];
 
-	(void)ts_ns;
 	f = calloc(1, sizeof(*f));
 	if (!f) {
 		dump_error(d, "allocate state for", "a flow");
-		return;
+		return NULL;
 	}
 	dump_format_endpoint(&flow->client, client, sizeof(client));
 	dump_format_endpoint(&flow->server, server, sizeof(server));
 	snprintf(name, sizeof(name), "%s-%s", client, server);
 	if (create_files(d, f, name)) {
 		free(f);
-		return;
+		return NULL;
 	}
-	flow->user = f;
+	return f;
 }
 
-static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-		    const uint8_t *data, size_t len, uint64_t ts_ns)
+void dump_flow_data(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir,
+		    const uint8_t *data, size_t len)
 {
-	struct dump_flow *f = flow->user;
-
-	(void)ts_ns;
 	if (!f || !f->out[dir])
 		return;
 	if (fwrite(data, 1, len, f->out[dir]) != len) {
-		dump_error(ctx, "write", f->base);
+		dump_error(d, "write", f->base);
 		fclose(f->out[dir]);
 		f->out[dir] = NULL;
 		return;
@@ -129,20 +124,17 @@ static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir d
 	f->offset[dir] += len;
 }
 
-static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-		   uint64_t missing, uint64_t ts_ns)
+void dump_flow_gap(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir, uint64_t missing)
 {
-	struct dump_flow *f = flow->user;
 	char path[PATH_MAX + 8];
 
-	(void)ts_ns;
 	if (!f)
 		return;
 	if (!f->gaps) {
 		snprintf(path, sizeof(path), "%s.gaps", f->base);
 		f->gaps = fopen(path, "we");
 		if (!f->gaps) {
-			dump_error(ctx, "create", path);
+			dump_error(d, "create", path);
 			return;
 		}
 	}
@@ -154,23 +146,18 @@ static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir di
 			(unsigned long long)f->offset[dir]);
 }
 
-static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_close_reason reason,
-		     uint64_t ts_ns)
+void dump_flow_close(struct dump *d, struct dump_flow *f)
 {
-	struct dump_flow *f = flow->user;
 	int i;
 
-	(void)reason;
-	(void)ts_ns;
 	if (!f)
 		return;
 	for (i = 0; i < 2; i++)
 		if (f->out[i] && fclose(f->out[i]))
-			dump_error(ctx, "close", f->base);
+			dump_error(d, "close", f->base);
 	if (f->gaps)
 		fclose(f->gaps);
 	free(f);
-	flow->user = NULL;
 }
 
 struct dump *dump_open(const char *dir)
@@ -188,14 +175,6 @@ struct dump *dump_open(const char *dir)
 		return NULL;
 	}
 	return d;
-}
-
-void dump_handler(struct tcpstream_handler *h)
-{
-	h->open = on_open;
-	h->data = on_data;
-	h->gap = on_gap;
-	h->close = on_close;
 }
 
 uint64_t dump_errors(const struct dump *d)

@@ -15,7 +15,12 @@ sends server[j] on the j-th connection it accepts.
         is done, one JSON line: [{index, peer_host, peer_port, sent_len, sent_sha256,
         recv_len, recv_sha256}, ...]
     tcpeer.py client --host H --port P --spec FILE [--timeout S]
-        connects all clients at once (a barrier), prints one JSON line:
+                     [--sequential --local-port L]
+        connects all clients at once (a barrier), or one after the other with
+        --sequential; --local-port binds every connection to port L (the same 4-tuple
+        reused: the client then half-closes only after the server's EOF, so the server,
+        not the client, keeps the old tuple in TIME_WAIT and accepts the next SYN).
+        Prints one JSON line:
         [{index, local_host, local_port, sent_len, sent_sha256, recv_len,
         recv_sha256}, ...]
 
@@ -23,6 +28,7 @@ Exit status 0 when every connection completed, 1 otherwise (reasons on stderr).
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import random
@@ -43,20 +49,22 @@ def _family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _send_all_then_shutdown(sock, data, errors):
+def _send_all(sock, data, shutdown, errors):
     try:
         view = memoryview(data)
         for off in range(0, len(view), BLOCK):
             sock.sendall(view[off:off + BLOCK])
-        sock.shutdown(socket.SHUT_WR)
+        if shutdown:
+            sock.shutdown(socket.SHUT_WR)
     except OSError as e:
         errors.append(f"send: {e!r}")
 
 
-def _exchange(sock, data):
-    """Send data (then SHUT_WR) while reading the peer to EOF. Returns (n, sha, errs)."""
+def _exchange(sock, data, shutdown_last=False):
+    """Send data then SHUT_WR while reading the peer to EOF; with shutdown_last, SHUT_WR
+    only once the peer's EOF was read. Returns (bytes read, their sha256, errors)."""
     errors = []
-    sender = threading.Thread(target=_send_all_then_shutdown, args=(sock, data, errors))
+    sender = threading.Thread(target=_send_all, args=(sock, data, not shutdown_last, errors))
     sender.start()
     digest = hashlib.sha256()
     received = 0
@@ -71,6 +79,11 @@ def _exchange(sock, data):
     except OSError as e:
         errors.append(f"recv: {e!r}")
     sender.join()
+    if shutdown_last:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            errors.append(f"shutdown: {e!r}")
     return received, digest.hexdigest(), errors
 
 
@@ -125,10 +138,27 @@ def run_server(args, spec):
     return errors
 
 
+def _connect_from(sock, args):
+    """Connect from args.local_port, retrying while the previous connection of the same
+    tuple is still finishing (EADDRNOTAVAIL/EADDRINUSE for a moment after close)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::" if _family(args.host) == socket.AF_INET6 else "0.0.0.0", args.local_port))
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            sock.connect((args.host, args.port))
+            return
+        except OSError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE) or \
+                    time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def run_client(args, spec):
     items = spec["client"]
     results, errors = [None] * len(items), []
-    barrier = threading.Barrier(len(items), timeout=args.timeout)
+    barrier = threading.Barrier(1 if args.sequential else len(items), timeout=args.timeout)
 
     def one(index):
         data = payload(*items[index])
@@ -136,21 +166,26 @@ def run_client(args, spec):
         sock.settimeout(args.timeout)
         try:
             barrier.wait()
-            sock.connect((args.host, args.port))
+            if args.local_port:
+                _connect_from(sock, args)
+            else:
+                sock.connect((args.host, args.port))
         except (OSError, threading.BrokenBarrierError) as e:
             errors.append(f"client {index}: connect: {e!r}")
             sock.close()
             return
         local = sock.getsockname()
-        received, sha, errs = _exchange(sock, data)
+        received, sha, errs = _exchange(sock, data, shutdown_last=bool(args.local_port))
         sock.close()
         results[index] = _record(index, data, received, sha, "local", local[0], local[1])
         errors.extend(f"client {index} (local port {local[1]}): {e}" for e in errs)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(items))]
+    deadline = time.monotonic() + args.timeout
     for t in threads:
         t.start()
-    deadline = time.monotonic() + args.timeout
+        if args.sequential:
+            t.join(max(0.1, deadline - time.monotonic()))
     for t in threads:
         t.join(max(0.1, deadline - time.monotonic()))
         if t.is_alive():
@@ -166,6 +201,8 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spec", required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--local-port", type=int, default=0)
     args = parser.parse_args()
     with open(args.spec) as f:
         spec = json.load(f)

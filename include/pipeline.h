@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * pipeline: the capture thread's work, wired in one place — ring-buffer records ->
+ * tcpstream (reassembly) -> session (decoding) -> stats, plus the --dump-streams view.
+ *
+ * Pure (no sockets, threads or clocks: time comes with every call), so tests can drive
+ * it with capture records. Owned by the capture thread; it writes stats atomics that
+ * the HTTP thread reads.
+ */
+#ifndef PGSHADOW_PIPELINE_H
+#define PGSHADOW_PIPELINE_H
+
+#include <stdint.h>
+
+#include "capture_event.h"
+#include "dump.h"
+#include "session.h"
+#include "stats.h"
+#include "tcpstream.h"
+
+struct pipeline_config {
+	struct tcpstream_config tcp;
+	struct session_config session;
+};
+
+void pipeline_config_default(struct pipeline_config *cfg);
+
+/* dump may be NULL (no --dump-streams). Returns NULL with errno set. */
+struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *st,
+			      struct dump *dump);
+
+/* One ring-buffer record (ev followed by ev->chunk_len bytes at data). */
+void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data);
+
+/* Gives up stale holes, expires idle flows, and publishes the capture-health numbers
+ * (kernel: the CAPTURE_CNT_MAX + 1 counters of capture_read_counters, or NULL). */
+void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
+
+/* Ends every flow (at shutdown), then publishes. */
+void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
+
+/* Latest capture timestamp seen in a record (0 before the first). */
+uint64_t pipeline_last_ts(const struct pipeline *p);
+
+const struct tcpstream_stats *pipeline_tcp_stats(const struct pipeline *p);
+const struct session_stats *pipeline_session_stats(const struct pipeline *p);
+
+/* NULL-safe; call pipeline_close_all first to see sessions end cleanly. */
+void pipeline_free(struct pipeline *p);
+
+#endif /* PGSHADOW_PIPELINE_H */

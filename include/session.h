@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * session: what one captured PostgreSQL connection is doing. Consumes the messages of
+ * pgwire and turns them into sessions (database, user, startup settings, prepared
+ * statements, portals, transaction status) and completed requests with their source
+ * timings and outcomes — the one narrow interface later stages (stats, replay) consume.
+ *
+ * A request is one simple Query ('Q'), one Execute ('E', with the Parse/Bind before
+ * it), or one FunctionCall ('F'). COPY FROM STDIN data belongs to the request that
+ * started it. Latency runs from the capture time of the first byte of the client
+ * message that started the request to the capture time of the last byte of the server
+ * message that completed it: CommandComplete / EmptyQueryResponse / ErrorResponse /
+ * PortalSuspended for an Execute, ReadyForQuery for a Query or FunctionCall.
+ *
+ * Pure: no sockets, threads or clocks. Owned by the capture thread.
+ */
+#ifndef PGSHADOW_SESSION_H
+#define PGSHADOW_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgwire.h"
+
+#define SESSION_UNKNOWN "unknown" /* database/user of a session whose start was missed */
+
+enum session_req_kind {
+	SESSION_REQ_QUERY = 0, /* simple query protocol */
+	SESSION_REQ_EXECUTE,   /* extended protocol */
+	SESSION_REQ_FUNCTION,  /* FunctionCall */
+};
+
+/* A completed request: everything needed to replay it and its outcome on the source.
+ * Pointers are valid only during the callback; a consumer copies what it keeps. */
+struct session_request {
+	enum session_req_kind kind;
+	uint64_t ts_start; /* capture time, first byte of the starting client message */
+	uint64_t ts_end;   /* capture time, last byte of the completing server message */
+
+	/* What was asked. text: the Query's text, or the text of the Parse of the executed
+	 * statement; NULL when that Parse was never seen (prepared before capture began). */
+	const char *text;
+	size_t text_len;
+	const char *stmt_name; /* Execute: statement name ("" = unnamed); else NULL */
+	const char *portal;    /* Execute: portal name; else NULL */
+	uint16_t n_param_types;
+	const uint32_t *param_types; /* OIDs from Parse (0 = unspecified) */
+	uint16_t n_param_formats;
+	const int16_t *param_formats; /* from Bind: 0 text, 1 binary (0 or 1 entry = all) */
+	uint16_t n_params;
+	const int32_t *param_lengths;	     /* -1 = NULL */
+	const uint8_t *const *param_values; /* each param_lengths[i] bytes */
+	uint16_t n_result_formats;
+	const int16_t *result_formats;
+	uint32_t max_rows;   /* Execute's row limit (0 = all) */
+	uint64_t sync_group; /* Executes before the same Sync share it (implicit txn) */
+	const uint8_t *copy_data; /* COPY FROM STDIN payload (CopyData bodies joined) */
+	size_t copy_len;
+	bool copy_truncated; /* more than max_copy_bytes: copy_data holds only a prefix */
+
+	/* What the source answered. */
+	char tag[64];	   /* last CommandComplete tag ("SELECT 3"), "" if none */
+	uint64_t rows;	   /* row count of that tag, or DataRows counted if it has none */
+	uint64_t datarows; /* DataRow messages seen */
+	uint32_t commands; /* CommandCompletes (a multi-statement Query has several) */
+	bool empty;	   /* EmptyQueryResponse */
+	bool suspended;	   /* PortalSuspended (row limit reached) */
+	bool error;
+	char sqlstate[6]; /* of the ErrorResponse, "" if none */
+	char txn_status;  /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
+			   * or FunctionCall; 0 for an Execute */
+};
+
+struct session_param {
+	const char *name;
+	const char *value;
+};
+
+enum session_state {
+	SESSION_STARTUP = 0, /* before the StartupMessage was answered */
+	SESSION_READY,	     /* decoding requests */
+	SESSION_HUNTING,     /* lost boundaries, resynchronising */
+	SESSION_ENCRYPTED,   /* SSL/GSS accepted: not decoded */
+	SESSION_REPLICATION, /* replication connection: not decoded */
+	SESSION_CANCEL,	     /* a CancelRequest connection */
+};
+
+/* What a consumer sees of a session. Strings are owned by the session. */
+struct session_info {
+	uint64_t id;	      /* the tcpstream flow id */
+	const char *database; /* SESSION_UNKNOWN until known */
+	const char *user;
+	const char *application_name; /* "" if not given */
+	const struct session_param *params; /* every StartupMessage parameter */
+	uint16_t n_params;
+	enum session_state state;
+	bool resynced;	 /* its start was missed or it lost boundaries once */
+	char txn_status; /* from the last ReadyForQuery; 0 before the first */
+	void *user_ptr;	 /* the consumer's own per-session pointer */
+};
+
+enum session_event {
+	SESSION_EV_OPEN,	/* session created (database may be unknown) */
+	SESSION_EV_IDENTIFIED,	/* database/user became known (StartupMessage) */
+	SESSION_EV_RESYNC,	/* boundaries found again after a gap or a missed start */
+	SESSION_EV_ENCRYPTED,	/* SSL/GSS accepted by the server */
+	SESSION_EV_REPLICATION, /* a replication connection (never decoded) */
+	SESSION_EV_CLOSE,	/* the connection ended */
+};
+
+struct session_handler {
+	void (*request)(void *ctx, struct session_info *s, const struct session_request *r);
+	void (*event)(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts_ns);
+};
+
+struct session_config {
+	struct pgwire_config wire;
+	uint32_t max_statements;   /* prepared statements remembered per session */
+	uint32_t max_portals;	   /* portals per session */
+	uint32_t max_inflight;	   /* requests awaiting their answer per session */
+	uint32_t max_copy_bytes;   /* COPY FROM STDIN bytes kept per request */
+};
+
+/* Counters summed over all sessions of one owner; every cap has one. */
+struct session_stats {
+	uint64_t sessions_opened;
+	uint64_t sessions_active;
+	uint64_t requests;
+	uint64_t resyncs;
+	uint64_t encrypted;
+	uint64_t replication;
+	uint64_t statements_evicted; /* max_statements reached */
+	uint64_t inflight_overflow;  /* max_inflight reached: request not timed */
+	uint64_t unmatched_responses; /* server answers with no request to match */
+	uint64_t protocol_errors;     /* messages that failed validation */
+	uint64_t abandoned;	      /* requests in flight when their session ended */
+};
+
+void session_config_default(struct session_config *cfg);
+
+/*
+ * Creates the state for one connection (flow id, whether its first bytes will be
+ * seen). Reports SESSION_EV_OPEN. Returns NULL on ENOMEM. stats is the owner's shared
+ * counter block (not thread-safe, the capture thread owns it).
+ */
+struct session *session_new(const struct session_config *cfg, const struct session_handler *h,
+			    void *ctx, struct session_stats *stats, uint64_t id, bool from_start,
+			    uint64_t ts_ns);
+
+/* Feeds reassembled bytes / a gap of one direction (from tcpstream). */
+void session_feed(struct session *s, enum pgwire_dir dir, const uint8_t *data, size_t len,
+		  uint64_t ts_ns);
+void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns);
+
+/* Sets database and user of a session whose start was missed (resolved elsewhere,
+ * e.g. pg_stat_activity); reports SESSION_EV_IDENTIFIED. Ignored if already known. */
+void session_identify(struct session *s, const char *database, const char *user,
+		      uint64_t ts_ns);
+
+struct session_info *session_info(struct session *s);
+
+/* Reports SESSION_EV_CLOSE and frees. Requests still awaiting their answer never
+ * completed: they are counted in stats->abandoned, not reported. NULL-safe. */
+void session_free(struct session *s, uint64_t ts_ns);
+
+#endif /* PGSHADOW_SESSION_H */

@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/* pipeline.c — records -> tcpstream -> session -> stats. See include/pipeline.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline.h"
+
+struct pipeline {
+	struct tcpstream *tcp;
+	struct session_config session_cfg;
+	struct session_stats session_stats;
+	struct stats *stats;
+	struct dump *dump;
+	uint64_t last_ts;
+};
+
+/* Per-flow state, hung on tcpstream_flow.user and session_info.user_ptr. */
+struct conn {
+	struct session *session;
+	struct dump_flow *dump;
+	struct stats_db *db;
+};
+
+#define RELAXED memory_order_relaxed
+
+void pipeline_config_default(struct pipeline_config *cfg)
+{
+	tcpstream_config_default(&cfg->tcp);
+	session_config_default(&cfg->session);
+}
+
+/* ---- session -> stats ---- */
+
+static void on_request(void *ctx, struct session_info *s, const struct session_request *r)
+{
+	struct conn *c = s->user_ptr;
+
+	(void)ctx;
+	if (!c || !c->db)
+		return;
+	stats_source_request(c->db, r->ts_end > r->ts_start ? r->ts_end - r->ts_start : 0,
+			     r->error, r->sqlstate);
+}
+
+static void on_session_event(void *ctx, struct session_info *s, enum session_event ev,
+			     uint64_t ts_ns)
+{
+	struct pipeline *p = ctx;
+	struct conn *c = s->user_ptr;
+
+	(void)ts_ns;
+	switch (ev) {
+	case SESSION_EV_OPEN:
+	case SESSION_EV_IDENTIFIED:
+		if (c)
+			c->db = stats_db(p->stats, s->database);
+		break;
+	default:
+		break;
+	}
+}
+
+static const struct session_handler session_handler = {
+	.request = on_request,
+	.event = on_session_event,
+};
+
+/* ---- tcpstream -> session + dump ---- */
+
+static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
+{
+	struct pipeline *p = ctx;
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return; /* this flow is then not decoded; nothing else depends on it */
+	flow->user = c;
+	if (p->dump)
+		c->dump = dump_flow_open(p->dump, flow);
+	c->session = session_new(&p->session_cfg, &session_handler, p, &p->session_stats, flow->id,
+				 flow->saw_syn, ts_ns);
+	if (c->session) {
+		session_info(c->session)->user_ptr = c;
+		c->db = stats_db(p->stats, session_info(c->session)->database);
+	}
+}
+
+static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+		    const uint8_t *data, size_t len, uint64_t ts_ns)
+{
+	struct pipeline *p = ctx;
+	struct conn *c = flow->user;
+
+	if (!c)
+		return;
+	if (c->dump)
+		dump_flow_data(p->dump, c->dump, dir, data, len);
+	if (c->session)
+		session_feed(c->session, (enum pgwire_dir)dir, data, len, ts_ns);
+}
+
+static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+		   uint64_t missing, uint64_t ts_ns)
+{
+	struct pipeline *p = ctx;
+	struct conn *c = flow->user;
+
+	if (!c)
+		return;
+	if (c->dump)
+		dump_flow_gap(p->dump, c->dump, dir, missing);
+	if (c->session)
+		session_gap(c->session, (enum pgwire_dir)dir, ts_ns);
+}
+
+static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_close_reason reason,
+		     uint64_t ts_ns)
+{
+	struct pipeline *p = ctx;
+	struct conn *c = flow->user;
+
+	(void)reason;
+	if (!c)
+		return;
+	session_free(c->session, ts_ns);
+	dump_flow_close(p->dump, c->dump);
+	free(c);
+	flow->user = NULL;
+}
+
+static const struct tcpstream_handler tcp_handler = {
+	.open = on_open,
+	.data = on_data,
+	.gap = on_gap,
+	.close = on_close,
+};
+
+struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *st,
+			      struct dump *dump)
+{
+	struct pipeline *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->stats = st;
+	p->dump = dump;
+	p->session_cfg = cfg->session;
+	p->tcp = tcpstream_new(&cfg->tcp, &tcp_handler, p);
+	if (!p->tcp) {
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data)
+{
+	struct tcpstream_segment seg = {
+		.ts_ns = ev->ts_ns,
+		.dir = ev->dir == CAPTURE_DIR_C2S ? TCPSTREAM_C2S : TCPSTREAM_S2C,
+		.data = data,
+		.len = ev->chunk_len,
+	};
+	bool c2s = ev->dir == CAPTURE_DIR_C2S;
+	uint32_t syn = ev->tcp_flags & CAPTURE_TCP_SYN ? 1 : 0;
+
+	memcpy(seg.client.addr, c2s ? ev->saddr : ev->daddr, 16);
+	memcpy(seg.server.addr, c2s ? ev->daddr : ev->saddr, 16);
+	seg.client.family = seg.server.family = ev->family;
+	seg.client.port = c2s ? ev->sport : ev->dport;
+	seg.server.port = c2s ? ev->dport : ev->sport;
+	/* A SYN consumes one sequence number before the payload: the first chunk carries
+	 * the SYN itself (tcpstream skips it), later chunks start past it. */
+	seg.seq = ev->seq + (ev->chunk_off ? syn + ev->chunk_off : 0);
+	seg.flags = ev->tcp_flags & CAPTURE_TCP_ACK;
+	if (ev->chunk_off == 0)
+		seg.flags |= ev->tcp_flags & CAPTURE_TCP_SYN;
+	if (ev->chunk_off + ev->chunk_len == ev->payload_len)
+		seg.flags |= ev->tcp_flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST);
+	if (ev->ts_ns > p->last_ts)
+		p->last_ts = ev->ts_ns;
+	tcpstream_feed(p->tcp, &seg);
+}
+
+static void publish(struct pipeline *p, const uint64_t *k)
+{
+	struct stats_capture *c = stats_capture(p->stats);
+	const struct tcpstream_stats *t = tcpstream_stats(p->tcp);
+	const struct session_stats *s = &p->session_stats;
+
+	if (k) {
+		atomic_store_explicit(&c->packets, k[CAPTURE_CNT_PACKETS], RELAXED);
+		atomic_store_explicit(&c->bytes, k[CAPTURE_CNT_BYTES], RELAXED);
+		atomic_store_explicit(&c->records, k[CAPTURE_CNT_RECORDS], RELAXED);
+		atomic_store_explicit(&c->ringbuf_drops, k[CAPTURE_CNT_RB_DROPS], RELAXED);
+		atomic_store_explicit(&c->truncated, k[CAPTURE_CNT_TRUNCATED], RELAXED);
+		atomic_store_explicit(&c->copy_errors, k[CAPTURE_CNT_COPY_ERRORS], RELAXED);
+	}
+	atomic_store_explicit(&c->stream_gaps, t->gaps, RELAXED);
+	atomic_store_explicit(&c->gap_bytes, t->gap_bytes, RELAXED);
+	atomic_store_explicit(&c->flows_active, t->flows_active, RELAXED);
+	atomic_store_explicit(&c->flows_refused, t->flows_refused, RELAXED);
+	atomic_store_explicit(&c->flow_buffer_full, t->buffer_cap_hits, RELAXED);
+	atomic_store_explicit(&c->hole_timeouts, t->hole_timeouts, RELAXED);
+	atomic_store_explicit(&c->resyncs, s->resyncs, RELAXED);
+	atomic_store_explicit(&c->sessions_active, s->sessions_active, RELAXED);
+	atomic_store_explicit(&c->encrypted_sessions, s->encrypted, RELAXED);
+	atomic_store_explicit(&c->replication_sessions, s->replication, RELAXED);
+	atomic_store_explicit(&c->statements_evicted, s->statements_evicted, RELAXED);
+	atomic_store_explicit(&c->inflight_overflow, s->inflight_overflow, RELAXED);
+	atomic_store_explicit(&c->abandoned_requests, s->abandoned, RELAXED);
+	atomic_store_explicit(&c->unmatched_responses, s->unmatched_responses, RELAXED);
+}
+
+void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel)
+{
+	tcpstream_tick(p->tcp, now_ns);
+	publish(p, kernel);
+}
+
+void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel)
+{
+	tcpstream_close_all(p->tcp, now_ns);
+	publish(p, kernel);
+}
+
+uint64_t pipeline_last_ts(const struct pipeline *p)
+{
+	return p->last_ts;
+}
+
+const struct tcpstream_stats *pipeline_tcp_stats(const struct pipeline *p)
+{
+	return tcpstream_stats(p->tcp);
+}
+
+const struct session_stats *pipeline_session_stats(const struct pipeline *p)
+{
+	return &p->session_stats;
+}
+
+void pipeline_free(struct pipeline *p)
+{
+	if (!p)
+		return;
+	tcpstream_free(p->tcp);
+	free(p);
+}

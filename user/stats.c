@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/* stats.c — counters, histograms and their Prometheus rendering. See include/stats.h. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stats.h"
+
+#define OTHER_DB "other"
+
+const double stats_bucket_bounds[STATS_BUCKETS] = {
+	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+	0.05,	 0.1,	 0.25,	  0.5,	  1,	 2.5,	 5,	10,   30,
+};
+
+/* Bucket bounds in nanoseconds, for observe() without floating point. */
+static const uint64_t bucket_ns[STATS_BUCKETS] = {
+	50000,	   100000,     250000,	   500000,	1000000,     2500000,
+	5000000,   10000000,   25000000,   50000000,	100000000,   250000000,
+	500000000, 1000000000, 2500000000, 5000000000, 10000000000, 30000000000,
+};
+
+struct stats {
+	pthread_mutex_t lock; /* guards creation in dbs[]; readers use n_dbs */
+	struct stats_db **dbs;
+	_Atomic uint32_t n_dbs;
+	uint32_t max_dbs;
+	struct stats_db *other;
+	_Atomic uint64_t db_overflow;
+	struct stats_capture capture;
+};
+
+#define RELAXED memory_order_relaxed
+
+static struct stats_db *db_new(const char *name)
+{
+	struct stats_db *db = calloc(1, sizeof(*db));
+
+	if (db)
+		snprintf(db->name, sizeof(db->name), "%s", name);
+	return db;
+}
+
+struct stats *stats_new(const struct stats_config *cfg)
+{
+	struct stats *st;
+
+	if (!cfg->max_databases) {
+		errno = EINVAL;
+		return NULL;
+	}
+	st = calloc(1, sizeof(*st));
+	if (!st)
+		return NULL;
+	pthread_mutex_init(&st->lock, NULL);
+	st->max_dbs = cfg->max_databases;
+	st->dbs = calloc(cfg->max_databases, sizeof(*st->dbs));
+	st->other = db_new(OTHER_DB);
+	if (!st->dbs || !st->other) {
+		stats_free(st);
+		errno = ENOMEM;
+		return NULL;
+	}
+	return st;
+}
+
+void stats_free(struct stats *st)
+{
+	uint32_t i;
+
+	if (!st)
+		return;
+	for (i = 0; st->dbs && i < atomic_load(&st->n_dbs); i++)
+		free(st->dbs[i]);
+	free(st->dbs);
+	free(st->other);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+struct stats_db *stats_db(struct stats *st, const char *name)
+{
+	struct stats_db *db = NULL;
+	uint32_t i, n;
+
+	pthread_mutex_lock(&st->lock);
+	n = atomic_load(&st->n_dbs);
+	for (i = 0; i < n; i++) {
+		if (!strncmp(st->dbs[i]->name, name, STATS_DB_NAME_MAX - 1)) {
+			db = st->dbs[i];
+			break;
+		}
+	}
+	if (!db && !strcmp(name, OTHER_DB))
+		db = st->other;
+	if (!db && n < st->max_dbs) {
+		db = db_new(name);
+		if (db) {
+			st->dbs[n] = db;
+			atomic_store(&st->n_dbs, n + 1); /* publish after the entry is filled */
+		}
+	}
+	if (!db) {
+		atomic_fetch_add_explicit(&st->db_overflow, 1, RELAXED);
+		db = st->other;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return db;
+}
+
+uint64_t stats_database_overflow(const struct stats *st)
+{
+	return atomic_load_explicit(&st->db_overflow, RELAXED);
+}
+
+static int class_char(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'Z')
+		return 10 + c - 'A';
+	return -1;
+}
+
+unsigned int stats_sqlstate_class(const char *sqlstate)
+{
+	int a, b;
+
+	if (!sqlstate || !sqlstate[0] || !sqlstate[1])
+		return STATS_SQLSTATE_CLASSES - 1;
+	a = class_char(sqlstate[0]);
+	b = class_char(sqlstate[1]);
+	if (a < 0 || b < 0)
+		return STATS_SQLSTATE_CLASSES - 1;
+	return a * 36 + b;
+}
+
+static void class_name(unsigned int idx, char out[8])
+{
+	static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+	if (idx >= STATS_SQLSTATE_CLASSES - 1) {
+		strcpy(out, "unknown");
+		return;
+	}
+	out[0] = digits[idx / 36];
+	out[1] = digits[idx % 36];
+	out[2] = '\0';
+}
+
+void stats_histogram_observe(struct stats_histogram *h, uint64_t ns)
+{
+	unsigned int i = 0;
+
+	while (i < STATS_BUCKETS && ns > bucket_ns[i])
+		i++;
+	atomic_fetch_add_explicit(&h->bucket[i], 1, RELAXED);
+	atomic_fetch_add_explicit(&h->sum_ns, ns, RELAXED);
+}
+
+void stats_source_request(struct stats_db *db, uint64_t latency_ns, bool error,
+			  const char *sqlstate)
+{
+	atomic_fetch_add_explicit(&db->source_requests, 1, RELAXED);
+	if (error)
+		atomic_fetch_add_explicit(&db->source_errors[stats_sqlstate_class(sqlstate)], 1,
+					  RELAXED);
+	stats_histogram_observe(&db->source_latency, latency_ns);
+}
+
+struct stats_capture *stats_capture(struct stats *st)
+{
+	return &st->capture;
+}
+
+/* ---- rendering ---- */
+
+/* A consistent view of the database list: entries are never freed, so pointers taken
+ * under the lock stay valid while we render. "other" comes last, only if used. */
+static uint32_t db_snapshot(struct stats *st, struct stats_db **out, uint32_t cap)
+{
+	uint32_t n, i;
+
+	pthread_mutex_lock(&st->lock);
+	n = atomic_load(&st->n_dbs);
+	for (i = 0; i < n && i < cap; i++)
+		out[i] = st->dbs[i];
+	pthread_mutex_unlock(&st->lock);
+	if (i < cap && (atomic_load_explicit(&st->other->source_requests, RELAXED) ||
+			atomic_load_explicit(&st->db_overflow, RELAXED)))
+		out[i++] = st->other;
+	return i;
+}
+
+static bool header(struct buf *b, const char *name, const char *type, const char *help)
+{
+	return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Appends `name{database="<escaped db>` (the caller closes the label set). */
+static bool db_label(struct buf *b, const char *name, const char *suffix,
+		     const struct stats_db *db)
+{
+	bool ok = buf_printf(b, "%s%s{database=\"", name, suffix);
+
+	ok &= buf_append_label_value(b, db->name);
+	return ok;
+}
+
+static bool render_histogram(struct buf *b, const char *name, const struct stats_db *db,
+			     const struct stats_histogram *h)
+{
+	uint64_t cum = 0;
+	bool ok = true;
+	int i;
+
+	for (i = 0; i <= STATS_BUCKETS; i++) {
+		cum += atomic_load_explicit(&h->bucket[i], RELAXED);
+		ok &= db_label(b, name, "_bucket", db);
+		if (i < STATS_BUCKETS)
+			ok &= buf_printf(b, "\",le=\"%g\"} %llu\n", stats_bucket_bounds[i],
+					 (unsigned long long)cum);
+		else
+			ok &= buf_printf(b, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+	}
+	ok &= db_label(b, name, "_sum", db);
+	ok &= buf_printf(b, "\"} %.9f\n", atomic_load_explicit(&h->sum_ns, RELAXED) / 1e9);
+	ok &= db_label(b, name, "_count", db);
+	ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)cum);
+	return ok;
+}
+
+static bool render_source(struct buf *b, struct stats_db **dbs, uint32_t n)
+{
+	char cls[8];
+	uint32_t i, c;
+	uint64_t v;
+	bool ok = true;
+
+	ok &= header(b, "mirror_source_requests_total", "counter",
+		     "Requests (Query, Execute, FunctionCall) the source completed, by database.");
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, "mirror_source_requests_total", "", dbs[i]);
+		ok &= buf_printf(b, "\"} %llu\n",
+				 (unsigned long long)atomic_load_explicit(&dbs[i]->source_requests,
+									  RELAXED));
+	}
+	ok &= header(b, "mirror_source_errors_total", "counter",
+		     "Requests the source answered with an error, by database and SQLSTATE class.");
+	for (i = 0; i < n; i++) {
+		for (c = 0; c < STATS_SQLSTATE_CLASSES; c++) {
+			v = atomic_load_explicit(&dbs[i]->source_errors[c], RELAXED);
+			if (!v)
+				continue;
+			class_name(c, cls);
+			ok &= db_label(b, "mirror_source_errors_total", "", dbs[i]);
+			ok &= buf_printf(b, "\",sqlstate_class=\"%s\"} %llu\n", cls,
+					 (unsigned long long)v);
+		}
+	}
+	ok &= header(b, "mirror_source_latency_seconds", "histogram",
+		     "Source latency from the client's request packet to the server's completing "
+		     "packet (kernel timestamps), by database.");
+	for (i = 0; i < n; i++)
+		ok &= render_histogram(b, "mirror_source_latency_seconds", dbs[i],
+				       &dbs[i]->source_latency);
+	return ok;
+}
+
+struct capture_metric {
+	const char *name;
+	const char *type;
+	const char *help;
+	size_t offset;
+};
+
+#define CAP(field) offsetof(struct stats_capture, field)
+
+static const struct capture_metric capture_metrics[] = {
+	{ "mirror_capture_packets_total", "counter",
+	  "Packets of the server port the kernel program reported.", CAP(packets) },
+	{ "mirror_capture_bytes_total", "counter", "TCP payload bytes of those packets.",
+	  CAP(bytes) },
+	{ "mirror_capture_ringbuf_drops_total", "counter",
+	  "Records lost because the ring buffer was full (each shows up as a stream gap).",
+	  CAP(ringbuf_drops) },
+	{ "mirror_capture_truncated_total", "counter",
+	  "Packets whose payload exceeded the 64 KiB copy limit.", CAP(truncated) },
+	{ "mirror_capture_stream_gaps_total", "counter",
+	  "Holes in reassembled streams reported to the decoder (missed starts included).",
+	  CAP(stream_gaps) },
+	{ "mirror_capture_resyncs_total", "counter",
+	  "Times the decoder found message boundaries again after a gap or a missed start.",
+	  CAP(resyncs) },
+	{ "mirror_capture_sessions_active", "gauge", "PostgreSQL sessions being decoded now.",
+	  CAP(sessions_active) },
+	{ "mirror_capture_encrypted_sessions_total", "counter",
+	  "Sessions the server accepted SSL/GSS encryption for (counted, never decoded).",
+	  CAP(encrypted_sessions) },
+	{ "mirror_capture_replication_sessions_total", "counter",
+	  "Replication connections (counted, never decoded).", CAP(replication_sessions) },
+};
+
+static const struct capture_metric limit_metrics[] = {
+	{ "flows", NULL, NULL, CAP(flows_refused) },
+	{ "flow_buffer", NULL, NULL, CAP(flow_buffer_full) },
+	{ "hole_timeout", NULL, NULL, CAP(hole_timeouts) },
+	{ "statements", NULL, NULL, CAP(statements_evicted) },
+	{ "inflight", NULL, NULL, CAP(inflight_overflow) },
+	{ "message_size", NULL, NULL, CAP(bodies_too_big) },
+};
+
+static uint64_t cap_field(const struct stats_capture *c, size_t offset)
+{
+	return atomic_load_explicit((_Atomic uint64_t *)((char *)c + offset), RELAXED);
+}
+
+static bool render_capture(struct buf *b, struct stats *st)
+{
+	const struct stats_capture *c = &st->capture;
+	size_t i;
+	bool ok = true;
+
+	for (i = 0; i < sizeof(capture_metrics) / sizeof(capture_metrics[0]); i++) {
+		const struct capture_metric *m = &capture_metrics[i];
+
+		ok &= header(b, m->name, m->type, m->help);
+		ok &= buf_printf(b, "%s %llu\n", m->name,
+				 (unsigned long long)cap_field(c, m->offset));
+	}
+	ok &= header(b, "mirror_capture_limit_hits_total", "counter",
+		     "Times a configured cap was reached (flows, flow_buffer, hole_timeout, "
+		     "statements, inflight, message_size, databases).");
+	for (i = 0; i < sizeof(limit_metrics) / sizeof(limit_metrics[0]); i++)
+		ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"%s\"} %llu\n",
+				 limit_metrics[i].name,
+				 (unsigned long long)cap_field(c, limit_metrics[i].offset));
+	ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"databases\"} %llu\n",
+			 (unsigned long long)stats_database_overflow(st));
+	ok &= header(b, "mirror_capture_abandoned_requests_total", "counter",
+		     "Requests whose answer was never seen (session ended, gap, or skipped by the "
+		     "server after an error in a pipeline).");
+	ok &= buf_printf(b, "mirror_capture_abandoned_requests_total %llu\n",
+			 (unsigned long long)cap_field(c, CAP(abandoned_requests)));
+	return ok;
+}
+
+static bool render_process(struct buf *b, const struct stats_process *p, const char *version)
+{
+	bool ok = true;
+
+	ok &= header(b, "process_cpu_seconds_total", "counter",
+		     "Total user and system CPU time spent in seconds.");
+	ok &= buf_printf(b, "process_cpu_seconds_total %.3f\n", p->cpu_seconds);
+	ok &= header(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+	ok &= buf_printf(b, "process_resident_memory_bytes %llu\n",
+			 (unsigned long long)p->resident_bytes);
+	ok &= header(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+	ok &= buf_printf(b, "process_virtual_memory_bytes %llu\n",
+			 (unsigned long long)p->virtual_bytes);
+	ok &= header(b, "process_open_fds", "gauge", "Number of open file descriptors.");
+	ok &= buf_printf(b, "process_open_fds %llu\n", (unsigned long long)p->open_fds);
+	ok &= header(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+	ok &= buf_printf(b, "process_max_fds %llu\n", (unsigned long long)p->max_fds);
+	ok &= header(b, "process_start_time_seconds", "gauge",
+		     "Start time of the process since unix epoch in seconds.");
+	ok &= buf_printf(b, "process_start_time_seconds %.3f\n", p->start_time_seconds);
+	ok &= header(b, "mirror_build_info", "gauge", "pgshadow build information (always 1).");
+	ok &= buf_printf(b, "mirror_build_info{version=\"");
+	ok &= buf_append_label_value(b, version);
+	ok &= buf_printf(b, "\"} 1\n");
+	return ok;
+}
+
+bool stats_render(struct stats *st, const struct stats_process *proc, const char *version,
+		  struct buf *out)
+{
+	struct stats_db *dbs[st->max_dbs + 1];
+	uint32_t n = db_snapshot(st, dbs, st->max_dbs + 1);
+	bool ok = true;
+
+	ok &= render_source(out, dbs, n);
+	ok &= render_capture(out, st);
+	if (proc)
+		ok &= render_process(out, proc, version);
+	return ok;
+}
