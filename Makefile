@@ -13,14 +13,17 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
-LDLIBS    := -lbpf -lelf -lz
+LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpthread
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
-                libcmocka-dev python3-pytest iproute2 nftables procps
+                libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
+                libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
+                postgresql postgresql-contrib prometheus openssl curl
 
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o
-UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_capture_bpf
+UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_stats $(BUILD)/test_fingerprint \
+              $(BUILD)/test_capture_bpf
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -45,6 +48,12 @@ $(BUILD)/pgshadow: $(AGENT_OBJS)
 
 $(BUILD)/test_tcpstream: tests/unit/test_tcpstream.c $(BUILD)/tcpstream.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lpthread -o $@
+
+$(BUILD)/test_fingerprint: tests/unit/test_fingerprint.c $(BUILD)/fingerprint.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@

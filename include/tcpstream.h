@@ -98,26 +98,26 @@ struct tcpstream_config {
 
 /* Counters; every cap that is hit has one. Owned by the instance's thread. */
 struct tcpstream_stats {
-	uint64_t segments;	     /* segments fed */
+	uint64_t segments; /* segments fed */
 	uint64_t flows_opened;
-	uint64_t flows_closed;	     /* by any reason, expiry included */
-	uint64_t flows_expired;	     /* closed for idleness */
-	uint64_t flows_active;	     /* open now (lingering ones excluded) */
-	uint64_t flows_refused;	     /* not tracked: max_flows reached */
-	uint64_t flows_midstream;    /* first seen without SYN */
-	uint64_t views_merged;	     /* segments matched to a flow under another server address */
-	uint64_t bytes_delivered;    /* payload handed to the data callback */
-	uint64_t dup_segments;	     /* segments carrying no new byte */
-	uint64_t dup_bytes;	     /* payload bytes already delivered or held */
-	uint64_t ooo_segments;	     /* segments held because they arrived early */
-	uint64_t buffered_bytes;     /* held out-of-order bytes now */
-	uint64_t buffer_cap_hits;    /* holes given up because a byte cap was reached */
-	uint64_t hole_timeouts;	     /* holes given up because hole_timeout_ns passed */
-	uint64_t gaps;		     /* gap events */
-	uint64_t gap_bytes;	     /* bytes known missing (unknown-size gaps add 0) */
-	uint64_t late_segments;	     /* segments of a lingering (closed) flow */
-	uint64_t segments_rejected;  /* dropped: malformed, or under another server address (or
-				      * with another ISN) without fitting the flow of its key */
+	uint64_t flows_closed;	    /* by any reason, expiry included */
+	uint64_t flows_expired;	    /* closed for idleness */
+	uint64_t flows_active;	    /* open now (lingering ones excluded) */
+	uint64_t flows_refused;	    /* not tracked: max_flows reached */
+	uint64_t flows_midstream;   /* first seen without SYN */
+	uint64_t views_merged;	    /* segments matched to a flow under another server address */
+	uint64_t bytes_delivered;   /* payload handed to the data callback */
+	uint64_t dup_segments;	    /* segments carrying no new byte */
+	uint64_t dup_bytes;	    /* payload bytes already delivered or held */
+	uint64_t ooo_segments;	    /* segments held because they arrived early */
+	uint64_t buffered_bytes;    /* held out-of-order bytes now */
+	uint64_t buffer_cap_hits;   /* holes given up because a byte cap was reached */
+	uint64_t hole_timeouts;	    /* holes given up because hole_timeout_ns passed */
+	uint64_t gaps;		    /* gap events */
+	uint64_t gap_bytes;	    /* bytes known missing (unknown-size gaps add 0) */
+	uint64_t late_segments;	    /* segments of a lingering (closed) flow */
+	uint64_t segments_rejected; /* dropped: malformed, or under another server address (or
+				     * with another ISN) without fitting the flow of its key */
 };
 
 /* Fills *cfg with the defaults documented in README.md. */

@@ -82,6 +82,36 @@ static const char usage_text[] =
 	"  pgshadow --port 5432\n"
 	"  pgshadow --port 5432 --interface lo --dump-streams /tmp/streams\n";
 
+/* Interim consumer until the decoder lands: the dump view only. */
+static void dump_on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
+{
+	(void)ts_ns;
+	flow->user = dump_flow_open(ctx, flow);
+}
+
+static void dump_on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+			 const uint8_t *data, size_t len, uint64_t ts_ns)
+{
+	(void)ts_ns;
+	dump_flow_data(ctx, flow->user, dir, data, len);
+}
+
+static void dump_on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+			uint64_t missing, uint64_t ts_ns)
+{
+	(void)ts_ns;
+	dump_flow_gap(ctx, flow->user, dir, missing);
+}
+
+static void dump_on_close(void *ctx, struct tcpstream_flow *flow,
+			  enum tcpstream_close_reason reason, uint64_t ts_ns)
+{
+	(void)reason;
+	(void)ts_ns;
+	dump_flow_close(ctx, flow->user);
+	flow->user = NULL;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -357,7 +387,10 @@ int main(int argc, char **argv)
 				strerror(errno));
 			return EXIT_USAGE;
 		}
-		dump_handler(&handler);
+		handler.open = dump_on_open;
+		handler.data = dump_on_data;
+		handler.gap = dump_on_gap;
+		handler.close = dump_on_close;
 		/* two files per open connection */
 		if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
 			rl.rlim_cur = rl.rlim_max;

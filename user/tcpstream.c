@@ -30,7 +30,7 @@
 
 #include "tcpstream.h"
 
-#define MIB (1024ULL * 1024ULL)
+#define MIB	     (1024ULL * 1024ULL)
 #define NSEC_PER_SEC 1000000000ULL
 
 /* A segment within this distance of a half-stream's next expected byte may belong to it
@@ -41,7 +41,7 @@
 /* Buckets of the flow table: one per flow up to this many, then chains grow. */
 #define MAX_BUCKETS (1U << 20)
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* Intrusive circular doubly-linked list; a head is a link that points to itself when empty. */
 struct link {
@@ -145,12 +145,12 @@ struct tcpstream {
 void tcpstream_config_default(struct tcpstream_config *cfg)
 {
 	*cfg = (struct tcpstream_config){
-		.max_flows = 65536,
-		.max_flow_buffer = 4 * MIB,
-		.max_total_buffer = 256 * MIB,
-		.hole_timeout_ns = 1 * NSEC_PER_SEC,
-		.idle_timeout_ns = 600 * NSEC_PER_SEC,
-		.linger_ns = 5 * NSEC_PER_SEC,
+	    .max_flows = 65536,
+	    .max_flow_buffer = 4 * MIB,
+	    .max_total_buffer = 256 * MIB,
+	    .hole_timeout_ns = 1 * NSEC_PER_SEC,
+	    .idle_timeout_ns = 600 * NSEC_PER_SEC,
+	    .linger_ns = 5 * NSEC_PER_SEC,
 	};
 }
 
@@ -705,9 +705,10 @@ static void flow_segment(struct tcpstream *ts, struct flow *f, const struct tcps
 		off = seq_off(h, data_seq);
 		if (seg->len && half_data(ts, h, off, seg->data, seg->len, seg->ts_ns))
 			news = true;
-		if (fin && !h->fin_known) {
+		/* A FIN behind bytes already delivered cannot be this direction's end. */
+		if (fin && !h->fin_known && off + seg->len >= (int64_t)h->next) {
 			h->fin_known = true;
-			h->fin_off = off + seg->len > 0 ? off + seg->len : 0;
+			h->fin_off = off + seg->len;
 			news = true;
 		}
 	}

@@ -4,9 +4,13 @@ can, without and with the agent (attached to lo, --dump-streams into tmpfs), alt
 three pairs. Prints each run's throughput, the median with/without ratio, ring-buffer
 drops, gaps and the agent's CPU seconds, and verifies the capture:
 
+- one flow is dumped;
 - gaps == 0  => the dumped .c2s is exactly the stream sent (sha256);
 - ringbuf_drops > 0  => gaps > 0 (a lost record must show up as a gap, never as silently
-  joined bytes).
+  joined bytes);
+- gaps > 0  => a .gaps file exists, every dumped byte sits at its stream offset (the
+  .gaps file's "c2s offset=N missing=M" lines tell where), and dumped + missing bytes
+  make the whole stream (a lost tail must be a gap too).
 
 Exit status 0 when every check passed, 1 otherwise. Needs root. Figures, not a timed
 test: run it with `make bench` (or /usr/bin/python3 tests/bench/capture.py).
@@ -77,9 +81,13 @@ def stream_at(pos, n):
 
 
 def check_pieces_against_stream(c2s_path, gaps_path):
-    """With gaps: every dumped byte must sit at its stream offset. The .gaps file lists
-    "c2s offset=N missing=M" (N: offset in the dump file); so the dump is pieces of the
-    stream separated by M missing bytes. Returns (ok, detail)."""
+    """With gaps: the .gaps file lists "c2s offset=N missing=M" (N: offset in the dump
+    file), so the dump is pieces of the stream separated by M missing bytes. Returns two
+    checks [(name, ok, detail)]: every dumped byte sits at its stream offset (nothing
+    silently joined), and dumped + missing bytes make the whole stream (no tail silently
+    cut off)."""
+    pieces_name = "gaps > 0 => every dumped byte at its stream offset (nothing joined)"
+    total_name = "gaps > 0 => dumped + gap bytes == stream length (no tail lost silently)"
     gaps = []
     for line in gaps_path.read_text().splitlines():
         direction, off, missing = line.split()
@@ -87,7 +95,8 @@ def check_pieces_against_stream(c2s_path, gaps_path):
             continue
         missing = missing.split("=")[1]
         if missing == "unknown":
-            return False, f"a gap of unknown size at {off}: offsets cannot be checked"
+            return [(pieces_name, False, f"a gap of unknown size at {off}: offsets cannot "
+                                          f"be checked")]
         gaps.append((int(off.split("=")[1]), int(missing)))
     size = c2s_path.stat().st_size
     file_pos = stream_pos = 0
@@ -96,15 +105,18 @@ def check_pieces_against_stream(c2s_path, gaps_path):
             while file_pos < off:
                 n = min(4 * BLOCK, off - file_pos)
                 if f.read(n) != stream_at(stream_pos, n):
-                    return False, (f"dump bytes at file offset {file_pos} are not the stream "
-                                   f"at offset {stream_pos}")
+                    return [(pieces_name, False, f"dump bytes at file offset {file_pos} are "
+                                                 f"not the stream at offset {stream_pos}")]
                 file_pos += n
                 stream_pos += n
             stream_pos += missing
-    if stream_pos != TOTAL:
-        return False, (f"{size} dumped + {stream_pos - size} missing = {stream_pos} bytes, "
-                       f"the stream has {TOTAL}")
-    return True, f"{size} bytes in {len(gaps) + 1} pieces, {stream_pos - size} bytes missing"
+    missing_total = stream_pos - size
+    return [(pieces_name, True, f"{size} bytes in {len(gaps) + 1} pieces"),
+            (total_name, stream_pos == TOTAL,
+             f"{size} dumped + {missing_total} in gaps = {stream_pos}; the stream has "
+             f"{TOTAL}" + ("" if stream_pos == TOTAL else
+                           f": its last {TOTAL - stream_pos} bytes are neither dumped nor "
+                           f"listed as a gap"))]
 
 
 def transfer(port):
@@ -188,9 +200,8 @@ def run_with_agent(binary, expected_sha, shm_root):
             out["checks"].append(("gaps > 0 => a .gaps file lists them", bool(gap_files),
                                   f"{[p.name for p in gap_files]}"))
             if gap_files and c2s:
-                ok, detail = check_pieces_against_stream(c2s[0].files["c2s"], gap_files[0])
-                out["checks"].append(("gaps > 0 => every dumped byte at its stream offset, "
-                                      "the gaps account for the rest", ok, detail))
+                out["checks"] += check_pieces_against_stream(c2s[0].files["c2s"],
+                                                             gap_files[0])
         if s.get("ringbuf_drops", 0) > 0:
             out["checks"].append(("ringbuf_drops > 0 => gaps > 0", s.get("gaps", 0) > 0,
                                   f"drops {s.get('ringbuf_drops')}, gaps {s.get('gaps')}"))

@@ -15,11 +15,12 @@ sends server[j] on the j-th connection it accepts.
         is done, one JSON line: [{index, peer_host, peer_port, sent_len, sent_sha256,
         recv_len, recv_sha256}, ...]
     tcpeer.py client --host H --port P --spec FILE [--timeout S]
-                     [--sequential --local-port L]
+                     [--sequential [--pause-ms N] --local-port L]
         connects all clients at once (a barrier), or one after the other with
         --sequential; --local-port binds every connection to port L (the same 4-tuple
         reused: the client then half-closes only after the server's EOF, so the server,
-        not the client, keeps the old tuple in TIME_WAIT and accepts the next SYN).
+        not the client, keeps the old tuple in TIME_WAIT and accepts the next SYN);
+        --pause-ms waits between sequential connections.
         Prints one JSON line:
         [{index, local_host, local_port, sent_len, sent_sha256, recv_len,
         recv_sha256}, ...]
@@ -186,6 +187,7 @@ def run_client(args, spec):
         t.start()
         if args.sequential:
             t.join(max(0.1, deadline - time.monotonic()))
+            time.sleep(args.pause_ms / 1000)
     for t in threads:
         t.join(max(0.1, deadline - time.monotonic()))
         if t.is_alive():
@@ -203,6 +205,7 @@ def main():
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--local-port", type=int, default=0)
+    parser.add_argument("--pause-ms", type=float, default=0)
     args = parser.parse_args()
     with open(args.spec) as f:
         spec = json.load(f)

@@ -120,22 +120,45 @@ def test_dnat_two_interfaces_dumped_once(lab, start_agent, procs, rng, tmp_path)
 
 # --------------------------------------------------------------------------- tuple reuse
 
-def test_reused_tuple_dumped_as_numbered_flows(start_agent, procs, rng, tmp_path):
-    """Three connections one after the other from the same client port (the same 4-tuple)
-    are three flows: <client>-<server>.c2s, .2.c2s, .3.c2s, each byte-exact."""
+def _reuse_tuple(start_agent, procs, rng, tmp_path, spec, pause_ms, netns=None):
+    """Connections one after the other from one client port (the same 4-tuple) must be
+    dumped as <client>-<server>.c2s, .2.c2s, .3.c2s ..., each byte-exact."""
     port = h.free_port(rng=rng)
     client_port = h.free_port(hosts=("127.0.0.1",), rng=rng)
-    agent = start_agent(port, ["lo"])
-    spec = h.make_spec(3, rng, max_size=256 * 1024)
+    agent = start_agent(port, ["lo"], netns=netns)
     conns = h.run_traffic(procs, spec, "127.0.0.1", port, tmp_path / "traffic",
-                          client_args=["--sequential", "--local-port", client_port])
+                          server_netns=netns, client_netns=netns,
+                          client_args=["--sequential", "--pause-ms", pause_ms,
+                                       "--local-port", client_port])
     assert {c.client_port for c in conns} == {client_port}
 
     result = agent.stop()
     h.assert_clean_stop(result, min_bytes=h.spec_bytes(spec))
     flows = h.check_dumps(agent.dump_dir, conns, port, client_ip="127.0.0.1",
                           server_ips={"127.0.0.1"})
-    assert sorted(f.ordinal for f in flows) == [1, 2, 3]
+    assert sorted(f.ordinal for f in flows) == list(range(1, len(conns) + 1))
+
+
+def test_reused_tuple_dumped_as_numbered_flows(start_agent, procs, rng, tmp_path):
+    """Plain tuple reuse: the server holds the old tuple in TIME_WAIT and, TCP timestamps
+    being on and 20 ms having passed, accepts the new SYN at once."""
+    _reuse_tuple(start_agent, procs, rng, tmp_path, h.make_spec(3, rng, max_size=256 * 1024),
+                 pause_ms=20)
+
+
+def test_reused_tuple_after_time_wait_rst(lab, start_agent, procs, rng, tmp_path):
+    """Tuple reuse through TIME_WAIT assassination, as with clients without TCP timestamps
+    (Windows' default): the new SYN's ISN is below the old connection's last sequence
+    number (1 MiB was sent within a few ms, the ISN clock moves 1 per 64 ns), so the server
+    in TIME_WAIT answers it with an ACK of the old connection, the client resets that
+    (RST with the old connection's sequence number), and retransmits the same SYN. The RST
+    belongs to the old connection: the new one must still be dumped in full.
+    Runs on the lo of a namespace of its own, where tcp_timestamps can be off."""
+    ns = lab.netns("reuse")
+    lab.sysctl(ns, "net.ipv4.tcp_timestamps", "0")
+    spec = h.make_spec(3, rng, max_size=64 * 1024)
+    spec["client"] = [[MIB, rng.getrandbits(64)] for _ in range(3)]
+    _reuse_tuple(start_agent, procs, rng, tmp_path, spec, pause_ms=0, netns=ns)
 
 
 # --------------------------------------------------------------------------- 4, 5. stop

@@ -21,9 +21,9 @@
 
 #include "tcpstream.h"
 
-#define SEC 1000000000ULL
-#define MS 1000000ULL
-#define MAX_REC 64
+#define SEC	 1000000000ULL
+#define MS	 1000000ULL
+#define MAX_REC	 64
 #define MAX_GAPS 256
 
 /* ---- a collector of callback events ------------------------------------------------- */
@@ -108,14 +108,14 @@ static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir d
 	d->len += len;
 }
 
-static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-		   uint64_t missing, uint64_t ts_ns)
+static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir, uint64_t missing,
+		   uint64_t ts_ns)
 {
 	struct dirlog *d = &rec_of(flow)->d[dir];
 
 	(void)ctx;
 	assert_true(d->ngaps < MAX_GAPS);
-	d->gaps[d->ngaps++] = (struct gap_ev){ .at = d->len, .missing = missing, .ts_ns = ts_ns };
+	d->gaps[d->ngaps++] = (struct gap_ev){.at = d->len, .missing = missing, .ts_ns = ts_ns};
 }
 
 static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_close_reason reason,
@@ -131,10 +131,10 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 }
 
 static const struct tcpstream_handler handler = {
-	.open = on_open,
-	.data = on_data,
-	.gap = on_gap,
-	.close = on_close,
+    .open = on_open,
+    .data = on_data,
+    .gap = on_gap,
+    .close = on_close,
 };
 
 static struct col *col_new(bool track_ts)
@@ -270,14 +270,14 @@ static void feed_seq(struct tcpstream *ts, const struct conn *c, int dir, uint32
 		     uint8_t flags, const uint8_t *data, uint32_t len, uint64_t t)
 {
 	struct tcpstream_segment seg = {
-		.ts_ns = t,
-		.client = c->client,
-		.server = c->server,
-		.dir = dir,
-		.seq = seq,
-		.flags = flags,
-		.data = len ? data : NULL,
-		.len = len,
+	    .ts_ns = t,
+	    .client = c->client,
+	    .server = c->server,
+	    .dir = dir,
+	    .seq = seq,
+	    .flags = flags,
+	    .data = len ? data : NULL,
+	    .len = len,
 	};
 
 	tcpstream_feed(ts, &seg);
@@ -287,8 +287,7 @@ static void feed_seq(struct tcpstream *ts, const struct conn *c, int dir, uint32
 static void feed_off(struct tcpstream *ts, const struct conn *c, int dir, uint64_t off,
 		     uint8_t flags, const uint8_t *data, uint32_t len, uint64_t t)
 {
-	feed_seq(ts, c, dir, c->isn[dir] + 1 + (uint32_t)off, flags | TCPSTREAM_ACK, data, len,
-		 t);
+	feed_seq(ts, c, dir, c->isn[dir] + 1 + (uint32_t)off, flags | TCPSTREAM_ACK, data, len, t);
 }
 
 static void handshake(struct tcpstream *ts, const struct conn *c, uint64_t t)
@@ -299,8 +298,8 @@ static void handshake(struct tcpstream *ts, const struct conn *c, uint64_t t)
 }
 
 /* Both FINs at the end of streams of c2s_len and s2c_len bytes. */
-static void finish(struct tcpstream *ts, const struct conn *c, uint64_t c2s_len,
-		   uint64_t s2c_len, uint64_t t)
+static void finish(struct tcpstream *ts, const struct conn *c, uint64_t c2s_len, uint64_t s2c_len,
+		   uint64_t t)
 {
 	feed_off(ts, c, TCPSTREAM_C2S, c2s_len, TCPSTREAM_FIN, NULL, 0, t);
 	feed_off(ts, c, TCPSTREAM_S2C, s2c_len, TCPSTREAM_FIN, NULL, 0, t + 1);
@@ -327,7 +326,7 @@ static struct piece *split(uint64_t total, uint32_t minlen, uint32_t maxlen, uin
 		len = (uint32_t)rng_range(rng, minlen, maxlen);
 		if (len > total - off)
 			len = (uint32_t)(total - off);
-		p[(*n)++] = (struct piece){ .off = off, .len = len };
+		p[(*n)++] = (struct piece){.off = off, .len = len};
 		off += len;
 	}
 	return p;
@@ -483,18 +482,21 @@ static void test_shuffled(void **state)
 		struct col *col = col_new(true);
 		struct tcpstream *ts = new_ts(NULL, col);
 		const struct tcpstream_stats *st = tcpstream_stats(ts);
+		uint64_t *offs = malloc((n + 1) * sizeof(*offs));
 		size_t next_piece = 0;
 		struct conn c;
 
 		assert_non_null(got);
 		assert_non_null(want_ts);
+		assert_non_null(offs);
 		conn_init(&c, 40002, (uint32_t)rng_next(&rng), (uint32_t)rng_next(&rng));
 		p[n - 1].flags = TCPSTREAM_FIN;
-		for (i = 0; i < n; i++)
-			p[i].ts = 0; /* filled at feed time */
-		/* remember each piece's index in stream order before shuffling */
-		for (i = 0; i < n; i++)
+		/* remember each piece's index in stream order (in .ts) before shuffling */
+		for (i = 0; i < n; i++) {
 			p[i].ts = i;
+			offs[i] = p[i].off;
+		}
+		offs[n] = len;
 		shuffle(p, n, &rng);
 		handshake(ts, &c, 10);
 		for (i = 0; i < n; i++) {
@@ -502,16 +504,11 @@ static void test_shuffled(void **state)
 
 			if (p[i].off > prefix)
 				want_ooo++;
+			/* the contiguous prefix: up to the first piece not fed yet */
 			got[p[i].ts] = true;
 			while (next_piece < n && got[next_piece])
 				next_piece++;
-			prefix = next_piece < n ? 0 : len;
-			/* recompute the contiguous prefix from piece boundaries */
-			if (next_piece < n) {
-				for (j = 0; j < n; j++)
-					if (p[j].ts == next_piece)
-						prefix = p[j].off;
-			}
+			prefix = offs[next_piece];
 			for (j = 0; j < p[i].len; j++)
 				want_ts[p[i].off + j] = t;
 			feed_off(ts, &c, TCPSTREAM_C2S, p[i].off, p[i].flags, orig + p[i].off,
@@ -539,6 +536,7 @@ static void test_shuffled(void **state)
 		free(p);
 		free(got);
 		free(want_ts);
+		free(offs);
 	}
 }
 
@@ -587,7 +585,7 @@ static void test_duplicates(void **state)
 		uint8_t *orig = make_bytes(len, 100 + run);
 		struct piece *p = split(len, 1, 1500, &rng, &n);
 		struct piece *copies = malloc(sizeof(*copies) * n * 3);
-		struct model m = { .recv = calloc(len, 1), .len = len };
+		struct model m = {.recv = calloc(len, 1), .len = len};
 		struct col *col = col_new(false);
 		struct tcpstream *ts = new_ts(NULL, col);
 		const struct tcpstream_stats *st = tcpstream_stats(ts);
@@ -642,7 +640,7 @@ static void test_overlaps(void **state)
 		struct piece *a = split(len, 1, 1500, &rng, &na);
 		struct piece *b = split(len, 700, 3000, &rng, &nb);
 		struct piece *all;
-		struct model m = { .recv = calloc(len, 1), .len = len };
+		struct model m = {.recv = calloc(len, 1), .len = len};
 		struct col *col = col_new(true);
 		struct tcpstream *ts = new_ts(NULL, col);
 		const struct tcpstream_stats *st = tcpstream_stats(ts);
@@ -660,7 +658,7 @@ static void test_overlaps(void **state)
 
 			if (l > len - off)
 				l = len - off;
-			all[n++] = (struct piece){ .off = off, .len = (uint32_t)l };
+			all[n++] = (struct piece){.off = off, .len = (uint32_t)l};
 		}
 		shuffle(all, n, &rng);
 		conn_init(&c, 40004, (uint32_t)rng_next(&rng), 77);
@@ -668,8 +666,8 @@ static void test_overlaps(void **state)
 		for (i = 0; i < n; i++) {
 			model_feed(&m, &all[i]);
 			fed += all[i].len;
-			feed_off(ts, &c, TCPSTREAM_C2S, all[i].off, all[i].flags,
-				 orig + all[i].off, all[i].len, 100 + i);
+			feed_off(ts, &c, TCPSTREAM_C2S, all[i].off, all[i].flags, orig + all[i].off,
+				 all[i].len, 100 + i);
 		}
 		assert_int_equal(st->buffered_bytes, 0);
 		assert_int_equal(st->dup_bytes, fed - len);
@@ -723,7 +721,7 @@ static void test_hole_timeout(void **state)
 				 hole_len(i), t0 + i * MS);
 	assert_int_equal(d->len, 5000);
 	assert_int_equal(st->ooo_segments, 13);
-	assert_int_equal(st->buffered_bytes, 13500);
+	assert_int_equal(st->buffered_bytes, 13000);
 
 	/* not before the oldest held piece (segment 6) is more than 1 s old */
 	tcpstream_tick(ts, t0 + 6 * MS + SEC);
@@ -822,6 +820,21 @@ static void test_flow_buffer_cap(void **state)
 	assert_int_equal(st->gap_bytes, 8000);
 	assert_int_equal(st->hole_timeouts, 0);
 	assert_int_equal(col->rec[1].reason, TCPSTREAM_CLOSE_FIN);
+	tcpstream_free(ts);
+
+	/* the caps bound memory, not payload: 100 one-byte pieces do not fit in 1000 bytes */
+	col_free(col);
+	col = col_new(false);
+	cfg.max_flow_buffer = 1000;
+	ts = new_ts(&cfg, col);
+	st = tcpstream_stats(ts);
+	handshake(ts, &c, 1);
+	for (i = 0; i < 100; i++)
+		feed_off(ts, &c, TCPSTREAM_C2S, 2 * i + 1, 0, orig + 2 * i + 1, 1, 10 + i);
+	assert_true(st->buffer_cap_hits > 0);
+	assert_true(st->buffered_bytes < 100);
+	assert_int_equal(st->gaps, st->buffer_cap_hits);
+	assert_int_equal(st->buffered_bytes + col->rec[1].d[0].len, 100);
 	tcpstream_free(ts);
 	col_free(col);
 	free(orig);
@@ -963,7 +976,8 @@ static void test_midstream(void **state)
 	feed_seq(ts, &c, TCPSTREAM_C2S, 4999, TCPSTREAM_SYN, NULL, 0, 15);
 	assert_int_equal(st->flows_opened, 1);
 	assert_int_equal(col->closes, 0);
-	finish(ts, &c, 0, 0, 20); /* FINs at seq 8000 and 903000 */
+	/* a FIN behind what was delivered is not this direction's end */
+	feed_seq(ts, &c, TCPSTREAM_C2S, 1, TCPSTREAM_FIN | TCPSTREAM_ACK, NULL, 0, 20);
 	feed_seq(ts, &c, TCPSTREAM_C2S, 8000, TCPSTREAM_FIN | TCPSTREAM_ACK, NULL, 0, 21);
 	assert_int_equal(col->closes, 0);
 	feed_seq(ts, &c, TCPSTREAM_S2C, 903000, TCPSTREAM_FIN | TCPSTREAM_ACK, NULL, 0, 22);
@@ -1174,7 +1188,7 @@ static void run_two_views(size_t lag)
 	struct tcpstream_segment *segs, s;
 	struct tcpstream_addr host, container;
 	uint64_t rng = 77 + lag, oc = 0, os = 0;
-	size_t n = 0, i, fed = 0, b_fed = 0, b_after_close = 0;
+	size_t n = 0, i, fed = 0, b_fed = 0, b_after_close = 0, b_bytes = 0;
 	struct conn c;
 	uint32_t l;
 
@@ -1183,9 +1197,9 @@ static void run_two_views(size_t lag)
 	addr4(&container, 172, 17, 0, 2, 5432);
 	segs = calloc(200, sizeof(*segs));
 	assert_non_null(segs);
-#define SEG(d, sq, fl, p, ln)                                                                    \
-	segs[n++] = (struct tcpstream_segment){ .client = c.client, .dir = (d), .seq = (sq),     \
-						.flags = (fl), .data = (p), .len = (ln) }
+#define SEG(d, sq, fl, p, ln)                                                                      \
+	segs[n++] = (struct tcpstream_segment){                                                    \
+	    .client = c.client, .dir = (d), .seq = (sq), .flags = (fl), .data = (p), .len = (ln)}
 	SEG(TCPSTREAM_C2S, c.isn[0], TCPSTREAM_SYN, NULL, 0);
 	SEG(TCPSTREAM_S2C, c.isn[1], TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0);
 	while (oc < lc || os < ls) {
@@ -1220,6 +1234,8 @@ static void run_two_views(size_t lag)
 			s.ts_ns = 101 + 2 * i;
 			if (col->rec[1].closes)
 				b_after_close++;
+			else
+				b_bytes += s.len;
 			tcpstream_feed(ts, &s);
 			fed++;
 			b_fed++;
@@ -1235,7 +1251,8 @@ static void run_two_views(size_t lag)
 	assert_int_equal(st->views_merged, b_fed - b_after_close);
 	assert_int_equal(st->late_segments, b_after_close);
 	assert_int_equal(st->dup_segments, b_fed - b_after_close);
-	assert_int_equal(st->dup_bytes, lc + ls - 0);
+	assert_int_equal(st->dup_bytes, b_bytes);
+	assert_true(lag || b_bytes == lc + ls);
 	assert_int_equal(st->bytes_delivered, lc + ls);
 	assert_int_equal(st->flows_opened, 1);
 	assert_int_equal(st->gaps, 0);
@@ -1249,7 +1266,7 @@ static void run_two_views(size_t lag)
 
 static void test_two_views(void **state)
 {
-	uint8_t x[100] = { 0 };
+	uint8_t x[100] = {0};
 	struct col *col;
 	struct tcpstream *ts;
 	const struct tcpstream_stats *st;
@@ -1275,6 +1292,10 @@ static void test_two_views(void **state)
 	/* nor one with another ISN */
 	feed_seq(ts, &other, TCPSTREAM_S2C, 5, TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0, 4);
 	assert_int_equal(st->segments_rejected, 2);
+	/* same address, but a SYN-ACK with another ISN: not this connection either */
+	feed_seq(ts, &c, TCPSTREAM_S2C, 6, TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0, 4);
+	assert_int_equal(st->segments_rejected, 3);
+	assert_int_equal(st->dup_segments, 0);
 	/* within the window of the direction: the same connection */
 	feed_off(ts, &other, TCPSTREAM_C2S, 100, 0, x, 100, 5);
 	assert_int_equal(st->views_merged, 1);
@@ -1336,6 +1357,23 @@ static void test_tuple_reuse(void **state)
 	assert_int_equal(st->flows_opened, 5);
 	assert_int_equal(st->flows_closed, 3);
 	assert_int_equal(st->flows_active, 2);
+
+	/* only the server was heard (midstream): a client SYN is a new connection */
+	conn_init(&m, 40022, 0, 0);
+	feed_seq(ts, &m, TCPSTREAM_S2C, 5000, TCPSTREAM_ACK, b, 100, 12);
+	feed_seq(ts, &m, TCPSTREAM_C2S, 777, TCPSTREAM_SYN, NULL, 0, 13);
+	assert_int_equal(col->rec[6].closes, 1);
+	assert_int_equal(col->rec[6].reason, TCPSTREAM_CLOSE_REUSED);
+	assert_true(col->rec[7].opened);
+	/* only a SYN-ACK was heard (the SYN was missed): the client's SYN is not a new one */
+	conn_init(&m, 40023, 888, 999);
+	feed_seq(ts, &m, TCPSTREAM_S2C, 999, TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0, 14);
+	feed_seq(ts, &m, TCPSTREAM_C2S, 888, TCPSTREAM_SYN, NULL, 0, 15);
+	feed_off(ts, &m, TCPSTREAM_C2S, 0, 0, b, 50, 16);
+	assert_int_equal(col->rec[8].closes, 0);
+	assert_stream(col, 8, 0, b, 50);
+	assert_int_equal(st->flows_opened, 8);
+	assert_int_equal(st->flows_active, 4);
 	tcpstream_free(ts);
 	assert_int_equal(col->rec[5].reason, TCPSTREAM_CLOSE_SHUTDOWN);
 	col_free(col);
@@ -1475,8 +1513,8 @@ static void test_empty_and_invalid(void **state)
 	feed_off(ts, &c, TCPSTREAM_S2C, 0, TCPSTREAM_RST, NULL, 0, 3);
 	assert_int_equal(st->flows_opened, 0);
 	/* nonsense is counted and dropped */
-	s = (struct tcpstream_segment){ .client = c.client, .server = c.server, .dir = 2,
-					.data = &x, .len = 1 };
+	s = (struct tcpstream_segment){
+	    .client = c.client, .server = c.server, .dir = 2, .data = &x, .len = 1};
 	tcpstream_feed(ts, &s);
 	s.dir = TCPSTREAM_C2S;
 	s.data = NULL;
@@ -1513,13 +1551,13 @@ static void test_random_loss(void **state)
 	(void)state;
 	for (run = 0; run < 30; run++) {
 		enum { NFLOWS = 4 };
-		uint64_t rng = 31337 + run, t = SEC, want_end[NFLOWS][2] = { { 0 } };
+		uint64_t rng = 31337 + run, t = SEC, want_end[NFLOWS][2] = {{0}};
 		size_t len = 60000, n[NFLOWS][2], i, k, total = 0, nq = 0;
 		struct piece *p[NFLOWS][2];
 		struct {
 			int flow, dir;
 			struct piece pc;
-		} *q;
+		} * q;
 		uint8_t *orig = make_bytes(len, 300 + run);
 		struct tcpstream_config cfg;
 		struct col *col = col_new(false);
@@ -1538,7 +1576,7 @@ static void test_random_loss(void **state)
 			handshake(ts, &c[f], 1);
 			for (d = 0; d < 2; d++) {
 				p[f][d] = split(len, 1, 1500, &rng, &n[f][d]);
-				total += n[f][d] * 2;
+				total += n[f][d] * 3;
 			}
 		}
 		q = malloc(sizeof(*q) * total);
@@ -1549,8 +1587,8 @@ static void test_random_loss(void **state)
 					if (k == 0)
 						continue; /* lost */
 					for (; k >= 8; k--)
-						q[nq++] = (typeof(*q)){ f, d, p[f][d][i] };
-					q[nq++] = (typeof(*q)){ f, d, p[f][d][i] };
+						q[nq++] = (typeof(*q)){f, d, p[f][d][i]};
+					q[nq++] = (typeof(*q)){f, d, p[f][d][i]};
 					if (p[f][d][i].off + p[f][d][i].len > want_end[f][d])
 						want_end[f][d] = p[f][d][i].off + p[f][d][i].len;
 				}
@@ -1567,8 +1605,8 @@ static void test_random_loss(void **state)
 		}
 		for (i = 0; i < nq; i++) {
 			t += rng_range(&rng, 0, 2 * MS);
-			feed_off(ts, &c[q[i].flow], q[i].dir, q[i].pc.off, 0,
-				 orig + q[i].pc.off, q[i].pc.len, t);
+			feed_off(ts, &c[q[i].flow], q[i].dir, q[i].pc.off, 0, orig + q[i].pc.off,
+				 q[i].pc.len, t);
 			if (i % 16 == 0)
 				tcpstream_tick(ts, t);
 		}
@@ -1601,69 +1639,114 @@ static void bench_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_di
 	*(uint64_t *)ctx += len + data[0];
 }
 
-/* Not a test: prints in-order throughput when TCPSTREAM_BENCH is set. */
+static void bench_report(const char *what, const struct timespec *a, uint64_t nseg, uint64_t bytes)
+{
+	struct timespec b;
+	double secs;
+
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	secs = (double)(b.tv_sec - a->tv_sec) + (double)(b.tv_nsec - a->tv_nsec) / 1e9;
+	printf("tcpstream %s: %llu segments, %.2f GiB in %.3f s: %.2f GB/s, %.1f Msegments/s, "
+	       "%.1f ns/segment\n",
+	       what, (unsigned long long)nseg, (double)bytes / (1 << 30), secs,
+	       (double)bytes / secs / 1e9, (double)nseg / secs / 1e6, secs * 1e9 / (double)nseg);
+}
+
+/*
+ * Not a test: prints throughput when TCPSTREAM_BENCH is set. 1 GiB in 1448-byte segments:
+ * one flow in order (the zero-copy fast path), 10000 flows in turn (hash lookups that miss
+ * the cache), and one flow with every pair of segments swapped (each second segment copied,
+ * held and released).
+ */
 static void test_throughput(void **state)
 {
-	const uint64_t total = 1ULL << 30;
-	const struct tcpstream_handler bh = { .data = bench_data };
-	uint8_t *buf = make_bytes(1448, 18);
+	enum { NFLOWS = 10000 };
+	const uint64_t total = 1ULL << 30, per = 1448;
+	const struct tcpstream_handler bh = {.data = bench_data};
+	uint8_t *buf = make_bytes(2 * per, 18);
 	struct tcpstream_config cfg;
 	struct tcpstream *ts;
-	struct timespec a, b;
-	uint64_t sink = 0, off, nseg = 0;
-	double secs;
-	struct conn c;
+	struct timespec a;
+	uint64_t sink = 0, off, nseg, i;
+	struct conn *c = calloc(NFLOWS, sizeof(*c));
 
 	(void)state;
+	assert_non_null(c);
 	if (!getenv("TCPSTREAM_BENCH")) {
 		free(buf);
+		free(c);
 		skip();
 	}
 	tcpstream_config_default(&cfg);
+	for (i = 0; i < NFLOWS; i++) {
+		conn_init(&c[i], (uint16_t)(1024 + i), 0xfff00000 + (uint32_t)i, 5);
+		c[i].client.addr[14] = (uint8_t)(i >> 8);
+	}
+
 	ts = tcpstream_new(&cfg, &bh, &sink);
 	assert_non_null(ts);
-	conn_init(&c, 40026, 0xfff00000, 5);
-	handshake(ts, &c, 1);
+	handshake(ts, &c[0], 1);
 	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (off = 0; off < total; off += 1448, nseg++)
-		feed_off(ts, &c, TCPSTREAM_C2S, off, 0, buf, 1448, 10 + nseg);
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
-	printf("tcpstream in-order: %llu segments of 1448 bytes (%.2f GiB) in %.3f s: "
-	       "%.2f GB/s, %.1f Msegments/s, %.1f ns/segment\n",
-	       (unsigned long long)nseg, (double)(nseg * 1448) / (1 << 30), secs,
-	       (double)(nseg * 1448) / secs / 1e9, (double)nseg / secs / 1e6,
-	       secs * 1e9 / (double)nseg);
-	assert_int_equal(tcpstream_stats(ts)->bytes_delivered, nseg * 1448);
+	for (off = 0, nseg = 0; off < total; off += per, nseg++)
+		feed_off(ts, &c[0], TCPSTREAM_C2S, off, 0, buf, per, 10 + nseg);
+	bench_report("in order, 1 flow", &a, nseg, nseg * per);
+	assert_int_equal(tcpstream_stats(ts)->bytes_delivered, nseg * per);
+	tcpstream_free(ts);
+
+	ts = tcpstream_new(&cfg, &bh, &sink);
+	assert_non_null(ts);
+	for (i = 0; i < NFLOWS; i++)
+		handshake(ts, &c[i], 1);
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (off = 0, nseg = 0; nseg * per < total; off += per)
+		for (i = 0; i < NFLOWS; i++, nseg++)
+			feed_off(ts, &c[i], TCPSTREAM_C2S, off, 0, buf, per, 10 + nseg);
+	bench_report("in order, 10000 flows in turn", &a, nseg, nseg * per);
+	assert_int_equal(tcpstream_stats(ts)->bytes_delivered, nseg * per);
+	assert_int_equal(tcpstream_stats(ts)->flows_active, NFLOWS);
+	tcpstream_free(ts);
+
+	ts = tcpstream_new(&cfg, &bh, &sink);
+	assert_non_null(ts);
+	handshake(ts, &c[0], 1);
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (off = 0, nseg = 0; off < total; off += 2 * per, nseg += 2) {
+		feed_off(ts, &c[0], TCPSTREAM_C2S, off + per, 0, buf + per, per, 10 + nseg);
+		feed_off(ts, &c[0], TCPSTREAM_C2S, off, 0, buf, per, 11 + nseg);
+	}
+	bench_report("pairs swapped, 1 flow", &a, nseg, nseg * per);
+	assert_int_equal(tcpstream_stats(ts)->bytes_delivered, nseg * per);
+	assert_int_equal(tcpstream_stats(ts)->ooo_segments, nseg / 2);
 	tcpstream_free(ts);
 	free(buf);
+	free(c);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_config_and_new),
-		cmocka_unit_test(test_in_order),
-		cmocka_unit_test(test_shuffled),
-		cmocka_unit_test(test_duplicates),
-		cmocka_unit_test(test_overlaps),
-		cmocka_unit_test(test_hole_timeout),
-		cmocka_unit_test(test_flow_buffer_cap),
-		cmocka_unit_test(test_total_buffer_cap),
-		cmocka_unit_test(test_wraparound),
-		cmocka_unit_test(test_midstream),
-		cmocka_unit_test(test_fin_out_of_order),
-		cmocka_unit_test(test_rst),
-		cmocka_unit_test(test_idle),
-		cmocka_unit_test(test_linger),
-		cmocka_unit_test(test_two_views),
-		cmocka_unit_test(test_tuple_reuse),
-		cmocka_unit_test(test_max_flows),
-		cmocka_unit_test(test_chunked),
-		cmocka_unit_test(test_close_all_and_free),
-		cmocka_unit_test(test_empty_and_invalid),
-		cmocka_unit_test(test_random_loss),
-		cmocka_unit_test(test_throughput),
+	    cmocka_unit_test(test_config_and_new),
+	    cmocka_unit_test(test_in_order),
+	    cmocka_unit_test(test_shuffled),
+	    cmocka_unit_test(test_duplicates),
+	    cmocka_unit_test(test_overlaps),
+	    cmocka_unit_test(test_hole_timeout),
+	    cmocka_unit_test(test_flow_buffer_cap),
+	    cmocka_unit_test(test_total_buffer_cap),
+	    cmocka_unit_test(test_wraparound),
+	    cmocka_unit_test(test_midstream),
+	    cmocka_unit_test(test_fin_out_of_order),
+	    cmocka_unit_test(test_rst),
+	    cmocka_unit_test(test_idle),
+	    cmocka_unit_test(test_linger),
+	    cmocka_unit_test(test_two_views),
+	    cmocka_unit_test(test_tuple_reuse),
+	    cmocka_unit_test(test_max_flows),
+	    cmocka_unit_test(test_chunked),
+	    cmocka_unit_test(test_close_all_and_free),
+	    cmocka_unit_test(test_empty_and_invalid),
+	    cmocka_unit_test(test_random_loss),
+	    cmocka_unit_test(test_throughput),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
