@@ -10,7 +10,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 CFLAGS    ?= -O2 -g
-CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) \
+CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
 LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpthread

@@ -90,6 +90,7 @@ struct pkt {
 	__u32 payload_off;
 	__u32 payload_len;
 	__u32 seq;
+	__u32 ack;
 	__u8 family;
 	__u8 flags;
 	__u32 v4_saddr, v4_daddr; /* network order, for the socket lookup */
@@ -183,6 +184,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->t.dport = (tcph[2] << 8) | tcph[3];
 	p->seq = ((__u32)tcph[4] << 24) | ((__u32)tcph[5] << 16) | ((__u32)tcph[6] << 8) |
 		 tcph[7];
+	p->ack = ((__u32)tcph[8] << 24) | ((__u32)tcph[9] << 16) | ((__u32)tcph[10] << 8) |
+		 tcph[11];
 	p->flags = tcph[13];
 	p->payload_off = p->l4_off + tcp_hlen;
 	p->payload_len = l3_payload - tcp_hlen;
@@ -291,6 +294,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	s->ev.sport = p.t.sport;
 	s->ev.dport = p.t.dport;
 	s->ev.seq = p.seq;
+	s->ev.ack = p.ack;
 	s->ev.payload_len = p.payload_len;
 	s->ev.ifindex = skb->ifindex;
 	s->ev.family = p.family;

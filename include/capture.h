@@ -54,13 +54,20 @@ int capture_poll(struct capture *c, int timeout_ms);
  * record still in the ring buffer. Returns records delivered or a negative errno. */
 int capture_detach_and_drain(struct capture *c);
 
-/* Sums the per-CPU kernel counters into out[CAPTURE_CNT_MAX]; records the user side
- * rejected as malformed are added to out[CAPTURE_CNT_MAX] — so out must have
- * CAPTURE_CNT_MAX + 1 slots. Returns 0 or a negative errno. */
+/* Sums the per-CPU kernel counters into out[0 .. CAPTURE_CNT_MAX); then the user side's
+ * own: out[CAPTURE_USER_MALFORMED] records rejected as malformed and
+ * out[CAPTURE_USER_EXCLUDED] records of excluded tuples that reached user space — so out
+ * must have CAPTURE_COUNTERS slots. Returns 0 or a negative errno. Thread-safe. */
+#define CAPTURE_USER_MALFORMED CAPTURE_CNT_MAX
+#define CAPTURE_USER_EXCLUDED (CAPTURE_CNT_MAX + 1)
+#define CAPTURE_COUNTERS (CAPTURE_CNT_MAX + 2)
 int capture_read_counters(struct capture *c, uint64_t *out);
 
-/* Adds one direction of a connection to the kernel's exclude map. 0 or -errno. */
+/* Excludes one direction of one of the agent's own connections: in the kernel map, and
+ * in user space (records already in the ring buffer, such as its SYN, are dropped too).
+ * Any thread. 0 or -errno (-ENOSPC: user-space slots full, the kernel map still has it). */
 int capture_exclude_add(struct capture *c, const struct capture_tuple *t);
+int capture_exclude_remove(struct capture *c, const struct capture_tuple *t);
 
 /* A comma-separated list of the attached interfaces, e.g. "lo,eth0". */
 const char *capture_interfaces(const struct capture *c);

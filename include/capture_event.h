@@ -53,7 +53,8 @@ struct capture_event {
 	__u8 family;	     /* 4 or 6 */
 	__u8 tcp_flags;	     /* CAPTURE_TCP_* */
 	__u8 dir;	     /* enum capture_dir */
-	__u8 pad[7];
+	__u8 pad[3];
+	__u32 ack;	     /* TCP acknowledgment number (valid with CAPTURE_TCP_ACK) */
 	/* chunk_len payload bytes follow the header (no flexible array: the BPF side
 	 * embeds this struct in its staging buffer) */
 };

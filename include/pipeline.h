@@ -33,7 +33,7 @@ struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *s
 void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data);
 
 /* Gives up stale holes, expires idle flows, and publishes the capture-health numbers
- * (kernel: the CAPTURE_CNT_MAX + 1 counters of capture_read_counters, or NULL). */
+ * (kernel: the CAPTURE_COUNTERS counters of capture_read_counters, or NULL). */
 void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 
 /* Ends every flow (at shutdown), then publishes. */

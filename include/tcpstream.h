@@ -44,6 +44,7 @@ struct tcpstream_segment {
 	struct tcpstream_addr server; /* the side on the server port */
 	enum tcpstream_dir dir;
 	uint32_t seq;	     /* sequence number of data[0] (of the SYN itself if SYN) */
+	uint32_t ack;	     /* acknowledgment number, valid when flags has TCPSTREAM_ACK */
 	uint8_t flags;	     /* TCPSTREAM_*; a chunked packet carries SYN on its first
 			      * chunk and FIN/RST on its last one only */
 	const uint8_t *data; /* not retained after the call returns */

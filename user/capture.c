@@ -5,6 +5,8 @@
  */
 #include <errno.h>
 #include <net/if.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,7 +42,19 @@ struct attachment {
 	bool tc_attached[2]; /* tc mode */
 };
 
+/* The agent's own connections, also checked in user space: a record of one that was
+ * captured before its tuple reached the kernel map (the SYN of a new connection) must
+ * not open a session. Written by any thread, read by the polling thread. */
+#define USER_EXCLUDE_SLOTS 64
+
+struct user_exclude {
+	struct capture_tuple t;
+	_Atomic int used;
+};
+
 struct capture {
+	struct user_exclude excl[USER_EXCLUDE_SLOTS];
+	_Atomic int n_excl;
 	struct capture_bpf *skel;
 	struct ring_buffer *rb;
 	enum capture_attach_mode mode;
@@ -50,6 +64,8 @@ struct capture {
 	capture_record_fn fn;
 	void *ctx;
 	uint64_t malformed;
+	uint64_t user_excluded;
+	pthread_mutex_t excl_lock; /* serialises writers of excl[] */
 	char ifnames[CAPTURE_MAX_INTERFACES * (IF_NAMESIZE + 1)];
 };
 
@@ -261,6 +277,22 @@ static void detach_all(struct capture *c)
 	c->detached = true;
 }
 
+static bool user_excluded(struct capture *c, const struct capture_event *ev)
+{
+	int i, n = atomic_load_explicit(&c->n_excl, memory_order_acquire);
+
+	for (i = 0; i < n && i < USER_EXCLUDE_SLOTS; i++) {
+		const struct capture_tuple *t = &c->excl[i].t;
+
+		if (!atomic_load_explicit(&c->excl[i].used, memory_order_acquire))
+			continue;
+		if (t->sport == ev->sport && t->dport == ev->dport &&
+		    !memcmp(t->saddr, ev->saddr, 16) && !memcmp(t->daddr, ev->daddr, 16))
+			return true;
+	}
+	return false;
+}
+
 static int on_record(void *ctx, void *data, size_t size)
 {
 	struct capture *c = ctx;
@@ -269,6 +301,10 @@ static int on_record(void *ctx, void *data, size_t size)
 	if (size < sizeof(*ev) || size != sizeof(*ev) + ev->chunk_len ||
 	    ev->chunk_len > CAPTURE_CHUNK_MAX) {
 		c->malformed++;
+		return 0;
+	}
+	if (atomic_load_explicit(&c->n_excl, memory_order_acquire) && user_excluded(c, ev)) {
+		c->user_excluded++;
 		return 0;
 	}
 	c->fn(c->ctx, ev, (const uint8_t *)(ev + 1));
@@ -336,6 +372,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_record_fn
 		set_error(error, -ENOMEM, "out of memory");
 		return NULL;
 	}
+	pthread_mutex_init(&c->excl_lock, NULL);
 	c->mode = cfg->mode;
 	c->fn = fn;
 	c->ctx = ctx;
@@ -402,6 +439,7 @@ int capture_read_counters(struct capture *c, uint64_t *out)
 			out[key] += vals[cpu];
 	}
 	out[CAPTURE_CNT_MAX] = c->malformed;
+	out[CAPTURE_CNT_MAX + 1] = c->user_excluded;
 	free(vals);
 	return err;
 }
@@ -409,10 +447,37 @@ int capture_read_counters(struct capture *c, uint64_t *out)
 int capture_exclude_add(struct capture *c, const struct capture_tuple *t)
 {
 	uint8_t one = 1;
+	int i, err = 0;
 
 	if (bpf_map_update_elem(bpf_map__fd(c->skel->maps.exclude), t, &one, BPF_ANY))
 		return -errno;
 	c->skel->bss->exclude_active = 1;
+	pthread_mutex_lock(&c->excl_lock);
+	for (i = 0; i < USER_EXCLUDE_SLOTS; i++)
+		if (!atomic_load(&c->excl[i].used))
+			break;
+	if (i < USER_EXCLUDE_SLOTS) {
+		c->excl[i].t = *t;
+		atomic_store_explicit(&c->excl[i].used, 1, memory_order_release);
+		if (i >= atomic_load(&c->n_excl))
+			atomic_store_explicit(&c->n_excl, i + 1, memory_order_release);
+	} else {
+		err = -ENOSPC; /* the kernel map still excludes it; only the SYN race remains */
+	}
+	pthread_mutex_unlock(&c->excl_lock);
+	return err;
+}
+
+int capture_exclude_remove(struct capture *c, const struct capture_tuple *t)
+{
+	int i;
+
+	bpf_map_delete_elem(bpf_map__fd(c->skel->maps.exclude), t);
+	pthread_mutex_lock(&c->excl_lock);
+	for (i = 0; i < USER_EXCLUDE_SLOTS; i++)
+		if (atomic_load(&c->excl[i].used) && !memcmp(&c->excl[i].t, t, sizeof(*t)))
+			atomic_store_explicit(&c->excl[i].used, 0, memory_order_release);
+	pthread_mutex_unlock(&c->excl_lock);
 	return 0;
 }
 
@@ -429,5 +494,6 @@ void capture_close(struct capture *c)
 		detach_all(c);
 	ring_buffer__free(c->rb);
 	capture_bpf__destroy(c->skel);
+	pthread_mutex_destroy(&c->excl_lock);
 	free(c);
 }

@@ -293,6 +293,7 @@ static void on_record(void *ctx, const struct capture_event *ev, const uint8_t *
 	/* A SYN consumes one sequence number before the payload: the first chunk carries
 	 * the SYN itself (tcpstream skips it), later chunks start past it. */
 	seg.seq = ev->seq + (ev->chunk_off ? syn + ev->chunk_off : 0);
+	seg.ack = ev->ack;
 	seg.flags = ev->tcp_flags & CAPTURE_TCP_ACK;
 	if (ev->chunk_off == 0)
 		seg.flags |= ev->tcp_flags & CAPTURE_TCP_SYN;
@@ -306,7 +307,7 @@ static void on_record(void *ctx, const struct capture_event *ev, const uint8_t *
 static void print_stats(struct capture *c, const struct tcpstream_stats *s,
 			uint64_t dump_errs)
 {
-	uint64_t k[CAPTURE_CNT_MAX + 1] = {};
+	uint64_t k[CAPTURE_COUNTERS] = {};
 
 	capture_read_counters(c, k);
 	fprintf(stderr,
@@ -321,7 +322,7 @@ static void print_stats(struct capture *c, const struct tcpstream_stats *s,
 		(unsigned long long)k[CAPTURE_CNT_RB_DROPS],
 		(unsigned long long)k[CAPTURE_CNT_TRUNCATED],
 		(unsigned long long)k[CAPTURE_CNT_COPY_ERRORS],
-		(unsigned long long)k[CAPTURE_CNT_MAX], (unsigned long long)k[CAPTURE_CNT_EXCLUDED],
+		(unsigned long long)k[CAPTURE_USER_MALFORMED], (unsigned long long)k[CAPTURE_CNT_EXCLUDED],
 		(unsigned long long)k[CAPTURE_CNT_LOCAL_CLIENT],
 		(unsigned long long)k[CAPTURE_CNT_PURE_ACKS], (unsigned long long)s->flows_opened,
 		(unsigned long long)s->flows_refused, (unsigned long long)s->flows_midstream,

@@ -173,6 +173,7 @@ void pipeline_record(struct pipeline *p, const struct capture_event *ev, const u
 	/* A SYN consumes one sequence number before the payload: the first chunk carries
 	 * the SYN itself (tcpstream skips it), later chunks start past it. */
 	seg.seq = ev->seq + (ev->chunk_off ? syn + ev->chunk_off : 0);
+	seg.ack = ev->ack;
 	seg.flags = ev->tcp_flags & CAPTURE_TCP_ACK;
 	if (ev->chunk_off == 0)
 		seg.flags |= ev->tcp_flags & CAPTURE_TCP_SYN;

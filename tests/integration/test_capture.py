@@ -74,6 +74,29 @@ def test_veth_namespace_streams_byte_exact(lab, start_agent, procs, rng, tmp_pat
                   server_ips={"192.0.2.1"})
 
 
+def test_veth_outgoing_connections_not_captured(lab, start_agent, procs, rng, tmp_path):
+    """Connections this host opens to a remote server on the port (the agent's own mirror
+    or source connections, say) are not captured on a non-loopback interface."""
+    host_ns, remote_ns = lab.netns("host"), lab.netns("rem")
+    host_if, _ = lab.veth(host_ns, "h", "192.0.2.1/28", remote_ns, "r", "192.0.2.2/28")
+    port = h.free_port(rng=rng)
+
+    agent = start_agent(port, [host_if], netns=host_ns)
+    assert_ready(agent, [host_if])
+    spec = h.make_spec(4, rng, max_size=64 * 1024)
+    h.run_traffic(procs, spec, "192.0.2.2", port, tmp_path / "traffic",
+                  server_netns=remote_ns, client_netns=host_ns)
+
+    result = agent.stop()
+    h.assert_clean_stop(result)
+    assert result.stats["flows"] == 0, f"outgoing connections were tracked: {result.stats}"
+    # Not vacuous: the program saw them (the counter is not part of the CLI contract).
+    if "local_client" in result.stats:
+        assert result.stats["local_client"] > 0, f"the packets were never seen: {result.stats}"
+    dumped = sorted(p.name for p in agent.dump_dir.iterdir())
+    assert not dumped, f"outgoing connections were dumped: {dumped}"
+
+
 # --------------------------------------------------------------------------- 3. DNAT
 
 def test_dnat_two_interfaces_dumped_once(lab, start_agent, procs, rng, tmp_path):
@@ -126,6 +149,7 @@ def _reuse_tuple(start_agent, procs, rng, tmp_path, spec, pause_ms, netns=None):
     port = h.free_port(rng=rng)
     client_port = h.free_port(hosts=("127.0.0.1",), rng=rng)
     agent = start_agent(port, ["lo"], netns=netns)
+    assert_ready(agent, ["lo"])
     conns = h.run_traffic(procs, spec, "127.0.0.1", port, tmp_path / "traffic",
                           server_netns=netns, client_netns=netns,
                           client_args=["--sequential", "--pause-ms", pause_ms,
