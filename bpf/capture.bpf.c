@@ -226,24 +226,50 @@ static __always_inline bool local_client(struct __sk_buff *skb, struct pkt *p, b
 	return true;
 }
 
-/* Copies [off, off+len) of the payload into one record. Returns 0 or -1 on loss. */
+/* Picks the wakeup flag: wake the reader only once wakeup_bytes wait in the ring. */
+static __always_inline __u64 wakeup_flag(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+/*
+ * Copies [off, off+len) of the payload into one record. Returns 0 or -1 on loss.
+ * A full chunk is loaded straight into a reserved record (one copy; its size is the
+ * constant bpf_ringbuf_reserve needs); a shorter one is staged in the per-CPU scratch
+ * and copied out with exactly its size, so small packets do not waste the ring.
+ */
 static __always_inline int emit(struct __sk_buff *skb, struct scratch *s, struct pkt *p,
 				__u32 off, __u64 len)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
+	struct scratch *rec;
 
 	asm volatile("" : "+r"(len)); /* keep the bound check below for the verifier */
 	if (len > CAPTURE_CHUNK_MAX)
 		return -1;
+	s->ev.chunk_off = off;
+	s->ev.chunk_len = len;
+	if (len == CAPTURE_CHUNK_MAX) {
+		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+		if (!rec) {
+			count(CAPTURE_CNT_RB_DROPS, 1);
+			return -1;
+		}
+		rec->ev = s->ev;
+		if (bpf_skb_load_bytes(skb, p->payload_off + off, rec->data, CAPTURE_CHUNK_MAX)) {
+			bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+			count(CAPTURE_CNT_COPY_ERRORS, 1);
+			return -1;
+		}
+		bpf_ringbuf_submit(rec, wakeup_flag());
+		count(CAPTURE_CNT_RECORDS, 1);
+		return 0;
+	}
 	if (len > 0 && bpf_skb_load_bytes(skb, p->payload_off + off, s->data, len)) {
 		count(CAPTURE_CNT_COPY_ERRORS, 1);
 		return -1;
 	}
-	s->ev.chunk_off = off;
-	s->ev.chunk_len = len;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, s, sizeof(s->ev) + len, flags)) {
+	if (bpf_ringbuf_output(&events, s, sizeof(s->ev) + len, wakeup_flag())) {
 		count(CAPTURE_CNT_RB_DROPS, 1);
 		return -1;
 	}

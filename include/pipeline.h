@@ -39,6 +39,19 @@ void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 /* Ends every flow (at shutdown), then publishes. */
 void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 
+/* Who can name the database of a session whose start was missed (--source-dsn). */
+struct pipeline_hooks {
+	void (*want_identity)(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client);
+	void *ctx;
+};
+
+void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks);
+
+/* The answer to want_identity: names the session of flow_id, if it still exists and is
+ * still unnamed. Returns true when a session was named. */
+bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database,
+		       const char *user, uint64_t now_ns);
+
 /* Latest capture timestamp seen in a record (0 before the first). */
 uint64_t pipeline_last_ts(const struct pipeline *p);
 

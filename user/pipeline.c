@@ -13,6 +13,8 @@ struct pipeline {
 	struct stats *stats;
 	struct dump *dump;
 	uint64_t last_ts;
+	struct pipeline_hooks hooks;
+	struct conn *unnamed; /* sessions waiting for want_identity's answer */
 };
 
 /* Per-flow state, hung on tcpstream_flow.user and session_info.user_ptr. */
@@ -20,7 +22,20 @@ struct conn {
 	struct session *session;
 	struct dump_flow *dump;
 	struct stats_db *db;
+	uint64_t flow_id;
+	struct conn *next_unnamed, **prev_unnamed; /* on p->unnamed while waiting */
 };
+
+static void unnamed_remove(struct conn *c)
+{
+	if (!c->prev_unnamed)
+		return;
+	*c->prev_unnamed = c->next_unnamed;
+	if (c->next_unnamed)
+		c->next_unnamed->prev_unnamed = c->prev_unnamed;
+	c->next_unnamed = NULL;
+	c->prev_unnamed = NULL;
+}
 
 #define RELAXED memory_order_relaxed
 
@@ -76,6 +91,7 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 	if (!c)
 		return; /* this flow is then not decoded; nothing else depends on it */
 	flow->user = c;
+	c->flow_id = flow->id;
 	if (p->dump)
 		c->dump = dump_flow_open(p->dump, flow);
 	c->session = session_new(&p->session_cfg, &session_handler, p, &p->session_stats, flow->id,
@@ -83,6 +99,14 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 	if (c->session) {
 		session_info(c->session)->user_ptr = c;
 		c->db = stats_db(p->stats, session_info(c->session)->database);
+		if (!flow->saw_syn && p->hooks.want_identity) {
+			c->next_unnamed = p->unnamed;
+			if (p->unnamed)
+				p->unnamed->prev_unnamed = &c->next_unnamed;
+			c->prev_unnamed = &p->unnamed;
+			p->unnamed = c;
+			p->hooks.want_identity(p->hooks.ctx, flow->id, &flow->client);
+		}
 	}
 }
 
@@ -123,6 +147,7 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 	(void)reason;
 	if (!c)
 		return;
+	unnamed_remove(c);
 	session_free(c->session, ts_ns);
 	dump_flow_close(p->dump, c->dump);
 	free(c);
@@ -224,6 +249,28 @@ void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *ker
 {
 	tcpstream_close_all(p->tcp, now_ns);
 	publish(p, kernel);
+}
+
+void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks)
+{
+	p->hooks = *hooks;
+}
+
+bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database,
+		       const char *user, uint64_t now_ns)
+{
+	struct conn *c;
+
+	for (c = p->unnamed; c; c = c->next_unnamed)
+		if (c->flow_id == flow_id)
+			break;
+	if (!c)
+		return false; /* closed meanwhile */
+	unnamed_remove(c);
+	if (strcmp(session_info(c->session)->database, SESSION_UNKNOWN))
+		return false; /* its StartupMessage was seen after all */
+	session_identify(c->session, database, user, now_ns); /* IDENTIFIED updates c->db */
+	return true;
 }
 
 uint64_t pipeline_last_ts(const struct pipeline *p)
