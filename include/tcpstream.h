@@ -12,6 +12,37 @@
  * address is not part of the key, so one connection seen on two interfaces under two
  * server addresses (DNAT into a container, a bridge) is one flow. The server address
  * reported is the one seen first.
+ *
+ * Resets. An RST is taken (and closes the flow) only if its sequence number is one its
+ * direction could send now (RFC 5961's idea, seen from outside): not before the next byte
+ * expected, and not beyond the furthest point the direction is known to have reached
+ * (delivered, held, its FIN, or acknowledged by the peer) plus 64 MiB of bytes lost to the
+ * capture; a direction that has carried nothing but its SYN resets only at ISN + 1. An RST
+ * of a direction never seen is checked through its ACK (it must acknowledge what the other
+ * direction sent), and taken if it has none. Any other RST is counted in rst_ignored and
+ * dropped: typically the reset of a previous connection on the same tuple (TIME_WAIT
+ * assassination), which must not end the new one.
+ *
+ * Late segments. A closed flow lingers for linger_ns; what arrives for it then is counted
+ * in late_segments and dropped, and its payload bytes past the flow's end as closed (never
+ * delivered nor reported in a gap) are counted in late_bytes_undelivered. Exception: the
+ * client's SYN, with the ISN of a flow that an RST closed before anything was delivered or
+ * reported missing, opens a new flow (flows_reopened): a client never resends the SYN of
+ * an attempt it reset or that was refused, so that RST was not this connection's end.
+ *
+ * Acknowledgments and the end of a direction. Each direction tracks the highest sequence
+ * number the other side acknowledged (ACK of segments taken by the flow whose own sequence
+ * number is plausible; acks behind the direction's start, more than 1 GiB ahead of the
+ * furthest point known, or past its FIN are ignored). When a flow closes, for any reason,
+ * after its held data is delivered, a direction whose known end lies beyond the bytes
+ * delivered gets a trailing gap of exact size (counted in tail_gaps too). The known end is
+ * the FIN's sequence number if the FIN was seen; otherwise the acknowledged position, less
+ * one for the FIN (which takes a sequence number, not a byte) if that position was first
+ * acknowledged by a segment sent with or after the acknowledging side's own FIN: a side
+ * that closes after reading its peer's end acknowledges that end in its FIN. The rule can
+ * err by one byte when the FIN is lost and the acknowledging side closed first with no
+ * segment in between (that acknowledgement then counts one byte short) or sent data after
+ * its peer's FIN (one byte long). The SYN's sequence number is never counted as a byte.
  */
 #ifndef PGSHADOW_TCPSTREAM_H
 #define PGSHADOW_TCPSTREAM_H
@@ -76,7 +107,9 @@ struct tcpstream_flow {
  * capture time of the segment that carried those bytes.
  *
  * gap: `missing` bytes could not be rebuilt before the data that follows (0 = unknown,
- * e.g. the start of a connection that was open before capture began).
+ * e.g. the start of a connection that was open before capture began). At close, a last
+ * gap may end a direction: bytes its FIN or the peer's acknowledgment showed were sent,
+ * but never seen (ts_ns is then the close time).
  */
 struct tcpstream_handler {
 	void (*open)(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns);
@@ -119,6 +152,10 @@ struct tcpstream_stats {
 	uint64_t late_segments;	    /* segments of a lingering (closed) flow */
 	uint64_t segments_rejected; /* dropped: malformed, or under another server address (or
 				     * with another ISN) without fitting the flow of its key */
+	uint64_t rst_ignored;	    /* RSTs dropped: sequence number not acceptable (see Resets) */
+	uint64_t late_bytes_undelivered; /* payload of late segments past the closed flow's end */
+	uint64_t flows_reopened; /* a client SYN reopened its RST-closed flow (see Late segments) */
+	uint64_t tail_gaps;	 /* gaps at close: a direction's end known, its bytes never seen */
 };
 
 /* Fills *cfg with the defaults documented in README.md. */

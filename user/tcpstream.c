@@ -11,7 +11,9 @@
  *   - per half-stream (direction), a sorted list of held out-of-order pieces that never
  *     overlap each other and all start past the next expected byte;
  *   - every half-stream holding something on a "holes" list ordered by the capture time of
- *     its oldest held piece, so tick gives up timed-out holes from its head.
+ *     its oldest held piece, so tick gives up timed-out holes from its head;
+ *   - per half-stream, the highest offset the other side acknowledged, which bounds the RSTs
+ *     taken and tells, at close, how much of a lost tail to report as a gap.
  *
  * Sequence numbers are mapped to 64-bit stream offsets: `base` is the sequence number of
  * offset 0 and an incoming sequence number is read as a signed 32-bit distance from the
@@ -36,6 +38,13 @@
 /* A segment within this distance of a half-stream's next expected byte may belong to it
  * (the largest TCP window, 2^30 with window scaling). */
 #define PLAUSIBLE_WINDOW (1U << 30)
+/*
+ * How far an RST's sequence number may lie past the furthest point its direction is known to
+ * have reached: bytes sent but lost to the capture, bounded by the peer's receive window since
+ * the last acknowledgment seen. 64 MiB is above what Linux autotuning grants even with raised
+ * tcp_rmem limits; an RST further out is not this connection's (RFC 5961, seen from outside).
+ */
+#define RST_WINDOW (1U << 26)
 /* No capture chunk is anywhere near this long; longer would break the 2^31 arithmetic. */
 #define MAX_SEGMENT_LEN (1U << 30)
 /* Buckets of the flow table: one per flow up to this many, then chains grow. */
@@ -113,6 +122,10 @@ struct half {
 	uint64_t held_cost;
 	struct link hole_node; /* in ts->holes while held is not empty */
 	uint64_t hole_ts;      /* a lower bound of the oldest held piece's ts_ns */
+	bool ack_known;	       /* the other side acknowledged something of this direction */
+	bool ack_fin;	       /* acked was first carried by a segment sent with or after the
+				* other side's FIN: it is read as covering this direction's FIN */
+	uint64_t acked;	       /* highest stream offset the other side acknowledged */
 };
 
 struct flow {
@@ -122,6 +135,7 @@ struct flow {
 	uint64_t last_ts;	   /* open: last activity; lingering: close time */
 	uint32_t hash;
 	bool lingering;
+	bool rst_closed; /* lingering after a close by RST */
 	struct half half[2];
 };
 
@@ -445,15 +459,41 @@ static struct flow *flow_open(struct tcpstream *ts, const struct tcpstream_segme
 }
 
 /*
- * Closes an open flow: delivers what it holds (each hole reported as a gap), calls the close
- * callback, then either keeps it as a tombstone for linger_ns (to absorb late duplicates
- * from another interface) or frees it. The flow must not be used afterwards unless linger.
+ * At close, after h's held data is delivered: reports as a trailing gap the bytes between what
+ * was delivered and h's known end (its FIN, else the acknowledged position, less one for a
+ * FIN it is read as covering; see the header), and moves next there, so that late segments
+ * are measured against what was accounted for.
+ */
+static void half_close_tail(struct tcpstream *ts, struct half *h, uint64_t ts_ns)
+{
+	uint64_t end = h->next;
+
+	if (!h->started)
+		return;
+	if (h->fin_known)
+		end = h->fin_off;
+	else if (h->ack_known)
+		end = h->acked - (h->ack_fin && h->acked ? 1 : 0);
+	if (end <= h->next)
+		return;
+	ts->st.tail_gaps++;
+	emit_gap(ts, h, end - h->next, ts_ns);
+	h->next = end;
+}
+
+/*
+ * Closes an open flow: delivers what it holds (each hole reported as a gap), reports a missing
+ * tail, calls the close callback, then either keeps it as a tombstone for linger_ns (to absorb
+ * late duplicates from another interface) or frees it. The flow must not be used afterwards
+ * unless linger.
  */
 static void flow_close(struct tcpstream *ts, struct flow *f, enum tcpstream_close_reason reason,
 		       uint64_t ts_ns, bool linger)
 {
 	half_flush(ts, &f->half[TCPSTREAM_C2S]);
 	half_flush(ts, &f->half[TCPSTREAM_S2C]);
+	half_close_tail(ts, &f->half[TCPSTREAM_C2S], ts_ns);
+	half_close_tail(ts, &f->half[TCPSTREAM_S2C], ts_ns);
 	if (ts->handler->close)
 		ts->handler->close(ts->ctx, &f->pub, reason, ts_ns);
 	ts->st.flows_closed++;
@@ -464,6 +504,7 @@ static void flow_close(struct tcpstream *ts, struct flow *f, enum tcpstream_clos
 		return;
 	}
 	f->lingering = true;
+	f->rst_closed = reason == TCPSTREAM_CLOSE_RST;
 	f->last_ts = ts_ns;
 	link_add_tail(&ts->linger, &f->lru);
 	ts->lingering++;
@@ -499,10 +540,36 @@ static int32_t seq_dist(const struct half *h, uint32_t seq)
 	return (int32_t)(seq - (h->base + (uint32_t)h->next));
 }
 
+/* Stream offset of seq read near the offset ref (exact within 2 GiB of it); negative if
+ * before the stream's start. */
+static int64_t seq_off_near(const struct half *h, uint32_t seq, uint64_t ref)
+{
+	return (int64_t)ref + (int32_t)(seq - (h->base + (uint32_t)ref));
+}
+
 /* Stream offset of seq; negative if before the stream's start. */
 static int64_t seq_off(const struct half *h, uint32_t seq)
 {
-	return (int64_t)h->next + seq_dist(h, seq);
+	return seq_off_near(h, seq, h->next);
+}
+
+/* The furthest stream offset h is known to reach: delivered, held, its FIN's sequence
+ * number consumed, or acknowledged by the other side (h started). */
+static uint64_t half_far(const struct half *h)
+{
+	const struct held *last;
+	uint64_t far = h->next;
+
+	if (!link_empty(&h->held)) {
+		last = container_of(h->held.prev, struct held, node); /* sorted, disjoint */
+		if (last->off + last->len > far)
+			far = last->off + last->len;
+	}
+	if (h->fin_known && h->fin_off + 1 > far)
+		far = h->fin_off + 1;
+	if (h->ack_known && h->acked > far)
+		far = h->acked;
+	return far;
 }
 
 static bool seq_plausible(const struct half *h, uint32_t seq)
@@ -510,6 +577,71 @@ static bool seq_plausible(const struct half *h, uint32_t seq)
 	int32_t d = seq_dist(h, seq);
 
 	return d >= -(int32_t)PLAUSIBLE_WINDOW && d <= (int32_t)PLAUSIBLE_WINDOW;
+}
+
+/*
+ * Whether seq is a sequence number h (started) could be at now: not before the offset lo,
+ * nor past the furthest point h is known to reach plus RST_WINDOW of bytes the capture may
+ * have lost; a direction that has carried nothing but its SYN (nothing delivered, held,
+ * finished or acknowledged past it) is exactly at its ISN + 1.
+ */
+static bool half_could_be_at(const struct half *h, uint32_t seq, uint64_t lo)
+{
+	uint64_t far = half_far(h);
+	int64_t off = seq_off_near(h, seq, far);
+
+	if (off < (int64_t)lo)
+		return false;
+	return (uint64_t)off <= far + (far ? RST_WINDOW : 0);
+}
+
+/*
+ * Whether the RST seg may end the open flow f: its sequence number must be one its direction
+ * could send now (not before the next byte expected); if that direction was never seen, its
+ * ACK, if any, must acknowledge a point the other direction reached (see the header).
+ */
+static bool rst_acceptable(const struct flow *f, const struct tcpstream_segment *seg)
+{
+	const struct half *h = &f->half[seg->dir], *o = &f->half[!seg->dir];
+
+	if (h->started)
+		return half_could_be_at(h, seg->seq, h->next);
+	if ((seg->flags & TCPSTREAM_ACK) && o->started)
+		return half_could_be_at(o, seg->ack, 0);
+	return true;
+}
+
+/*
+ * Takes the acknowledgment of seg (already applied to f) into the other direction: the
+ * highest acknowledged offset, if plausible (see the header). The acknowledging direction
+ * must have started and seg's sequence number be plausible for it: an ACK from elsewhere
+ * (a TIME_WAIT answer of the previous connection) tells nothing about this one.
+ */
+static void flow_ack(struct flow *f, const struct tcpstream_segment *seg)
+{
+	const struct half *acker = &f->half[seg->dir];
+	struct half *h = &f->half[!seg->dir];
+	uint64_t far;
+	int64_t off;
+
+	if (!(seg->flags & TCPSTREAM_ACK) || !h->started)
+		return;
+	/* The acknowledgment of the segment before (most of a one-way transfer): nothing new. */
+	if (h->ack_known && seg->ack == h->base + (uint32_t)h->acked)
+		return;
+	if (!acker->started || !seq_plausible(acker, seg->seq + !!(seg->flags & TCPSTREAM_SYN)))
+		return;
+	far = half_far(h);
+	off = seq_off_near(h, seg->ack, far);
+	if (off < 0 || off > (int64_t)(far + PLAUSIBLE_WINDOW))
+		return; /* behind the start, or more than any window ahead */
+	if (h->fin_known && (uint64_t)off > h->fin_off + 1)
+		return; /* past the FIN: nothing is sent there */
+	if (h->ack_known && (uint64_t)off <= h->acked)
+		return;
+	h->ack_known = true;
+	h->acked = off;
+	h->ack_fin = acker->fin_known;
 }
 
 /* ---- one segment -------------------------------------------------------------------- */
@@ -724,6 +856,54 @@ static bool segment_valid(const struct tcpstream_segment *seg)
 	       (seg->data || !seg->len);
 }
 
+/*
+ * Counts seg, which belongs to the lingering flow f, as late, and its payload bytes past what
+ * f delivered or reported missing in their direction (all of them if the direction was never
+ * started, or if seg cannot be placed in it) as undelivered.
+ */
+static void flow_late(struct tcpstream *ts, const struct flow *f,
+		      const struct tcpstream_segment *seg)
+{
+	const struct half *h = &f->half[seg->dir];
+	uint32_t data_seq = seg->seq + !!(seg->flags & TCPSTREAM_SYN);
+	int64_t off, end, lo;
+
+	ts->st.late_segments++;
+	if (!seg->len)
+		return;
+	if (!h->started || !seq_plausible(h, data_seq)) {
+		ts->st.late_bytes_undelivered += seg->len;
+		return;
+	}
+	off = seq_off(h, data_seq);
+	end = off + seg->len;
+	lo = off > (int64_t)h->next ? off : (int64_t)h->next;
+	if (h->fin_known && end > (int64_t)h->fin_off)
+		end = h->fin_off; /* nothing goes past a FIN (see half_data) */
+	if (end > lo)
+		ts->st.late_bytes_undelivered += end - lo;
+}
+
+/*
+ * Whether seg, for the lingering flow f, starts a flow of its own: a client SYN with another
+ * ISN (a new connection on the tuple), or with f's ISN if an RST closed f before anything was
+ * delivered or reported missing (that RST was not the connection's end; see the header).
+ */
+static bool lingering_yields(struct tcpstream *ts, const struct flow *f,
+			     const struct tcpstream_segment *seg, bool client_syn)
+{
+	const struct half *c = &f->half[TCPSTREAM_C2S];
+
+	if (!client_syn)
+		return false;
+	if (!c->isn_known || c->isn != seg->seq)
+		return true;
+	if (!f->rst_closed || f->half[TCPSTREAM_C2S].next || f->half[TCPSTREAM_S2C].next)
+		return false;
+	ts->st.flows_reopened++;
+	return true;
+}
+
 void tcpstream_feed(struct tcpstream *ts, const struct tcpstream_segment *seg)
 {
 	bool syn = seg->flags & TCPSTREAM_SYN;
@@ -740,10 +920,8 @@ void tcpstream_feed(struct tcpstream *ts, const struct tcpstream_segment *seg)
 	hash = flow_hash(ts, &seg->client, seg->server.port);
 	f = flow_lookup(ts, hash, seg);
 	if (f && f->lingering) {
-		/* Only a client SYN with a new ISN is not a late copy of the closed connection. */
-		if (!client_syn ||
-		    (f->half[TCPSTREAM_C2S].isn_known && f->half[TCPSTREAM_C2S].isn == seg->seq)) {
-			ts->st.late_segments++;
+		if (!lingering_yields(ts, f, seg, client_syn)) {
+			flow_late(ts, f, seg);
 			return;
 		}
 		flow_destroy(ts, f);
@@ -763,6 +941,10 @@ void tcpstream_feed(struct tcpstream *ts, const struct tcpstream_segment *seg)
 			return;
 		}
 	}
+	if (f && (seg->flags & TCPSTREAM_RST) && !rst_acceptable(f, seg)) {
+		ts->st.rst_ignored++;
+		return;
+	}
 	if (!f) {
 		/* A pure ACK, lone FIN or RST of an unknown connection has nothing to tell. */
 		if (!syn && !seg->len)
@@ -773,6 +955,7 @@ void tcpstream_feed(struct tcpstream *ts, const struct tcpstream_segment *seg)
 	}
 	flow_touch(ts, f, seg->ts_ns);
 	flow_segment(ts, f, seg);
+	flow_ack(f, seg);
 	if (seg->flags & TCPSTREAM_RST)
 		flow_close(ts, f, TCPSTREAM_CLOSE_RST, seg->ts_ns, true);
 	else

@@ -243,6 +243,7 @@ static uint8_t *make_bytes(size_t n, uint64_t seed)
 struct conn {
 	struct tcpstream_addr client, server;
 	uint32_t isn[2];
+	uint32_t ack[2]; /* acknowledgment number each direction's segments carry */
 };
 
 static void addr4(struct tcpstream_addr *a, uint8_t a0, uint8_t a1, uint8_t a2, uint8_t a3,
@@ -264,6 +265,15 @@ static void conn_init(struct conn *c, uint16_t cport, uint32_t isn_c, uint32_t i
 	addr4(&c->server, 10, 0, 0, 1, 5432);
 	c->isn[TCPSTREAM_C2S] = isn_c;
 	c->isn[TCPSTREAM_S2C] = isn_s;
+	/* each side acknowledges the other's SYN and nothing more, unless a test says so */
+	c->ack[TCPSTREAM_C2S] = isn_s + 1;
+	c->ack[TCPSTREAM_S2C] = isn_c + 1;
+}
+
+/* Makes dir's segments acknowledge the other direction's stream up to offset off. */
+static void conn_ack(struct conn *c, int dir, uint64_t off)
+{
+	c->ack[dir] = c->isn[!dir] + 1 + (uint32_t)off;
 }
 
 static void feed_seq(struct tcpstream *ts, const struct conn *c, int dir, uint32_t seq,
@@ -275,6 +285,7 @@ static void feed_seq(struct tcpstream *ts, const struct conn *c, int dir, uint32
 	    .server = c->server,
 	    .dir = dir,
 	    .seq = seq,
+	    .ack = c->ack[dir],
 	    .flags = flags,
 	    .data = len ? data : NULL,
 	    .len = len,
@@ -1057,7 +1068,11 @@ static void test_rst(void **state)
 	feed_off(ts, &c, TCPSTREAM_C2S, 2000, 0, b + 2000, 600, 11);
 	feed_off(ts, &c, TCPSTREAM_C2S, 2700, 0, b + 2700, 300, 12);
 	feed_off(ts, &c, TCPSTREAM_S2C, 0, 0, b, 10, 13);
+	/* a reset behind what the server already sent cannot be its own: ignored */
 	feed_off(ts, &c, TCPSTREAM_S2C, 0, TCPSTREAM_RST, NULL, 0, 14);
+	assert_int_equal(st->rst_ignored, 1);
+	assert_int_equal(col->closes, 0);
+	feed_off(ts, &c, TCPSTREAM_S2C, 10, TCPSTREAM_RST, NULL, 0, 14);
 	/* held data delivered, each hole reported, then the close */
 	assert_int_equal(col->rec[1].closes, 1);
 	assert_int_equal(col->rec[1].reason, TCPSTREAM_CLOSE_RST);
@@ -1380,6 +1395,390 @@ static void test_tuple_reuse(void **state)
 	free(b);
 }
 
+/*
+ * Tuple reuse through TIME_WAIT assassination (clients without TCP timestamps), three
+ * connections in a row from one port: each new SYN's ISN is below the previous connection's
+ * last sequence number, so the server, in TIME_WAIT, answers it with an ACK of the old
+ * connection; the client resets that with the old connection's sequence number and resends
+ * the same SYN 10 ms later. The RST is not the new connection's: it must not end it.
+ */
+static void test_reuse_time_wait_rst(void **state)
+{
+	const uint32_t lc = 100000, ls = 3000;
+	uint8_t *b = make_bytes(lc, 19);
+	struct col *col = col_new(false);
+	struct tcpstream *ts = new_ts(NULL, col);
+	const struct tcpstream_stats *st = tcpstream_stats(ts);
+	struct conn c[3], tw;
+	uint64_t t = SEC, off;
+	int i;
+
+	(void)state;
+	for (i = 0; i < 3; i++) {
+		/* each ISN 20000 above the last: ~80000 below the previous connection's end */
+		conn_init(&c[i], 40030, 1000000 + 20000 * i, 7000000 * (i + 1));
+		if (i > 0) {
+			feed_seq(ts, &c[i], TCPSTREAM_C2S, c[i].isn[0], TCPSTREAM_SYN, NULL, 0, t);
+			assert_int_equal(col->rec[i + 1].opened, true);
+			/* the TIME_WAIT answer: the old connection's sequence numbers */
+			tw = c[i - 1];
+			tw.ack[TCPSTREAM_S2C] = tw.isn[0] + 1 + lc + 1;
+			feed_seq(ts, &tw, TCPSTREAM_S2C, tw.isn[1] + 1 + ls + 1, TCPSTREAM_ACK,
+				 NULL, 0, t + MS);
+			/* the client's reset of it, with the old connection's sequence number */
+			feed_seq(ts, &c[i], TCPSTREAM_C2S, tw.isn[0] + 1 + lc + 1, TCPSTREAM_RST,
+				 NULL, 0, t + 2 * MS);
+			assert_int_equal(st->rst_ignored, i);
+			assert_int_equal(col->rec[i + 1].closes, 0);
+			t += 10 * MS; /* the SYN resent: handshake() sends it again */
+		}
+		handshake(ts, &c[i], t);
+		for (off = 0; off < lc; off += 1000)
+			feed_off(ts, &c[i], TCPSTREAM_C2S, off, 0, b + off, 1000, t + 3 + off);
+		conn_ack(&c[i], TCPSTREAM_S2C, lc);
+		feed_off(ts, &c[i], TCPSTREAM_S2C, 0, 0, b, ls, t + 200000);
+		conn_ack(&c[i], TCPSTREAM_C2S, ls);
+		feed_off(ts, &c[i], TCPSTREAM_C2S, lc, TCPSTREAM_FIN, NULL, 0, t + 200001);
+		conn_ack(&c[i], TCPSTREAM_S2C, lc + 1);
+		feed_off(ts, &c[i], TCPSTREAM_S2C, ls, TCPSTREAM_FIN, NULL, 0, t + 200002);
+		assert_stream(col, i + 1, TCPSTREAM_C2S, b, lc);
+		assert_stream(col, i + 1, TCPSTREAM_S2C, b, ls);
+		assert_int_equal(col->rec[i + 1].closes, 1);
+		assert_int_equal(col->rec[i + 1].reason, TCPSTREAM_CLOSE_FIN);
+		t += SEC / 100;
+	}
+	assert_int_equal(st->flows_opened, 3);
+	assert_int_equal(st->flows_closed, 3);
+	assert_int_equal(st->flows_active, 0);
+	assert_int_equal(st->late_segments, 0);
+	assert_int_equal(st->late_bytes_undelivered, 0);
+	assert_int_equal(st->rst_ignored, 2);
+	assert_int_equal(st->dup_segments, 2); /* the resent SYNs */
+	assert_int_equal(st->gaps, 0);
+	assert_int_equal(st->bytes_delivered, 3 * (lc + ls));
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
+/* Which RSTs may end a flow: the sequence number its direction could send now. */
+static void test_rst_acceptance(void **state)
+{
+	uint8_t *b = make_bytes(2000, 20);
+	struct col *col = col_new(false);
+	struct tcpstream *ts = new_ts(NULL, col);
+	const struct tcpstream_stats *st = tcpstream_stats(ts);
+	struct conn c, d, e, m;
+
+	(void)state;
+	/* flow 1, data both ways: not behind the next byte, not beyond 64 MiB past the end */
+	conn_init(&c, 40031, 5000, 9000);
+	handshake(ts, &c, 1);
+	feed_off(ts, &c, TCPSTREAM_C2S, 0, 0, b, 1000, 2);
+	feed_off(ts, &c, TCPSTREAM_S2C, 0, 0, b, 500, 3);
+	feed_off(ts, &c, TCPSTREAM_C2S, 999, TCPSTREAM_RST, NULL, 0, 4);
+	feed_off(ts, &c, TCPSTREAM_C2S, 1000 + (1 << 26) + 1, TCPSTREAM_RST, NULL, 0, 5);
+	feed_seq(ts, &c, TCPSTREAM_C2S, 5000, TCPSTREAM_RST, NULL, 0, 6); /* the SYN's */
+	assert_int_equal(st->rst_ignored, 3);
+	assert_int_equal(col->closes, 0);
+	/* the server lost bytes to the capture, then reset: within the window, taken */
+	feed_off(ts, &c, TCPSTREAM_S2C, 500 + 10000, TCPSTREAM_RST, NULL, 0, 7);
+	assert_int_equal(col->rec[1].closes, 1);
+	assert_int_equal(col->rec[1].reason, TCPSTREAM_CLOSE_RST);
+	assert_stream(col, 1, 0, b, 1000);
+	assert_stream(col, 1, 1, b, 500);
+
+	/* flow 2, nothing but the client's SYN: its RST is at ISN + 1 exactly; the server's
+	 * RST must acknowledge the SYN */
+	conn_init(&d, 40032, 777, 888);
+	feed_seq(ts, &d, TCPSTREAM_C2S, 777, TCPSTREAM_SYN, NULL, 0, 10);
+	feed_seq(ts, &d, TCPSTREAM_C2S, 779, TCPSTREAM_RST, NULL, 0, 11);
+	feed_seq(ts, &d, TCPSTREAM_C2S, 777, TCPSTREAM_RST, NULL, 0, 11);
+	d.ack[TCPSTREAM_S2C] = 779;
+	feed_seq(ts, &d, TCPSTREAM_S2C, 0, TCPSTREAM_RST | TCPSTREAM_ACK, NULL, 0, 12);
+	assert_int_equal(st->rst_ignored, 6);
+	assert_int_equal(col->rec[2].closes, 0);
+	d.ack[TCPSTREAM_S2C] = 778;
+	feed_seq(ts, &d, TCPSTREAM_S2C, 0, TCPSTREAM_RST | TCPSTREAM_ACK, NULL, 0, 13);
+	assert_int_equal(col->rec[2].closes, 1);
+	assert_int_equal(col->rec[2].reason, TCPSTREAM_CLOSE_RST);
+	assert_int_equal(col->rec[2].d[0].ngaps, 0);
+
+	/* flow 3: the server acknowledged 5000 client bytes the capture lost; the client's RST
+	 * past them is taken, and the bytes are reported missing before the close */
+	conn_init(&e, 40033, 123, 456);
+	handshake(ts, &e, 20);
+	conn_ack(&e, TCPSTREAM_S2C, 5000);
+	feed_off(ts, &e, TCPSTREAM_S2C, 0, 0, b, 100, 21);
+	feed_off(ts, &e, TCPSTREAM_C2S, 5000, TCPSTREAM_RST, NULL, 0, 22);
+	assert_int_equal(st->rst_ignored, 6);
+	assert_int_equal(col->rec[3].reason, TCPSTREAM_CLOSE_RST);
+	assert_int_equal(col->rec[3].d[0].ngaps, 1);
+	assert_int_equal(col->rec[3].d[0].gaps[0].at, 0);
+	assert_int_equal(col->rec[3].d[0].gaps[0].missing, 5000);
+	assert_int_equal(col->rec[3].d[0].gaps[0].ts_ns, 22);
+	assert_stream(col, 3, 1, b, 100);
+
+	/* flow 4, only a SYN-ACK seen: the client's RST without ACK cannot be checked, taken */
+	conn_init(&m, 40034, 31, 41);
+	feed_seq(ts, &m, TCPSTREAM_S2C, 41, TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0, 30);
+	feed_seq(ts, &m, TCPSTREAM_C2S, 32, TCPSTREAM_RST, NULL, 0, 31);
+	assert_int_equal(col->rec[4].reason, TCPSTREAM_CLOSE_RST);
+	assert_int_equal(st->rst_ignored, 6);
+	assert_int_equal(st->flows_opened, 4);
+	assert_int_equal(st->flows_closed, 4);
+	assert_int_equal(st->flows_active, 0);
+	assert_int_equal(st->gaps, 1);
+	assert_int_equal(st->tail_gaps, 1);
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
+/* What arrives for a closed (lingering) flow never vanishes uncounted. */
+static void test_late_after_rst(void **state)
+{
+	uint8_t *b = make_bytes(4000, 21);
+	struct col *col = col_new(false);
+	struct tcpstream *ts = new_ts(NULL, col);
+	const struct tcpstream_stats *st = tcpstream_stats(ts);
+	struct conn c, g;
+
+	(void)state;
+	/* a SYN-only flow reset at ISN + 1, then the same SYN again: the RST was not the
+	 * connection's end (a client never resends the SYN of an attempt it reset) */
+	conn_init(&c, 40035, 7000, 8000);
+	feed_seq(ts, &c, TCPSTREAM_C2S, 7000, TCPSTREAM_SYN, NULL, 0, 1);
+	feed_seq(ts, &c, TCPSTREAM_C2S, 7001, TCPSTREAM_RST, NULL, 0, 2);
+	assert_int_equal(col->rec[1].reason, TCPSTREAM_CLOSE_RST);
+	assert_int_equal(st->flows_active, 0);
+	handshake(ts, &c, 10 * MS);
+	assert_int_equal(st->flows_reopened, 1);
+	assert_int_equal(st->late_segments, 0);
+	assert_true(col->rec[2].opened);
+	assert_true(col->rec[2].at_open.saw_syn);
+	feed_off(ts, &c, TCPSTREAM_C2S, 0, 0, b, 1000, 11 * MS);
+	finish(ts, &c, 1000, 0, 12 * MS);
+	assert_stream(col, 2, 0, b, 1000);
+	assert_int_equal(col->rec[2].reason, TCPSTREAM_CLOSE_FIN);
+	/* a FIN-closed flow does not reopen on its SYN: a late copy */
+	feed_seq(ts, &c, TCPSTREAM_C2S, 7000, TCPSTREAM_SYN, NULL, 0, 13 * MS);
+	assert_int_equal(st->late_segments, 1);
+	assert_int_equal(st->flows_opened, 2);
+
+	/* a flow with data, reset: late bytes past what was delivered or reported missing are
+	 * counted as undelivered, the others are not */
+	conn_init(&g, 40036, 100, 200);
+	handshake(ts, &g, 20 * MS);
+	feed_off(ts, &g, TCPSTREAM_C2S, 0, 0, b, 1000, 21 * MS);
+	feed_off(ts, &g, TCPSTREAM_C2S, 2000, 0, b + 2000, 1000, 22 * MS);
+	feed_off(ts, &g, TCPSTREAM_C2S, 3000, TCPSTREAM_RST, NULL, 0, 23 * MS);
+	assert_int_equal(col->rec[3].reason, TCPSTREAM_CLOSE_RST);
+	assert_int_equal(check_with_gaps(col, 3, 0, b, 4000), 3000);
+	feed_off(ts, &g, TCPSTREAM_C2S, 1000, 0, b + 1000, 1000, 24 * MS); /* in the gap */
+	assert_int_equal(st->late_bytes_undelivered, 0);
+	feed_off(ts, &g, TCPSTREAM_C2S, 3000, 0, b + 3000, 500, 24 * MS);
+	assert_int_equal(st->late_bytes_undelivered, 500);
+	feed_off(ts, &g, TCPSTREAM_C2S, 2500, 0, b + 2500, 700, 24 * MS);
+	assert_int_equal(st->late_bytes_undelivered, 700);
+	feed_off(ts, &g, TCPSTREAM_S2C, 0, 0, b, 100, 24 * MS);
+	assert_int_equal(st->late_bytes_undelivered, 800);
+	/* its SYN again: the flow delivered data, so the RST was its end */
+	feed_seq(ts, &g, TCPSTREAM_C2S, 100, TCPSTREAM_SYN, NULL, 0, 25 * MS);
+	assert_int_equal(st->late_segments, 6);
+	assert_int_equal(st->flows_reopened, 1);
+	assert_int_equal(st->flows_opened, 4 - 1);
+	assert_int_equal(st->flows_active, 0);
+	assert_int_equal(st->flows_closed, 3);
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
+/*
+ * A missing tail: the bytes the other side acknowledged (or a FIN showed) but the capture
+ * lost are reported as a gap of exact size when the flow closes, for any reason. The SYN and
+ * the FIN take a sequence number each, not a byte.
+ */
+static void test_ack_tail(void **state)
+{
+	uint8_t *b = make_bytes(8000, 22);
+	struct tcpstream_config cfg;
+	struct col *col = col_new(false);
+	struct tcpstream *ts;
+	const struct tcpstream_stats *st;
+	struct dirlog *d;
+	struct conn a, s, f, h, k, r, r2, mid, w;
+
+	(void)state;
+	tcpstream_config_default(&cfg);
+	cfg.idle_timeout_ns = 10 * SEC;
+	cfg.hole_timeout_ns = 100 * SEC;
+	ts = new_ts(&cfg, col);
+	st = tcpstream_stats(ts);
+
+	/* 1: the client's last 2000 bytes and FIN lost; the server closes after reading them
+	 * and its FIN acknowledges the client's FIN: 2000 bytes missing, not 2001 */
+	conn_init(&a, 40040, 100, 200);
+	handshake(ts, &a, 1 * SEC);
+	feed_off(ts, &a, TCPSTREAM_C2S, 0, 0, b, 4000, 1 * SEC);
+	conn_ack(&a, TCPSTREAM_S2C, 6000 + 1);
+	feed_off(ts, &a, TCPSTREAM_S2C, 0, TCPSTREAM_FIN, NULL, 0, 1 * SEC + 1);
+	/* 2: the server's last 2000 bytes and FIN lost; the client acknowledges them with its
+	 * last request, then closes (its FIN carries the same ack): 2000 bytes missing */
+	conn_init(&s, 40041, 300, 400);
+	handshake(ts, &s, 1 * SEC);
+	feed_off(ts, &s, TCPSTREAM_S2C, 0, 0, b, 3000, 1 * SEC);
+	conn_ack(&s, TCPSTREAM_C2S, 5000);
+	feed_off(ts, &s, TCPSTREAM_C2S, 0, 0, b, 5, 1 * SEC + 1);
+	feed_off(ts, &s, TCPSTREAM_C2S, 5, TCPSTREAM_FIN, NULL, 0, 1 * SEC + 2);
+	/* 3: the FIN seen, bytes before it lost: no ack needed */
+	conn_init(&f, 40042, 500, 600);
+	handshake(ts, &f, 1 * SEC);
+	feed_off(ts, &f, TCPSTREAM_C2S, 0, 0, b, 1000, 1 * SEC);
+	feed_off(ts, &f, TCPSTREAM_C2S, 3000, TCPSTREAM_FIN, NULL, 0, 1 * SEC);
+	/* 4: held data, then a tail: the hole, the held bytes, then the tail */
+	conn_init(&h, 40043, 700, 800);
+	handshake(ts, &h, 1 * SEC);
+	feed_off(ts, &h, TCPSTREAM_C2S, 0, 0, b, 1000, 1 * SEC);
+	feed_off(ts, &h, TCPSTREAM_C2S, 2000, 0, b + 2000, 1000, 1 * SEC);
+	conn_ack(&h, TCPSTREAM_S2C, 5000);
+	feed_off(ts, &h, TCPSTREAM_S2C, 0, 0, b, 10, 1 * SEC);
+	/* 5: only the client's SYN seen of its direction; the server answers 1234 bytes: the
+	 * SYN is not one of them */
+	conn_init(&k, 40044, 900, 1000);
+	handshake(ts, &k, 1 * SEC);
+	conn_ack(&k, TCPSTREAM_S2C, 1234);
+	feed_off(ts, &k, TCPSTREAM_S2C, 0, 0, b, 10, 1 * SEC);
+	/* 6: a midstream flow: acks behind its first byte seen tell nothing */
+	conn_init(&mid, 40045, 0, 0);
+	mid.ack[TCPSTREAM_C2S] = 70000;
+	feed_seq(ts, &mid, TCPSTREAM_C2S, 50000, TCPSTREAM_ACK, b, 100, 1 * SEC);
+	mid.ack[TCPSTREAM_S2C] = 49000;
+	feed_seq(ts, &mid, TCPSTREAM_S2C, 70000, TCPSTREAM_ACK, b, 10, 1 * SEC);
+	mid.ack[TCPSTREAM_S2C] = 50300;
+	feed_seq(ts, &mid, TCPSTREAM_S2C, 70010, TCPSTREAM_ACK, b, 10, 1 * SEC);
+	/* 7: across the wrap of the sequence numbers */
+	conn_init(&w, 40046, 0xfffffff0, 5);
+	handshake(ts, &w, 1 * SEC);
+	feed_off(ts, &w, TCPSTREAM_C2S, 0, 0, b, 100, 1 * SEC);
+	conn_ack(&w, TCPSTREAM_S2C, 500);
+	feed_off(ts, &w, TCPSTREAM_S2C, 0, 0, b, 10, 1 * SEC);
+	assert_int_equal(st->gaps, 2); /* the midstream starts */
+	assert_int_equal(col->closes, 0);
+
+	/* an idle close reports the tails of 2 (the server's: bytes only, its ack came before
+	 * the client's FIN) */
+	feed_off(ts, &a, TCPSTREAM_C2S, 4000, 0, NULL, 0, 5 * SEC); /* keep the others open */
+	feed_off(ts, &f, TCPSTREAM_C2S, 1000, 0, NULL, 0, 5 * SEC);
+	feed_off(ts, &h, TCPSTREAM_C2S, 1000, 0, NULL, 0, 5 * SEC);
+	feed_off(ts, &k, TCPSTREAM_C2S, 0, 0, NULL, 0, 5 * SEC);
+	feed_seq(ts, &mid, TCPSTREAM_C2S, 50100, TCPSTREAM_ACK, NULL, 0, 5 * SEC);
+	feed_off(ts, &w, TCPSTREAM_C2S, 100, 0, NULL, 0, 5 * SEC);
+	tcpstream_tick(ts, 11 * SEC + 10);
+	assert_int_equal(col->rec[2].closes, 1);
+	assert_int_equal(col->rec[2].reason, TCPSTREAM_CLOSE_IDLE);
+	d = &col->rec[2].d[1];
+	assert_int_equal(d->ngaps, 1);
+	assert_int_equal(d->gaps[0].at, 3000);
+	assert_int_equal(d->gaps[0].missing, 2000);
+	assert_int_equal(d->gaps[0].ts_ns, 11 * SEC + 10);
+	assert_int_equal(check_with_gaps(col, 2, 1, b, 8000), 5000);
+	assert_stream(col, 2, 0, b, 5);
+	assert_int_equal(col->closes, 1);
+
+	/* shutdown reports the others */
+	tcpstream_close_all(ts, 12 * SEC);
+	assert_int_equal(col->rec[1].reason, TCPSTREAM_CLOSE_SHUTDOWN);
+	assert_int_equal(col->rec[1].d[0].ngaps, 1);
+	assert_int_equal(col->rec[1].d[0].gaps[0].at, 4000);
+	assert_int_equal(col->rec[1].d[0].gaps[0].missing, 2000);
+	assert_int_equal(check_with_gaps(col, 1, 0, b, 8000), 6000);
+	assert_int_equal(col->rec[1].d[1].ngaps, 0);
+	assert_int_equal(col->rec[3].d[0].ngaps, 1);
+	assert_int_equal(col->rec[3].d[0].gaps[0].missing, 2000);
+	assert_int_equal(check_with_gaps(col, 3, 0, b, 8000), 3000);
+	d = &col->rec[4].d[0];
+	assert_int_equal(d->ngaps, 2);
+	assert_int_equal(d->gaps[0].at, 1000);
+	assert_int_equal(d->gaps[0].missing, 1000);
+	assert_int_equal(d->gaps[1].at, 2000);
+	assert_int_equal(d->gaps[1].missing, 2000);
+	assert_int_equal(check_with_gaps(col, 4, 0, b, 8000), 5000);
+	assert_int_equal(col->rec[5].d[0].ngaps, 1);
+	assert_int_equal(col->rec[5].d[0].gaps[0].at, 0);
+	assert_int_equal(col->rec[5].d[0].gaps[0].missing, 1234);
+	d = &col->rec[6].d[0];
+	assert_int_equal(d->ngaps, 2);
+	assert_int_equal(d->gaps[0].missing, 0);
+	assert_int_equal(d->gaps[1].at, 100);
+	assert_int_equal(d->gaps[1].missing, 200);
+	assert_int_equal(col->rec[6].d[1].ngaps, 1); /* its unknown start only */
+	assert_int_equal(col->rec[7].d[0].ngaps, 1);
+	assert_int_equal(col->rec[7].d[0].gaps[0].missing, 400);
+	assert_int_equal(st->tail_gaps, 7);
+	assert_int_equal(st->gaps, 2 + 8);
+	assert_int_equal(st->gap_bytes, 2000 + 2000 + 2000 + 3000 + 1234 + 200 + 400);
+	assert_int_equal(st->flows_active, 0);
+	assert_int_equal(st->buffered_bytes, 0);
+
+	/* a new connection on the tuple closes the old one (REUSED) with its tail */
+	conn_init(&r, 40047, 10, 20);
+	handshake(ts, &r, 13 * SEC);
+	feed_off(ts, &r, TCPSTREAM_C2S, 0, 0, b, 1000, 13 * SEC);
+	conn_ack(&r, TCPSTREAM_S2C, 3000);
+	feed_off(ts, &r, TCPSTREAM_S2C, 0, 0, b, 10, 13 * SEC);
+	conn_init(&r2, 40047, 99999, 20);
+	handshake(ts, &r2, 14 * SEC);
+	assert_int_equal(col->rec[8].reason, TCPSTREAM_CLOSE_REUSED);
+	assert_int_equal(col->rec[8].d[0].ngaps, 1);
+	assert_int_equal(col->rec[8].d[0].gaps[0].missing, 2000);
+	assert_int_equal(check_with_gaps(col, 8, 0, b, 8000), 3000);
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
+/* Acknowledgments that cannot be this connection's are ignored: no tail from them. */
+static void test_ack_implausible(void **state)
+{
+	uint8_t *b = make_bytes(1000, 23);
+	struct col *col = col_new(false);
+	struct tcpstream *ts = new_ts(NULL, col);
+	const struct tcpstream_stats *st = tcpstream_stats(ts);
+	struct conn c, tw;
+
+	(void)state;
+	conn_init(&c, 40050, 1000, 2000);
+	/* before the SYN-ACK, an ACK of another connection (TIME_WAIT): the server's direction
+	 * has not started, its acks mean nothing yet */
+	feed_seq(ts, &c, TCPSTREAM_C2S, 1000, TCPSTREAM_SYN, NULL, 0, 1);
+	tw = c;
+	tw.ack[TCPSTREAM_S2C] = 1000 + 1 + 50000;
+	feed_seq(ts, &tw, TCPSTREAM_S2C, 123456, TCPSTREAM_ACK, NULL, 0, 2);
+	feed_seq(ts, &c, TCPSTREAM_S2C, 2000, TCPSTREAM_SYN | TCPSTREAM_ACK, NULL, 0, 3);
+	feed_off(ts, &c, TCPSTREAM_C2S, 0, 0, b, 100, 4);
+	/* more than 1 GiB ahead, behind the start, from a segment out of the server's window */
+	conn_ack(&c, TCPSTREAM_S2C, 100 + (1ULL << 30) + 1);
+	feed_off(ts, &c, TCPSTREAM_S2C, 0, 0, b, 10, 5);
+	c.ack[TCPSTREAM_S2C] = 1000 - 5;
+	feed_off(ts, &c, TCPSTREAM_S2C, 10, 0, b + 10, 10, 6);
+	conn_ack(&c, TCPSTREAM_S2C, 700);
+	feed_off(ts, &c, TCPSTREAM_S2C, 0x60000000, 0, NULL, 0, 7);
+	/* the client's FIN at 100: an ack past FIN + 1 is nonsense */
+	feed_off(ts, &c, TCPSTREAM_C2S, 100, TCPSTREAM_FIN, NULL, 0, 8);
+	conn_ack(&c, TCPSTREAM_S2C, 102);
+	feed_off(ts, &c, TCPSTREAM_S2C, 20, 0, b + 20, 10, 9);
+	tcpstream_close_all(ts, 10);
+	assert_stream(col, 1, 0, b, 100);
+	assert_stream(col, 1, 1, b, 30);
+	assert_int_equal(st->gaps, 0);
+	assert_int_equal(st->tail_gaps, 0);
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
 static void test_max_flows(void **state)
 {
 	uint8_t x[10] = "0123456789";
@@ -1542,7 +1941,8 @@ static void test_empty_and_invalid(void **state)
 /*
  * Loss, duplication, reordering, both caps and hole timeouts at once, across several flows:
  * whatever happens, each direction must read as the original with exact-size gaps, and
- * delivered + gap bytes must reach the end of what was received.
+ * delivered + gap bytes must reach the end of what was received, or, in odd runs where each
+ * side acknowledges the whole of the other's stream before the end, the end of the stream.
  */
 static void test_random_loss(void **state)
 {
@@ -1610,6 +2010,14 @@ static void test_random_loss(void **state)
 			if (i % 16 == 0)
 				tcpstream_tick(ts, t);
 		}
+		if (run % 2)
+			for (f = 0; f < NFLOWS; f++)
+				for (d = 0; d < 2; d++) {
+					/* the other side's pure ACK of all of d */
+					conn_ack(&c[f], !d, len);
+					feed_off(ts, &c[f], !d, 0, 0, NULL, 0, t);
+					want_end[f][d] = len;
+				}
 		tcpstream_close_all(ts, t + 1);
 		for (f = 0; f < NFLOWS; f++)
 			for (d = 0; d < 2; d++) {
@@ -1741,6 +2149,11 @@ int main(void)
 	    cmocka_unit_test(test_linger),
 	    cmocka_unit_test(test_two_views),
 	    cmocka_unit_test(test_tuple_reuse),
+	    cmocka_unit_test(test_reuse_time_wait_rst),
+	    cmocka_unit_test(test_rst_acceptance),
+	    cmocka_unit_test(test_late_after_rst),
+	    cmocka_unit_test(test_ack_tail),
+	    cmocka_unit_test(test_ack_implausible),
 	    cmocka_unit_test(test_max_flows),
 	    cmocka_unit_test(test_chunked),
 	    cmocka_unit_test(test_close_all_and_free),
