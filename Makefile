@@ -13,7 +13,7 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
-LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpthread
+LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpthread
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
@@ -21,8 +21,11 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
 
-AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o
-UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_stats $(BUILD)/test_fingerprint \
+AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
+              $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
+              $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o
+UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
+              $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf
 
 .PHONY: all deps test unit integration bench demo format format-check clean
@@ -48,6 +51,16 @@ $(BUILD)/pgshadow: $(AGENT_OBJS)
 
 $(BUILD)/test_tcpstream: tests/unit/test_tcpstream.c $(BUILD)/tcpstream.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_pgwire: tests/unit/test_pgwire.c $(BUILD)/pgwire.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_session: tests/unit/test_session.c $(BUILD)/session.o $(BUILD)/pgwire.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/tcpstream.o \
+		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpthread -o $@
 
 $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lpthread -o $@
@@ -78,6 +91,10 @@ test: all unit integration
 
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
+	$(PYTHON) tests/bench/overhead.py
+
+demo: deps all
+	$(PYTHON) tests/demo.py
 
 format:
 	clang-format -i user/*.c include/*.h bpf/*.c tests/unit/*.c

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum pgwire_dir {
 	PGWIRE_FRONTEND = 0, /* client to server (== TCPSTREAM_C2S) */
@@ -101,7 +102,107 @@ void pgwire_stop(struct pgwire_conn *c);
 
 const struct pgwire_stats *pgwire_conn_stats(const struct pgwire_conn *c);
 
-/* NULL-safe. */
+/* NULL-safe. Not from inside a handler callback. */
 void pgwire_conn_free(struct pgwire_conn *c);
+
+/*
+ * A bounds-checked reader of message bodies, in the manner of PgBouncer's pktbuf: every
+ * getter returns false (consuming nothing) when the field does not fit in what is left,
+ * and callers must check. Integers are big-endian (network order), as on the wire.
+ * Shared by pgwire.c and session.c so that no body is read any other way.
+ */
+struct pgwire_cursor {
+	const uint8_t *p;
+	const uint8_t *end;
+};
+
+#define PGWIRE_MUST_CHECK __attribute__((warn_unused_result))
+
+static inline void pgwire_cursor_init(struct pgwire_cursor *cur, const uint8_t *data, size_t len)
+{
+	cur->p = data;
+	cur->end = data + len;
+}
+
+static inline size_t pgwire_cursor_left(const struct pgwire_cursor *cur)
+{
+	return (size_t)(cur->end - cur->p);
+}
+
+static inline PGWIRE_MUST_CHECK bool pgwire_get_u8(struct pgwire_cursor *cur, uint8_t *v)
+{
+	if (pgwire_cursor_left(cur) < 1)
+		return false;
+	*v = cur->p[0];
+	cur->p += 1;
+	return true;
+}
+
+static inline PGWIRE_MUST_CHECK bool pgwire_get_u16(struct pgwire_cursor *cur, uint16_t *v)
+{
+	if (pgwire_cursor_left(cur) < 2)
+		return false;
+	*v = (uint16_t)((uint16_t)cur->p[0] << 8 | cur->p[1]);
+	cur->p += 2;
+	return true;
+}
+
+static inline PGWIRE_MUST_CHECK bool pgwire_get_i16(struct pgwire_cursor *cur, int16_t *v)
+{
+	uint16_t u;
+
+	if (!pgwire_get_u16(cur, &u))
+		return false;
+	*v = (int16_t)u;
+	return true;
+}
+
+static inline PGWIRE_MUST_CHECK bool pgwire_get_u32(struct pgwire_cursor *cur, uint32_t *v)
+{
+	if (pgwire_cursor_left(cur) < 4)
+		return false;
+	*v = (uint32_t)cur->p[0] << 24 | (uint32_t)cur->p[1] << 16 | (uint32_t)cur->p[2] << 8 |
+	     cur->p[3];
+	cur->p += 4;
+	return true;
+}
+
+static inline PGWIRE_MUST_CHECK bool pgwire_get_i32(struct pgwire_cursor *cur, int32_t *v)
+{
+	uint32_t u;
+
+	if (!pgwire_get_u32(cur, &u))
+		return false;
+	*v = (int32_t)u;
+	return true;
+}
+
+/* n bytes in place. */
+static inline PGWIRE_MUST_CHECK bool pgwire_get_bytes(struct pgwire_cursor *cur, size_t n,
+						       const uint8_t **v)
+{
+	if (pgwire_cursor_left(cur) < n)
+		return false;
+	*v = cur->p;
+	cur->p += n;
+	return true;
+}
+
+/* A NUL-terminated string in place; len excludes the NUL. False if no NUL is left. */
+static inline PGWIRE_MUST_CHECK bool pgwire_get_string(struct pgwire_cursor *cur, const char **s,
+							size_t *len)
+{
+	const uint8_t *nul;
+
+	if (pgwire_cursor_left(cur) == 0)
+		return false;
+	nul = memchr(cur->p, 0, pgwire_cursor_left(cur));
+	if (!nul)
+		return false;
+	*s = (const char *)cur->p;
+	*len = (size_t)(nul - cur->p);
+	cur->p = nul + 1;
+	return true;
+}
 
 #endif /* PGSHADOW_PGWIRE_H */

@@ -53,6 +53,7 @@ struct session_request {
 	const uint8_t *const *param_values; /* each param_lengths[i] bytes */
 	uint16_t n_result_formats;
 	const int16_t *result_formats;
+	uint32_t function_oid; /* FunctionCall: the function called; else 0 */
 	uint32_t max_rows;   /* Execute's row limit (0 = all) */
 	uint64_t sync_group; /* Executes before the same Sync share it (implicit txn) */
 	const uint8_t *copy_data; /* COPY FROM STDIN payload (CopyData bodies joined) */
@@ -134,7 +135,12 @@ struct session_stats {
 	uint64_t inflight_overflow;  /* max_inflight reached: request not timed */
 	uint64_t unmatched_responses; /* server answers with no request to match */
 	uint64_t protocol_errors;     /* messages that failed validation */
-	uint64_t abandoned;	      /* requests in flight when their session ended */
+	uint64_t abandoned;	      /* requests never completed: in flight when their session
+				       * ended or lost boundaries, or skipped by the server
+				       * after an error earlier in their pipeline */
+	uint64_t portals_evicted;     /* max_portals reached */
+	uint64_t copy_truncated;      /* COPY FROM STDIN requests beyond max_copy_bytes */
+	struct pgwire_stats wire;     /* the decoders' counters, summed over sessions */
 };
 
 void session_config_default(struct session_config *cfg);

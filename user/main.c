@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /*
- * main.c — command line, signals, and the capture loop that wires
- * capture -> tcpstream -> consumers (for now the --dump-streams view).
+ * main.c — command line, signals, and the capture loop: records from capture go to the
+ * pipeline (tcpstream -> session -> stats); the HTTP server reads stats on its thread.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -17,7 +17,10 @@
 
 #include "capture.h"
 #include "dump.h"
-#include "tcpstream.h"
+#include "http.h"
+#include "pipeline.h"
+#include "resolver.h"
+#include "stats.h"
 
 #ifndef PGSHADOW_VERSION
 #define PGSHADOW_VERSION "unknown"
@@ -40,21 +43,21 @@ struct options {
 	enum capture_attach_mode attach;
 	const char *dump_dir;
 	unsigned long ringbuf_mb;
-	struct tcpstream_config ts;
+	struct pipeline_config pipe;
+	struct stats_config stats;
+	const char *metrics_listen;
+	const char *source_dsn;
 	int verbose;
-};
-
-struct app {
-	struct tcpstream *ts;
-	uint64_t max_ts; /* latest capture timestamp fed */
 };
 
 static const char usage_text[] =
 	"Usage: pgshadow --port PORT [OPTIONS]\n"
 	"\n"
-	"Passively captures the PostgreSQL traffic of a TCP port with an eBPF program and\n"
-	"rebuilds each connection's byte streams. Needs root, or CAP_BPF + CAP_NET_ADMIN +\n"
-	"CAP_PERFMON, and a kernel with BTF (tcx attach needs Linux >= 6.6).\n"
+	"Passively captures the PostgreSQL traffic of a TCP port with an eBPF program,\n"
+	"rebuilds each connection's byte streams, decodes the wire protocol and serves\n"
+	"per-database request, error and latency metrics of the source on /metrics.\n"
+	"Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, and a kernel with BTF (tcx\n"
+	"attach needs Linux >= 6.6).\n"
 	"\n"
 	"Options:\n"
 	"  -p, --port PORT          server port to capture, 1-65535 (required)\n"
@@ -71,6 +74,17 @@ static const char usage_text[] =
 	"      --hole-timeout-ms N  how long a missing segment is waited for before it is\n"
 	"                           reported as a gap (default 1000)\n"
 	"      --idle-timeout-s N   close connections silent for this long (default 600)\n"
+	"      --metrics-listen ADDR  serve /metrics and /healthz on ADDR, IPv4:PORT or\n"
+	"                           [IPv6]:PORT (default 127.0.0.1:9930)\n"
+	"      --max-databases N    distinct database labels before the rest are counted as\n"
+	"                           database=\"other\" (default 100)\n"
+	"      --max-message-kb N   largest protocol message body decoded, in KiB; longer\n"
+	"                           ones are counted and skipped (default 1024)\n"
+	"      --source-dsn DSN     libpq conninfo of the source, used to name the database\n"
+	"                           and user of sessions open before the agent started\n"
+	"                           (pg_stat_activity; needs pg_read_all_stats). Its own\n"
+	"                           connection is excluded from capture. Default: off, such\n"
+	"                           sessions are counted as database=\"unknown\"\n"
 	"  -v, --verbose            also print libbpf's messages\n"
 	"  -V, --version            print the version and exit\n"
 	"  -h, --help               print this help and exit\n"
@@ -81,36 +95,6 @@ static const char usage_text[] =
 	"Examples:\n"
 	"  pgshadow --port 5432\n"
 	"  pgshadow --port 5432 --interface lo --dump-streams /tmp/streams\n";
-
-/* Interim consumer until the decoder lands: the dump view only. */
-static void dump_on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
-{
-	(void)ts_ns;
-	flow->user = dump_flow_open(ctx, flow);
-}
-
-static void dump_on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-			 const uint8_t *data, size_t len, uint64_t ts_ns)
-{
-	(void)ts_ns;
-	dump_flow_data(ctx, flow->user, dir, data, len);
-}
-
-static void dump_on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-			uint64_t missing, uint64_t ts_ns)
-{
-	(void)ts_ns;
-	dump_flow_gap(ctx, flow->user, dir, missing);
-}
-
-static void dump_on_close(void *ctx, struct tcpstream_flow *flow,
-			  enum tcpstream_close_reason reason, uint64_t ts_ns)
-{
-	(void)reason;
-	(void)ts_ns;
-	dump_flow_close(ctx, flow->user);
-	flow->user = NULL;
-}
 
 static void on_signal(int sig)
 {
@@ -164,7 +148,7 @@ static bool add_interfaces(struct options *o, char *arg)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { OPT_ATTACH = 256, OPT_DUMP, OPT_RINGBUF, OPT_MAX_FLOWS, OPT_FLOW_BUF, OPT_HOLE,
-	       OPT_IDLE };
+	       OPT_IDLE, OPT_METRICS, OPT_MAX_DBS, OPT_MAX_MSG, OPT_SOURCE_DSN };
 	static const struct option longopts[] = {
 		{ "port", required_argument, NULL, 'p' },
 		{ "interface", required_argument, NULL, 'i' },
@@ -175,6 +159,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "flow-buffer-kb", required_argument, NULL, OPT_FLOW_BUF },
 		{ "hole-timeout-ms", required_argument, NULL, OPT_HOLE },
 		{ "idle-timeout-s", required_argument, NULL, OPT_IDLE },
+		{ "metrics-listen", required_argument, NULL, OPT_METRICS },
+		{ "max-databases", required_argument, NULL, OPT_MAX_DBS },
+		{ "max-message-kb", required_argument, NULL, OPT_MAX_MSG },
+		{ "source-dsn", required_argument, NULL, OPT_SOURCE_DSN },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -183,7 +171,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 	unsigned long v;
 	int c;
 
-	tcpstream_config_default(&o->ts);
+	pipeline_config_default(&o->pipe);
+	o->stats.max_databases = 100;
+	o->metrics_listen = "127.0.0.1:9930";
 	o->ringbuf_mb = 64;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":p:i:vVh", longopts, NULL)) != -1) {
@@ -224,22 +214,38 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case OPT_MAX_FLOWS:
 			if (!parse_ulong("--max-flows", optarg, 1, 4000000, &v))
 				return EXIT_USAGE;
-			o->ts.max_flows = v;
+			o->pipe.tcp.max_flows = v;
 			break;
 		case OPT_FLOW_BUF:
 			if (!parse_ulong("--flow-buffer-kb", optarg, 1, 1048576, &v))
 				return EXIT_USAGE;
-			o->ts.max_flow_buffer = v * 1024;
+			o->pipe.tcp.max_flow_buffer = v * 1024;
 			break;
 		case OPT_HOLE:
 			if (!parse_ulong("--hole-timeout-ms", optarg, 1, 3600000, &v))
 				return EXIT_USAGE;
-			o->ts.hole_timeout_ns = v * 1000000ULL;
+			o->pipe.tcp.hole_timeout_ns = v * 1000000ULL;
 			break;
 		case OPT_IDLE:
 			if (!parse_ulong("--idle-timeout-s", optarg, 1, 86400 * 30, &v))
 				return EXIT_USAGE;
-			o->ts.idle_timeout_ns = v * 1000000000ULL;
+			o->pipe.tcp.idle_timeout_ns = v * 1000000000ULL;
+			break;
+		case OPT_METRICS:
+			o->metrics_listen = optarg;
+			break;
+		case OPT_MAX_DBS:
+			if (!parse_ulong("--max-databases", optarg, 1, 10000, &v))
+				return EXIT_USAGE;
+			o->stats.max_databases = v;
+			break;
+		case OPT_MAX_MSG:
+			if (!parse_ulong("--max-message-kb", optarg, 1, 1048576, &v))
+				return EXIT_USAGE;
+			o->pipe.session.wire.max_body = v * 1024;
+			break;
+		case OPT_SOURCE_DSN:
+			o->source_dsn = optarg;
 			break;
 		case 'v':
 			o->verbose = 1;
@@ -271,52 +277,44 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return -1;
 }
 
-/* Turns one ring-buffer record into a tcpstream segment, oriented client/server. */
 static void on_record(void *ctx, const struct capture_event *ev, const uint8_t *data)
 {
-	struct app *app = ctx;
-	struct tcpstream_segment seg = {
-		.ts_ns = ev->ts_ns,
-		.dir = ev->dir == CAPTURE_DIR_C2S ? TCPSTREAM_C2S : TCPSTREAM_S2C,
-		.data = data,
-		.len = ev->chunk_len,
-	};
-	const uint8_t *client = ev->dir == CAPTURE_DIR_C2S ? ev->saddr : ev->daddr;
-	const uint8_t *server = ev->dir == CAPTURE_DIR_C2S ? ev->daddr : ev->saddr;
-	uint32_t syn = ev->tcp_flags & CAPTURE_TCP_SYN ? 1 : 0;
-
-	memcpy(seg.client.addr, client, 16);
-	memcpy(seg.server.addr, server, 16);
-	seg.client.family = seg.server.family = ev->family;
-	seg.client.port = ev->dir == CAPTURE_DIR_C2S ? ev->sport : ev->dport;
-	seg.server.port = ev->dir == CAPTURE_DIR_C2S ? ev->dport : ev->sport;
-	/* A SYN consumes one sequence number before the payload: the first chunk carries
-	 * the SYN itself (tcpstream skips it), later chunks start past it. */
-	seg.seq = ev->seq + (ev->chunk_off ? syn + ev->chunk_off : 0);
-	seg.ack = ev->ack;
-	seg.flags = ev->tcp_flags & CAPTURE_TCP_ACK;
-	if (ev->chunk_off == 0)
-		seg.flags |= ev->tcp_flags & CAPTURE_TCP_SYN;
-	if (ev->chunk_off + ev->chunk_len == ev->payload_len)
-		seg.flags |= ev->tcp_flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST);
-	if (ev->ts_ns > app->max_ts)
-		app->max_ts = ev->ts_ns;
-	tcpstream_feed(app->ts, &seg);
+	pipeline_record(ctx, ev, data);
 }
 
-static void print_stats(struct capture *c, const struct tcpstream_stats *s,
-			uint64_t dump_errs)
+static void want_identity(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
 {
-	uint64_t k[CAPTURE_COUNTERS] = {};
+	resolver_request(ctx, flow_id, client);
+}
 
-	capture_read_counters(c, k);
+/* Hands finished pg_stat_activity lookups to their sessions (capture thread). */
+static void apply_identities(struct resolver *r, struct pipeline *p, uint64_t now)
+{
+	struct resolver_result res[64];
+	int n, i;
+
+	if (!r)
+		return;
+	while ((n = resolver_results(r, res, 64)) > 0)
+		for (i = 0; i < n; i++)
+			if (res[i].found)
+				pipeline_identify(p, res[i].flow_id, res[i].database, res[i].user,
+						  now);
+}
+
+static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
+			const struct session_stats *ss, uint64_t dump_errs)
+{
 	fprintf(stderr,
 		"pgshadow: stats packets=%llu bytes=%llu records=%llu ringbuf_drops=%llu "
 		"truncated=%llu copy_errors=%llu malformed=%llu excluded=%llu local_client=%llu "
 		"pure_acks=%llu flows=%llu flows_refused=%llu flows_midstream=%llu "
 		"flows_expired=%llu views_merged=%llu delivered=%llu dup_segments=%llu "
 		"ooo_segments=%llu buffer_cap_hits=%llu hole_timeouts=%llu late_segments=%llu "
-		"gaps=%llu gap_bytes=%llu dump_errors=%llu\n",
+		"gaps=%llu gap_bytes=%llu dump_errors=%llu sessions=%llu requests=%llu "
+		"resyncs=%llu encrypted=%llu replication=%llu abandoned=%llu rst_ignored=%llu "
+		"late_bytes_undelivered=%llu flows_reopened=%llu tail_gaps=%llu "
+		"user_excluded=%llu\n",
 		(unsigned long long)k[CAPTURE_CNT_PACKETS], (unsigned long long)k[CAPTURE_CNT_BYTES],
 		(unsigned long long)k[CAPTURE_CNT_RECORDS],
 		(unsigned long long)k[CAPTURE_CNT_RB_DROPS],
@@ -331,13 +329,19 @@ static void print_stats(struct capture *c, const struct tcpstream_stats *s,
 		(unsigned long long)s->ooo_segments, (unsigned long long)s->buffer_cap_hits,
 		(unsigned long long)s->hole_timeouts, (unsigned long long)s->late_segments,
 		(unsigned long long)s->gaps, (unsigned long long)s->gap_bytes,
-		(unsigned long long)dump_errs);
+		(unsigned long long)dump_errs, (unsigned long long)ss->sessions_opened,
+		(unsigned long long)ss->requests, (unsigned long long)ss->resyncs,
+		(unsigned long long)ss->encrypted, (unsigned long long)ss->replication,
+		(unsigned long long)ss->abandoned, (unsigned long long)s->rst_ignored,
+		(unsigned long long)s->late_bytes_undelivered, (unsigned long long)s->flows_reopened,
+		(unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED]);
 }
 
-/* Polls until a signal; ticks tcpstream on capture time while records flow and on the
- * clock when the ring is empty (then nothing older is still on its way). */
-static int run(struct capture *c, struct app *app)
+/* Polls until a signal; ticks the pipeline on capture time while records flow and on
+ * the clock when the ring is empty (then nothing older is still on its way). */
+static int run(struct capture *c, struct pipeline *p, struct resolver *r)
 {
+	uint64_t k[CAPTURE_COUNTERS] = {};
 	uint64_t last_tick = 0, now;
 	int n;
 
@@ -349,9 +353,11 @@ static int run(struct capture *c, struct app *app)
 			fprintf(stderr, "pgshadow: ring buffer poll failed: %s\n", strerror(-n));
 			return EXIT_RUNTIME;
 		}
-		now = n > 0 ? app->max_ts : monotonic_ns();
+		now = n > 0 ? pipeline_last_ts(p) : monotonic_ns();
 		if (now - last_tick >= TICK_INTERVAL_NS || now < last_tick) {
-			tcpstream_tick(app->ts, now);
+			capture_read_counters(c, k);
+			apply_identities(r, p, now);
+			pipeline_tick(p, now, k);
 			last_tick = now;
 		}
 	}
@@ -361,14 +367,19 @@ static int run(struct capture *c, struct app *app)
 int main(int argc, char **argv)
 {
 	struct options o = {};
-	struct app app = {};
 	struct capture_config cc = {};
 	struct capture_error cerr = {};
-	struct tcpstream_handler handler = {};
+	uint64_t k[CAPTURE_COUNTERS] = {};
 	struct capture *c = NULL;
 	struct dump *dump = NULL;
+	struct stats *st = NULL;
+	struct pipeline *pipe = NULL;
+	struct http *http = NULL;
+	struct resolver *resolver = NULL;
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct rlimit rl;
+	char herr[256];
+	uint64_t now;
 	int err;
 
 	err = parse_args(argc, argv, &o);
@@ -376,9 +387,9 @@ int main(int argc, char **argv)
 		return err;
 
 	if (o.dump_dir) {
-		struct stat st;
+		struct stat sb;
 
-		if (stat(o.dump_dir, &st) || !S_ISDIR(st.st_mode)) {
+		if (stat(o.dump_dir, &sb) || !S_ISDIR(sb.st_mode)) {
 			fprintf(stderr, "pgshadow: --dump-streams %s: not a directory\n", o.dump_dir);
 			return EXIT_USAGE;
 		}
@@ -388,20 +399,26 @@ int main(int argc, char **argv)
 				strerror(errno));
 			return EXIT_USAGE;
 		}
-		handler.open = dump_on_open;
-		handler.data = dump_on_data;
-		handler.gap = dump_on_gap;
-		handler.close = dump_on_close;
 		/* two files per open connection */
 		if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
 			rl.rlim_cur = rl.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &rl);
 		}
 	}
-	app.ts = tcpstream_new(&o.ts, &handler, dump);
-	if (!app.ts) {
+	err = EXIT_USAGE;
+	st = stats_new(&o.stats);
+	if (!st) {
+		fprintf(stderr, "pgshadow: cannot create stats: %s\n", strerror(errno));
+		goto cleanup;
+	}
+	pipe = pipeline_new(&o.pipe, st, dump);
+	if (!pipe) {
 		fprintf(stderr, "pgshadow: cannot create the flow table: %s\n", strerror(errno));
-		err = EXIT_USAGE;
+		goto cleanup;
+	}
+	http = http_start(o.metrics_listen, st, PGSHADOW_VERSION, herr, sizeof(herr));
+	if (!http) {
+		fprintf(stderr, "pgshadow: --metrics-listen: %s\n", herr);
 		goto cleanup;
 	}
 
@@ -417,22 +434,39 @@ int main(int argc, char **argv)
 	cc.ringbuf_bytes = o.ringbuf_mb << 20;
 	cc.wakeup_bytes = cc.ringbuf_bytes / 8;
 	cc.verbose = o.verbose;
-	c = capture_open(&cc, on_record, &app, &cerr);
+	c = capture_open(&cc, on_record, pipe, &cerr);
 	if (!c) {
 		fprintf(stderr, "pgshadow: %s\n", cerr.msg);
-		err = EXIT_USAGE;
 		goto cleanup;
 	}
-	fprintf(stderr, "pgshadow: capturing port %lu on %s (%s)\n", o.port,
-		capture_interfaces(c), o.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc");
+	if (o.source_dsn) {
+		struct pipeline_hooks hooks = { .want_identity = want_identity };
 
-	err = run(c, &app);
+		resolver = resolver_start(o.source_dsn, c, herr, sizeof(herr));
+		if (!resolver) {
+			fprintf(stderr, "pgshadow: %s\n", herr);
+			goto cleanup;
+		}
+		hooks.ctx = resolver;
+		pipeline_set_hooks(pipe, &hooks);
+	}
+	fprintf(stderr, "pgshadow: capturing port %lu on %s (%s), metrics on http://%s/metrics\n",
+		o.port, capture_interfaces(c), o.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc",
+		o.metrics_listen);
+
+	err = run(c, pipe, resolver);
 	capture_detach_and_drain(c);
-	tcpstream_close_all(app.ts, app.max_ts > monotonic_ns() ? app.max_ts : monotonic_ns());
-	print_stats(c, tcpstream_stats(app.ts), dump ? dump_errors(dump) : 0);
+	capture_read_counters(c, k);
+	now = monotonic_ns();
+	pipeline_close_all(pipe, pipeline_last_ts(pipe) > now ? pipeline_last_ts(pipe) : now, k);
+	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
+		    dump ? dump_errors(dump) : 0);
 cleanup:
+	resolver_stop(resolver);
+	http_stop(http);
 	capture_close(c);
-	tcpstream_free(app.ts);
+	pipeline_free(pipe);
+	stats_free(st);
 	dump_close(dump);
 	return err;
 }

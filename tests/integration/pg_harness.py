@@ -31,12 +31,16 @@ writes exactly one LOG record per request a client backend *executes*:
 - extended protocol: one `execute <stmt>[/<portal>]: <text>` record per Execute ('E')
   message (`execute fetch from ...` when a suspended portal is resumed); Parse and Bind
   write nothing (they would only with log_duration / log_min_duration_statement, which
-  are off). Two exceptions where the server writes nothing although the client sent an
-  Execute: an Execute of an empty query string (answered EmptyQueryResponse before the
-  log call), and Executes the server skips because an earlier message of the same
-  pipeline failed (it discards messages until Sync) — the agent counts those as
-  abandoned, not as requests, so the two agree;
-- FunctionCall ('F'): one `fastpath function call: ...` record.
+  are off). Exceptions where the server writes nothing although the client sent an
+  Execute (all verified): an Execute of an empty query string (answered
+  EmptyQueryResponse before the log call); Executes the server skips because an earlier
+  message of the same pipeline failed (it discards messages until Sync); and an Execute
+  whose own Parse or Bind failed (a syntax error, an undefined table, or `SELECT 1/0`,
+  which fails while Bind plans the statement) — then the ERROR record has no `execute`
+  record before it. The tests therefore cause errors only with the simple protocol
+  (psql, psycopg2); pgbench's traffic has none;
+- FunctionCall ('F'): one `fastpath function call: "<name>" (OID n)` record (psql's
+  \\lo_import uses four of them).
 
 So count_requests(db) counts records with error_severity = LOG, backend_type = `client
 backend`, database_name = db and a message starting with `statement: `, `execute ` (an
@@ -44,9 +48,9 @@ backend`, database_name = db and a message starting with `statement: `, `execute
 Walsenders (replication connections, backend_type `walsender`) are excluded: the agent
 does not decode them. ERROR records are counted by count_errors(db) per SQLSTATE class
 (first two characters of sql_state_code), client backends only (an autovacuum worker's
-ERROR is nobody's request). Verified empirically against psql (-c, -f, \\copy, errors in
-transactions), pgbench -M simple/extended/prepared and psycopg2: see
-tests/integration/test_source.py.
+ERROR is nobody's request). Verified empirically against psql (-c, scripts on stdin,
+COPY and \\copy, \\lo_import, errors in transactions), pgbench -M simple/extended/prepared,
+psycopg2 and hand-built extended-protocol messages; see tests/integration/test_source.py.
 
 The log is written by the logging collector, asynchronously to the clients: call
 sync_log() (it runs a marker query and waits for its record) before counting; records
@@ -491,6 +495,15 @@ class PgServer:
 def is_request_record(r):
     return (r.error_severity == "LOG" and r.backend_type == "client backend"
             and REQUEST_MESSAGE_RE.match(r.message) is not None)
+
+
+def request_kinds(records):
+    """{"statement"|"execute"|"fastpath": count} of request records (for messages)."""
+    out = {}
+    for r in records:
+        kind = r.message.split(" ", 1)[0].rstrip(":")
+        out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def is_error_record(r):

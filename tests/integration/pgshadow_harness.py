@@ -137,7 +137,16 @@ class Agent:
             argv += ["--dump-streams", str(self.dump_dir)]
         if attach:
             argv += ["--attach", attach]
-        self.argv = netns_prefix(netns) + argv + list(extra)
+        # Every agent gets its own metrics port unless the caller chose one: two agents
+        # (or a test and a person's agent) must never fight over the default 9930.
+        self.metrics_addr = None
+        extra = list(extra)
+        if "--metrics-listen" in extra:
+            self.metrics_addr = extra[extra.index("--metrics-listen") + 1]
+        else:
+            self.metrics_addr = f"127.0.0.1:{free_port(hosts=('127.0.0.1',))}"
+            argv += ["--metrics-listen", self.metrics_addr]
+        self.argv = netns_prefix(netns) + argv + extra
         logdir = Path(logdir or "/tmp")
         self.stderr_path = logdir / f"{name}.stderr"
         self.stdout_path = logdir / f"{name}.stdout"

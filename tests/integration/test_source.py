@@ -91,11 +91,18 @@ def final_metrics(agent):
                                    timeout=WAIT_STABLE_TIMEOUT)
 
 
-def stop_agent(agent, metrics, clean=True):
-    """SIGINT; exit 0 with a stats line whose counters agree with the last scrape.
+def finish(agent):
+    """The final /metrics (once stable), then SIGINT: returns (Metrics, AgentResult).
+    The agent is stopped before the test asks the server for its counts, because those
+    questions (sync_log's marker query) go through the captured port."""
+    m = final_metrics(agent)
+    return m, agent.stop(signal.SIGINT)
+
+
+def check_stop(result, metrics, clean=True):
+    """Exit 0 after SIGINT with a stats line whose counters agree with the last scrape.
     clean: no ring-buffer drops, no stream gaps, no resyncs, no abandoned requests (every
     test but the one with a connection opened before the agent)."""
-    result = agent.stop(signal.SIGINT)
     assert result.returncode == 0, \
         f"agent exited with {result.returncode} after SIGINT\nstderr:\n{result.stderr}"
     s = result.stats
@@ -125,12 +132,14 @@ def stop_agent(agent, metrics, clean=True):
     return s
 
 
-def check_source_metrics(m, db, expected_requests, expected_errors):
-    """Requests, errors per class, and the latency histogram of one database."""
+def check_source_metrics(m, db, expected_requests, expected_errors, pg=None, since=None):
+    """Requests, errors per class, and the latency histogram of one database. With pg
+    and since, a failure message says what kinds of records the server logged."""
     got = m.requests(db)
+    kinds = pgh.request_kinds(pg.request_records(db, since)) if pg is not None else ""
     assert got == expected_requests, \
         f"database {db}: agent counted {got} requests, the server logged " \
-        f"{expected_requests}\nall databases: " \
+        f"{expected_requests} {kinds}\nall databases: " \
         f"{ {d: m.requests(d) for d in m.databases()} }"
     errors = m.errors(db)
     assert errors == expected_errors, \
@@ -172,12 +181,12 @@ def server_errors(pg, db, since, expected):
 COPY_ROWS = 2000
 
 
-def test_psql_simple_protocol(pg, source_agent):
+def test_psql_simple_protocol(pg, source_agent, tmp_path):
     """psql: single and multi-statement Query messages (`SELECT 1; SELECT 2` is ONE
     request), an empty query, errors (23505, 42P01, 22012), errors inside explicit
     transactions (then 25P02), COPY FROM STDIN with data (plain and \\copy, and a
-    failing one), COPY TO STDOUT, a large result: requests == the server's log lines,
-    errors == the errors caused."""
+    failing one), COPY TO STDOUT, a large result, \\lo_import (FunctionCall): requests ==
+    the server's log lines, errors == the errors caused."""
     db = "psql_simple"
     pg.createdb(db)
     since = mark(pg)
@@ -215,16 +224,22 @@ def test_psql_simple_protocol(pg, source_agent):
     assert len(out.splitlines()) == 4 + 2 * COPY_ROWS
     pg.psql("SELECT g, md5(g::text) FROM generate_series(1, 50000) g", db=db)
     pg.psql(db=db, input="SELECT 'a' AS x \\gset\nSELECT :'x';\n")
+    # \lo_import: libpq's large-object calls are FunctionCall ('F') messages, requests too.
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 256)
+    pg.psql(db=db, input=f"\\lo_import {blob}\n")
 
     caused = {"23": 3, "42": 2, "22": 2, "25": 1}
-    m = final_metrics(agent)
+    m, result = finish(agent)
     expected = pg.count_requests(db, since)
+    fastpath = pgh.request_kinds(pg.request_records(db, since)).get("fastpath", 0)
+    assert fastpath >= 4, f"\\lo_import made {fastpath} FunctionCalls"
     server_errors(pg, db, since, caused)
-    check_source_metrics(m, db, expected, caused)
+    check_source_metrics(m, db, expected, caused, pg, since)
     assert_no_unknown(m)
     assert m.get("mirror_capture_sessions_active") == 0, \
         f"sessions_active {m.get('mirror_capture_sessions_active')} after every client left"
-    stop_agent(agent, m)
+    check_stop(result, m)
 
 
 # --------------------------------------------------------------------------- pgbench
@@ -245,7 +260,7 @@ def test_pgbench(pg, source_agent, mode):
     res = pg.pgbench(["-M", mode, "-t", 200, "-c", 4, "-j", 2], db)
     assert res.transactions == 800, res.stdout
 
-    m = final_metrics(agent)
+    m, result = finish(agent)
     expected = pg.count_requests(db, since)
     run_requests = pg.count_requests(db, run_mark, sync=False)
     assert run_requests >= 7 * res.transactions, \
@@ -258,9 +273,9 @@ def test_pgbench(pg, source_agent, mode):
             f"pg_stat_statements counted {calls} calls in {db}, the log {run_requests}: " \
             f"{pg.pgss_statements(db)}"
     server_errors(pg, db, since, {})
-    check_source_metrics(m, db, expected, {})
+    check_source_metrics(m, db, expected, {}, pg, since)
     assert_no_unknown(m)
-    stop_agent(agent, m)
+    check_stop(result, m)
 
 
 # --------------------------------------------------------------------------- psycopg2
@@ -331,7 +346,7 @@ def test_psycopg2_two_databases(pg, source_agent):
     assert not any(t.is_alive() for t in threads), "psycopg2 workers did not finish"
     assert not failures, failures
 
-    m = final_metrics(agent)
+    m, result = finish(agent)
     pg.sync_log()
     for db, (_, errs) in dbs.items():
         caused = {}
@@ -339,9 +354,9 @@ def test_psycopg2_two_databases(pg, source_agent):
             caused[cls] = caused.get(cls, 0) + 1
         expected = pg.count_requests(db, since, sync=False)
         server_errors(pg, db, since, caused)
-        check_source_metrics(m, db, expected, caused)
+        check_source_metrics(m, db, expected, caused, pg, since)
     assert_no_unknown(m)
-    stop_agent(agent, m)
+    check_stop(result, m)
 
 
 # --------------------------------------------------------------------------- replication
@@ -364,7 +379,7 @@ def test_replication_connection_counted_not_decoded(pg, source_agent):
         assert fields[3] == (db if kind == "database" else ""), out
     pg.psql("SELECT 1", db=db)
 
-    m = final_metrics(agent)
+    m, result = finish(agent)
     assert m.get("mirror_capture_replication_sessions_total") == 2, \
         f"replication sessions {m.get('mirror_capture_replication_sessions_total')}, " \
         f"expected 2"
@@ -372,7 +387,7 @@ def test_replication_connection_counted_not_decoded(pg, source_agent):
     assert expected == 1, f"the server logged {expected} client-backend requests in {db}"
     check_source_metrics(m, db, 1, {})
     assert_no_unknown(m)
-    stop_agent(agent, m)
+    check_stop(result, m)
 
 
 # --------------------------------------------------------------------------- resync
@@ -431,7 +446,7 @@ def test_connection_opened_before_agent(pg, source_agent, with_dsn):
             pass
         cur.execute("SELECT count(*) FROM e WHERE id >= %s", (0,))
         assert cur.fetchone()[0] == RESYNC_QUERIES
-        after = final_metrics(agent)
+        after, result = finish(agent)
     finally:
         conn.close()
 
@@ -456,7 +471,7 @@ def test_connection_opened_before_agent(pg, source_agent, with_dsn):
             f"{after.requests(db)} requests under {db} without --source-dsn: the agent " \
             f"never saw this session's startup"
     assert after.get("mirror_capture_resyncs_total") >= 1
-    stop_agent(agent, after, clean=False)
+    check_stop(result, after, clean=False)
 
 
 def _local_port(conn):
@@ -498,7 +513,7 @@ def test_ssl_session_counted_encrypted_not_decoded(source_agent):
         pg.psql(["SELECT 1", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
                 db=plain_db, sslmode="disable")
 
-        m = final_metrics(agent)
+        m, result = finish(agent)
         pg.sync_log()
         enc_logged = pg.count_requests(enc_db, since, sync=False)
         assert enc_logged == 5, f"the server logged {enc_logged} requests over SSL"
@@ -509,7 +524,7 @@ def test_ssl_session_counted_encrypted_not_decoded(source_agent):
             f"{m.requests(enc_db)} requests decoded from encrypted sessions"
         check_source_metrics(m, plain_db, pg.count_requests(plain_db, since, sync=False), {})
         assert_no_unknown(m)
-        stop_agent(agent, m)
+        check_stop(result, m)
 
 
 # --------------------------------------------------------------------------- exposition
@@ -531,9 +546,10 @@ def test_metrics_exposition_promtool_clean(pg, source_agent, tmp_path):
     m = final_metrics(agent)
     text, ctype = pgh.scrape(agent.metrics_addr)
     (tmp_path / "metrics.txt").write_text(text)
+    health, _ = pgh.scrape(agent.metrics_addr, "/healthz")
+    result = agent.stop(signal.SIGINT)
 
     assert re.match(r"text/plain;\s*version=0\.0\.4", ctype), f"Content-Type {ctype!r}"
-    health, _ = pgh.scrape(agent.metrics_addr, "/healthz")
     assert health.strip() == "ok", f"/healthz answered {health!r}"
     types = {"mirror_source_requests_total": "counter",
              "mirror_source_errors_total": "counter",
@@ -560,4 +576,4 @@ def test_metrics_exposition_promtool_clean(pg, source_agent, tmp_path):
     ours = [ln for ln in lines if ln.split(" ", 1)[0].startswith(OUR_PREFIXES)]
     assert not ours, "promtool check metrics complains about our metrics:\n" + \
                      "\n".join(ours)
-    stop_agent(agent, m)
+    check_stop(result, m)

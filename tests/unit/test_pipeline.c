@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * pipeline: capture records in, per-database source stats out — the whole capture
+ * thread (tcpstream -> session -> stats) driven with hand-built records and bytes.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pipeline.h"
+
+#define PORT 5432
+#define MS 1000000ULL
+
+struct wire {
+	uint8_t b[4096];
+	size_t n;
+};
+
+static void put8(struct wire *w, uint8_t v)
+{
+	w->b[w->n++] = v;
+}
+
+static void put32(struct wire *w, uint32_t v)
+{
+	put8(w, v >> 24);
+	put8(w, v >> 16);
+	put8(w, v >> 8);
+	put8(w, v);
+}
+
+static void puts0(struct wire *w, const char *s)
+{
+	memcpy(w->b + w->n, s, strlen(s) + 1);
+	w->n += strlen(s) + 1;
+}
+
+/* Starts a typed message; msg_end fills its length. */
+static size_t msg_begin(struct wire *w, char type)
+{
+	size_t at;
+
+	put8(w, type);
+	at = w->n;
+	put32(w, 0);
+	return at;
+}
+
+static void msg_end(struct wire *w, size_t at)
+{
+	uint32_t len = w->n - at;
+
+	w->b[at] = len >> 24;
+	w->b[at + 1] = len >> 16;
+	w->b[at + 2] = len >> 8;
+	w->b[at + 3] = len;
+}
+
+static void startup(struct wire *w, const char *user, const char *db)
+{
+	size_t at = w->n;
+
+	put32(w, 0);
+	put32(w, 196608);
+	puts0(w, "user");
+	puts0(w, user);
+	puts0(w, "database");
+	puts0(w, db);
+	put8(w, 0);
+	w->b[at + 3] = w->n - at; /* short packet: length fits one byte */
+}
+
+static void query(struct wire *w, const char *sql)
+{
+	size_t at = msg_begin(w, 'Q');
+
+	puts0(w, sql);
+	msg_end(w, at);
+}
+
+static void ready(struct wire *w, char status)
+{
+	size_t at = msg_begin(w, 'Z');
+
+	put8(w, status);
+	msg_end(w, at);
+}
+
+static void auth_ok(struct wire *w)
+{
+	size_t at = msg_begin(w, 'R');
+
+	put32(w, 0);
+	msg_end(w, at);
+}
+
+static void complete(struct wire *w, const char *tag)
+{
+	size_t at = msg_begin(w, 'C');
+
+	puts0(w, tag);
+	msg_end(w, at);
+}
+
+static void error(struct wire *w, const char *sqlstate)
+{
+	size_t at = msg_begin(w, 'E');
+
+	put8(w, 'S');
+	puts0(w, "ERROR");
+	put8(w, 'C');
+	puts0(w, sqlstate);
+	put8(w, 'M');
+	puts0(w, "boom");
+	put8(w, 0);
+	msg_end(w, at);
+}
+
+struct conn_sim {
+	struct pipeline *p;
+	uint16_t cport;
+	uint32_t seq[2]; /* next sequence number per direction */
+};
+
+/* Sends one record (one packet) in dir with flags and the bytes of w. */
+static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wire *w,
+		     uint64_t ts)
+{
+	uint8_t buf[sizeof(struct capture_event) + 4096];
+	struct capture_event *ev = (struct capture_event *)buf;
+	uint8_t lo[16] = { [10] = 0xff, [11] = 0xff, 127, 0, 0, 1 };
+	size_t len = w ? w->n : 0;
+
+	memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = ts;
+	memcpy(ev->saddr, lo, 16);
+	memcpy(ev->daddr, lo, 16);
+	ev->sport = dir == CAPTURE_DIR_C2S ? c->cport : PORT;
+	ev->dport = dir == CAPTURE_DIR_C2S ? PORT : c->cport;
+	ev->seq = c->seq[dir];
+	ev->ack = c->seq[!dir];
+	ev->payload_len = len;
+	ev->chunk_len = len;
+	ev->family = 4;
+	ev->tcp_flags = flags | (flags & CAPTURE_TCP_SYN && dir == CAPTURE_DIR_C2S ? 0 : 0x10);
+	ev->dir = dir;
+	if (len)
+		memcpy(buf + sizeof(*ev), w->b, len);
+	pipeline_record(c->p, ev, buf + sizeof(*ev));
+	c->seq[dir] += len + ((flags & (CAPTURE_TCP_SYN | CAPTURE_TCP_FIN)) ? 1 : 0);
+}
+
+static char *render(struct stats *st)
+{
+	struct buf b;
+
+	buf_init(&b, 1 << 24);
+	assert_true(stats_render(st, NULL, "test", &b));
+	return buf_steal(&b, NULL);
+}
+
+static void assert_contains(const char *text, const char *line)
+{
+	if (!strstr(text, line))
+		fail_msg("missing: %s\n--- metrics:\n%s", line, text);
+}
+
+static struct stats *new_stats(void)
+{
+	struct stats_config cfg = { .max_databases = 10 };
+
+	return stats_new(&cfg);
+}
+
+static void test_session_from_start(void **state)
+{
+	struct pipeline_config cfg;
+	struct stats *st = new_stats();
+	struct conn_sim c = { .cport = 40001, .seq = { 1000, 9000 } };
+	struct wire w;
+	char *text;
+
+	(void)state;
+	pipeline_config_default(&cfg);
+	c.p = pipeline_new(&cfg, st, NULL);
+	assert_non_null(c.p);
+	send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_SYN, NULL, 1 * MS);
+	send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_SYN, NULL, 1 * MS);
+	w.n = 0;
+	startup(&w, "alice", "app");
+	send_rec(&c, CAPTURE_DIR_C2S, 0, &w, 2 * MS);
+	w.n = 0;
+	auth_ok(&w);
+	ready(&w, 'I');
+	send_rec(&c, CAPTURE_DIR_S2C, 0, &w, 3 * MS);
+
+	/* a query answered in 3 ms */
+	w.n = 0;
+	query(&w, "SELECT 1");
+	send_rec(&c, CAPTURE_DIR_C2S, 0, &w, 10 * MS);
+	w.n = 0;
+	complete(&w, "SELECT 1");
+	ready(&w, 'I');
+	send_rec(&c, CAPTURE_DIR_S2C, 0, &w, 13 * MS);
+
+	/* a unique violation answered in 40 ms */
+	w.n = 0;
+	query(&w, "INSERT INTO t VALUES (1)");
+	send_rec(&c, CAPTURE_DIR_C2S, 0, &w, 20 * MS);
+	w.n = 0;
+	error(&w, "23505");
+	ready(&w, 'I');
+	send_rec(&c, CAPTURE_DIR_S2C, 0, &w, 60 * MS);
+
+	pipeline_tick(c.p, 61 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_source_requests_total{database=\"app\"} 2\n");
+	assert_contains(text, "mirror_source_errors_total{database=\"app\",sqlstate_class=\"23\"} 1\n");
+	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.0025\"} 0\n");
+	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.005\"} 1\n");
+	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.05\"} 2\n");
+	assert_contains(text, "mirror_source_latency_seconds_sum{database=\"app\"} 0.043000000\n");
+	assert_contains(text, "mirror_capture_sessions_active 1\n");
+	free(text);
+
+	send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_FIN, NULL, 70 * MS);
+	send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_FIN, NULL, 70 * MS);
+	pipeline_tick(c.p, 71 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_capture_sessions_active 0\n");
+	free(text);
+	pipeline_free(c.p);
+	stats_free(st);
+}
+
+struct ident_ctx {
+	int calls;
+	uint64_t flow_id;
+	uint16_t port;
+};
+
+static void want_identity(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
+{
+	struct ident_ctx *ic = ctx;
+
+	ic->calls++;
+	ic->flow_id = flow_id;
+	ic->port = client->port;
+}
+
+/* A session open before capture: resynchronised on ReadyForQuery, counted as unknown,
+ * then named through the identity hook. */
+static void test_midstream_session_resync_and_identify(void **state)
+{
+	struct pipeline_config cfg;
+	struct stats *st = new_stats();
+	struct conn_sim c = { .cport = 40002, .seq = { 5000, 7000 } };
+	struct ident_ctx ic = {};
+	struct pipeline_hooks hooks = { .want_identity = want_identity, .ctx = &ic };
+	struct wire w;
+	char *text;
+	int i;
+
+	(void)state;
+	pipeline_config_default(&cfg);
+	c.p = pipeline_new(&cfg, st, NULL);
+	pipeline_set_hooks(c.p, &hooks);
+
+	/* the tail of an answer whose start was missed, then a ReadyForQuery */
+	w.n = 0;
+	complete(&w, "UPDATE 1");
+	ready(&w, 'I');
+	send_rec(&c, CAPTURE_DIR_S2C, 0, &w, 1 * MS);
+	assert_int_equal(ic.calls, 1);
+	assert_int_equal(ic.port, 40002);
+	for (i = 0; i < 3; i++) {
+		w.n = 0;
+		query(&w, "SELECT 1");
+		send_rec(&c, CAPTURE_DIR_C2S, 0, &w, (10 + 10 * i) * MS);
+		w.n = 0;
+		complete(&w, "SELECT 1");
+		ready(&w, 'I');
+		send_rec(&c, CAPTURE_DIR_S2C, 0, &w, (11 + 10 * i) * MS);
+	}
+	pipeline_tick(c.p, 50 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_source_requests_total{database=\"unknown\"} 3\n");
+	assert_null(strstr(text, "mirror_capture_resyncs_total 0\n"));
+	free(text);
+
+	assert_true(pipeline_identify(c.p, ic.flow_id, "billing", "bob", 51 * MS));
+	assert_false(pipeline_identify(c.p, ic.flow_id, "billing", "bob", 51 * MS));
+	w.n = 0;
+	query(&w, "SELECT 2");
+	send_rec(&c, CAPTURE_DIR_C2S, 0, &w, 60 * MS);
+	w.n = 0;
+	complete(&w, "SELECT 1");
+	ready(&w, 'I');
+	send_rec(&c, CAPTURE_DIR_S2C, 0, &w, 61 * MS);
+	pipeline_tick(c.p, 62 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_source_requests_total{database=\"billing\"} 1\n");
+	assert_contains(text, "mirror_source_requests_total{database=\"unknown\"} 3\n");
+	free(text);
+	pipeline_close_all(c.p, 70 * MS, NULL);
+	pipeline_free(c.p);
+	stats_free(st);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_session_from_start),
+		cmocka_unit_test(test_midstream_session_resync_and_identify),
+	};
+
+	return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
+}

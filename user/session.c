@@ -1,0 +1,1701 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * session: one captured PostgreSQL connection (see include/session.h for the contract).
+ *
+ * Shape of the state:
+ *   - the StartupMessage's parameters (one copy of the packet, pointers into it);
+ *   - prepared statements: the unnamed one, and named ones in a chained hash table with an
+ *     LRU list (evicted beyond max_statements). Statements and portals are reference
+ *     counted: a request in flight keeps what it executes alive even when the client
+ *     replaces the unnamed statement or closes a portal before the answer comes;
+ *   - portals (Bind results): the unnamed one and a short list of named ones;
+ *   - a FIFO of the answers the server owes, one entry per frontend message that gets
+ *     one (Parse '1', Bind '2', Close '3', Describe 't'/'T'/'n', Execute, Query and
+ *     FunctionCall up to their end, Sync 'Z'). The server answers strictly in order, so
+ *     each backend message belongs to the head entry: that is how pipelined Executes are
+ *     matched to their results. Requests live in their FIFO entry.
+ *
+ * Alignment. Message boundaries (pgwire) are not enough: after a missed start, a gap or
+ * an answer that fits nothing, the session no longer knows which answer belongs to which
+ * request. It then stays "unaligned" (state HUNTING): it keeps the statement table up to
+ * date from what the client sends but starts no request, until it sees a point where
+ * nothing can be outstanding:
+ *   - both directions have boundaries (pgwire synchronised);
+ *   - the server's latest message is a ReadyForQuery, captured at T;
+ *   - every client byte the session could not account for (skipped while hunting, or
+ *     messages seen while unaligned) was captured at or before T, and every Sync, Query
+ *     or FunctionCall seen while unaligned has been matched by a later ReadyForQuery;
+ *   - the client message starting the next batch was captured at or after T.
+ * This is exact for clients that wait for ReadyForQuery before sending the next batch
+ * (psql, pgbench, the usual drivers). A client caught in the middle of a pipeline it
+ * started before capture began can still be paired one batch off; a pipeline seen while
+ * unaligned just delays alignment. Alignment counts one resync (SESSION_EV_RESYNC).
+ *
+ * Requests in flight when alignment is lost are abandoned (counted), never completed
+ * with the timings of some other answer.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "session.h"
+
+#define KIB 1024U
+#define MIB (1024U * 1024U)
+#define IDENT_MAX 256	  /* longest database/user name accepted from session_identify */
+#define FIFO_MIN 16	  /* first size of the answer FIFO */
+#define HASH_MAX (1U << 16) /* buckets of the statement table at most */
+
+/* ---- statements and portals ----------------------------------------------------------- */
+
+struct stmt {
+	uint32_t refs;
+	bool in_table;
+	uint32_t hash;
+	struct stmt *hnext;		  /* hash chain */
+	struct stmt *lru_prev, *lru_next; /* named statements, most recently used first */
+	const char *name;
+	const char *text; /* NULL when the Parse was longer than max_body */
+	size_t text_len;
+	uint16_t n_types;
+	uint32_t *types;
+};
+
+/* A Bind's portal, or the parameters of a FunctionCall (name NULL). */
+struct portal {
+	uint32_t refs;
+	bool in_table;
+	struct portal *next; /* named portals, newest first */
+	const char *name;
+	const char *stmt_name;
+	struct stmt *stmt; /* a reference; NULL when the statement is unknown */
+	uint32_t function_oid;
+	uint16_t n_formats;
+	int16_t *formats;
+	uint16_t n_params;
+	int32_t *lengths;
+	const uint8_t **values;
+	uint16_t n_result_formats;
+	int16_t *result_formats;
+};
+
+/* ---- requests and the answers the server owes ----------------------------------------- */
+
+struct req {
+	struct session_request pub;
+	struct stmt *stmt;     /* references */
+	struct portal *portal;
+	char *own;	       /* Query text, or the name of a portal never seen */
+	uint8_t *copy;	       /* COPY FROM STDIN data */
+	size_t copy_cap;
+	uint64_t stmt_rows;    /* DataRows since the last CommandComplete */
+	bool has_tag;
+};
+
+enum exp_kind {
+	EXP_STARTUP,  /* authentication .. ReadyForQuery */
+	EXP_PARSE,    /* '1' */
+	EXP_BIND,     /* '2' */
+	EXP_CLOSE,    /* '3' */
+	EXP_DESC_STMT, /* 't' then 'T' or 'n' */
+	EXP_DESC_PORTAL, /* 'T' or 'n' */
+	EXP_EXECUTE,  /* DataRows .. CommandComplete/EmptyQuery/Error/PortalSuspended */
+	EXP_SYNC,     /* 'Z' */
+	EXP_QUERY,    /* everything up to 'Z' */
+	EXP_FUNCTION, /* 'V' or 'E', then 'Z' */
+};
+
+struct expect {
+	enum exp_kind kind;
+	struct req *req; /* EXECUTE/QUERY/FUNCTION; NULL past max_inflight */
+};
+
+struct session {
+	struct session_info info;
+	struct session_config cfg;
+	const struct session_handler *h;
+	void *ctx;
+	struct session_stats *st;
+	struct pgwire_conn *wire;
+	struct pgwire_stats wire_seen; /* already added to st->wire */
+
+	uint8_t *startup; /* the StartupMessage's parameter bytes */
+	struct session_param *params;
+	char *ident_db, *ident_user; /* from session_identify */
+	bool identified;
+
+	struct stmt *unnamed;
+	struct stmt **buckets;
+	uint32_t nbuckets;
+	uint32_t nstmts; /* named */
+	struct stmt lru; /* sentinel: lru.lru_next is the most recently used */
+
+	struct portal *unnamed_portal;
+	struct portal *portals; /* named */
+	uint32_t nportals;
+
+	struct expect *fifo;
+	uint32_t fifo_cap, fifo_head, fifo_len, fifo_max;
+	uint32_t inflight; /* requests in the FIFO */
+	struct req *copy_req; /* the request a client's CopyData belongs to */
+	bool fe_in_copy;      /* between the first CopyData and CopyDone/CopyFail */
+	bool skip_till_sync;  /* an error in extended protocol: the server ignores until Sync */
+	uint64_t sync_group;
+	bool batch_open;      /* Parse/Bind/Describe seen since the last Execute/Sync */
+	uint64_t batch_ts;
+
+	/* alignment (see the top of this file) */
+	bool aligned;
+	bool synced[2];
+	bool fe_batch_start; /* the next client message starts a batch */
+	bool be_idle;	     /* the server's latest message is a ReadyForQuery */
+	bool have_z;
+	uint64_t last_z_ts;
+	uint64_t fe_dirty_ts; /* latest capture time of client bytes not accounted for */
+	uint64_t fe_last_ts;  /* capture time of the last client message handled */
+	uint32_t pending_z;   /* Sync/Query/FunctionCall seen unaligned, not yet answered */
+	uint64_t skip_seen;   /* the decoder's bytes_skipped last looked at */
+	enum pgwire_dir feed_dir;
+	uint64_t feed_ts;
+};
+
+void session_config_default(struct session_config *cfg)
+{
+	pgwire_config_default(&cfg->wire);
+	cfg->max_statements = 1000;
+	cfg->max_portals = 100;
+	cfg->max_inflight = 1000;
+	cfg->max_copy_bytes = 1 * MIB;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
+}
+
+static void emit_event(struct session *s, enum session_event ev, uint64_t ts)
+{
+	if (s->h->event)
+		s->h->event(s->ctx, &s->info, ev, ts);
+}
+
+/* ---- statement table ------------------------------------------------------------------ */
+
+static void stmt_unref(struct stmt *st)
+{
+	if (st && --st->refs == 0)
+		free(st);
+}
+
+static uint32_t name_hash(const char *name)
+{
+	uint32_t h = 2166136261U; /* FNV-1a */
+
+	while (*name) {
+		h ^= (uint8_t)*name++;
+		h *= 16777619U;
+	}
+	return h;
+}
+
+static void lru_unlink(struct stmt *st)
+{
+	st->lru_prev->lru_next = st->lru_next;
+	st->lru_next->lru_prev = st->lru_prev;
+}
+
+static void lru_push(struct session *s, struct stmt *st)
+{
+	st->lru_prev = &s->lru;
+	st->lru_next = s->lru.lru_next;
+	s->lru.lru_next->lru_prev = st;
+	s->lru.lru_next = st;
+}
+
+/* Takes a named statement out of the table and drops the table's reference. */
+static void stmt_detach(struct session *s, struct stmt *st)
+{
+	struct stmt **pp = &s->buckets[st->hash & (s->nbuckets - 1)];
+
+	while (*pp != st)
+		pp = &(*pp)->hnext;
+	*pp = st->hnext;
+	lru_unlink(st);
+	st->in_table = false;
+	s->nstmts--;
+	stmt_unref(st);
+}
+
+static struct stmt *stmt_find(struct session *s, const char *name)
+{
+	struct stmt *st;
+	uint32_t h;
+
+	if (!name[0])
+		return s->unnamed;
+	if (!s->buckets)
+		return NULL;
+	h = name_hash(name);
+	for (st = s->buckets[h & (s->nbuckets - 1)]; st; st = st->hnext)
+		if (st->hash == h && !strcmp(st->name, name))
+			return st;
+	return NULL;
+}
+
+/* Stores a new statement (the table takes the caller's reference), replacing one of the
+ * same name, evicting the least recently used named one at max_statements. */
+static void stmt_put(struct session *s, struct stmt *st)
+{
+	struct stmt *old;
+
+	if (!st->name[0]) {
+		stmt_unref(s->unnamed);
+		s->unnamed = st;
+		st->in_table = true;
+		return;
+	}
+	if (!s->buckets) {
+		uint32_t n = 16;
+
+		while (n < s->cfg.max_statements && n < HASH_MAX)
+			n *= 2;
+		s->buckets = calloc(n, sizeof(*s->buckets));
+		if (!s->buckets) {
+			stmt_unref(st);
+			return;
+		}
+		s->nbuckets = n;
+	}
+	old = stmt_find(s, st->name);
+	if (old)
+		stmt_detach(s, old);
+	if (s->nstmts >= s->cfg.max_statements) {
+		if (s->nstmts == 0) { /* max_statements 0: remember nothing */
+			stmt_unref(st);
+			s->st->statements_evicted++;
+			return;
+		}
+		stmt_detach(s, s->lru.lru_prev);
+		s->st->statements_evicted++;
+	}
+	st->hash = name_hash(st->name);
+	st->hnext = s->buckets[st->hash & (s->nbuckets - 1)];
+	s->buckets[st->hash & (s->nbuckets - 1)] = st;
+	lru_push(s, st);
+	st->in_table = true;
+	s->nstmts++;
+}
+
+/* Close 'S' (or a Parse that could not be read): forget the statement of that name. */
+static void stmt_forget(struct session *s, const char *name)
+{
+	struct stmt *st = stmt_find(s, name);
+
+	if (!st)
+		return;
+	if (!name[0]) {
+		stmt_unref(s->unnamed);
+		s->unnamed = NULL;
+		return;
+	}
+	stmt_detach(s, st);
+}
+
+static void stmts_free(struct session *s)
+{
+	stmt_unref(s->unnamed);
+	s->unnamed = NULL;
+	while (s->nstmts)
+		stmt_detach(s, s->lru.lru_next);
+	free(s->buckets);
+	s->buckets = NULL;
+}
+
+/*
+ * Parse: name NUL, text NUL, int16 n, n OIDs. Returns a statement with one reference, or
+ * NULL when the body is malformed or memory is short.
+ */
+static struct stmt *stmt_from_parse(const uint8_t *body, uint32_t len)
+{
+	struct pgwire_cursor cur;
+	const char *name, *text;
+	size_t nlen, tlen;
+	struct stmt *st;
+	uint16_t n, i;
+	char *p;
+
+	pgwire_cursor_init(&cur, body, len);
+	if (!pgwire_get_string(&cur, &name, &nlen) || !pgwire_get_string(&cur, &text, &tlen) ||
+	    !pgwire_get_u16(&cur, &n) || pgwire_cursor_left(&cur) != (size_t)n * 4)
+		return NULL;
+	st = malloc(sizeof(*st) + (size_t)n * 4 + nlen + 1 + tlen + 1);
+	if (!st)
+		return NULL;
+	*st = (struct stmt){ .refs = 1, .n_types = n, .text_len = tlen };
+	st->types = (uint32_t *)(st + 1);
+	for (i = 0; i < n; i++)
+		if (!pgwire_get_u32(&cur, &st->types[i])) { /* cannot fail: length checked */
+			free(st);
+			return NULL;
+		}
+	p = (char *)(st->types + n);
+	memcpy(p, name, nlen + 1);
+	st->name = p;
+	p += nlen + 1;
+	memcpy(p, text, tlen + 1);
+	st->text = p;
+	return st;
+}
+
+/* ---- portals -------------------------------------------------------------------------- */
+
+static void portal_unref(struct portal *p)
+{
+	if (p && --p->refs == 0) {
+		stmt_unref(p->stmt);
+		free(p);
+	}
+}
+
+/*
+ * A parameter block as Bind and FunctionCall carry it: int16 nf, nf format codes (0/1),
+ * int16 np, np values (int32 length, -1 = NULL, then the bytes). With the arrays NULL it
+ * only checks and counts (the first pass, before anything is allocated).
+ */
+static PGWIRE_MUST_CHECK bool read_params(struct pgwire_cursor *cur, uint16_t *nf, int16_t *fmts,
+					  uint16_t *np, int32_t *lens, const uint8_t **vals)
+{
+	uint16_t i;
+
+	if (!pgwire_get_u16(cur, nf))
+		return false;
+	for (i = 0; i < *nf; i++) {
+		int16_t f;
+
+		if (!pgwire_get_i16(cur, &f) || (f != 0 && f != 1))
+			return false;
+		if (fmts)
+			fmts[i] = f;
+	}
+	if (!pgwire_get_u16(cur, np))
+		return false;
+	for (i = 0; i < *np; i++) {
+		const uint8_t *v;
+		int32_t l;
+
+		if (!pgwire_get_i32(cur, &l) || l < -1)
+			return false;
+		v = cur->p; /* an empty value points at where it would be */
+		if (l > 0 && !pgwire_get_bytes(cur, (size_t)l, &v))
+			return false;
+		if (lens) {
+			lens[i] = l;
+			vals[i] = l >= 0 ? v : NULL;
+		}
+	}
+	return *nf <= 1 || *nf == *np;
+}
+
+/* int16 n, n format codes (0/1). */
+static PGWIRE_MUST_CHECK bool read_formats(struct pgwire_cursor *cur, uint16_t *n, int16_t *fmts)
+{
+	uint16_t i;
+
+	if (!pgwire_get_u16(cur, n))
+		return false;
+	for (i = 0; i < *n; i++) {
+		int16_t f;
+
+		if (!pgwire_get_i16(cur, &f) || (f != 0 && f != 1))
+			return false;
+		if (fmts)
+			fmts[i] = f;
+	}
+	return true;
+}
+
+/* What a Bind or FunctionCall body holds besides the arrays. */
+struct pblock {
+	const char *pname, *sname; /* Bind: portal and statement names */
+	uint32_t oid;		   /* FunctionCall: the function */
+	uint16_t nf, np, nr;
+};
+
+/*
+ * Reads a Bind body (portal NUL, statement NUL, parameters, result formats) or a
+ * FunctionCall body (fcall: OID, parameters, one result format) completely. With p NULL
+ * it only checks and counts; else it fills p's arrays, which then point into body.
+ */
+static PGWIRE_MUST_CHECK bool read_pblock(const uint8_t *body, uint32_t len, bool fcall,
+					  struct pblock *b, struct portal *p)
+{
+	struct pgwire_cursor cur;
+	size_t plen, slen;
+	int16_t rf;
+
+	pgwire_cursor_init(&cur, body, len);
+	if (fcall) {
+		if (!pgwire_get_u32(&cur, &b->oid))
+			return false;
+	} else if (!pgwire_get_string(&cur, &b->pname, &plen) ||
+		   !pgwire_get_string(&cur, &b->sname, &slen)) {
+		return false;
+	}
+	if (!read_params(&cur, &b->nf, p ? p->formats : NULL, &b->np, p ? p->lengths : NULL,
+			 p ? p->values : NULL))
+		return false;
+	if (fcall) {
+		if (!pgwire_get_i16(&cur, &rf) || (rf != 0 && rf != 1))
+			return false;
+		b->nr = 1;
+		if (p)
+			p->result_formats[0] = rf;
+	} else if (!read_formats(&cur, &b->nr, p ? p->result_formats : NULL)) {
+		return false;
+	}
+	return pgwire_cursor_left(&cur) == 0;
+}
+
+/*
+ * Builds a portal from a Bind body, or the parameters of a FunctionCall body (fcall): one
+ * allocation holding the arrays and a copy of the body that names and values point into.
+ * The body is read completely before anything is allocated, so the allocation follows from
+ * the body's real length (every counted parameter occupies at least 4 of its bytes).
+ * Returns a portal with one reference, or NULL when malformed or out of memory.
+ */
+static struct portal *portal_new(const uint8_t *body, uint32_t len, bool fcall)
+{
+	struct pblock b = { 0 };
+	struct portal *p;
+	uint8_t *copy;
+
+	if (!read_pblock(body, len, fcall, &b, NULL))
+		return NULL;
+	p = malloc(sizeof(*p) + (size_t)b.np * (sizeof(*p->values) + sizeof(*p->lengths)) +
+		   ((size_t)b.nf + b.nr) * sizeof(int16_t) + len);
+	if (!p)
+		return NULL;
+	*p = (struct portal){ .refs = 1, .n_formats = b.nf, .n_params = b.np,
+			      .n_result_formats = b.nr, .function_oid = b.oid };
+	p->values = (const uint8_t **)(p + 1);
+	p->lengths = (int32_t *)(p->values + b.np);
+	p->formats = (int16_t *)(p->lengths + b.np);
+	p->result_formats = p->formats + b.nf;
+	copy = (uint8_t *)(p->result_formats + b.nr);
+	memcpy(copy, body, len);
+	if (!read_pblock(copy, len, fcall, &b, p)) { /* the same bytes: cannot fail */
+		free(p);
+		return NULL;
+	}
+	p->name = b.pname;
+	p->stmt_name = b.sname;
+	return p;
+}
+
+static void portals_clear(struct session *s)
+{
+	portal_unref(s->unnamed_portal);
+	s->unnamed_portal = NULL;
+	while (s->portals) {
+		struct portal *p = s->portals;
+
+		s->portals = p->next;
+		p->in_table = false;
+		portal_unref(p);
+	}
+	s->nportals = 0;
+}
+
+static struct portal *portal_find(struct session *s, const char *name)
+{
+	struct portal *p;
+
+	if (!name[0])
+		return s->unnamed_portal;
+	for (p = s->portals; p; p = p->next)
+		if (!strcmp(p->name, name))
+			return p;
+	return NULL;
+}
+
+static void portal_forget(struct session *s, const char *name)
+{
+	struct portal **pp;
+
+	if (!name[0]) {
+		portal_unref(s->unnamed_portal);
+		s->unnamed_portal = NULL;
+		return;
+	}
+	for (pp = &s->portals; *pp; pp = &(*pp)->next) {
+		if (!strcmp((*pp)->name, name)) {
+			struct portal *p = *pp;
+
+			*pp = p->next;
+			p->in_table = false;
+			s->nportals--;
+			portal_unref(p);
+			return;
+		}
+	}
+}
+
+/* Stores a portal (the table takes the caller's reference), evicting the oldest named one
+ * at max_portals. */
+static void portal_put(struct session *s, struct portal *p)
+{
+	if (!p->name[0]) {
+		portal_unref(s->unnamed_portal);
+		s->unnamed_portal = p;
+		p->in_table = true;
+		return;
+	}
+	portal_forget(s, p->name);
+	if (s->nportals >= s->cfg.max_portals) {
+		struct portal **pp = &s->portals;
+
+		s->st->portals_evicted++;
+		if (!*pp) {
+			portal_unref(p);
+			return;
+		}
+		while ((*pp)->next)
+			pp = &(*pp)->next;
+		portal_forget(s, (*pp)->name);
+	}
+	p->next = s->portals;
+	s->portals = p;
+	p->in_table = true;
+	s->nportals++;
+}
+
+/* ---- requests ------------------------------------------------------------------------- */
+
+static void req_free(struct session *s, struct req *r)
+{
+	if (!r)
+		return;
+	if (s->copy_req == r) {
+		s->copy_req = NULL;
+		s->fe_in_copy = false;
+	}
+	stmt_unref(r->stmt);
+	portal_unref(r->portal);
+	free(r->own);
+	free(r->copy);
+	free(r);
+	s->inflight--;
+}
+
+static struct req *req_new(struct session *s, enum session_req_kind kind, uint64_t ts_start)
+{
+	struct req *r;
+
+	if (s->inflight >= s->cfg.max_inflight) {
+		s->st->inflight_overflow++;
+		return NULL;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->pub.kind = kind;
+	r->pub.ts_start = ts_start;
+	r->pub.sync_group = s->sync_group;
+	s->inflight++;
+	return r;
+}
+
+/* Hands a completed request to the consumer and frees it. */
+static void req_complete(struct session *s, struct req *r, uint64_t ts_end)
+{
+	struct session_request *p;
+
+	if (!r)
+		return;
+	p = &r->pub;
+	p->ts_end = ts_end;
+	if (!r->has_tag)
+		p->rows = p->datarows;
+	p->copy_data = r->copy;
+	s->st->requests++;
+	if (s->h->request)
+		s->h->request(s->ctx, &s->info, p);
+	req_free(s, r);
+}
+
+/* A request the server will never answer (or whose answer cannot be told apart). */
+static void req_abandon(struct session *s, struct req *r)
+{
+	if (!r)
+		return;
+	s->st->abandoned++;
+	req_free(s, r);
+}
+
+/* Points the request's replay fields at its portal and statement (it holds references). */
+static void req_attach(struct req *r, struct portal *p)
+{
+	struct session_request *q = &r->pub;
+
+	r->portal = p;
+	p->refs++;
+	if (p->stmt) {
+		r->stmt = p->stmt;
+		r->stmt->refs++;
+		q->text = r->stmt->text;
+		q->text_len = r->stmt->text_len;
+		q->n_param_types = r->stmt->n_types;
+		q->param_types = r->stmt->types;
+	}
+	q->stmt_name = p->stmt_name;
+	q->portal = p->name;
+	q->function_oid = p->function_oid;
+	q->n_param_formats = p->n_formats;
+	q->param_formats = p->formats;
+	q->n_params = p->n_params;
+	q->param_lengths = p->lengths;
+	q->param_values = p->values;
+	q->n_result_formats = p->n_result_formats;
+	q->result_formats = p->result_formats;
+}
+
+/* ---- the FIFO of owed answers --------------------------------------------------------- */
+
+static struct expect *fifo_at(struct session *s, uint32_t i)
+{
+	return &s->fifo[(s->fifo_head + i) & (s->fifo_cap - 1)];
+}
+
+static bool fifo_push(struct session *s, enum exp_kind kind, struct req *r)
+{
+	if (s->fifo_len == s->fifo_cap) {
+		uint32_t cap = s->fifo_cap ? s->fifo_cap * 2 : FIFO_MIN, i;
+		struct expect *nf;
+
+		if (s->fifo_cap >= s->fifo_max)
+			return false;
+		nf = malloc(cap * sizeof(*nf));
+		if (!nf)
+			return false;
+		for (i = 0; i < s->fifo_len; i++)
+			nf[i] = *fifo_at(s, i);
+		free(s->fifo);
+		s->fifo = nf;
+		s->fifo_cap = cap;
+		s->fifo_head = 0;
+	}
+	*fifo_at(s, s->fifo_len) = (struct expect){ .kind = kind, .req = r };
+	s->fifo_len++;
+	return true;
+}
+
+static struct expect fifo_pop(struct session *s)
+{
+	struct expect e = *fifo_at(s, 0);
+
+	s->fifo_head = (s->fifo_head + 1) & (s->fifo_cap - 1);
+	s->fifo_len--;
+	return e;
+}
+
+static void lose_alignment(struct session *s, uint64_t ts);
+
+/* Queues what the server owes for one client message; on overflow alignment is lost. */
+static void expect(struct session *s, enum exp_kind kind, struct req *r, uint64_t ts)
+{
+	if (fifo_push(s, kind, r)) {
+		if (r && (kind == EXP_QUERY || kind == EXP_EXECUTE))
+			s->copy_req = r;
+		return;
+	}
+	s->st->inflight_overflow++;
+	req_abandon(s, r);
+	lose_alignment(s, ts);
+}
+
+/* Forgets every owed answer; the requests among them are abandoned. */
+static void fifo_abandon_all(struct session *s)
+{
+	while (s->fifo_len)
+		req_abandon(s, fifo_pop(s).req);
+	s->copy_req = NULL;
+	s->fe_in_copy = false;
+}
+
+/* ---- alignment ------------------------------------------------------------------------ */
+
+/* Requests can no longer be matched to answers: drop them and wait for a quiet point. */
+static void lose_alignment(struct session *s, uint64_t ts)
+{
+	(void)ts;
+	fifo_abandon_all(s);
+	s->skip_till_sync = false;
+	s->batch_open = false;
+	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, s->fe_last_ts);
+	s->pending_z = 0;
+	s->fe_batch_start = false;
+	s->info.resynced = true;
+	if (s->aligned && s->info.state == SESSION_READY)
+		s->info.state = SESSION_HUNTING;
+	s->aligned = false;
+}
+
+static bool can_align(const struct session *s, const struct pgwire_msg *m)
+{
+	return s->synced[PGWIRE_FRONTEND] && s->synced[PGWIRE_BACKEND] && s->be_idle &&
+	       s->have_z && s->pending_z == 0 && s->last_z_ts >= s->fe_dirty_ts &&
+	       m->ts_start >= s->last_z_ts;
+}
+
+static void align(struct session *s, uint64_t ts)
+{
+	s->aligned = true;
+	s->info.state = SESSION_READY;
+	s->st->resyncs++;
+	emit_event(s, SESSION_EV_RESYNC, ts);
+}
+
+/* Client bytes the decoder skipped since the last look make the current chunk's capture
+ * time "unaccounted for". */
+static void note_skips(struct session *s)
+{
+	uint64_t sk = pgwire_conn_stats(s->wire)->bytes_skipped;
+
+	if (sk == s->skip_seen)
+		return;
+	s->skip_seen = sk;
+	if (s->feed_dir == PGWIRE_FRONTEND)
+		s->fe_dirty_ts = max_u64(s->fe_dirty_ts, s->feed_ts);
+}
+
+static bool is_batch_end(uint8_t type)
+{
+	return type == 'Q' || type == 'S' || type == 'F';
+}
+
+/* ---- parsing answers ------------------------------------------------------------------ */
+
+/* SQLSTATE of an ErrorResponse ("" when missing or malformed: counted). */
+static void read_sqlstate(struct session *s, const struct pgwire_msg *m, char out[6])
+{
+	struct pgwire_cursor cur;
+	const char *v;
+	size_t vlen, i;
+	uint8_t code;
+
+	out[0] = 0;
+	if (!m->body_kept) {
+		s->st->protocol_errors++;
+		return;
+	}
+	pgwire_cursor_init(&cur, m->body, m->len);
+	for (;;) {
+		if (!pgwire_get_u8(&cur, &code))
+			goto bad;
+		if (code == 0)
+			break;
+		if (!pgwire_get_string(&cur, &v, &vlen))
+			goto bad;
+		if (code != 'C')
+			continue;
+		if (vlen != 5)
+			goto bad;
+		for (i = 0; i < 5; i++)
+			if (!((v[i] >= '0' && v[i] <= '9') || (v[i] >= 'A' && v[i] <= 'Z')))
+				goto bad;
+		memcpy(out, v, 5);
+		out[5] = 0;
+	}
+	if (out[0])
+		return;
+bad:
+	out[0] = 0;
+	s->st->protocol_errors++;
+}
+
+/* Row count of a command tag whose last word counts rows; false for other tags. */
+static bool tag_rows(const char *tag, uint64_t *rows)
+{
+	static const char *const verbs[] = { "INSERT", "UPDATE", "DELETE", "SELECT", "MOVE",
+					     "FETCH",  "COPY",	 "MERGE",  NULL };
+	const char *sp = strchr(tag, ' '), *last;
+	uint64_t n = 0;
+	size_t i;
+
+	if (!sp)
+		return false;
+	for (i = 0; verbs[i]; i++)
+		if ((size_t)(sp - tag) == strlen(verbs[i]) && !memcmp(tag, verbs[i], sp - tag))
+			break;
+	if (!verbs[i])
+		return false;
+	last = strrchr(tag, ' ') + 1;
+	if (!*last || strlen(last) > 19)
+		return false;
+	for (; *last; last++) {
+		if (*last < '0' || *last > '9')
+			return false;
+		n = n * 10 + (uint64_t)(*last - '0');
+	}
+	*rows = n;
+	return true;
+}
+
+static void on_command_complete(struct session *s, struct req *r, const struct pgwire_msg *m)
+{
+	struct pgwire_cursor cur;
+	const char *tag;
+	size_t tlen;
+
+	if (!r)
+		return;
+	r->pub.commands++;
+	r->has_tag = true;
+	r->pub.tag[0] = 0;
+	pgwire_cursor_init(&cur, m->body, m->len);
+	if (!m->body_kept || !pgwire_get_string(&cur, &tag, &tlen)) {
+		s->st->protocol_errors++;
+		r->pub.rows = r->stmt_rows;
+	} else {
+		if (tlen >= sizeof(r->pub.tag))
+			tlen = sizeof(r->pub.tag) - 1;
+		memcpy(r->pub.tag, tag, tlen);
+		r->pub.tag[tlen] = 0;
+		if (!tag_rows(r->pub.tag, &r->pub.rows))
+			r->pub.rows = r->stmt_rows;
+	}
+	r->stmt_rows = 0;
+}
+
+static void on_error(struct session *s, struct req *r, const struct pgwire_msg *m)
+{
+	char st[6];
+
+	read_sqlstate(s, m, st);
+	if (!r || r->pub.error)
+		return; /* the first error of a request is its outcome */
+	r->pub.error = true;
+	memcpy(r->pub.sqlstate, st, sizeof(st));
+}
+
+/* ReadyForQuery: transaction status; portals do not outlive their transaction. */
+static char on_ready(struct session *s, const struct pgwire_msg *m)
+{
+	char st = m->body_kept && m->len == 1 ? (char)m->body[0] : 0;
+
+	if (st != 'I' && st != 'T' && st != 'E') {
+		s->st->protocol_errors++;
+		return 0;
+	}
+	s->info.txn_status = st;
+	if (st == 'I')
+		portals_clear(s);
+	return st;
+}
+
+/* ---- the client's messages ------------------------------------------------------------- */
+
+static bool is_false(const char *v)
+{
+	/* PostgreSQL's parse_bool: unique prefixes of false/no/off, and 0. */
+	size_t n = strlen(v);
+
+	if (n == 0)
+		return false;
+	if (!strncasecmp(v, "false", n) || !strncasecmp(v, "no", n) || !strcmp(v, "0"))
+		return true;
+	return n >= 2 && !strncasecmp(v, "off", n);
+}
+
+/* StartupMessage: parameters, database (the user's name by default), replication. */
+static void on_startup(struct session *s, const struct pgwire_msg *m)
+{
+	struct pgwire_cursor cur;
+	const char *name, *value, *db = NULL, *user = NULL, *app = "", *repl = NULL;
+	size_t nlen, vlen, plen;
+	uint16_t n = 0;
+	int pass;
+
+	if (s->startup || !m->body_kept || m->len < 4)
+		return;
+	/* The parameter bytes after the protocol code, plus a NUL: a packet missing its
+	 * terminator still yields NUL-terminated strings. */
+	plen = m->len - 4;
+	s->startup = malloc(plen + 1);
+	if (!s->startup)
+		return;
+	memcpy(s->startup, m->body + 4, plen);
+	s->startup[plen] = 0;
+	for (pass = 0; pass < 2; pass++) {
+		pgwire_cursor_init(&cur, s->startup, plen + 1);
+		n = 0;
+		while (pgwire_get_string(&cur, &name, &nlen) && nlen > 0) {
+			if (!pgwire_get_string(&cur, &value, &vlen)) {
+				if (!pass)
+					s->st->protocol_errors++;
+				break;
+			}
+			if (pass) {
+				s->params[n] = (struct session_param){ .name = name, .value = value };
+				if (!strcmp(name, "database"))
+					db = value;
+				else if (!strcmp(name, "user"))
+					user = value;
+				else if (!strcmp(name, "application_name"))
+					app = value;
+				else if (!strcmp(name, "replication"))
+					repl = value;
+			}
+			n++; /* at most 5000 pairs fit in a 10000-byte packet */
+		}
+		if (!pass) {
+			s->params = calloc(n ? n : 1, sizeof(*s->params));
+			if (!s->params)
+				return;
+		}
+	}
+	s->info.params = s->params;
+	s->info.n_params = n;
+	s->info.user = user && user[0] ? user : SESSION_UNKNOWN;
+	s->info.database = db && db[0] ? db : s->info.user;
+	s->info.application_name = app;
+	s->identified = true;
+	emit_event(s, SESSION_EV_IDENTIFIED, m->ts_end);
+	if (repl && !is_false(repl)) {
+		s->info.state = SESSION_REPLICATION;
+		s->st->replication++;
+		pgwire_stop(s->wire);
+		emit_event(s, SESSION_EV_REPLICATION, m->ts_end);
+		return;
+	}
+	expect(s, EXP_STARTUP, NULL, m->ts_end);
+}
+
+/* Parse, Bind and Close change the tables the same way aligned or not. */
+static void fe_tables(struct session *s, const struct pgwire_msg *m)
+{
+	struct pgwire_cursor cur;
+	const char *name;
+	size_t nlen;
+	uint8_t what;
+
+	switch (m->type) {
+	case 'P': {
+		struct stmt *st;
+
+		if (!m->body_kept) {
+			/* Too long to keep: its name is unknown, so the unnamed statement (by far
+			 * the likeliest) can no longer be trusted. */
+			stmt_forget(s, "");
+			return;
+		}
+		st = stmt_from_parse(m->body, m->len);
+		if (!st) {
+			s->st->protocol_errors++;
+			pgwire_cursor_init(&cur, m->body, m->len);
+			if (pgwire_get_string(&cur, &name, &nlen))
+				stmt_forget(s, name);
+			return;
+		}
+		stmt_put(s, st);
+		return;
+	}
+	case 'B': {
+		struct portal *p;
+
+		if (!m->body_kept) {
+			portal_forget(s, "");
+			return;
+		}
+		p = portal_new(m->body, m->len, false);
+		if (!p) {
+			s->st->protocol_errors++;
+			pgwire_cursor_init(&cur, m->body, m->len);
+			if (pgwire_get_string(&cur, &name, &nlen))
+				portal_forget(s, name);
+			return;
+		}
+		p->stmt = stmt_find(s, p->stmt_name);
+		if (p->stmt) {
+			p->stmt->refs++;
+			if (p->stmt->in_table && p->stmt->name[0]) { /* most recently used */
+				lru_unlink(p->stmt);
+				lru_push(s, p->stmt);
+			}
+		}
+		portal_put(s, p);
+		return;
+	}
+	case 'C':
+		pgwire_cursor_init(&cur, m->body, m->len);
+		if (!m->body_kept || !pgwire_get_u8(&cur, &what) ||
+		    !pgwire_get_string(&cur, &name, &nlen) || pgwire_cursor_left(&cur) != 0) {
+			s->st->protocol_errors++;
+			return;
+		}
+		if (what == 'S')
+			stmt_forget(s, name);
+		else if (what == 'P')
+			portal_forget(s, name);
+		else
+			s->st->protocol_errors++;
+		return;
+	default:
+		return;
+	}
+}
+
+/* The Parse/Bind/Describe before an Execute are part of its request. */
+static void batch_note(struct session *s, const struct pgwire_msg *m)
+{
+	if (!s->batch_open) {
+		s->batch_open = true;
+		s->batch_ts = m->ts_start;
+	}
+}
+
+static void on_query(struct session *s, const struct pgwire_msg *m)
+{
+	struct req *r = req_new(s, SESSION_REQ_QUERY, m->ts_start);
+
+	s->batch_open = false;
+	if (r && m->body_kept) {
+		struct pgwire_cursor cur;
+		const char *text;
+		size_t tlen;
+
+		pgwire_cursor_init(&cur, m->body, m->len);
+		if (pgwire_get_string(&cur, &text, &tlen) && pgwire_cursor_left(&cur) == 0) {
+			r->own = malloc(tlen + 1);
+			if (r->own) {
+				memcpy(r->own, text, tlen + 1);
+				r->pub.text = r->own;
+				r->pub.text_len = tlen;
+			}
+		} else {
+			s->st->protocol_errors++;
+		}
+	}
+	expect(s, EXP_QUERY, r, m->ts_end);
+}
+
+static void on_execute(struct session *s, const struct pgwire_msg *m)
+{
+	uint64_t ts = s->batch_open && s->batch_ts < m->ts_start ? s->batch_ts : m->ts_start;
+	struct req *r = req_new(s, SESSION_REQ_EXECUTE, ts);
+	struct pgwire_cursor cur;
+	const char *name = "";
+	size_t nlen = 0;
+	int32_t max_rows = 0;
+
+	s->batch_open = false;
+	pgwire_cursor_init(&cur, m->body, m->len);
+	if (!m->body_kept || !pgwire_get_string(&cur, &name, &nlen) ||
+	    !pgwire_get_i32(&cur, &max_rows) || pgwire_cursor_left(&cur) != 0) {
+		s->st->protocol_errors++;
+		name = "";
+		max_rows = 0;
+	}
+	if (r) {
+		struct portal *p = portal_find(s, name);
+
+		r->pub.max_rows = max_rows > 0 ? (uint32_t)max_rows : 0;
+		if (p) {
+			req_attach(r, p);
+		} else {
+			r->own = malloc(nlen + 1);
+			if (r->own) {
+				memcpy(r->own, name, nlen);
+				r->own[nlen] = 0;
+				r->pub.portal = r->own;
+			}
+		}
+	}
+	expect(s, EXP_EXECUTE, r, m->ts_end);
+}
+
+static void on_function(struct session *s, const struct pgwire_msg *m)
+{
+	struct req *r = req_new(s, SESSION_REQ_FUNCTION, m->ts_start);
+
+	s->batch_open = false;
+	if (r) {
+		struct portal *p = m->body_kept ? portal_new(m->body, m->len, true) : NULL;
+
+		if (p) {
+			req_attach(r, p);
+			portal_unref(p); /* the request holds the only reference */
+		} else if (m->body_kept) {
+			s->st->protocol_errors++;
+		}
+	}
+	expect(s, EXP_FUNCTION, r, m->ts_end);
+}
+
+/*
+ * The first CopyData/CopyDone/CopyFail of a COPY FROM STDIN: the server swallows any Sync
+ * or Flush a client sent after the COPY's Execute without knowing it was a COPY (libpq
+ * does: it sends Sync after CopyDone again), so those Syncs owe no ReadyForQuery.
+ */
+static void copy_started(struct session *s)
+{
+	uint32_t i, j;
+	bool after = false;
+
+	s->fe_in_copy = true;
+	for (i = 0, j = 0; i < s->fifo_len; i++) {
+		struct expect e = *fifo_at(s, i);
+
+		if (e.req == s->copy_req)
+			after = true;
+		else if (after && e.kind == EXP_SYNC)
+			continue;
+		*fifo_at(s, j++) = e;
+	}
+	s->fifo_len = j;
+}
+
+static void on_copy_data(struct session *s, const struct pgwire_msg *m)
+{
+	struct req *r = s->copy_req;
+	size_t room, n;
+
+	if (!r)
+		return;
+	if (!s->fe_in_copy)
+		copy_started(s);
+	if (m->type != 'd') {
+		s->fe_in_copy = false;
+		return;
+	}
+	room = s->cfg.max_copy_bytes - r->pub.copy_len;
+	n = m->body_kept ? m->len : 0;
+	if (!m->body_kept || m->len > room) {
+		if (!r->pub.copy_truncated)
+			s->st->copy_truncated++;
+		r->pub.copy_truncated = true;
+		if (n > room)
+			n = room;
+	}
+	if (n == 0)
+		return;
+	if (r->pub.copy_len + n > r->copy_cap) {
+		size_t cap = r->copy_cap ? r->copy_cap : 4 * KIB;
+		uint8_t *nb;
+
+		while (cap < r->pub.copy_len + n)
+			cap *= 2;
+		if (cap > s->cfg.max_copy_bytes)
+			cap = s->cfg.max_copy_bytes;
+		nb = realloc(r->copy, cap);
+		if (!nb) {
+			r->pub.copy_truncated = true;
+			return;
+		}
+		r->copy = nb;
+		r->copy_cap = cap;
+	}
+	memcpy(r->copy + r->pub.copy_len, m->body, n);
+	r->pub.copy_len += n;
+}
+
+/* A client message while requests can be matched to answers. */
+static void fe_aligned(struct session *s, const struct pgwire_msg *m)
+{
+	uint8_t kind;
+
+	s->fe_last_ts = m->ts_end;
+	if (s->skip_till_sync && m->type != 'S') {
+		/* The server ignores it: an Execute, Query or FunctionCall never runs. */
+		if (m->type == 'E' || m->type == 'Q' || m->type == 'F')
+			s->st->abandoned++;
+		return;
+	}
+	if (s->fe_in_copy && (m->type == 'S' || m->type == 'H'))
+		return; /* ignored by the server during COPY FROM STDIN */
+	switch (m->type) {
+	case 'Q':
+		on_query(s, m);
+		break;
+	case 'P':
+		fe_tables(s, m);
+		batch_note(s, m);
+		expect(s, EXP_PARSE, NULL, m->ts_end);
+		break;
+	case 'B':
+		fe_tables(s, m);
+		batch_note(s, m);
+		expect(s, EXP_BIND, NULL, m->ts_end);
+		break;
+	case 'D':
+		batch_note(s, m);
+		kind = m->body_kept && m->len > 0 ? m->body[0] : 0;
+		if (kind != 'S' && kind != 'P')
+			s->st->protocol_errors++;
+		expect(s, kind == 'S' ? EXP_DESC_STMT : EXP_DESC_PORTAL, NULL, m->ts_end);
+		break;
+	case 'E':
+		on_execute(s, m);
+		break;
+	case 'C':
+		fe_tables(s, m);
+		expect(s, EXP_CLOSE, NULL, m->ts_end);
+		break;
+	case 'S':
+		s->skip_till_sync = false;
+		s->batch_open = false;
+		expect(s, EXP_SYNC, NULL, m->ts_end);
+		s->sync_group++;
+		break;
+	case 'F':
+		on_function(s, m);
+		break;
+	case 'd':
+	case 'c':
+	case 'f':
+		on_copy_data(s, m);
+		break;
+	default: /* Flush, Terminate, password/SASL: no answer to expect */
+		break;
+	}
+}
+
+/* A client message while unaligned: tables only, and perhaps the point to align at. */
+static void fe_unaligned(struct session *s, const struct pgwire_msg *m)
+{
+	bool copy = m->type == 'd' || m->type == 'c' || m->type == 'f';
+
+	note_skips(s);
+	if (s->fe_batch_start && !copy && m->type != 'X' && m->type != 'p' && can_align(s, m)) {
+		align(s, m->ts_start);
+		s->fe_batch_start = false;
+		fe_aligned(s, m);
+		return;
+	}
+	fe_tables(s, m);
+	if (is_batch_end(m->type))
+		s->pending_z++;
+	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, m->ts_end);
+	s->fe_last_ts = m->ts_end;
+	if (!copy)
+		s->fe_batch_start = is_batch_end(m->type);
+}
+
+static void fe_msg(struct session *s, const struct pgwire_msg *m)
+{
+	switch (m->type) {
+	case PGWIRE_MSG_STARTUP:
+		on_startup(s, m);
+		return;
+	case PGWIRE_MSG_CANCEL:
+		s->info.state = SESSION_CANCEL;
+		pgwire_stop(s->wire);
+		return;
+	case PGWIRE_MSG_SSL_REQUEST:
+	case PGWIRE_MSG_GSSENC_REQUEST:
+		return;
+	default:
+		break;
+	}
+	if (s->aligned)
+		fe_aligned(s, m);
+	else
+		fe_unaligned(s, m);
+}
+
+/* ---- the server's messages ------------------------------------------------------------- */
+
+static void unmatched(struct session *s, const struct pgwire_msg *m)
+{
+	s->st->unmatched_responses++;
+	lose_alignment(s, m->ts_end);
+}
+
+/*
+ * ErrorResponse while the head owes an extended-protocol answer: the failing item ends
+ * with it — an Execute, or, for a Parse/Bind/Describe/Close, the Execute of the same
+ * batch it was preparing — and the server ignores everything else up to the Sync: the
+ * Executes among that are abandoned (they never ran).
+ */
+static void ext_error(struct session *s, const struct pgwire_msg *m)
+{
+	bool done = false;
+
+	while (s->fifo_len && fifo_at(s, 0)->kind != EXP_SYNC) {
+		struct expect e = fifo_pop(s);
+
+		if (e.kind != EXP_EXECUTE)
+			continue;
+		if (done) {
+			req_abandon(s, e.req);
+			continue;
+		}
+		done = true;
+		if (e.req) {
+			on_error(s, e.req, m);
+			req_complete(s, e.req, m->ts_end);
+		}
+	}
+	if (!done) {
+		char st[6];
+
+		read_sqlstate(s, m, st); /* validated and counted, but nothing ran */
+	}
+	if (!s->fifo_len)
+		s->skip_till_sync = true;
+}
+
+static bool is_async(uint8_t type)
+{
+	/* NoticeResponse, ParameterStatus, NotificationResponse: any time. */
+	return type == 'N' || type == 'S' || type == 'A';
+}
+
+static void be_aligned(struct session *s, const struct pgwire_msg *m)
+{
+	struct expect *e;
+	struct req *r;
+	char st;
+
+	if (!s->fifo_len) {
+		if (m->type == 'E' || is_async(m->type))
+			return; /* a FATAL (shutdown, termination) comes unasked */
+		unmatched(s, m);
+		return;
+	}
+	e = fifo_at(s, 0);
+	r = e->req;
+	if (e->kind != EXP_STARTUP && is_async(m->type))
+		return;
+	switch (e->kind) {
+	case EXP_STARTUP:
+		if (m->type == 'Z') {
+			fifo_pop(s);
+			on_ready(s, m);
+			if (s->info.state == SESSION_STARTUP)
+				s->info.state = SESSION_READY;
+		} else if (m->type == 'E') {
+			fifo_pop(s); /* authentication failed; the server closes */
+		}
+		return;
+	case EXP_PARSE:
+	case EXP_BIND:
+	case EXP_CLOSE:
+		if (m->type == 'E') {
+			ext_error(s, m);
+		} else if (m->type == (e->kind == EXP_PARSE ? '1' : e->kind == EXP_BIND ? '2' : '3')) {
+			fifo_pop(s);
+		} else {
+			unmatched(s, m);
+		}
+		return;
+	case EXP_DESC_STMT:
+	case EXP_DESC_PORTAL:
+		if (m->type == 'E')
+			ext_error(s, m);
+		else if (m->type == 'T' || m->type == 'n')
+			fifo_pop(s);
+		else if (m->type != 't' || e->kind != EXP_DESC_STMT)
+			unmatched(s, m);
+		return;
+	case EXP_EXECUTE:
+		switch (m->type) {
+		case 'D':
+			if (r) {
+				r->pub.datarows++;
+				r->stmt_rows++;
+			}
+			return;
+		case 'C':
+			on_command_complete(s, r, m);
+			break;
+		case 'I':
+			if (r)
+				r->pub.empty = true;
+			break;
+		case 's':
+			if (r)
+				r->pub.suspended = true;
+			break;
+		case 'E':
+			ext_error(s, m);
+			return;
+		case 'T':
+		case 'G':
+		case 'H':
+		case 'W':
+		case 'd':
+		case 'c':
+			return;
+		default:
+			unmatched(s, m);
+			return;
+		}
+		fifo_pop(s);
+		req_complete(s, r, m->ts_end);
+		return;
+	case EXP_SYNC:
+		if (m->type == 'Z') {
+			fifo_pop(s);
+			on_ready(s, m);
+		} else if (m->type != 'E') { /* an error committing the implicit transaction */
+			unmatched(s, m);
+		}
+		return;
+	case EXP_QUERY:
+	case EXP_FUNCTION:
+		switch (m->type) {
+		case 'Z':
+			fifo_pop(s);
+			st = on_ready(s, m);
+			if (r)
+				r->pub.txn_status = st;
+			req_complete(s, r, m->ts_end);
+			return;
+		case 'E':
+			on_error(s, r, m);
+			return;
+		case 'V':
+			if (e->kind != EXP_FUNCTION)
+				unmatched(s, m);
+			return;
+		default:
+			break;
+		}
+		if (e->kind == EXP_FUNCTION) {
+			unmatched(s, m);
+			return;
+		}
+		switch (m->type) {
+		case 'D':
+			if (r) {
+				r->pub.datarows++;
+				r->stmt_rows++;
+			}
+			return;
+		case 'C':
+			on_command_complete(s, r, m);
+			return;
+		case 'I':
+			if (r)
+				r->pub.empty = true;
+			return;
+		case 'T':
+		case 'G':
+		case 'H':
+		case 'W':
+		case 'd':
+		case 'c':
+			return;
+		default:
+			unmatched(s, m);
+			return;
+		}
+	}
+}
+
+static void be_msg(struct session *s, const struct pgwire_msg *m)
+{
+	if (m->type == PGWIRE_MSG_ENC_RESPONSE)
+		return;
+	s->be_idle = m->type == 'Z';
+	if (m->type == 'Z') {
+		s->have_z = true;
+		s->last_z_ts = m->ts_end;
+	}
+	if (s->aligned) {
+		be_aligned(s, m);
+		return;
+	}
+	if (m->type == 'Z') {
+		on_ready(s, m);
+		if (s->pending_z)
+			s->pending_z--;
+	}
+}
+
+/* ---- decoder callbacks ------------------------------------------------------------------ */
+
+static void on_wire_msg(void *ctx, const struct pgwire_msg *m)
+{
+	struct session *s = ctx;
+
+	if (m->dir == PGWIRE_FRONTEND)
+		fe_msg(s, m);
+	else
+		be_msg(s, m);
+}
+
+/* A direction lost its boundaries (decoder) or bytes (gap): nothing owed can be trusted. */
+static void desync(struct session *s, enum pgwire_dir dir, uint64_t ts)
+{
+	s->synced[dir] = false;
+	if (dir == PGWIRE_FRONTEND) {
+		s->fe_dirty_ts = max_u64(s->fe_dirty_ts, ts);
+		/* a lost Parse/Bind may have replaced the unnamed statement and portals */
+		stmt_forget(s, "");
+		portals_clear(s);
+	} else {
+		s->be_idle = false;
+	}
+	lose_alignment(s, ts);
+	if (s->info.state == SESSION_STARTUP)
+		s->info.state = SESSION_HUNTING;
+}
+
+static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, uint64_t ts)
+{
+	struct session *s = ctx;
+
+	switch (ev) {
+	case PGWIRE_EV_DESYNC:
+		desync(s, dir, ts);
+		break;
+	case PGWIRE_EV_RESYNC:
+		s->synced[dir] = true;
+		if (dir == PGWIRE_FRONTEND)
+			s->fe_batch_start = true;
+		else
+			s->be_idle = false;
+		break;
+	case PGWIRE_EV_ENCRYPTED:
+		lose_alignment(s, ts);
+		s->info.state = SESSION_ENCRYPTED;
+		s->st->encrypted++;
+		emit_event(s, SESSION_EV_ENCRYPTED, ts);
+		break;
+	}
+}
+
+static const struct pgwire_handler wire_handler = {
+	.message = on_wire_msg,
+	.event = on_wire_event,
+};
+
+/* Adds what the decoder counted since the last call to the owner's totals. */
+static void wire_sync(struct session *s)
+{
+	const struct pgwire_stats *w = pgwire_conn_stats(s->wire);
+	struct pgwire_stats *t = &s->st->wire, *seen = &s->wire_seen;
+
+	t->messages += w->messages - seen->messages;
+	t->bytes += w->bytes - seen->bytes;
+	t->bytes_skipped += w->bytes_skipped - seen->bytes_skipped;
+	t->bodies_too_big += w->bodies_too_big - seen->bodies_too_big;
+	t->bad_lengths += w->bad_lengths - seen->bad_lengths;
+	t->resyncs += w->resyncs - seen->resyncs;
+	*seen = *w;
+}
+
+/* ---- public interface --------------------------------------------------------------------- */
+
+struct session *session_new(const struct session_config *cfg, const struct session_handler *h,
+			    void *ctx, struct session_stats *stats, uint64_t id, bool from_start,
+			    uint64_t ts_ns)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	if (cfg)
+		s->cfg = *cfg;
+	else
+		session_config_default(&s->cfg);
+	s->h = h;
+	s->ctx = ctx;
+	s->st = stats;
+	s->wire = pgwire_conn_new(&s->cfg.wire, &wire_handler, s, from_start);
+	if (!s->wire) {
+		free(s);
+		return NULL;
+	}
+	s->lru.lru_next = s->lru.lru_prev = &s->lru;
+	s->fifo_max = FIFO_MIN;
+	while (s->fifo_max < 4 * (uint64_t)s->cfg.max_inflight + 64 && s->fifo_max < (1U << 24))
+		s->fifo_max *= 2;
+	s->info.id = id;
+	s->info.database = SESSION_UNKNOWN;
+	s->info.user = SESSION_UNKNOWN;
+	s->info.application_name = "";
+	s->info.state = from_start ? SESSION_STARTUP : SESSION_HUNTING;
+	s->info.resynced = !from_start;
+	s->aligned = from_start;
+	s->synced[0] = s->synced[1] = from_start;
+	s->fe_batch_start = true;
+	stats->sessions_opened++;
+	stats->sessions_active++;
+	emit_event(s, SESSION_EV_OPEN, ts_ns);
+	return s;
+}
+
+void session_feed(struct session *s, enum pgwire_dir dir, const uint8_t *data, size_t len,
+		  uint64_t ts_ns)
+{
+	s->feed_dir = dir;
+	s->feed_ts = ts_ns;
+	pgwire_feed(s->wire, dir, data, len, ts_ns);
+	if (!s->aligned)
+		note_skips(s);
+	else
+		s->skip_seen = pgwire_conn_stats(s->wire)->bytes_skipped;
+	wire_sync(s);
+}
+
+void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns)
+{
+	s->feed_dir = dir;
+	s->feed_ts = ts_ns;
+	if (s->info.state == SESSION_ENCRYPTED || s->info.state == SESSION_REPLICATION ||
+	    s->info.state == SESSION_CANCEL)
+		return;
+	/* Whatever was owed is lost with the bytes, even if the decoder was still hunting
+	 * (then it reports no DESYNC). */
+	desync(s, dir, ts_ns);
+	pgwire_gap(s->wire, dir, ts_ns);
+	s->skip_seen = pgwire_conn_stats(s->wire)->bytes_skipped;
+	wire_sync(s);
+}
+
+void session_identify(struct session *s, const char *database, const char *user,
+		      uint64_t ts_ns)
+{
+	if (s->identified || !database)
+		return;
+	s->ident_db = strndup(database, IDENT_MAX);
+	s->ident_user = strndup(user ? user : SESSION_UNKNOWN, IDENT_MAX);
+	if (!s->ident_db || !s->ident_user) {
+		free(s->ident_db);
+		free(s->ident_user);
+		s->ident_db = s->ident_user = NULL;
+		return;
+	}
+	s->info.database = s->ident_db;
+	s->info.user = s->ident_user;
+	s->identified = true;
+	emit_event(s, SESSION_EV_IDENTIFIED, ts_ns);
+}
+
+struct session_info *session_info(struct session *s)
+{
+	return &s->info;
+}
+
+void session_free(struct session *s, uint64_t ts_ns)
+{
+	if (!s)
+		return;
+	emit_event(s, SESSION_EV_CLOSE, ts_ns);
+	fifo_abandon_all(s);
+	free(s->fifo);
+	portals_clear(s);
+	stmts_free(s);
+	wire_sync(s);
+	pgwire_conn_free(s->wire);
+	s->st->sessions_active--;
+	free(s->params);
+	free(s->startup);
+	free(s->ident_db);
+	free(s->ident_user);
+	free(s);
+}
