@@ -406,7 +406,13 @@ cleanup:
 
 int capture_poll(struct capture *c, int timeout_ms)
 {
-	return ring_buffer__poll(c->rb, timeout_ms);
+	int n = ring_buffer__poll(c->rb, timeout_ms);
+
+	/* Records are submitted without a wakeup until the ring fills past wakeup_bytes,
+	 * so epoll reports nothing for them: a poll that timed out must still consume. */
+	if (n == 0)
+		n = ring_buffer__consume(c->rb);
+	return n;
 }
 
 int capture_detach_and_drain(struct capture *c)

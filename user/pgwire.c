@@ -557,16 +557,26 @@ static enum verdict confirm_at(const struct win *w, enum pgwire_dir dir, uint32_
 	return be_body_valid(t, w->buf + q + 5, blen) ? V_ACCEPT : V_REJECT;
 }
 
+static bool chunk_starts_at(const struct win *w, uint32_t off)
+{
+	uint32_t i = rec_index(w, off);
+
+	return w->rec[i].off == off && w->rec[i].chunk_start;
+}
+
 /*
  * Frontend: a client message at p — a type that proves something, a possible length, a
- * body that parses exactly — confirmed by what follows: another such message, or the end
- * of everything fed so far when the candidate also began a fed chunk (a client writes a
- * batch and waits).
+ * body that parses exactly — confirmed by what follows: another such message in the same
+ * chunk, or the end of everything fed so far when the candidate also began a fed chunk (a
+ * client writes a batch and waits). A candidate that did not begin a chunk but ends where
+ * a later chunk begins is rejected: bytes that merely happen to parse at the end of a
+ * chunk would otherwise be "confirmed" by the real message starting the next one, which
+ * is a better candidate anyway.
  */
 static enum verdict fe_candidate(const struct win *w, uint32_t p, bool more_input)
 {
 	const struct rule *r = &fe_rules[w->buf[p]];
-	uint32_t avail = w->len - p, blen, q, i;
+	uint32_t avail = w->len - p, blen, q;
 
 	if (!(r->flags & R_HUNT))
 		return V_REJECT;
@@ -582,14 +592,14 @@ static enum verdict fe_candidate(const struct win *w, uint32_t p, bool more_inpu
 	if (!fe_body_valid(w->buf[p], w->buf + p + 5, blen))
 		return V_REJECT;
 	q = p + 5 + blen;
-	if (q < w->len)
+	if (q < w->len) {
+		if (chunk_starts_at(w, q) && !chunk_starts_at(w, p))
+			return V_REJECT;
 		return confirm_at(w, PGWIRE_FRONTEND, q);
+	}
 	if (more_input)
 		return V_WAIT;
-	i = rec_index(w, p);
-	if (w->rec[i].off == p && w->rec[i].chunk_start)
-		return V_ACCEPT;
-	return V_WAIT;
+	return chunk_starts_at(w, p) ? V_ACCEPT : V_WAIT;
 }
 
 /*

@@ -51,9 +51,10 @@ static void on_request(void *ctx, struct session_info *s, const struct session_r
 {
 	struct conn *c = s->user_ptr;
 
-	(void)ctx;
-	if (!c || !c->db)
+	if (!c)
 		return;
+	if (!c->db) /* looked up once per session, not per request */
+		c->db = stats_db(((struct pipeline *)ctx)->stats, s->database);
 	stats_source_request(c->db, r->ts_end > r->ts_start ? r->ts_end - r->ts_start : 0,
 			     r->error, r->sqlstate);
 }
@@ -66,7 +67,6 @@ static void on_session_event(void *ctx, struct session_info *s, enum session_eve
 
 	(void)ts_ns;
 	switch (ev) {
-	case SESSION_EV_OPEN:
 	case SESSION_EV_IDENTIFIED:
 		if (c)
 			c->db = stats_db(p->stats, s->database);
@@ -98,7 +98,6 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 				 flow->saw_syn, ts_ns);
 	if (c->session) {
 		session_info(c->session)->user_ptr = c;
-		c->db = stats_db(p->stats, session_info(c->session)->database);
 		if (!flow->saw_syn && p->hooks.want_identity) {
 			c->next_unnamed = p->unnamed;
 			if (p->unnamed)
