@@ -15,8 +15,22 @@
  *
  * Resynchronisation: a connection first seen mid-stream, a gap, or a length that
  * cannot be right puts a direction into "hunting": the decoder discards bytes until it
- * finds a boundary it can trust (backend: a ReadyForQuery; frontend: a plausible client
- * message confirmed by what follows it), then reports PGWIRE_EV_RESYNC and goes on.
+ * finds a boundary it can trust, then reports PGWIRE_EV_RESYNC and goes on from there.
+ *   backend:  a ReadyForQuery ('Z', length 5, status I/T/E) followed by the end of what
+ *             was fed so far or by a message that parses; the ReadyForQuery itself is the
+ *             first message reported after the RESYNC;
+ *   frontend: a client message whose body parses exactly (Query, Parse, Bind, Execute,
+ *             Describe, Close, Sync, Flush, Terminate, FunctionCall, CopyDone, CopyFail;
+ *             never CopyData or password messages, which prove nothing), confirmed by a
+ *             next message that parses, in the same chunk; or one that began a fed chunk
+ *             and ends everything fed so far (a client writes a batch and waits).
+ * Hunting keeps at most 64 KiB per direction, dropping the oldest bytes (bytes_skipped).
+ *
+ * SSL/GSS negotiation: after SSLRequest/GSSENCRequest the next backend byte is taken as
+ * the answer (the server cannot answer before it has the request, so capture order puts
+ * the request first); client bytes sent before the answer are held (16 KiB at most) and
+ * decoded after an 'N'. A client that opens with a TLS ClientHello (PostgreSQL 17's
+ * direct SSL) is reported encrypted as well.
  */
 #ifndef PGSHADOW_PGWIRE_H
 #define PGSHADOW_PGWIRE_H
@@ -31,15 +45,22 @@ enum pgwire_dir {
 	PGWIRE_BACKEND = 1,  /* server to client (== TCPSTREAM_S2C) */
 };
 
-/* Pseudo type codes for the untyped messages of the startup phase (real message type
- * bytes are printable ASCII, so these cannot collide). */
-#define PGWIRE_MSG_STARTUP 0x01	       /* StartupMessage, protocol 3.x; body = the packet
-					* after the length (protocol code, then params) */
-#define PGWIRE_MSG_SSL_REQUEST 0x02    /* SSLRequest */
-#define PGWIRE_MSG_GSSENC_REQUEST 0x03 /* GSSENCRequest */
-#define PGWIRE_MSG_CANCEL 0x04	       /* CancelRequest; body = pid, key */
-#define PGWIRE_MSG_ENC_RESPONSE 0x05   /* the server's one-byte answer to SSL/GSSENC
-					* request; body[0] is 'S', 'G' or 'N' */
+/*
+ * Pseudo type codes for the untyped messages of the startup phase (real message type bytes
+ * are printable ASCII, so these cannot collide):
+ *   STARTUP         StartupMessage, protocol 3.x; body = the packet after the length
+ *                   (protocol code, then the parameters)
+ *   SSL_REQUEST     SSLRequest; empty body
+ *   GSSENC_REQUEST  GSSENCRequest; empty body
+ *   CANCEL          CancelRequest; body = pid, key (4 bytes in 3.0, up to 256 in 3.2)
+ *   ENC_RESPONSE    the server's one-byte answer to SSLRequest/GSSENCRequest; body[0] is
+ *                   'S', 'G' or 'N'
+ */
+#define PGWIRE_MSG_STARTUP	  0x01
+#define PGWIRE_MSG_SSL_REQUEST	  0x02
+#define PGWIRE_MSG_GSSENC_REQUEST 0x03
+#define PGWIRE_MSG_CANCEL	  0x04
+#define PGWIRE_MSG_ENC_RESPONSE	  0x05
 
 struct pgwire_msg {
 	enum pgwire_dir dir;
@@ -57,6 +78,11 @@ enum pgwire_event {
 	PGWIRE_EV_ENCRYPTED, /* the server accepted SSL or GSS encryption: decoding stops */
 };
 
+/*
+ * Callbacks may call pgwire_gap() and pgwire_stop() on the decoder that called them, never
+ * pgwire_feed() or pgwire_conn_free(). Event times: DESYNC, the chunk (or gap) that
+ * revealed it; RESYNC, the chunk holding the boundary's first byte; ENCRYPTED, the answer's.
+ */
 struct pgwire_handler {
 	/* Every message, in stream order per direction. Valid only during the call. */
 	void (*message)(void *ctx, const struct pgwire_msg *m);
@@ -64,17 +90,18 @@ struct pgwire_handler {
 };
 
 struct pgwire_config {
-	uint32_t max_body; /* largest body assembled (split across chunks); default 1 MiB */
+	uint32_t max_body;  /* largest body assembled (split across chunks); default 1 MiB */
 	bool keep_datarows; /* report DataRow bodies too (for row hashing); default false */
 };
 
 /* Decoder counters (per connection; session.c sums them). */
 struct pgwire_stats {
 	uint64_t messages;
-	uint64_t bytes;		/* bytes fed */
-	uint64_t bytes_skipped; /* discarded while hunting */
+	uint64_t bytes;		 /* bytes fed */
+	uint64_t bytes_skipped;	 /* discarded while hunting */
 	uint64_t bodies_too_big; /* bodies longer than max_body reported without body */
-	uint64_t bad_lengths;	/* impossible lengths that forced a resync */
+	uint64_t bad_lengths;	 /* impossible lengths (or types, startup codes) that forced
+				  * a resync; checked from the header, before any allocation */
 	uint64_t resyncs;
 };
 
@@ -179,7 +206,7 @@ static inline PGWIRE_MUST_CHECK bool pgwire_get_i32(struct pgwire_cursor *cur, i
 
 /* n bytes in place. */
 static inline PGWIRE_MUST_CHECK bool pgwire_get_bytes(struct pgwire_cursor *cur, size_t n,
-						       const uint8_t **v)
+						      const uint8_t **v)
 {
 	if (pgwire_cursor_left(cur) < n)
 		return false;
@@ -188,15 +215,22 @@ static inline PGWIRE_MUST_CHECK bool pgwire_get_bytes(struct pgwire_cursor *cur,
 	return true;
 }
 
-/* A NUL-terminated string in place; len excludes the NUL. False if no NUL is left. */
+/* A NUL-terminated string in place; len excludes the NUL. False if no NUL is left.
+ * Names are short (often empty): the first bytes are scanned inline, memchr does the rest. */
 static inline PGWIRE_MUST_CHECK bool pgwire_get_string(struct pgwire_cursor *cur, const char **s,
-							size_t *len)
+						       size_t *len)
 {
-	const uint8_t *nul;
+	size_t left = pgwire_cursor_left(cur), i, head = left < 16 ? left : 16;
+	const uint8_t *nul = NULL;
 
-	if (pgwire_cursor_left(cur) == 0)
-		return false;
-	nul = memchr(cur->p, 0, pgwire_cursor_left(cur));
+	for (i = 0; i < head; i++) {
+		if (cur->p[i] == 0) {
+			nul = cur->p + i;
+			break;
+		}
+	}
+	if (!nul && left > head)
+		nul = memchr(cur->p + head, 0, left - head);
 	if (!nul)
 		return false;
 	*s = (const char *)cur->p;

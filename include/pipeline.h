@@ -39,10 +39,23 @@ void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 /* Ends every flow (at shutdown), then publishes. */
 void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 
-/* Who can name the database of a session whose start was missed (--source-dsn). */
+/*
+ * The shells the capture thread hands work to, all optional:
+ * - want_identity: who can name the database of a session whose start was missed
+ *   (--source-dsn);
+ * - session_open/identified/close and request: the mirror (--mirror). session_open
+ *   returns the sink's per-session handle (NULL: not mirrored), given back to the others.
+ *   request receives every completed source request with its stats entry.
+ */
 struct pipeline_hooks {
 	void (*want_identity)(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client);
 	void *ctx;
+	void *(*session_open)(void *sink, const struct session_info *s);
+	void (*session_identified)(void *sink, void *handle, const struct session_info *s);
+	void (*request)(void *sink, void *handle, struct stats_db *db,
+			const struct session_request *r);
+	void (*session_close)(void *sink, void *handle);
+	void *sink;
 };
 
 void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks);

@@ -35,11 +35,16 @@ enum session_req_kind {
  * Pointers are valid only during the callback; a consumer copies what it keeps. */
 struct session_request {
 	enum session_req_kind kind;
-	uint64_t ts_start; /* capture time, first byte of the starting client message */
+	uint64_t ts_start; /* capture time, first byte of the starting client message: the
+			    * Query / FunctionCall, or for an Execute the first Parse, Bind
+			    * or Describe sent since the previous Execute or Sync (the batch
+			    * that prepared it), else the Execute itself */
 	uint64_t ts_end;   /* capture time, last byte of the completing server message */
 
 	/* What was asked. text: the Query's text, or the text of the Parse of the executed
-	 * statement; NULL when that Parse was never seen (prepared before capture began). */
+	 * statement; NULL when that Parse was never seen (prepared before capture began,
+	 * evicted at max_statements, closed) or was longer than max_body. NUL-terminated at
+	 * text_len. */
 	const char *text;
 	size_t text_len;
 	const char *stmt_name; /* Execute: statement name ("" = unnamed); else NULL */
@@ -49,28 +54,31 @@ struct session_request {
 	uint16_t n_param_formats;
 	const int16_t *param_formats; /* from Bind: 0 text, 1 binary (0 or 1 entry = all) */
 	uint16_t n_params;
-	const int32_t *param_lengths;	     /* -1 = NULL */
+	const int32_t *param_lengths;	    /* -1 = NULL */
 	const uint8_t *const *param_values; /* each param_lengths[i] bytes */
 	uint16_t n_result_formats;
 	const int16_t *result_formats;
-	uint32_t function_oid; /* FunctionCall: the function called; else 0 */
-	uint32_t max_rows;   /* Execute's row limit (0 = all) */
-	uint64_t sync_group; /* Executes before the same Sync share it (implicit txn) */
+	uint32_t function_oid;	  /* FunctionCall: the function called; else 0 */
+	uint32_t max_rows;	  /* Execute's row limit (0 = all) */
+	uint64_t sync_group;	  /* Executes before the same Sync share it (implicit txn) */
 	const uint8_t *copy_data; /* COPY FROM STDIN payload (CopyData bodies joined) */
 	size_t copy_len;
 	bool copy_truncated; /* more than max_copy_bytes: copy_data holds only a prefix */
 
 	/* What the source answered. */
 	char tag[64];	   /* last CommandComplete tag ("SELECT 3"), "" if none */
-	uint64_t rows;	   /* row count of that tag, or DataRows counted if it has none */
+	uint64_t rows;	   /* row count of that tag (INSERT/UPDATE/DELETE/SELECT/MOVE/FETCH/
+			    * COPY/MERGE), else the DataRows of its statement; without any
+			    * tag (PortalSuspended, error) the DataRows seen */
 	uint64_t datarows; /* DataRow messages seen */
 	uint32_t commands; /* CommandCompletes (a multi-statement Query has several) */
 	bool empty;	   /* EmptyQueryResponse */
 	bool suspended;	   /* PortalSuspended (row limit reached) */
-	bool error;
-	char sqlstate[6]; /* of the ErrorResponse, "" if none */
-	char txn_status;  /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
-			   * or FunctionCall; 0 for an Execute */
+	bool error;	   /* an ErrorResponse ended it (an Execute also takes the error of
+			    * the Parse/Bind/Describe of its batch: it never ran) */
+	char sqlstate[6];  /* of the (first) ErrorResponse, "" if none or malformed */
+	char txn_status;   /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
+			    * or FunctionCall; 0 for an Execute */
 };
 
 struct session_param {
@@ -92,7 +100,7 @@ struct session_info {
 	uint64_t id;	      /* the tcpstream flow id */
 	const char *database; /* SESSION_UNKNOWN until known */
 	const char *user;
-	const char *application_name; /* "" if not given */
+	const char *application_name;	    /* "" if not given */
 	const struct session_param *params; /* every StartupMessage parameter */
 	uint16_t n_params;
 	enum session_state state;
@@ -104,12 +112,16 @@ struct session_info {
 enum session_event {
 	SESSION_EV_OPEN,	/* session created (database may be unknown) */
 	SESSION_EV_IDENTIFIED,	/* database/user became known (StartupMessage) */
-	SESSION_EV_RESYNC,	/* boundaries found again after a gap or a missed start */
+	SESSION_EV_RESYNC,	/* requests can be matched to answers again after a gap, a
+				 * missed start or an answer that fit nothing (the session
+				 * waits for a point where nothing can be outstanding) */
 	SESSION_EV_ENCRYPTED,	/* SSL/GSS accepted by the server */
 	SESSION_EV_REPLICATION, /* a replication connection (never decoded) */
 	SESSION_EV_CLOSE,	/* the connection ended */
 };
 
+/* Callbacks run inside session_feed/session_gap/session_identify/session_free; they may
+ * read and change session_info (user_ptr) but must not feed or free the session. */
 struct session_handler {
 	void (*request)(void *ctx, struct session_info *s, const struct session_request *r);
 	void (*event)(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts_ns);
@@ -117,10 +129,10 @@ struct session_handler {
 
 struct session_config {
 	struct pgwire_config wire;
-	uint32_t max_statements;   /* prepared statements remembered per session */
-	uint32_t max_portals;	   /* portals per session */
-	uint32_t max_inflight;	   /* requests awaiting their answer per session */
-	uint32_t max_copy_bytes;   /* COPY FROM STDIN bytes kept per request */
+	uint32_t max_statements; /* prepared statements remembered per session */
+	uint32_t max_portals;	 /* portals per session */
+	uint32_t max_inflight;	 /* requests awaiting their answer per session */
+	uint32_t max_copy_bytes; /* COPY FROM STDIN bytes kept per request */
 };
 
 /* Counters summed over all sessions of one owner; every cap has one. */
@@ -131,8 +143,8 @@ struct session_stats {
 	uint64_t resyncs;
 	uint64_t encrypted;
 	uint64_t replication;
-	uint64_t statements_evicted; /* max_statements reached */
-	uint64_t inflight_overflow;  /* max_inflight reached: request not timed */
+	uint64_t statements_evicted;  /* max_statements reached */
+	uint64_t inflight_overflow;   /* max_inflight reached: request not timed */
 	uint64_t unmatched_responses; /* server answers with no request to match */
 	uint64_t protocol_errors;     /* messages that failed validation */
 	uint64_t abandoned;	      /* requests never completed: in flight when their session
@@ -161,8 +173,7 @@ void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns);
 
 /* Sets database and user of a session whose start was missed (resolved elsewhere,
  * e.g. pg_stat_activity); reports SESSION_EV_IDENTIFIED. Ignored if already known. */
-void session_identify(struct session *s, const char *database, const char *user,
-		      uint64_t ts_ns);
+void session_identify(struct session *s, const char *database, const char *user, uint64_t ts_ns);
 
 struct session_info *session_info(struct session *s);
 

@@ -34,11 +34,44 @@ struct stats_histogram {
 
 #define STATS_DB_NAME_MAX 64 /* longer names are cut (labels stay bounded) */
 
+/* Why a request was not replayed (mirror_requests_skipped_total{reason}). */
+enum stats_skip_reason {
+	STATS_SKIP_UNKNOWN_DATABASE = 0, /* session of database "unknown" */
+	STATS_SKIP_NO_PARSE,		 /* Execute whose Parse was never seen */
+	STATS_SKIP_FUNCTION_CALL,	 /* FunctionCall: not replayed */
+	STATS_SKIP_CONNECTION_CAP,	 /* mirror_max_connections reached */
+	STATS_SKIP_COPY_TOO_BIG,	 /* COPY data beyond the byte cap */
+	STATS_SKIP_SHUTDOWN,		 /* still queued when the agent stopped */
+	STATS_SKIP_SESSION_STATE,	 /* the session could not be replayed (e.g. encrypted) */
+	STATS_SKIP_MAX,
+};
+
+extern const char *const stats_skip_reason_names[STATS_SKIP_MAX];
+
+/* Mirror error types (mirror_errors_total{error_type}). */
+enum stats_error_type {
+	STATS_ERR_CONNECTION = 0,
+	STATS_ERR_QUERY,
+	STATS_ERR_TIMEOUT,
+	STATS_ERR_BUFFER_FULL,
+	STATS_ERR_MAX,
+};
+
+extern const char *const stats_error_type_names[STATS_ERR_MAX];
+
 struct stats_db {
 	char name[STATS_DB_NAME_MAX];
 	_Atomic uint64_t source_requests;
 	_Atomic uint64_t source_errors[STATS_SQLSTATE_CLASSES];
 	struct stats_histogram source_latency;
+	/* mirror (all counters; windowed latency lives in struct stats under its lock) */
+	_Atomic uint64_t mirror_requests;    /* mirror_database_requests */
+	_Atomic uint64_t mirror_errors;	     /* mirror_database_errors (all error types) */
+	_Atomic uint64_t mirror_not_sampled;
+	_Atomic uint64_t mirror_skipped[STATS_SKIP_MAX];
+	struct stats_histogram mirror_latency;
+	struct stats_histogram replay_delay;
+	uint64_t win_latency_sum_ns, win_latency_count; /* guarded by the stats lock */
 };
 
 /* Capture health, published by the capture thread (each field a running total unless
@@ -63,7 +96,22 @@ struct stats_process {
 };
 
 struct stats_config {
-	uint32_t max_databases; /* distinct database labels before "other" */
+	uint32_t max_databases;	    /* distinct database labels before "other" */
+	uint64_t reset_interval_ns; /* window of the windowed mirror gauges (3600 s) */
+	uint64_t start_ns;	    /* CLOCK_MONOTONIC at agent start */
+	bool mirror_enabled;	    /* render the mirror metrics (--mirror given) */
+};
+
+/* A consistent copy of the global mirror numbers (for rendering and readiness). */
+struct stats_mirror_snapshot {
+	uint64_t total, mirrored, dropped, not_sampled, skipped, in_flight;
+	uint64_t errors[STATS_ERR_MAX];
+	uint64_t consecutive_errors;
+	uint64_t consecutive_successes;
+	double latency_avg_ms, latency_max_ms; /* current window */
+	double last_success_seconds_ago;       /* -1 before the first success */
+	uint64_t order_waits;
+	unsigned int buffer_utilization; /* 0-100 */
 };
 
 struct stats *stats_new(const struct stats_config *cfg);
@@ -85,9 +133,29 @@ struct stats_capture *stats_capture(struct stats *st);
 /* Databases folded into "other" so far. */
 uint64_t stats_database_overflow(const struct stats *st);
 
+/*
+ * Mirror outcomes. stats_mirror_request counts a request in mirror_requests_total (at
+ * source completion); each such request later gets exactly one of not_sampled, skipped,
+ * dropped (= buffer_full error), success, or error (connection/query/timeout). now_ns
+ * is CLOCK_MONOTONIC. Any thread.
+ */
+void stats_mirror_request(struct stats *st, struct stats_db *db);
+void stats_mirror_not_sampled(struct stats *st, struct stats_db *db);
+void stats_mirror_skipped(struct stats *st, struct stats_db *db, enum stats_skip_reason why);
+void stats_mirror_dropped(struct stats *st, struct stats_db *db, uint64_t now_ns);
+void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
+			  uint64_t delay_ns, uint64_t now_ns);
+void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
+			uint64_t now_ns);
+void stats_mirror_order_wait(struct stats *st);
+void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);
+
+/* Snapshot of the global mirror numbers at now_ns (rolls the window if it expired). */
+void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirror_snapshot *out);
+
 /* Appends the Prometheus text exposition (format 0.0.4) of everything to out. */
 bool stats_render(struct stats *st, const struct stats_process *proc, const char *version,
-		  struct buf *out);
+		  uint64_t now_ns, struct buf *out);
 
 /* Index of a SQLSTATE's class in source_errors (the last slot when it is malformed). */
 unsigned int stats_sqlstate_class(const char *sqlstate);

@@ -153,12 +153,15 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned int status,
 static enum MHD_Result get_metrics(struct http *h, struct MHD_Connection *conn)
 {
 	struct stats_process proc;
+	struct timespec now;
 	struct buf b;
 	enum MHD_Result ret;
 
 	read_process(&proc);
 	buf_init(&b, MAX_RESPONSE);
-	if (!stats_render(h->stats, &proc, h->version, &b)) {
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!stats_render(h->stats, &proc, h->version,
+			  (uint64_t)now.tv_sec * 1000000000ULL + now.tv_nsec, &b)) {
 		buf_free(&b);
 		return respond(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain",
 			       "metrics too large\n", 18);

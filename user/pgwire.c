@@ -38,21 +38,21 @@
 /* Largest declared length accepted: PostgreSQL cannot build a message above MaxAllocSize
  * (1 GiB - 1), so anything longer is nonsense, whatever its type. */
 #define MAX_MSG_LEN (1U << 30)
-#define ANY_BODY (MAX_MSG_LEN - 4)
+#define ANY_BODY    (MAX_MSG_LEN - 4)
 
 /* Startup-phase packets: PostgreSQL's own bounds (MAX_STARTUP_PACKET_LENGTH). */
 #define STARTUP_MIN 8
 #define STARTUP_MAX 10000
 #define CODE_CANCEL 80877102U
-#define CODE_SSL 80877103U
+#define CODE_SSL    80877103U
 #define CODE_GSSENC 80877104U
 /* CancelRequest body after the code: pid + key, the key 4 bytes in 3.0, up to 256 in 3.2. */
 #define CANCEL_MIN 8
 #define CANCEL_MAX (4 + 256)
 
 /* The hunting window: bytes searched for a boundary, oldest dropped beyond this. */
-#define WIN_MAX (64 * KIB)
-#define WIN_MIN (4 * KIB)
+#define WIN_MAX	     (64 * KIB)
+#define WIN_MIN	     (4 * KIB)
 #define WIN_RECS_MIN 16
 #define WIN_RECS_MAX 1024 /* pieces of distinct chunks in the window */
 /* What a frontend may send while its SSLRequest is unanswered (a startup packet is at most
@@ -66,10 +66,10 @@
 
 /* ---- what each message type may look like --------------------------------------------- */
 
-#define R_OK 0x01	/* a type this direction can send */
-#define R_SKIP 0x02	/* never kept: Password/SASL, server CopyData */
-#define R_DATAROW 0x04	/* kept only with keep_datarows */
-#define R_HUNT 0x08	/* frontend: structurally checkable, may start or confirm a resync */
+#define R_OK	  0x01 /* a type this direction can send */
+#define R_SKIP	  0x02 /* never kept: Password/SASL, server CopyData */
+#define R_DATAROW 0x04 /* kept only with keep_datarows */
+#define R_HUNT	  0x08 /* frontend: structurally checkable, may start or confirm a resync */
 
 struct rule {
 	uint32_t min, max; /* body length bounds */
@@ -77,47 +77,47 @@ struct rule {
 };
 
 static const struct rule fe_rules[256] = {
-	['Q'] = { 1, ANY_BODY, R_OK | R_HUNT },	 /* Query: text NUL */
-	['P'] = { 4, ANY_BODY, R_OK | R_HUNT },	 /* Parse: name NUL, text NUL, int16 */
-	['B'] = { 8, ANY_BODY, R_OK | R_HUNT },	 /* Bind: 2 names, 3 int16 counts */
-	['E'] = { 5, ANY_BODY, R_OK | R_HUNT },	 /* Execute: portal NUL, int32 */
-	['D'] = { 2, ANY_BODY, R_OK | R_HUNT },	 /* Describe: 'S'/'P', name NUL */
-	['C'] = { 2, ANY_BODY, R_OK | R_HUNT },	 /* Close: 'S'/'P', name NUL */
-	['S'] = { 0, 0, R_OK | R_HUNT },	 /* Sync */
-	['H'] = { 0, 0, R_OK | R_HUNT },	 /* Flush */
-	['X'] = { 0, 0, R_OK | R_HUNT },	 /* Terminate */
-	['c'] = { 0, 0, R_OK | R_HUNT },	 /* CopyDone */
-	['F'] = { 10, ANY_BODY, R_OK | R_HUNT }, /* FunctionCall */
-	['f'] = { 1, ANY_BODY, R_OK | R_HUNT },	 /* CopyFail: message NUL */
-	['d'] = { 0, ANY_BODY, R_OK },		 /* CopyData: any bytes, proves nothing */
-	['p'] = { 0, ANY_BODY, R_OK | R_SKIP },	 /* Password, SASL, GSS responses */
+    ['Q'] = {1, ANY_BODY, R_OK | R_HUNT},  /* Query: text NUL */
+    ['P'] = {4, ANY_BODY, R_OK | R_HUNT},  /* Parse: name NUL, text NUL, int16 */
+    ['B'] = {8, ANY_BODY, R_OK | R_HUNT},  /* Bind: 2 names, 3 int16 counts */
+    ['E'] = {5, ANY_BODY, R_OK | R_HUNT},  /* Execute: portal NUL, int32 */
+    ['D'] = {2, ANY_BODY, R_OK | R_HUNT},  /* Describe: 'S'/'P', name NUL */
+    ['C'] = {2, ANY_BODY, R_OK | R_HUNT},  /* Close: 'S'/'P', name NUL */
+    ['S'] = {0, 0, R_OK | R_HUNT},	   /* Sync */
+    ['H'] = {0, 0, R_OK | R_HUNT},	   /* Flush */
+    ['X'] = {0, 0, R_OK | R_HUNT},	   /* Terminate */
+    ['c'] = {0, 0, R_OK | R_HUNT},	   /* CopyDone */
+    ['F'] = {10, ANY_BODY, R_OK | R_HUNT}, /* FunctionCall */
+    ['f'] = {1, ANY_BODY, R_OK | R_HUNT},  /* CopyFail: message NUL */
+    ['d'] = {0, ANY_BODY, R_OK},	   /* CopyData: any bytes, proves nothing */
+    ['p'] = {0, ANY_BODY, R_OK | R_SKIP},  /* Password, SASL, GSS responses */
 };
 
 static const struct rule be_rules[256] = {
-	['R'] = { 4, ANY_BODY, R_OK },		     /* Authentication* */
-	['S'] = { 2, ANY_BODY, R_OK },		     /* ParameterStatus */
-	['K'] = { 8, 4 + 256, R_OK },		     /* BackendKeyData (3.2: longer keys) */
-	['Z'] = { 1, 1, R_OK },			     /* ReadyForQuery */
-	['T'] = { 2, ANY_BODY, R_OK },		     /* RowDescription */
-	['D'] = { 2, ANY_BODY, R_OK | R_DATAROW },   /* DataRow */
-	['C'] = { 1, ANY_BODY, R_OK },		     /* CommandComplete */
-	['I'] = { 0, 0, R_OK },			     /* EmptyQueryResponse */
-	['E'] = { 1, ANY_BODY, R_OK },		     /* ErrorResponse */
-	['N'] = { 1, ANY_BODY, R_OK },		     /* NoticeResponse */
-	['1'] = { 0, 0, R_OK },			     /* ParseComplete */
-	['2'] = { 0, 0, R_OK },			     /* BindComplete */
-	['3'] = { 0, 0, R_OK },			     /* CloseComplete */
-	['n'] = { 0, 0, R_OK },			     /* NoData */
-	['s'] = { 0, 0, R_OK },			     /* PortalSuspended */
-	['t'] = { 2, ANY_BODY, R_OK },		     /* ParameterDescription */
-	['G'] = { 3, ANY_BODY, R_OK },		     /* CopyInResponse */
-	['H'] = { 3, ANY_BODY, R_OK },		     /* CopyOutResponse */
-	['W'] = { 3, ANY_BODY, R_OK },		     /* CopyBothResponse */
-	['d'] = { 0, ANY_BODY, R_OK | R_SKIP },	     /* CopyData */
-	['c'] = { 0, 0, R_OK },			     /* CopyDone */
-	['A'] = { 6, ANY_BODY, R_OK },		     /* NotificationResponse */
-	['V'] = { 4, ANY_BODY, R_OK },		     /* FunctionCallResponse */
-	['v'] = { 8, ANY_BODY, R_OK },		     /* NegotiateProtocolVersion */
+    ['R'] = {4, ANY_BODY, R_OK},	     /* Authentication* */
+    ['S'] = {2, ANY_BODY, R_OK},	     /* ParameterStatus */
+    ['K'] = {8, 4 + 256, R_OK},		     /* BackendKeyData (3.2: longer keys) */
+    ['Z'] = {1, 1, R_OK},		     /* ReadyForQuery */
+    ['T'] = {2, ANY_BODY, R_OK},	     /* RowDescription */
+    ['D'] = {2, ANY_BODY, R_OK | R_DATAROW}, /* DataRow */
+    ['C'] = {1, ANY_BODY, R_OK},	     /* CommandComplete */
+    ['I'] = {0, 0, R_OK},		     /* EmptyQueryResponse */
+    ['E'] = {1, ANY_BODY, R_OK},	     /* ErrorResponse */
+    ['N'] = {1, ANY_BODY, R_OK},	     /* NoticeResponse */
+    ['1'] = {0, 0, R_OK},		     /* ParseComplete */
+    ['2'] = {0, 0, R_OK},		     /* BindComplete */
+    ['3'] = {0, 0, R_OK},		     /* CloseComplete */
+    ['n'] = {0, 0, R_OK},		     /* NoData */
+    ['s'] = {0, 0, R_OK},		     /* PortalSuspended */
+    ['t'] = {2, ANY_BODY, R_OK},	     /* ParameterDescription */
+    ['G'] = {3, ANY_BODY, R_OK},	     /* CopyInResponse */
+    ['H'] = {3, ANY_BODY, R_OK},	     /* CopyOutResponse */
+    ['W'] = {3, ANY_BODY, R_OK},	     /* CopyBothResponse */
+    ['d'] = {0, ANY_BODY, R_OK | R_SKIP},    /* CopyData */
+    ['c'] = {0, 0, R_OK},		     /* CopyDone */
+    ['A'] = {6, ANY_BODY, R_OK},	     /* NotificationResponse */
+    ['V'] = {4, ANY_BODY, R_OK},	     /* FunctionCallResponse */
+    ['v'] = {8, ANY_BODY, R_OK},	     /* NegotiateProtocolVersion */
 };
 
 static const struct rule *rule_of(enum pgwire_dir dir, uint8_t type)
@@ -169,15 +169,15 @@ struct win {
 struct wdir {
 	enum pgwire_dir dir;
 	enum phase phase;
-	uint32_t gen;	 /* bumped by pgwire_gap: a callback reset this direction */
-	bool search;	 /* hunting: the window changed since the last search */
-	uint8_t hdr[5];	 /* header gathered across chunks */
+	uint32_t gen;	/* bumped by pgwire_gap: a callback reset this direction */
+	bool search;	/* hunting: the window changed since the last search */
+	uint8_t hdr[5]; /* header gathered across chunks */
 	uint8_t hdr_len;
-	bool in_body;	 /* header done, body arriving */
-	bool keep;	 /* the body is assembled (else counted down unread) */
-	uint8_t type;	 /* type byte (0 for a startup packet until it is read) */
-	uint32_t len;	 /* body length */
-	uint32_t got;	 /* body bytes arrived */
+	bool in_body; /* header done, body arriving */
+	bool keep;    /* the body is assembled (else counted down unread) */
+	uint8_t type; /* type byte (0 for a startup packet until it is read) */
+	uint32_t len; /* body length */
+	uint32_t got; /* body bytes arrived */
 	uint64_t ts_start;
 	uint8_t *asm_buf;
 	uint32_t asm_cap;
@@ -196,8 +196,8 @@ struct pgwire_conn {
 void pgwire_config_default(struct pgwire_config *cfg)
 {
 	*cfg = (struct pgwire_config){
-		.max_body = 1 * MIB,
-		.keep_datarows = false,
+	    .max_body = 1 * MIB,
+	    .keep_datarows = false,
 	};
 }
 
@@ -207,13 +207,13 @@ static void emit_msg(struct pgwire_conn *c, struct wdir *d, uint8_t type, const 
 		     uint32_t len, bool kept, uint64_t ts_start, uint64_t ts_end)
 {
 	struct pgwire_msg m = {
-		.dir = d->dir,
-		.type = type,
-		.body = kept ? body : NULL,
-		.len = len,
-		.body_kept = kept,
-		.ts_start = ts_start,
-		.ts_end = ts_end,
+	    .dir = d->dir,
+	    .type = type,
+	    .body = kept ? body : NULL,
+	    .len = len,
+	    .body_kept = kept,
+	    .ts_start = ts_start,
+	    .ts_end = ts_end,
 	};
 
 	c->st.messages++;
@@ -259,11 +259,15 @@ static void win_clear(struct win *w)
 	w->nrec = 0;
 }
 
+/* Frees the window. It may have held raw client bytes (a password message of a session
+ * caught mid-authentication, say): they are wiped, never left in freed memory. */
 static void win_release(struct win *w)
 {
+	if (w->buf)
+		explicit_bzero(w->buf, w->cap);
 	free(w->buf);
 	free(w->rec);
-	*w = (struct win){ 0 };
+	*w = (struct win){0};
 }
 
 /* Discards the live bytes before upto, counting them as skipped. */
@@ -359,7 +363,8 @@ static size_t win_append(struct win *w, const uint8_t *data, size_t n, uint64_t 
 	if (take == 0 || (!merge && w->nrec == w->rcap))
 		return 0;
 	if (!merge)
-		w->rec[w->nrec++] = (struct wrec){ .off = w->len, .chunk_start = chunk_start, .ts = ts };
+		w->rec[w->nrec++] =
+		    (struct wrec){.off = w->len, .chunk_start = chunk_start, .ts = ts};
 	memcpy(w->buf + w->len, data, take);
 	w->len += (uint32_t)take;
 	return take;
@@ -608,7 +613,7 @@ static enum verdict fe_candidate(const struct win *w, uint32_t p, bool more_inpu
  */
 static enum verdict be_candidate(const struct win *w, uint32_t p, bool more_input)
 {
-	static const uint8_t pat[5] = { 'Z', 0, 0, 0, 5 };
+	static const uint8_t pat[5] = {'Z', 0, 0, 0, 5};
 	uint32_t avail = w->len - p;
 	uint8_t st;
 
@@ -773,8 +778,7 @@ static bool begin(struct pgwire_conn *c, struct wdir *d, const uint8_t *hdr, uin
 		}
 		d->type = hdr[0];
 		d->len = declared - 4;
-		d->keep = !(r->flags & R_SKIP) &&
-			  (!(r->flags & R_DATAROW) || c->cfg.keep_datarows);
+		d->keep = !(r->flags & R_SKIP) && (!(r->flags & R_DATAROW) || c->cfg.keep_datarows);
 		if (d->keep && d->len > c->cfg.max_body) {
 			d->keep = false;
 			c->st.bodies_too_big++;
@@ -805,7 +809,8 @@ static void startup_done(struct pgwire_conn *c, struct wdir *d, const uint8_t *b
 		d->phase = PH_ENC_WAIT;
 		if (be->phase == PH_TYPED && be->hdr_len == 0 && !be->in_body)
 			be->phase = PH_ENC_ANSWER;
-		emit_msg(c, d, code == CODE_SSL ? PGWIRE_MSG_SSL_REQUEST : PGWIRE_MSG_GSSENC_REQUEST,
+		emit_msg(c, d,
+			 code == CODE_SSL ? PGWIRE_MSG_SSL_REQUEST : PGWIRE_MSG_GSSENC_REQUEST,
 			 body + 4, 0, true, d->ts_start, ts_end);
 		return;
 	case CODE_CANCEL:
@@ -902,6 +907,40 @@ static size_t msg_step(struct pgwire_conn *c, struct wdir *d, const uint8_t *dat
 	return used;
 }
 
+/*
+ * The hot path: reports every typed message lying whole in data, in place, until one does
+ * not (split, or a header that cannot be right: msg_step deals with those). Returns the
+ * bytes consumed. Stops early when a callback stopped the decoder or reset this direction.
+ */
+static size_t typed_run(struct pgwire_conn *c, struct wdir *d, const uint8_t *data, size_t len,
+			uint64_t ts)
+{
+	const struct rule *rules = d->dir == PGWIRE_FRONTEND ? fe_rules : be_rules;
+	uint32_t gen = d->gen;
+	size_t off = 0;
+
+	while (len - off >= 5) {
+		const uint8_t *h = data + off;
+		const struct rule *r = &rules[h[0]];
+		uint32_t declared = be32(h + 1), blen;
+		bool keep;
+
+		if (!length_ok(r, declared) || declared - 4 > len - off - 5)
+			break;
+		blen = declared - 4;
+		keep = !(r->flags & R_SKIP) && (!(r->flags & R_DATAROW) || c->cfg.keep_datarows);
+		if (keep && blen > c->cfg.max_body) {
+			keep = false;
+			c->st.bodies_too_big++;
+		}
+		off += 5 + blen;
+		emit_msg(c, d, h[0], h + 5, blen, keep, ts, ts);
+		if (c->stopped || d->gen != gen || d->phase != PH_TYPED)
+			break;
+	}
+	return off;
+}
+
 static void dir_feed(struct pgwire_conn *c, struct wdir *d, const uint8_t *data, size_t len,
 		     uint64_t ts, bool chunk_start);
 
@@ -932,8 +971,15 @@ static size_t enc_answer(struct pgwire_conn *c, struct wdir *d, const uint8_t *d
 static size_t dispatch(struct pgwire_conn *c, struct wdir *d, const uint8_t *data, size_t len,
 		       uint64_t ts)
 {
+	size_t n;
+
 	if (d->phase == PH_ENC_ANSWER)
 		return enc_answer(c, d, data, ts);
+	if (d->phase == PH_TYPED && !d->in_body && d->hdr_len == 0) {
+		n = typed_run(c, d, data, len, ts);
+		if (n)
+			return n;
+	}
 	return msg_step(c, d, data, len, ts);
 }
 
@@ -975,9 +1021,9 @@ static size_t hold(struct pgwire_conn *c, struct wdir *d, const uint8_t *data, s
 		n = win_append(w, data, len, ts, chunk_start);
 	if (n == len)
 		return n;
-	/* Too much to be a startup packet (or no memory): whatever it is, it is lost. */
+	/* Too much to be a startup packet (or no memory): whatever it is, it is lost (the n
+	 * bytes just taken are counted with the rest of the window). */
 	win_drop(c, w);
-	c->st.bytes_skipped += n;
 	set_hunting(c, d, ts, true);
 	return n;
 }

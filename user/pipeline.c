@@ -23,6 +23,8 @@ struct conn {
 	struct dump_flow *dump;
 	struct stats_db *db;
 	uint64_t flow_id;
+	void *sink_handle; /* the mirror's handle of this session */
+	bool sink_open;
 	struct conn *next_unnamed, **prev_unnamed; /* on p->unnamed while waiting */
 };
 
@@ -51,12 +53,16 @@ static void on_request(void *ctx, struct session_info *s, const struct session_r
 {
 	struct conn *c = s->user_ptr;
 
+	struct pipeline *p = ctx;
+
 	if (!c)
 		return;
 	if (!c->db) /* looked up once per session, not per request */
-		c->db = stats_db(((struct pipeline *)ctx)->stats, s->database);
+		c->db = stats_db(p->stats, s->database);
 	stats_source_request(c->db, r->ts_end > r->ts_start ? r->ts_end - r->ts_start : 0,
 			     r->error, r->sqlstate);
+	if (c->sink_open && p->hooks.request)
+		p->hooks.request(p->hooks.sink, c->sink_handle, c->db, r);
 }
 
 static void on_session_event(void *ctx, struct session_info *s, enum session_event ev,
@@ -68,8 +74,11 @@ static void on_session_event(void *ctx, struct session_info *s, enum session_eve
 	(void)ts_ns;
 	switch (ev) {
 	case SESSION_EV_IDENTIFIED:
-		if (c)
-			c->db = stats_db(p->stats, s->database);
+		if (!c)
+			break;
+		c->db = stats_db(p->stats, s->database);
+		if (c->sink_open && p->hooks.session_identified)
+			p->hooks.session_identified(p->hooks.sink, c->sink_handle, s);
 		break;
 	default:
 		break;
@@ -98,6 +107,11 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 				 flow->saw_syn, ts_ns);
 	if (c->session) {
 		session_info(c->session)->user_ptr = c;
+		if (p->hooks.session_open) {
+			c->sink_handle = p->hooks.session_open(p->hooks.sink,
+							       session_info(c->session));
+			c->sink_open = true;
+		}
 		if (!flow->saw_syn && p->hooks.want_identity) {
 			c->next_unnamed = p->unnamed;
 			if (p->unnamed)
@@ -148,6 +162,8 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 		return;
 	unnamed_remove(c);
 	session_free(c->session, ts_ns);
+	if (c->sink_open && p->hooks.session_close)
+		p->hooks.session_close(p->hooks.sink, c->sink_handle);
 	dump_flow_close(p->dump, c->dump);
 	free(c);
 	flow->user = NULL;

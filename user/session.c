@@ -23,8 +23,9 @@
  *   - both directions have boundaries (pgwire synchronised);
  *   - the server's latest message is a ReadyForQuery, captured at T;
  *   - every client byte the session could not account for (skipped while hunting, or
- *     messages seen while unaligned) was captured at or before T, and every Sync, Query
- *     or FunctionCall seen while unaligned has been matched by a later ReadyForQuery;
+ *     messages seen while unaligned) was captured at or before T, and, counting in
+ *     capture-time order, no Sync, Query or FunctionCall seen while unaligned can still
+ *     be owed its ReadyForQuery (see owed_at_least);
  *   - the client message starting the next batch was captured at or after T.
  * This is exact for clients that wait for ReadyForQuery before sending the next batch
  * (psql, pgbench, the usual drivers). A client caught in the middle of a pipeline it
@@ -33,6 +34,10 @@
  *
  * Requests in flight when alignment is lost are abandoned (counted), never completed
  * with the timings of some other answer.
+ *
+ * Hot path (pgbench-like Bind/Execute/Sync): no allocation in the steady state. Finished
+ * request structures go to a short free list and the last freed small portal is kept as a
+ * spare for the next Bind; a Query's text and COPY data are the only per-request copies.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -41,11 +46,13 @@
 
 #include "session.h"
 
-#define KIB 1024U
-#define MIB (1024U * 1024U)
-#define IDENT_MAX 256	  /* longest database/user name accepted from session_identify */
-#define FIFO_MIN 16	  /* first size of the answer FIFO */
-#define HASH_MAX (1U << 16) /* buckets of the statement table at most */
+#define KIB	  1024U
+#define MIB	  (1024U * 1024U)
+#define IDENT_MAX 256	     /* longest database/user name accepted from session_identify */
+#define FIFO_MIN  16	     /* first size of the answer FIFO */
+#define HASH_MAX  (1U << 16) /* buckets of the statement table at most */
+#define FREE_REQS 8	     /* request structures kept for reuse */
+#define SPARE_MAX 4096	     /* a freed portal allocation this small is kept for reuse */
 
 /* ---- statements and portals ----------------------------------------------------------- */
 
@@ -65,6 +72,7 @@ struct stmt {
 /* A Bind's portal, or the parameters of a FunctionCall (name NULL). */
 struct portal {
 	uint32_t refs;
+	size_t alloc; /* size of this allocation (kept for reuse) */
 	bool in_table;
 	struct portal *next; /* named portals, newest first */
 	const char *name;
@@ -84,31 +92,41 @@ struct portal {
 
 struct req {
 	struct session_request pub;
-	struct stmt *stmt;     /* references */
+	struct stmt *stmt; /* references */
 	struct portal *portal;
-	char *own;	       /* Query text, or the name of a portal never seen */
-	uint8_t *copy;	       /* COPY FROM STDIN data */
+	char *own;     /* Query text, or the name of a portal never seen */
+	uint8_t *copy; /* COPY FROM STDIN data */
 	size_t copy_cap;
-	uint64_t stmt_rows;    /* DataRows since the last CommandComplete */
+	uint64_t stmt_rows; /* DataRows since the last CommandComplete */
 	bool has_tag;
+	struct req *next_free;
 };
 
 enum exp_kind {
-	EXP_STARTUP,  /* authentication .. ReadyForQuery */
-	EXP_PARSE,    /* '1' */
-	EXP_BIND,     /* '2' */
-	EXP_CLOSE,    /* '3' */
-	EXP_DESC_STMT, /* 't' then 'T' or 'n' */
+	EXP_STARTUP,	 /* authentication .. ReadyForQuery */
+	EXP_PARSE,	 /* '1' */
+	EXP_BIND,	 /* '2' */
+	EXP_CLOSE,	 /* '3' */
+	EXP_DESC_STMT,	 /* 't' then 'T' or 'n' */
 	EXP_DESC_PORTAL, /* 'T' or 'n' */
-	EXP_EXECUTE,  /* DataRows .. CommandComplete/EmptyQuery/Error/PortalSuspended */
-	EXP_SYNC,     /* 'Z' */
-	EXP_QUERY,    /* everything up to 'Z' */
-	EXP_FUNCTION, /* 'V' or 'E', then 'Z' */
+	EXP_EXECUTE,	 /* DataRows .. CommandComplete/EmptyQuery/Error/PortalSuspended */
+	EXP_SYNC,	 /* 'Z' */
+	EXP_QUERY,	 /* everything up to 'Z' */
+	EXP_FUNCTION,	 /* 'V' or 'E', then 'Z' */
 };
 
 struct expect {
 	enum exp_kind kind;
 	struct req *req; /* EXECUTE/QUERY/FUNCTION; NULL past max_inflight */
+};
+
+/* While unaligned: a client batch end (+1: Sync, Query, FunctionCall) or a ReadyForQuery
+ * (-1), by capture time. Bounded: the oldest are forgotten (the bound stays valid). */
+#define ALIGN_EVENTS 32
+
+struct align_ev {
+	uint64_t ts;
+	int d;
 };
 
 struct session {
@@ -134,15 +152,19 @@ struct session {
 	struct portal *unnamed_portal;
 	struct portal *portals; /* named */
 	uint32_t nportals;
+	struct portal *spare; /* a freed portal allocation, reused by the next Bind */
+
+	struct req *free_reqs; /* finished requests kept for reuse (FREE_REQS at most) */
+	uint32_t nfree_reqs;
 
 	struct expect *fifo;
 	uint32_t fifo_cap, fifo_head, fifo_len, fifo_max;
-	uint32_t inflight; /* requests in the FIFO */
+	uint32_t inflight;    /* requests in the FIFO */
 	struct req *copy_req; /* the request a client's CopyData belongs to */
 	bool fe_in_copy;      /* between the first CopyData and CopyDone/CopyFail */
 	bool skip_till_sync;  /* an error in extended protocol: the server ignores until Sync */
 	uint64_t sync_group;
-	bool batch_open;      /* Parse/Bind/Describe seen since the last Execute/Sync */
+	bool batch_open; /* Parse/Bind/Describe seen since the last Execute/Sync */
 	uint64_t batch_ts;
 
 	/* alignment (see the top of this file) */
@@ -154,8 +176,9 @@ struct session {
 	uint64_t last_z_ts;
 	uint64_t fe_dirty_ts; /* latest capture time of client bytes not accounted for */
 	uint64_t fe_last_ts;  /* capture time of the last client message handled */
-	uint32_t pending_z;   /* Sync/Query/FunctionCall seen unaligned, not yet answered */
-	uint64_t skip_seen;   /* the decoder's bytes_skipped last looked at */
+	struct align_ev aev[ALIGN_EVENTS]; /* unaligned batch ends and ReadyForQuerys */
+	uint32_t naev;
+	uint64_t skip_seen; /* the decoder's bytes_skipped last looked at */
 	enum pgwire_dir feed_dir;
 	uint64_t feed_ts;
 };
@@ -332,7 +355,7 @@ static struct stmt *stmt_from_parse(const uint8_t *body, uint32_t len)
 	st = malloc(sizeof(*st) + (size_t)n * 4 + nlen + 1 + tlen + 1);
 	if (!st)
 		return NULL;
-	*st = (struct stmt){ .refs = 1, .n_types = n, .text_len = tlen };
+	*st = (struct stmt){.refs = 1, .n_types = n, .text_len = tlen};
 	st->types = (uint32_t *)(st + 1);
 	for (i = 0; i < n; i++)
 		if (!pgwire_get_u32(&cur, &st->types[i])) { /* cannot fail: length checked */
@@ -350,12 +373,18 @@ static struct stmt *stmt_from_parse(const uint8_t *body, uint32_t len)
 
 /* ---- portals -------------------------------------------------------------------------- */
 
-static void portal_unref(struct portal *p)
+/* Drops a reference; the last one frees the portal, or keeps a small allocation as the
+ * session's spare for the next Bind (pgbench-like clients Bind once per transaction). */
+static void portal_unref(struct session *s, struct portal *p)
 {
-	if (p && --p->refs == 0) {
-		stmt_unref(p->stmt);
-		free(p);
+	if (!p || --p->refs > 0)
+		return;
+	stmt_unref(p->stmt);
+	if (!s->spare && p->alloc <= SPARE_MAX) {
+		s->spare = p;
+		return;
 	}
+	free(p);
 }
 
 /*
@@ -464,20 +493,32 @@ static PGWIRE_MUST_CHECK bool read_pblock(const uint8_t *body, uint32_t len, boo
  * the body's real length (every counted parameter occupies at least 4 of its bytes).
  * Returns a portal with one reference, or NULL when malformed or out of memory.
  */
-static struct portal *portal_new(const uint8_t *body, uint32_t len, bool fcall)
+static struct portal *portal_new(struct session *s, const uint8_t *body, uint32_t len, bool fcall)
 {
-	struct pblock b = { 0 };
+	struct pblock b = {0};
 	struct portal *p;
 	uint8_t *copy;
+	size_t size;
 
 	if (!read_pblock(body, len, fcall, &b, NULL))
 		return NULL;
-	p = malloc(sizeof(*p) + (size_t)b.np * (sizeof(*p->values) + sizeof(*p->lengths)) +
-		   ((size_t)b.nf + b.nr) * sizeof(int16_t) + len);
-	if (!p)
-		return NULL;
-	*p = (struct portal){ .refs = 1, .n_formats = b.nf, .n_params = b.np,
-			      .n_result_formats = b.nr, .function_oid = b.oid };
+	size = sizeof(*p) + (size_t)b.np * (sizeof(*p->values) + sizeof(*p->lengths)) +
+	       ((size_t)b.nf + b.nr) * sizeof(int16_t) + len;
+	if (s->spare && s->spare->alloc >= size) {
+		p = s->spare;
+		s->spare = NULL;
+		size = p->alloc;
+	} else {
+		p = malloc(size);
+		if (!p)
+			return NULL;
+	}
+	*p = (struct portal){.refs = 1,
+			     .alloc = size,
+			     .n_formats = b.nf,
+			     .n_params = b.np,
+			     .n_result_formats = b.nr,
+			     .function_oid = b.oid};
 	p->values = (const uint8_t **)(p + 1);
 	p->lengths = (int32_t *)(p->values + b.np);
 	p->formats = (int16_t *)(p->lengths + b.np);
@@ -495,14 +536,14 @@ static struct portal *portal_new(const uint8_t *body, uint32_t len, bool fcall)
 
 static void portals_clear(struct session *s)
 {
-	portal_unref(s->unnamed_portal);
+	portal_unref(s, s->unnamed_portal);
 	s->unnamed_portal = NULL;
 	while (s->portals) {
 		struct portal *p = s->portals;
 
 		s->portals = p->next;
 		p->in_table = false;
-		portal_unref(p);
+		portal_unref(s, p);
 	}
 	s->nportals = 0;
 }
@@ -524,7 +565,7 @@ static void portal_forget(struct session *s, const char *name)
 	struct portal **pp;
 
 	if (!name[0]) {
-		portal_unref(s->unnamed_portal);
+		portal_unref(s, s->unnamed_portal);
 		s->unnamed_portal = NULL;
 		return;
 	}
@@ -535,7 +576,7 @@ static void portal_forget(struct session *s, const char *name)
 			*pp = p->next;
 			p->in_table = false;
 			s->nportals--;
-			portal_unref(p);
+			portal_unref(s, p);
 			return;
 		}
 	}
@@ -546,7 +587,7 @@ static void portal_forget(struct session *s, const char *name)
 static void portal_put(struct session *s, struct portal *p)
 {
 	if (!p->name[0]) {
-		portal_unref(s->unnamed_portal);
+		portal_unref(s, s->unnamed_portal);
 		s->unnamed_portal = p;
 		p->in_table = true;
 		return;
@@ -557,7 +598,7 @@ static void portal_put(struct session *s, struct portal *p)
 
 		s->st->portals_evicted++;
 		if (!*pp) {
-			portal_unref(p);
+			portal_unref(s, p);
 			return;
 		}
 		while ((*pp)->next)
@@ -581,11 +622,17 @@ static void req_free(struct session *s, struct req *r)
 		s->fe_in_copy = false;
 	}
 	stmt_unref(r->stmt);
-	portal_unref(r->portal);
+	portal_unref(s, r->portal);
 	free(r->own);
 	free(r->copy);
-	free(r);
 	s->inflight--;
+	if (s->nfree_reqs < FREE_REQS) {
+		r->next_free = s->free_reqs;
+		s->free_reqs = r;
+		s->nfree_reqs++;
+		return;
+	}
+	free(r);
 }
 
 static struct req *req_new(struct session *s, enum session_req_kind kind, uint64_t ts_start)
@@ -596,9 +643,16 @@ static struct req *req_new(struct session *s, enum session_req_kind kind, uint64
 		s->st->inflight_overflow++;
 		return NULL;
 	}
-	r = calloc(1, sizeof(*r));
-	if (!r)
-		return NULL;
+	if (s->free_reqs) {
+		r = s->free_reqs;
+		s->free_reqs = r->next_free;
+		s->nfree_reqs--;
+		memset(r, 0, sizeof(*r));
+	} else {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return NULL;
+	}
 	r->pub.kind = kind;
 	r->pub.ts_start = ts_start;
 	r->pub.sync_group = s->sync_group;
@@ -685,7 +739,7 @@ static bool fifo_push(struct session *s, enum exp_kind kind, struct req *r)
 		s->fifo_cap = cap;
 		s->fifo_head = 0;
 	}
-	*fifo_at(s, s->fifo_len) = (struct expect){ .kind = kind, .req = r };
+	*fifo_at(s, s->fifo_len) = (struct expect){.kind = kind, .req = r};
 	s->fifo_len++;
 	return true;
 }
@@ -699,7 +753,7 @@ static struct expect fifo_pop(struct session *s)
 	return e;
 }
 
-static void lose_alignment(struct session *s, uint64_t ts);
+static void lose_alignment(struct session *s);
 
 /* Queues what the server owes for one client message; on overflow alignment is lost. */
 static void expect(struct session *s, enum exp_kind kind, struct req *r, uint64_t ts)
@@ -711,7 +765,7 @@ static void expect(struct session *s, enum exp_kind kind, struct req *r, uint64_
 	}
 	s->st->inflight_overflow++;
 	req_abandon(s, r);
-	lose_alignment(s, ts);
+	lose_alignment(s);
 }
 
 /* Forgets every owed answer; the requests among them are abandoned. */
@@ -726,26 +780,65 @@ static void fifo_abandon_all(struct session *s)
 /* ---- alignment ------------------------------------------------------------------------ */
 
 /* Requests can no longer be matched to answers: drop them and wait for a quiet point. */
-static void lose_alignment(struct session *s, uint64_t ts)
+static void lose_alignment(struct session *s)
 {
-	(void)ts;
 	fifo_abandon_all(s);
 	s->skip_till_sync = false;
 	s->batch_open = false;
 	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, s->fe_last_ts);
-	s->pending_z = 0;
-	s->fe_batch_start = false;
+	s->naev = 0;
 	s->info.resynced = true;
 	if (s->aligned && s->info.state == SESSION_READY)
 		s->info.state = SESSION_HUNTING;
 	s->aligned = false;
 }
 
+/* Records a batch end (+1) or a ReadyForQuery (-1) seen while unaligned, in capture-time
+ * order; at equal times a ReadyForQuery goes first (the cautious order). */
+static void note_align_ev(struct session *s, uint64_t ts, int d)
+{
+	uint32_t i;
+
+	if (s->naev == ALIGN_EVENTS) {
+		memmove(s->aev, s->aev + 1, (ALIGN_EVENTS - 1) * sizeof(s->aev[0]));
+		s->naev--;
+	}
+	for (i = s->naev; i > 0; i--) {
+		const struct align_ev *e = &s->aev[i - 1];
+
+		if (e->ts < ts || (e->ts == ts && (e->d < 0 || d > 0)))
+			break;
+		s->aev[i] = *e;
+	}
+	s->aev[i] = (struct align_ev){.ts = ts, .d = d};
+	s->naev++;
+}
+
+/*
+ * A lower bound of the batches still unanswered at ts: with D the batch ends minus the
+ * ReadyForQuerys seen up to a time (capture-time order), the server owes at least
+ * D(ts) - min D over any earlier time, since it never owes less than nothing. Taken in
+ * capture order, not processing order: a ReadyForQuery processed before the query it
+ * answers must not count against a later one.
+ */
+static int owed_at_least(const struct session *s, uint64_t ts)
+{
+	int d = 0, min = 0;
+	uint32_t i;
+
+	for (i = 0; i < s->naev && s->aev[i].ts <= ts; i++) {
+		d += s->aev[i].d;
+		if (d < min)
+			min = d;
+	}
+	return d - min;
+}
+
 static bool can_align(const struct session *s, const struct pgwire_msg *m)
 {
-	return s->synced[PGWIRE_FRONTEND] && s->synced[PGWIRE_BACKEND] && s->be_idle &&
-	       s->have_z && s->pending_z == 0 && s->last_z_ts >= s->fe_dirty_ts &&
-	       m->ts_start >= s->last_z_ts;
+	return s->synced[PGWIRE_FRONTEND] && s->synced[PGWIRE_BACKEND] && s->be_idle && s->have_z &&
+	       s->last_z_ts >= s->fe_dirty_ts && m->ts_start >= s->last_z_ts &&
+	       owed_at_least(s, m->ts_start) == 0;
 }
 
 static void align(struct session *s, uint64_t ts)
@@ -814,30 +907,36 @@ bad:
 	s->st->protocol_errors++;
 }
 
-/* Row count of a command tag whose last word counts rows; false for other tags. */
-static bool tag_rows(const char *tag, uint64_t *rows)
+/* Whether the verb (the tag's first word) is one whose tag ends with a row count. */
+static bool counting_verb(const char *v, size_t n)
 {
-	static const char *const verbs[] = { "INSERT", "UPDATE", "DELETE", "SELECT", "MOVE",
-					     "FETCH",  "COPY",	 "MERGE",  NULL };
-	const char *sp = strchr(tag, ' '), *last;
-	uint64_t n = 0;
-	size_t i;
-
-	if (!sp)
+	switch (n) {
+	case 4:
+		return !memcmp(v, "MOVE", 4) || !memcmp(v, "COPY", 4);
+	case 5:
+		return !memcmp(v, "FETCH", 5) || !memcmp(v, "MERGE", 5);
+	case 6:
+		return !memcmp(v, "SELECT", 6) || !memcmp(v, "INSERT", 6) ||
+		       !memcmp(v, "UPDATE", 6) || !memcmp(v, "DELETE", 6);
+	default:
 		return false;
-	for (i = 0; verbs[i]; i++)
-		if ((size_t)(sp - tag) == strlen(verbs[i]) && !memcmp(tag, verbs[i], sp - tag))
-			break;
-	if (!verbs[i])
-		return false;
-	last = strrchr(tag, ' ') + 1;
-	if (!*last || strlen(last) > 19)
-		return false;
-	for (; *last; last++) {
-		if (*last < '0' || *last > '9')
-			return false;
-		n = n * 10 + (uint64_t)(*last - '0');
 	}
+}
+
+/* Row count of a command tag (len bytes) whose last word counts rows; false for others. */
+static bool tag_rows(const char *tag, size_t len, uint64_t *rows)
+{
+	const char *sp = memchr(tag, ' ', len), *p = tag + len;
+	uint64_t n = 0;
+
+	if (!sp || !counting_verb(tag, (size_t)(sp - tag)))
+		return false;
+	while (p > sp && p[-1] >= '0' && p[-1] <= '9')
+		p--;
+	if (p == tag + len || p[-1] != ' ' || tag + len - p > 19)
+		return false;
+	for (; p < tag + len; p++)
+		n = n * 10 + (uint64_t)(*p - '0');
 	*rows = n;
 	return true;
 }
@@ -862,7 +961,7 @@ static void on_command_complete(struct session *s, struct req *r, const struct p
 			tlen = sizeof(r->pub.tag) - 1;
 		memcpy(r->pub.tag, tag, tlen);
 		r->pub.tag[tlen] = 0;
-		if (!tag_rows(r->pub.tag, &r->pub.rows))
+		if (!tag_rows(r->pub.tag, tlen, &r->pub.rows))
 			r->pub.rows = r->stmt_rows;
 	}
 	r->stmt_rows = 0;
@@ -937,7 +1036,7 @@ static void on_startup(struct session *s, const struct pgwire_msg *m)
 				break;
 			}
 			if (pass) {
-				s->params[n] = (struct session_param){ .name = name, .value = value };
+				s->params[n] = (struct session_param){.name = name, .value = value};
 				if (!strcmp(name, "database"))
 					db = value;
 				else if (!strcmp(name, "user"))
@@ -1008,7 +1107,7 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 			portal_forget(s, "");
 			return;
 		}
-		p = portal_new(m->body, m->len, false);
+		p = portal_new(s, m->body, m->len, false);
 		if (!p) {
 			s->st->protocol_errors++;
 			pgwire_cursor_init(&cur, m->body, m->len);
@@ -1121,11 +1220,11 @@ static void on_function(struct session *s, const struct pgwire_msg *m)
 
 	s->batch_open = false;
 	if (r) {
-		struct portal *p = m->body_kept ? portal_new(m->body, m->len, true) : NULL;
+		struct portal *p = m->body_kept ? portal_new(s, m->body, m->len, true) : NULL;
 
 		if (p) {
 			req_attach(r, p);
-			portal_unref(p); /* the request holds the only reference */
+			portal_unref(s, p); /* the request holds the only reference */
 		} else if (m->body_kept) {
 			s->st->protocol_errors++;
 		}
@@ -1206,6 +1305,8 @@ static void fe_aligned(struct session *s, const struct pgwire_msg *m)
 	uint8_t kind;
 
 	s->fe_last_ts = m->ts_end;
+	if (m->type != 'd' && m->type != 'c' && m->type != 'f')
+		s->fe_batch_start = is_batch_end(m->type);
 	if (s->skip_till_sync && m->type != 'S') {
 		/* The server ignores it: an Execute, Query or FunctionCall never runs. */
 		if (m->type == 'E' || m->type == 'Q' || m->type == 'F')
@@ -1269,13 +1370,12 @@ static void fe_unaligned(struct session *s, const struct pgwire_msg *m)
 	note_skips(s);
 	if (s->fe_batch_start && !copy && m->type != 'X' && m->type != 'p' && can_align(s, m)) {
 		align(s, m->ts_start);
-		s->fe_batch_start = false;
 		fe_aligned(s, m);
 		return;
 	}
 	fe_tables(s, m);
 	if (is_batch_end(m->type))
-		s->pending_z++;
+		note_align_ev(s, m->ts_start, +1);
 	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, m->ts_end);
 	s->fe_last_ts = m->ts_end;
 	if (!copy)
@@ -1309,7 +1409,7 @@ static void fe_msg(struct session *s, const struct pgwire_msg *m)
 static void unmatched(struct session *s, const struct pgwire_msg *m)
 {
 	s->st->unmatched_responses++;
-	lose_alignment(s, m->ts_end);
+	lose_alignment(s);
 }
 
 /*
@@ -1384,7 +1484,9 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 	case EXP_CLOSE:
 		if (m->type == 'E') {
 			ext_error(s, m);
-		} else if (m->type == (e->kind == EXP_PARSE ? '1' : e->kind == EXP_BIND ? '2' : '3')) {
+		} else if (m->type == (e->kind == EXP_PARSE  ? '1'
+				       : e->kind == EXP_BIND ? '2'
+							     : '3')) {
 			fifo_pop(s);
 		} else {
 			unmatched(s, m);
@@ -1510,8 +1612,7 @@ static void be_msg(struct session *s, const struct pgwire_msg *m)
 	}
 	if (m->type == 'Z') {
 		on_ready(s, m);
-		if (s->pending_z)
-			s->pending_z--;
+		note_align_ev(s, m->ts_end, -1);
 	}
 }
 
@@ -1532,6 +1633,7 @@ static void desync(struct session *s, enum pgwire_dir dir, uint64_t ts)
 {
 	s->synced[dir] = false;
 	if (dir == PGWIRE_FRONTEND) {
+		s->fe_batch_start = false; /* until the decoder finds a boundary */
 		s->fe_dirty_ts = max_u64(s->fe_dirty_ts, ts);
 		/* a lost Parse/Bind may have replaced the unnamed statement and portals */
 		stmt_forget(s, "");
@@ -1539,7 +1641,7 @@ static void desync(struct session *s, enum pgwire_dir dir, uint64_t ts)
 	} else {
 		s->be_idle = false;
 	}
-	lose_alignment(s, ts);
+	lose_alignment(s);
 	if (s->info.state == SESSION_STARTUP)
 		s->info.state = SESSION_HUNTING;
 }
@@ -1560,7 +1662,7 @@ static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, 
 			s->be_idle = false;
 		break;
 	case PGWIRE_EV_ENCRYPTED:
-		lose_alignment(s, ts);
+		lose_alignment(s);
 		s->info.state = SESSION_ENCRYPTED;
 		s->st->encrypted++;
 		emit_event(s, SESSION_EV_ENCRYPTED, ts);
@@ -1569,8 +1671,8 @@ static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, 
 }
 
 static const struct pgwire_handler wire_handler = {
-	.message = on_wire_msg,
-	.event = on_wire_event,
+    .message = on_wire_msg,
+    .event = on_wire_event,
 };
 
 /* Adds what the decoder counted since the last call to the owner's totals. */
@@ -1657,8 +1759,7 @@ void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns)
 	wire_sync(s);
 }
 
-void session_identify(struct session *s, const char *database, const char *user,
-		      uint64_t ts_ns)
+void session_identify(struct session *s, const char *database, const char *user, uint64_t ts_ns)
 {
 	if (s->identified || !database)
 		return;
@@ -1690,6 +1791,13 @@ void session_free(struct session *s, uint64_t ts_ns)
 	free(s->fifo);
 	portals_clear(s);
 	stmts_free(s);
+	free(s->spare);
+	while (s->free_reqs) {
+		struct req *r = s->free_reqs;
+
+		s->free_reqs = r->next_free;
+		free(r);
+	}
 	wire_sync(s);
 	pgwire_conn_free(s->wire);
 	s->st->sessions_active--;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /* stats.c — counters, histograms and their Prometheus rendering. See include/stats.h. */
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,37 @@ static const uint64_t bucket_ns[STATS_BUCKETS] = {
 	500000000, 1000000000, 2500000000, 5000000000, 10000000000, 30000000000,
 };
 
+const char *const stats_skip_reason_names[STATS_SKIP_MAX] = {
+	[STATS_SKIP_UNKNOWN_DATABASE] = "unknown_database",
+	[STATS_SKIP_NO_PARSE] = "no_parse",
+	[STATS_SKIP_FUNCTION_CALL] = "function_call",
+	[STATS_SKIP_CONNECTION_CAP] = "connection_cap",
+	[STATS_SKIP_COPY_TOO_BIG] = "copy_too_big",
+	[STATS_SKIP_SHUTDOWN] = "shutdown",
+	[STATS_SKIP_SESSION_STATE] = "session_state",
+};
+
+const char *const stats_error_type_names[STATS_ERR_MAX] = {
+	[STATS_ERR_CONNECTION] = "connection",
+	[STATS_ERR_QUERY] = "query",
+	[STATS_ERR_TIMEOUT] = "timeout",
+	[STATS_ERR_BUFFER_FULL] = "buffer_full",
+};
+
+/* Global mirror numbers. Counters are atomics; the latency window, the streaks and the
+ * time of the last success move together under win_lock. */
+struct mirror {
+	_Atomic uint64_t total, mirrored, not_sampled, skipped, order_waits;
+	_Atomic uint64_t errors[STATS_ERR_MAX];
+	_Atomic unsigned int buffer_utilization;
+	pthread_mutex_t win_lock;
+	uint64_t interval_ns, win_start_ns, win_sum_ns, win_count, win_max_ns;
+	uint64_t consecutive_errors, consecutive_successes;
+	uint64_t last_success_ns; /* 0 before the first */
+	uint64_t start_ns;
+	bool enabled;
+};
+
 struct stats {
 	pthread_mutex_t lock; /* guards creation in dbs[]; readers use n_dbs */
 	struct stats_db **dbs;
@@ -30,6 +62,7 @@ struct stats {
 	struct stats_db *other;
 	_Atomic uint64_t db_overflow;
 	struct stats_capture capture;
+	struct mirror mirror;
 };
 
 #define RELAXED memory_order_relaxed
@@ -55,6 +88,11 @@ struct stats *stats_new(const struct stats_config *cfg)
 	if (!st)
 		return NULL;
 	pthread_mutex_init(&st->lock, NULL);
+	pthread_mutex_init(&st->mirror.win_lock, NULL);
+	st->mirror.interval_ns = cfg->reset_interval_ns ? cfg->reset_interval_ns
+							: 3600ULL * 1000000000ULL;
+	st->mirror.start_ns = cfg->start_ns;
+	st->mirror.enabled = cfg->mirror_enabled;
 	st->max_dbs = cfg->max_databases;
 	st->dbs = calloc(cfg->max_databases, sizeof(*st->dbs));
 	st->other = db_new(OTHER_DB);
@@ -76,6 +114,7 @@ void stats_free(struct stats *st)
 		free(st->dbs[i]);
 	free(st->dbs);
 	free(st->other);
+	pthread_mutex_destroy(&st->mirror.win_lock);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
 }
@@ -168,6 +207,146 @@ void stats_source_request(struct stats_db *db, uint64_t latency_ns, bool error,
 		atomic_fetch_add_explicit(&db->source_errors[stats_sqlstate_class(sqlstate)], 1,
 					  RELAXED);
 	stats_histogram_observe(&db->source_latency, latency_ns);
+}
+
+/* ---- mirror outcomes ---- */
+
+/* Starts a new window when the current one is older than the reset interval. The
+ * window of the first record starts at that record. Caller holds win_lock. */
+static void roll_window(struct stats *st, uint64_t now_ns)
+{
+	struct mirror *m = &st->mirror;
+	uint32_t i, n;
+
+	if (m->win_start_ns && (now_ns < m->win_start_ns ||
+				now_ns - m->win_start_ns < m->interval_ns))
+		return;
+	if (!m->win_start_ns) {
+		m->win_start_ns = now_ns;
+		return;
+	}
+	m->win_start_ns = now_ns;
+	m->win_sum_ns = m->win_count = m->win_max_ns = 0;
+	n = atomic_load(&st->n_dbs);
+	for (i = 0; i < n; i++)
+		st->dbs[i]->win_latency_sum_ns = st->dbs[i]->win_latency_count = 0;
+	st->other->win_latency_sum_ns = st->other->win_latency_count = 0;
+}
+
+void stats_mirror_request(struct stats *st, struct stats_db *db)
+{
+	atomic_fetch_add_explicit(&st->mirror.total, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_requests, 1, RELAXED);
+}
+
+void stats_mirror_not_sampled(struct stats *st, struct stats_db *db)
+{
+	atomic_fetch_add_explicit(&st->mirror.not_sampled, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_not_sampled, 1, RELAXED);
+}
+
+void stats_mirror_skipped(struct stats *st, struct stats_db *db, enum stats_skip_reason why)
+{
+	if ((unsigned int)why >= STATS_SKIP_MAX)
+		why = STATS_SKIP_SESSION_STATE;
+	atomic_fetch_add_explicit(&st->mirror.skipped, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_skipped[why], 1, RELAXED);
+}
+
+static void count_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
+			uint64_t now_ns)
+{
+	struct mirror *m = &st->mirror;
+
+	atomic_fetch_add_explicit(&m->errors[type], 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_errors, 1, RELAXED);
+	pthread_mutex_lock(&m->win_lock);
+	roll_window(st, now_ns);
+	m->consecutive_errors++;
+	m->consecutive_successes = 0;
+	pthread_mutex_unlock(&m->win_lock);
+}
+
+void stats_mirror_dropped(struct stats *st, struct stats_db *db, uint64_t now_ns)
+{
+	count_error(st, db, STATS_ERR_BUFFER_FULL, now_ns);
+}
+
+void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
+			uint64_t now_ns)
+{
+	if ((unsigned int)type >= STATS_ERR_MAX)
+		type = STATS_ERR_QUERY;
+	count_error(st, db, type, now_ns);
+}
+
+void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
+			  uint64_t delay_ns, uint64_t now_ns)
+{
+	struct mirror *m = &st->mirror;
+
+	atomic_fetch_add_explicit(&m->mirrored, 1, RELAXED);
+	stats_histogram_observe(&db->mirror_latency, latency_ns);
+	stats_histogram_observe(&db->replay_delay, delay_ns);
+	pthread_mutex_lock(&m->win_lock);
+	roll_window(st, now_ns);
+	m->win_sum_ns += latency_ns;
+	m->win_count++;
+	if (latency_ns > m->win_max_ns)
+		m->win_max_ns = latency_ns;
+	db->win_latency_sum_ns += latency_ns;
+	db->win_latency_count++;
+	m->consecutive_errors = 0;
+	m->consecutive_successes++;
+	m->last_success_ns = now_ns;
+	pthread_mutex_unlock(&m->win_lock);
+}
+
+void stats_mirror_order_wait(struct stats *st)
+{
+	atomic_fetch_add_explicit(&st->mirror.order_waits, 1, RELAXED);
+}
+
+void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent)
+{
+	atomic_store_explicit(&st->mirror.buffer_utilization, percent > 100 ? 100 : percent,
+			      RELAXED);
+}
+
+void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirror_snapshot *out)
+{
+	struct mirror *m = &st->mirror;
+	uint64_t done;
+	int i;
+
+	memset(out, 0, sizeof(*out));
+	/* read the outcomes before the total: a request is counted in total first, so
+	 * in_flight never goes negative */
+	out->mirrored = atomic_load_explicit(&m->mirrored, RELAXED);
+	out->not_sampled = atomic_load_explicit(&m->not_sampled, RELAXED);
+	out->skipped = atomic_load_explicit(&m->skipped, RELAXED);
+	for (i = 0; i < STATS_ERR_MAX; i++)
+		out->errors[i] = atomic_load_explicit(&m->errors[i], RELAXED);
+	out->dropped = out->errors[STATS_ERR_BUFFER_FULL];
+	atomic_thread_fence(memory_order_seq_cst);
+	out->total = atomic_load_explicit(&m->total, RELAXED);
+	done = out->mirrored + out->not_sampled + out->skipped + out->dropped +
+	       out->errors[STATS_ERR_CONNECTION] + out->errors[STATS_ERR_QUERY] +
+	       out->errors[STATS_ERR_TIMEOUT];
+	out->in_flight = out->total > done ? out->total - done : 0;
+	out->order_waits = atomic_load_explicit(&m->order_waits, RELAXED);
+	out->buffer_utilization = atomic_load_explicit(&m->buffer_utilization, RELAXED);
+	pthread_mutex_lock(&m->win_lock);
+	roll_window(st, now_ns);
+	out->latency_avg_ms = m->win_count ? m->win_sum_ns / 1e6 / m->win_count : 0;
+	out->latency_max_ms = m->win_max_ns / 1e6;
+	out->consecutive_errors = m->consecutive_errors;
+	out->consecutive_successes = m->consecutive_successes;
+	/* before the first success: since the agent started (so an alert on a mirror that
+	 * never worked fires) */
+	out->last_success_seconds_ago =
+		(now_ns - (m->last_success_ns ? m->last_success_ns : m->start_ns)) / 1e9;
+	pthread_mutex_unlock(&m->win_lock);
 }
 
 struct stats_capture *stats_capture(struct stats *st)
@@ -374,14 +553,134 @@ static bool render_process(struct buf *b, const struct stats_process *p, const c
 	return ok;
 }
 
+static bool gauge_or_counter(struct buf *b, const char *name, const char *type, const char *help,
+			     double v)
+{
+	return header(b, name, type, help) && buf_printf(b, "%s %.17g\n", name, v);
+}
+
+/* The seed's metric tables (names and types are the user's contract) and ours. */
+static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs, uint32_t n,
+			  uint64_t now_ns)
+{
+	struct stats_mirror_snapshot m;
+	uint32_t i, r;
+	bool ok = true;
+	uint64_t v;
+
+	stats_mirror_snapshot(st, now_ns, &m);
+	ok &= gauge_or_counter(b, "mirror_requests_total", "counter",
+			       "Requests of mirrored databases the source completed (each ends in "
+			       "one outcome: not sampled, skipped, dropped, mirrored, error, or in "
+			       "flight).", m.total);
+	ok &= gauge_or_counter(b, "mirror_requests_mirrored", "counter",
+			       "Requests replayed on the mirror with the expected outcome.",
+			       m.mirrored);
+	ok &= gauge_or_counter(b, "mirror_requests_dropped", "counter",
+			       "Requests dropped because their session's queue was full.",
+			       m.dropped);
+	ok &= gauge_or_counter(b, "mirror_errors_connection", "counter",
+			       "Requests lost to mirror connection errors.",
+			       m.errors[STATS_ERR_CONNECTION]);
+	ok &= gauge_or_counter(b, "mirror_errors_query", "counter",
+			       "Requests the mirror answered with an error the source did not return.",
+			       m.errors[STATS_ERR_QUERY]);
+	ok &= gauge_or_counter(b, "mirror_errors_timeout", "counter",
+			       "Requests cancelled by the mirror's statement_timeout (57014).",
+			       m.errors[STATS_ERR_TIMEOUT]);
+	ok &= gauge_or_counter(b, "mirror_errors_buffer_full", "counter",
+			       "Requests dropped because their session's queue was full (= "
+			       "mirror_requests_dropped).", m.errors[STATS_ERR_BUFFER_FULL]);
+	ok &= header(b, "mirror_errors_total", "counter", "Mirror errors by type.");
+	for (i = 0; i < STATS_ERR_MAX; i++)
+		ok &= buf_printf(b, "mirror_errors_total{error_type=\"%s\"} %llu\n",
+				 stats_error_type_names[i], (unsigned long long)m.errors[i]);
+	ok &= gauge_or_counter(b, "mirror_requests_in_flight", "gauge",
+			       "Requests submitted for replay whose outcome is not known yet.",
+			       m.in_flight);
+	ok &= gauge_or_counter(b, "mirror_latency_avg_ms", "gauge",
+			       "Average mirror latency over the current reset interval.",
+			       m.latency_avg_ms);
+	ok &= gauge_or_counter(b, "mirror_latency_max_ms", "gauge",
+			       "Largest mirror latency over the current reset interval.",
+			       m.latency_max_ms);
+	ok &= gauge_or_counter(b, "mirror_consecutive_errors", "gauge",
+			       "Mirror errors since the last success.", m.consecutive_errors);
+	ok &= gauge_or_counter(b, "mirror_last_success_seconds_ago", "gauge",
+			       "Seconds since the last mirrored request (since start before the "
+			       "first).", m.last_success_seconds_ago);
+	ok &= gauge_or_counter(b, "mirror_buffer_utilization", "gauge",
+			       "Fill of the fullest per-session replay queue, percent.",
+			       m.buffer_utilization);
+	ok &= gauge_or_counter(b, "mirror_replay_order_waits_total", "counter",
+			       "Times a request waited for an earlier one (causal order).",
+			       m.order_waits);
+
+	ok &= header(b, "mirror_database_requests", "counter",
+		     "Requests of the database submitted for mirroring.");
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, "mirror_database_requests", "", dbs[i]);
+		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
+							&dbs[i]->mirror_requests, RELAXED));
+	}
+	ok &= header(b, "mirror_database_errors", "counter", "Mirror errors of the database.");
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, "mirror_database_errors", "", dbs[i]);
+		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
+							&dbs[i]->mirror_errors, RELAXED));
+	}
+	ok &= header(b, "mirror_database_latency_ms", "gauge",
+		     "Average mirror latency of the database over the current reset interval.");
+	pthread_mutex_lock(&st->mirror.win_lock);
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, "mirror_database_latency_ms", "", dbs[i]);
+		ok &= buf_printf(b, "\"} %.6f\n",
+				 dbs[i]->win_latency_count ? dbs[i]->win_latency_sum_ns / 1e6 /
+								     dbs[i]->win_latency_count
+							   : 0.0);
+	}
+	pthread_mutex_unlock(&st->mirror.win_lock);
+	ok &= header(b, "mirror_requests_not_sampled_total", "counter",
+		     "Requests not selected by mirror_exposure, by database.");
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, "mirror_requests_not_sampled_total", "", dbs[i]);
+		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
+							&dbs[i]->mirror_not_sampled, RELAXED));
+	}
+	ok &= header(b, "mirror_requests_skipped_total", "counter",
+		     "Requests not replayed, by database and reason.");
+	for (i = 0; i < n; i++) {
+		for (r = 0; r < STATS_SKIP_MAX; r++) {
+			v = atomic_load_explicit(&dbs[i]->mirror_skipped[r], RELAXED);
+			if (!v)
+				continue;
+			ok &= db_label(b, "mirror_requests_skipped_total", "", dbs[i]);
+			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_skip_reason_names[r],
+					 (unsigned long long)v);
+		}
+	}
+	ok &= header(b, "mirror_latency_seconds", "histogram",
+		     "Mirror latency, from sending a request to its last result, by database.");
+	for (i = 0; i < n; i++)
+		ok &= render_histogram(b, "mirror_latency_seconds", dbs[i], &dbs[i]->mirror_latency);
+	ok &= header(b, "mirror_replay_delay_seconds", "histogram",
+		     "Source completion to mirror completion, by database.");
+	for (i = 0; i < n; i++)
+		ok &= render_histogram(b, "mirror_replay_delay_seconds", dbs[i],
+				       &dbs[i]->replay_delay);
+	return ok;
+}
+
 bool stats_render(struct stats *st, const struct stats_process *proc, const char *version,
-		  struct buf *out)
+		  uint64_t now_ns, struct buf *out)
 {
 	struct stats_db *dbs[st->max_dbs + 1];
 	uint32_t n = db_snapshot(st, dbs, st->max_dbs + 1);
 	bool ok = true;
 
 	ok &= render_source(out, dbs, n);
+	if (st->mirror.enabled)
+		ok &= render_mirror(out, st, dbs, n, now_ns);
 	ok &= render_capture(out, st);
 	if (proc)
 		ok &= render_process(out, proc, version);

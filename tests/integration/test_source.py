@@ -142,6 +142,8 @@ def check_source_metrics(m, db, expected_requests, expected_errors, pg=None, sin
         f"{expected_requests} {kinds}\nall databases: " \
         f"{ {d: m.requests(d) for d in m.databases()} }"
     errors = m.errors(db)
+    print(f"{db}: agent {got} requests, errors {errors}; server {expected_requests} "
+          f"{kinds}, errors {expected_errors}")
     assert errors == expected_errors, \
         f"database {db}: agent's errors by SQLSTATE class {errors}, expected " \
         f"{expected_errors}"
@@ -387,6 +389,9 @@ def test_replication_connection_counted_not_decoded(pg, source_agent):
     assert expected == 1, f"the server logged {expected} client-backend requests in {db}"
     check_source_metrics(m, db, 1, {})
     assert_no_unknown(m)
+    every = {d: m.requests(d) for d in m.databases() if m.requests(d)}
+    assert every == {db: 1}, f"requests by database {every}: only the ordinary session's " \
+                             f"SELECT 1 ran while the agent was attached"
     check_stop(result, m)
 
 
@@ -457,6 +462,9 @@ def test_connection_opened_before_agent(pg, source_agent, with_dsn):
         f"the server logged {len(logged)} requests of the early session, the test sent " \
         f"{warmup + sent}"
     got = after.requests(label) - before.requests(label)
+    print(f"early session: {warmup} warm-up queries, {before.requests(label)} of them "
+          f"counted under {label!r}; then {got} of {sent} counted; resyncs "
+          f"{after.get('mirror_capture_resyncs_total')}")
     assert got == sent, \
         f"after resync the agent counted {got} requests under {label!r} for {sent} " \
         f"queries (before: {before.requests(label)}, after: {after.requests(label)}; by " \
@@ -522,8 +530,13 @@ def test_ssl_session_counted_encrypted_not_decoded(source_agent):
             f"expected 2"
         assert m.requests(enc_db) == 0 and not m.errors(enc_db), \
             f"{m.requests(enc_db)} requests decoded from encrypted sessions"
-        check_source_metrics(m, plain_db, pg.count_requests(plain_db, since, sync=False), {})
+        plain_logged = pg.count_requests(plain_db, since, sync=False)
+        check_source_metrics(m, plain_db, plain_logged, {})
         assert_no_unknown(m)
+        every = {d: m.requests(d) for d in m.databases() if m.requests(d)}
+        assert every == {plain_db: plain_logged}, \
+            f"requests by database {every}: only the unencrypted session's requests " \
+            f"can be decoded"
         check_stop(result, m)
 
 

@@ -162,7 +162,7 @@ static char *render(struct stats *st)
 	struct buf b;
 
 	buf_init(&b, 1 << 24);
-	assert_true(stats_render(st, NULL, "test", &b));
+	assert_true(stats_render(st, NULL, "test", 0, &b));
 	return buf_steal(&b, NULL);
 }
 

@@ -18,13 +18,18 @@
 #include "http.h"
 #include "stats.h"
 
-static char *render(struct stats *st)
+static char *render_at(struct stats *st, uint64_t now_ns)
 {
 	struct buf b;
 
 	buf_init(&b, 1 << 24);
-	assert_true(stats_render(st, NULL, "test", &b));
+	assert_true(stats_render(st, NULL, "test", now_ns, &b));
 	return buf_steal(&b, NULL);
+}
+
+static char *render(struct stats *st)
+{
+	return render_at(st, 0);
 }
 
 static void assert_contains(const char *text, const char *line)
@@ -165,6 +170,174 @@ static void test_parse_listen(void **state)
 	assert_int_equal(http_parse_listen("[::1:80", &ss, &len, err, sizeof(err)), -EINVAL);
 }
 
+#define MS 1000000ULL
+
+/* The seed's test_mirror_stats_recording, against our API (latency in ns). */
+static void test_mirror_stats_recording(void **state)
+{
+	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats *st = stats_new(&cfg);
+	struct stats_db *db = stats_db(st, "test_db");
+	struct stats_mirror_snapshot m;
+	char *text;
+
+	(void)state;
+	stats_mirror_request(st, db);
+	stats_mirror_request(st, db);
+	stats_mirror_success(st, db, 100 * MS, 1 * MS, 1000 * MS);
+	stats_mirror_success(st, db, 200 * MS, 2 * MS, 2000 * MS);
+	stats_mirror_snapshot(st, 3000 * MS, &m);
+	assert_int_equal(m.mirrored, 2);
+	assert_int_equal(m.total, 2);
+	assert_int_equal(m.in_flight, 0);
+	assert_true(m.latency_avg_ms == 150.0); /* sum 300 over count 2 */
+	assert_true(m.latency_max_ms == 200.0);
+	assert_int_equal(m.consecutive_errors, 0);
+	assert_int_equal(m.consecutive_successes, 2);
+	assert_true(m.last_success_seconds_ago == 1.0);
+	text = render_at(st, 3000 * MS);
+	assert_contains(text, "# TYPE mirror_requests_mirrored counter\nmirror_requests_mirrored 2\n");
+	assert_contains(text, "# TYPE mirror_latency_avg_ms gauge\nmirror_latency_avg_ms 150\n");
+	assert_contains(text, "mirror_latency_max_ms 200\n");
+	assert_contains(text, "mirror_database_requests{database=\"test_db\"} 2\n");
+	assert_contains(text, "mirror_database_latency_ms{database=\"test_db\"} 150.000000\n");
+	assert_contains(text, "mirror_latency_seconds_count{database=\"test_db\"} 2\n");
+	assert_contains(text, "mirror_replay_delay_seconds_bucket{database=\"test_db\",le=\"0.001\"} 1\n");
+	free(text);
+	stats_free(st);
+}
+
+/* The seed's test_error_tracking. */
+static void test_error_tracking(void **state)
+{
+	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats *st = stats_new(&cfg);
+	struct stats_db *db = stats_db(st, "test_db");
+	struct stats_mirror_snapshot m;
+	char *text;
+
+	(void)state;
+	stats_mirror_request(st, db);
+	stats_mirror_request(st, db);
+	stats_mirror_request(st, db);
+	stats_mirror_error(st, db, STATS_ERR_CONNECTION, 1);
+	stats_mirror_error(st, db, STATS_ERR_QUERY, 2);
+	stats_mirror_error(st, db, STATS_ERR_TIMEOUT, 3);
+	stats_mirror_snapshot(st, 4, &m);
+	assert_int_equal(m.errors[STATS_ERR_CONNECTION], 1);
+	assert_int_equal(m.errors[STATS_ERR_QUERY], 1);
+	assert_int_equal(m.errors[STATS_ERR_TIMEOUT], 1);
+	assert_int_equal(m.consecutive_errors, 3);
+	assert_int_equal(m.in_flight, 0);
+	text = render(st);
+	assert_contains(text, "mirror_errors_total{error_type=\"connection\"} 1\n");
+	assert_contains(text, "mirror_errors_total{error_type=\"buffer_full\"} 0\n");
+	assert_contains(text, "mirror_database_errors{database=\"test_db\"} 3\n");
+	free(text);
+	/* a success resets the run of errors */
+	stats_mirror_request(st, db);
+	stats_mirror_success(st, db, MS, MS, 5);
+	stats_mirror_snapshot(st, 6, &m);
+	assert_int_equal(m.consecutive_errors, 0);
+	stats_free(st);
+}
+
+/* not_sampled + skipped + dropped + mirrored + errors + in_flight = total, whatever
+ * happens in whatever order. */
+static void test_outcome_invariant(void **state)
+{
+	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats *st = stats_new(&cfg);
+	struct stats_db *dbs[2] = { stats_db(st, "a"), stats_db(st, "b") };
+	struct stats_mirror_snapshot m;
+	uint64_t pending = 0, want_total = 0;
+	unsigned int seed = 12345;
+	int i, e;
+
+	(void)state;
+	for (i = 0; i < 20000; i++) {
+		struct stats_db *db = dbs[rand_r(&seed) % 2];
+		int what = rand_r(&seed) % 8;
+
+		if (what < 3 || !pending) {
+			stats_mirror_request(st, db);
+			want_total++;
+			pending++;
+			continue;
+		}
+		pending--;
+		switch (what) {
+		case 3:
+			stats_mirror_not_sampled(st, db);
+			break;
+		case 4:
+			stats_mirror_skipped(st, db, rand_r(&seed) % STATS_SKIP_MAX);
+			break;
+		case 5:
+			stats_mirror_dropped(st, db, i);
+			break;
+		case 6:
+			stats_mirror_success(st, db, i, i, i);
+			break;
+		default:
+			stats_mirror_error(st, db, rand_r(&seed) % STATS_ERR_BUFFER_FULL, i);
+			break;
+		}
+		if (i % 97 == 0) {
+			stats_mirror_snapshot(st, i, &m);
+			assert_int_equal(m.total, want_total);
+			assert_int_equal(m.in_flight, pending);
+		}
+	}
+	stats_mirror_snapshot(st, i, &m);
+	for (e = 0; e < STATS_ERR_MAX; e++)
+		if (e != STATS_ERR_BUFFER_FULL)
+			m.in_flight += m.errors[e];
+	assert_int_equal(m.not_sampled + m.skipped + m.dropped + m.mirrored + m.in_flight,
+			 m.total);
+	assert_int_equal(m.dropped, m.errors[STATS_ERR_BUFFER_FULL]);
+	stats_free(st);
+}
+
+/* Windowed gauges cover the current reset interval only; counters never reset. */
+static void test_reset_interval_window(void **state)
+{
+	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true,
+				    .reset_interval_ns = 10 * 1000 * MS };
+	struct stats *st = stats_new(&cfg);
+	struct stats_db *db = stats_db(st, "d");
+	struct stats_mirror_snapshot m;
+
+	(void)state;
+	stats_mirror_request(st, db);
+	stats_mirror_success(st, db, 500 * MS, 0, 1000 * MS);
+	stats_mirror_snapshot(st, 5000 * MS, &m);
+	assert_true(m.latency_max_ms == 500.0);
+	stats_mirror_snapshot(st, 12000 * MS, &m); /* a new window: nothing in it yet */
+	assert_true(m.latency_max_ms == 0.0);
+	assert_true(m.latency_avg_ms == 0.0);
+	assert_int_equal(m.mirrored, 1);
+	stats_mirror_request(st, db);
+	stats_mirror_success(st, db, 20 * MS, 0, 13000 * MS);
+	stats_mirror_snapshot(st, 14000 * MS, &m);
+	assert_true(m.latency_max_ms == 20.0);
+	stats_free(st);
+}
+
+static void test_mirror_metrics_only_with_mirror(void **state)
+{
+	struct stats_config cfg = { .max_databases = 4 };
+	struct stats *st = stats_new(&cfg);
+	char *text;
+
+	(void)state;
+	text = render(st);
+	assert_null(strstr(text, "mirror_requests_total"));
+	assert_null(strstr(text, "mirror_last_success_seconds_ago"));
+	free(text);
+	stats_free(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -174,6 +347,11 @@ int main(void)
 		cmocka_unit_test(test_capture_block_rendered),
 		cmocka_unit_test(test_buf_limit),
 		cmocka_unit_test(test_parse_listen),
+		cmocka_unit_test(test_mirror_stats_recording),
+		cmocka_unit_test(test_error_tracking),
+		cmocka_unit_test(test_outcome_invariant),
+		cmocka_unit_test(test_reset_interval_window),
+		cmocka_unit_test(test_mirror_metrics_only_with_mirror),
 	};
 
 	return cmocka_run_group_tests_name("stats", tests, NULL, NULL);

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * replay: the mirror. Replays completed source requests to the mirror cluster through
+ * libpq, one mirror connection per mirrored source session, in causal order, on its own
+ * thread (an epoll loop over non-blocking libpq sockets). A shell: it touches sockets.
+ *
+ * Threads. The capture thread calls replay_session_open / replay_submit /
+ * replay_session_close; they never block and never wait for the mirror: they copy the
+ * request into an item and pass it through a bounded single-producer queue (an eventfd
+ * wakes the replay thread). Per-session queue fill is an atomic the capture thread reads
+ * to drop items when a session already has `queue` items waiting (counted as dropped =
+ * buffer_full). The replay thread owns every mirror connection.
+ *
+ * Outcomes. Every request submitted for a mirrored session is counted once in
+ * stats (mirror_requests_total) at submit and ends in exactly one outcome: skipped (with
+ * a reason), dropped, mirrored, or an error (connection, query, timeout); until then it
+ * is in flight.
+ *
+ * Replay. Query -> PQsendQuery (COPY FROM STDIN data through PQputCopyData). Execute
+ * of the unnamed statement -> PQsendQueryParams; of a named one -> PQsendPrepare the
+ * first time that name is needed on that mirror connection (from the captured Parse
+ * text and types), then PQsendQueryPrepared; in libpq pipeline mode, each Execute ending
+ * in PQpipelineSync. Parameter types, values, lengths and formats are the captured ones.
+ * FunctionCall, an Execute whose Parse was never seen, and sessions of database
+ * "unknown" are skipped with a reason.
+ *
+ * Causal order. Items are submitted at source completion. An item B does not start on
+ * the mirror before every item submitted earlier whose source completion precedes B's
+ * source start has completed on the mirror; a wait longer than order_wait_ms is given up
+ * (the item proceeds) and every wait is counted (mirror_replay_order_waits_total).
+ *
+ * Faults. statement_timeout = timeout_ms on every mirror session (57014 counts as a
+ * timeout). A connection that cannot be made or is lost counts its items as connection
+ * errors and is retried with capped exponential backoff. Nothing here can stall the
+ * capture thread.
+ */
+#ifndef PGSHADOW_REPLAY_H
+#define PGSHADOW_REPLAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capture.h"
+#include "session.h"
+#include "stats.h"
+
+struct replay_config {
+	const char *mirror;	  /* libpq conninfo or URI (mirror_of); dbname is replaced */
+	uint32_t queue;		  /* items waiting per session (mirror_queue, default 100) */
+	uint32_t max_connections; /* mirror connections at once (default 100) */
+	uint32_t timeout_ms;	  /* mirror statement_timeout (default 30000) */
+	bool set_role;		  /* SET ROLE to the source user after connecting */
+	uint32_t order_wait_ms;	  /* longest causal-order wait (default 1000) */
+	uint32_t backoff_max_ms;  /* reconnect backoff cap (default 30000) */
+	uint16_t capture_port;	  /* mirror connections to this port are excluded */
+};
+
+void replay_config_default(struct replay_config *cfg);
+
+/* Starts the replay thread. Returns NULL with a one-line reason in err (bad conninfo
+ * is reported here; an unreachable mirror is not fatal: it is counted and retried). */
+struct replay *replay_start(const struct replay_config *cfg, struct stats *st,
+			    struct capture *cap, char *err, size_t errlen);
+
+/* A source session (capture thread). Returns the replay's handle for it, or NULL when
+ * it is not mirrored (its items are then counted as skipped by replay_submit). The
+ * handle stays valid until replay_session_close. */
+struct replay_session *replay_session_open(struct replay *r, const struct session_info *s);
+
+/* The session's database/user became known (session_identify, StartupMessage seen). */
+void replay_session_identified(struct replay *r, struct replay_session *rs,
+			       const struct session_info *s);
+
+/* One completed source request (capture thread). db is the request's stats entry. */
+void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
+		   const struct session_request *req);
+
+/* The source session ended; its mirror connection is closed after its queue drains. */
+void replay_session_close(struct replay *r, struct replay_session *rs);
+
+/* Stops the thread, closes every mirror connection, frees. NULL-safe. Items still
+ * queued are counted as skipped (reason "shutdown"). */
+void replay_stop(struct replay *r);
+
+#endif /* PGSHADOW_REPLAY_H */
