@@ -756,7 +756,7 @@ static struct expect fifo_pop(struct session *s)
 static void lose_alignment(struct session *s);
 
 /* Queues what the server owes for one client message; on overflow alignment is lost. */
-static void expect(struct session *s, enum exp_kind kind, struct req *r, uint64_t ts)
+static void expect(struct session *s, enum exp_kind kind, struct req *r)
 {
 	if (fifo_push(s, kind, r)) {
 		if (r && (kind == EXP_QUERY || kind == EXP_EXECUTE))
@@ -1068,7 +1068,7 @@ static void on_startup(struct session *s, const struct pgwire_msg *m)
 		emit_event(s, SESSION_EV_REPLICATION, m->ts_end);
 		return;
 	}
-	expect(s, EXP_STARTUP, NULL, m->ts_end);
+	expect(s, EXP_STARTUP, NULL);
 }
 
 /* Parse, Bind and Close change the tables the same way aligned or not. */
@@ -1176,7 +1176,7 @@ static void on_query(struct session *s, const struct pgwire_msg *m)
 			s->st->protocol_errors++;
 		}
 	}
-	expect(s, EXP_QUERY, r, m->ts_end);
+	expect(s, EXP_QUERY, r);
 }
 
 static void on_execute(struct session *s, const struct pgwire_msg *m)
@@ -1211,7 +1211,7 @@ static void on_execute(struct session *s, const struct pgwire_msg *m)
 			}
 		}
 	}
-	expect(s, EXP_EXECUTE, r, m->ts_end);
+	expect(s, EXP_EXECUTE, r);
 }
 
 static void on_function(struct session *s, const struct pgwire_msg *m)
@@ -1229,7 +1229,7 @@ static void on_function(struct session *s, const struct pgwire_msg *m)
 			s->st->protocol_errors++;
 		}
 	}
-	expect(s, EXP_FUNCTION, r, m->ts_end);
+	expect(s, EXP_FUNCTION, r);
 }
 
 /*
@@ -1322,31 +1322,31 @@ static void fe_aligned(struct session *s, const struct pgwire_msg *m)
 	case 'P':
 		fe_tables(s, m);
 		batch_note(s, m);
-		expect(s, EXP_PARSE, NULL, m->ts_end);
+		expect(s, EXP_PARSE, NULL);
 		break;
 	case 'B':
 		fe_tables(s, m);
 		batch_note(s, m);
-		expect(s, EXP_BIND, NULL, m->ts_end);
+		expect(s, EXP_BIND, NULL);
 		break;
 	case 'D':
 		batch_note(s, m);
 		kind = m->body_kept && m->len > 0 ? m->body[0] : 0;
 		if (kind != 'S' && kind != 'P')
 			s->st->protocol_errors++;
-		expect(s, kind == 'S' ? EXP_DESC_STMT : EXP_DESC_PORTAL, NULL, m->ts_end);
+		expect(s, kind == 'S' ? EXP_DESC_STMT : EXP_DESC_PORTAL, NULL);
 		break;
 	case 'E':
 		on_execute(s, m);
 		break;
 	case 'C':
 		fe_tables(s, m);
-		expect(s, EXP_CLOSE, NULL, m->ts_end);
+		expect(s, EXP_CLOSE, NULL);
 		break;
 	case 'S':
 		s->skip_till_sync = false;
 		s->batch_open = false;
-		expect(s, EXP_SYNC, NULL, m->ts_end);
+		expect(s, EXP_SYNC, NULL);
 		s->sync_group++;
 		break;
 	case 'F':
@@ -1406,7 +1406,7 @@ static void fe_msg(struct session *s, const struct pgwire_msg *m)
 
 /* ---- the server's messages ------------------------------------------------------------- */
 
-static void unmatched(struct session *s, const struct pgwire_msg *m)
+static void unmatched(struct session *s)
 {
 	s->st->unmatched_responses++;
 	lose_alignment(s);
@@ -1461,7 +1461,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 	if (!s->fifo_len) {
 		if (m->type == 'E' || is_async(m->type))
 			return; /* a FATAL (shutdown, termination) comes unasked */
-		unmatched(s, m);
+		unmatched(s);
 		return;
 	}
 	e = fifo_at(s, 0);
@@ -1489,7 +1489,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 							     : '3')) {
 			fifo_pop(s);
 		} else {
-			unmatched(s, m);
+			unmatched(s);
 		}
 		return;
 	case EXP_DESC_STMT:
@@ -1499,7 +1499,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		else if (m->type == 'T' || m->type == 'n')
 			fifo_pop(s);
 		else if (m->type != 't' || e->kind != EXP_DESC_STMT)
-			unmatched(s, m);
+			unmatched(s);
 		return;
 	case EXP_EXECUTE:
 		switch (m->type) {
@@ -1531,7 +1531,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		case 'c':
 			return;
 		default:
-			unmatched(s, m);
+			unmatched(s);
 			return;
 		}
 		fifo_pop(s);
@@ -1542,7 +1542,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 			fifo_pop(s);
 			on_ready(s, m);
 		} else if (m->type != 'E') { /* an error committing the implicit transaction */
-			unmatched(s, m);
+			unmatched(s);
 		}
 		return;
 	case EXP_QUERY:
@@ -1560,13 +1560,13 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 			return;
 		case 'V':
 			if (e->kind != EXP_FUNCTION)
-				unmatched(s, m);
+				unmatched(s);
 			return;
 		default:
 			break;
 		}
 		if (e->kind == EXP_FUNCTION) {
-			unmatched(s, m);
+			unmatched(s);
 			return;
 		}
 		switch (m->type) {
@@ -1591,7 +1591,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		case 'c':
 			return;
 		default:
-			unmatched(s, m);
+			unmatched(s);
 			return;
 		}
 	}
