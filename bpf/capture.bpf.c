@@ -47,11 +47,12 @@ struct {
 	__uint(max_entries, 64 << 20); /* resized by the loader */
 } events SEC(".maps");
 
+/* One per-CPU block of all counters: a packet costs one map lookup, not one per counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CAPTURE_CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct capture_counters);
 } counters SEC(".maps");
 
 struct {
@@ -75,13 +76,19 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-static __always_inline void count(__u32 idx, __u64 n)
+static __always_inline struct capture_counters *counters_get(void)
 {
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	__u32 zero = 0;
 
-	if (v)
-		*v += n; /* per-CPU: no atomics needed */
+	return bpf_map_lookup_elem(&counters, &zero);
 }
+
+/* per-CPU: no atomics needed */
+#define count(cnt, idx, n)                        \
+	do {                                      \
+		if (cnt)                          \
+			(cnt)->c[(idx)] += (n);   \
+	} while (0)
 
 /* Parsed headers of one packet. */
 struct pkt {
@@ -240,7 +247,7 @@ static __always_inline __u64 wakeup_flag(void)
  * and copied out with exactly its size, so small packets do not waste the ring.
  */
 static __always_inline int emit(struct __sk_buff *skb, struct scratch *s, struct pkt *p,
-				__u32 off, __u64 len)
+				struct capture_counters *cnt, __u64 wake, __u32 off, __u64 len)
 {
 	struct scratch *rec;
 
@@ -252,36 +259,38 @@ static __always_inline int emit(struct __sk_buff *skb, struct scratch *s, struct
 	if (len == CAPTURE_CHUNK_MAX) {
 		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 		if (!rec) {
-			count(CAPTURE_CNT_RB_DROPS, 1);
+			count(cnt, CAPTURE_CNT_RB_DROPS, 1);
 			return -1;
 		}
 		rec->ev = s->ev;
 		if (bpf_skb_load_bytes(skb, p->payload_off + off, rec->data, CAPTURE_CHUNK_MAX)) {
 			bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-			count(CAPTURE_CNT_COPY_ERRORS, 1);
+			count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
 			return -1;
 		}
-		bpf_ringbuf_submit(rec, wakeup_flag());
-		count(CAPTURE_CNT_RECORDS, 1);
+		bpf_ringbuf_submit(rec, wake);
+		count(cnt, CAPTURE_CNT_RECORDS, 1);
 		return 0;
 	}
 	if (len > 0 && bpf_skb_load_bytes(skb, p->payload_off + off, s->data, len)) {
-		count(CAPTURE_CNT_COPY_ERRORS, 1);
+		count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
 		return -1;
 	}
-	if (bpf_ringbuf_output(&events, s, sizeof(s->ev) + len, wakeup_flag())) {
-		count(CAPTURE_CNT_RB_DROPS, 1);
+	if (bpf_ringbuf_output(&events, s, sizeof(s->ev) + len, wake)) {
+		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
 		return -1;
 	}
-	count(CAPTURE_CNT_RECORDS, 1);
+	count(cnt, CAPTURE_CNT_RECORDS, 1);
 	return 0;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 {
 	struct pkt p = {};
+	struct capture_counters *cnt;
 	struct scratch *s;
 	__u32 zero = 0, copy_len, off;
+	__u64 wake;
 	__u64 n;
 	__u8 dir;
 	int i;
@@ -295,21 +304,23 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	else
 		return TCX_NEXT;
 
+	cnt = counters_get();
 	if (p.payload_len == 0 &&
 	    !(p.flags & (CAPTURE_TCP_SYN | CAPTURE_TCP_FIN | CAPTURE_TCP_RST))) {
-		count(CAPTURE_CNT_PURE_ACKS, 1);
+		count(cnt, CAPTURE_CNT_PURE_ACKS, 1);
 		return TCX_NEXT;
 	}
 	if (exclude_active && bpf_map_lookup_elem(&exclude, &p.t)) {
-		count(CAPTURE_CNT_EXCLUDED, 1);
+		count(cnt, CAPTURE_CNT_EXCLUDED, 1);
 		return TCX_NEXT;
 	}
 	if (local_client(skb, &p, ingress, dir)) {
-		count(CAPTURE_CNT_LOCAL_CLIENT, 1);
+		count(cnt, CAPTURE_CNT_LOCAL_CLIENT, 1);
 		return TCX_NEXT;
 	}
-	count(CAPTURE_CNT_PACKETS, 1);
-	count(CAPTURE_CNT_BYTES, p.payload_len);
+	count(cnt, CAPTURE_CNT_PACKETS, 1);
+	count(cnt, CAPTURE_CNT_BYTES, p.payload_len);
+	wake = wakeup_flag(); /* once per packet, not per chunk */
 
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
@@ -328,12 +339,12 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	s->ev.dir = dir;
 
 	if (p.payload_len == 0) {
-		emit(skb, s, &p, 0, 0);
+		emit(skb, s, &p, cnt, wake, 0, 0);
 		return TCX_NEXT;
 	}
 	copy_len = p.payload_len;
 	if (copy_len > CAPTURE_PAYLOAD_MAX) {
-		count(CAPTURE_CNT_TRUNCATED, 1);
+		count(cnt, CAPTURE_CNT_TRUNCATED, 1);
 		copy_len = CAPTURE_PAYLOAD_MAX;
 	}
 	for (i = 0; i < CAPTURE_MAX_CHUNKS; i++) {
@@ -343,13 +354,13 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		n = copy_len - off;
 		if (n > CAPTURE_CHUNK_MAX)
 			n = CAPTURE_CHUNK_MAX;
-		if (emit(skb, s, &p, off, n))
+		if (emit(skb, s, &p, cnt, wake, off, n))
 			break; /* the rest of this packet is a hole downstream */
 	}
 	/* A truncated packet's FIN/RST still has to reach user space at its true position:
 	 * an empty record at the end of the payload carries it. */
 	if (copy_len < p.payload_len && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
-		emit(skb, s, &p, p.payload_len, 0);
+		emit(skb, s, &p, cnt, wake, p.payload_len, 0);
 	return TCX_NEXT;
 }
 

@@ -86,4 +86,9 @@ enum capture_counter {
 	CAPTURE_CNT_MAX,
 };
 
+/* The per-CPU value of the counters map (one entry). */
+struct capture_counters {
+	__u64 c[CAPTURE_CNT_MAX];
+};
+
 #endif /* PGSHADOW_CAPTURE_EVENT_H */

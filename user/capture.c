@@ -426,26 +426,23 @@ int capture_read_counters(struct capture *c, uint64_t *out)
 {
 	int ncpu = libbpf_num_possible_cpus();
 	int fd = bpf_map__fd(c->skel->maps.counters);
-	uint64_t *vals;
-	uint32_t key;
-	int cpu, err = 0;
+	struct capture_counters *vals;
+	uint32_t key = 0;
+	int cpu, i, err = 0;
 
 	if (ncpu <= 0)
 		return ncpu ? ncpu : -EINVAL;
 	vals = calloc(ncpu, sizeof(*vals));
 	if (!vals)
 		return -ENOMEM;
-	for (key = 0; key < CAPTURE_CNT_MAX; key++) {
-		out[key] = 0;
-		if (bpf_map_lookup_elem(fd, &key, vals)) {
-			err = -errno;
-			break;
-		}
-		for (cpu = 0; cpu < ncpu; cpu++)
-			out[key] += vals[cpu];
-	}
-	out[CAPTURE_CNT_MAX] = c->malformed;
-	out[CAPTURE_CNT_MAX + 1] = c->user_excluded;
+	memset(out, 0, CAPTURE_CNT_MAX * sizeof(*out));
+	if (bpf_map_lookup_elem(fd, &key, vals))
+		err = -errno;
+	for (cpu = 0; !err && cpu < ncpu; cpu++)
+		for (i = 0; i < CAPTURE_CNT_MAX; i++)
+			out[i] += vals[cpu].c[i];
+	out[CAPTURE_USER_MALFORMED] = c->malformed;
+	out[CAPTURE_USER_EXCLUDED] = c->user_excluded;
 	free(vals);
 	return err;
 }

@@ -1194,6 +1194,7 @@ static void on_execute(struct session *s, const struct pgwire_msg *m)
 	    !pgwire_get_i32(&cur, &max_rows) || pgwire_cursor_left(&cur) != 0) {
 		s->st->protocol_errors++;
 		name = "";
+		nlen = 0;
 		max_rows = 0;
 	}
 	if (r) {

@@ -159,12 +159,14 @@ static void run_frame(struct fixture *f, const uint8_t *frame, size_t len)
 static uint64_t counter(struct fixture *f, uint32_t idx)
 {
 	int ncpu = libbpf_num_possible_cpus();
-	uint64_t vals[ncpu], sum = 0;
+	struct capture_counters vals[ncpu];
+	uint64_t sum = 0;
+	uint32_t zero = 0;
 	int i;
 
-	assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(f->skel->maps.counters), &idx, vals), 0);
+	assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(f->skel->maps.counters), &zero, vals), 0);
 	for (i = 0; i < ncpu; i++)
-		sum += vals[i];
+		sum += vals[i].c[idx];
 	return sum;
 }
 
