@@ -265,6 +265,7 @@ static void test_midstream_session_resync_and_identify(void **state)
 	struct ident_ctx ic = {};
 	struct pipeline_hooks hooks = { .want_identity = want_identity, .ctx = &ic };
 	struct wire w;
+	uint64_t unknown;
 	char *text;
 	int i;
 
@@ -290,9 +291,12 @@ static void test_midstream_session_resync_and_identify(void **state)
 		send_rec(&c, CAPTURE_DIR_S2C, 0, &w, (11 + 10 * i) * MS);
 	}
 	pipeline_tick(c.p, 50 * MS, NULL);
+	/* The decoder may spend the first request after a missed start on confirming the
+	 * client's message boundary (session.c, "Alignment"); every later one counts. */
+	unknown = atomic_load(&stats_db(st, "unknown")->source_requests);
+	assert_true(unknown >= 2 && unknown <= 3);
 	text = render(st);
-	assert_contains(text, "mirror_source_requests_total{database=\"unknown\"} 3\n");
-	assert_null(strstr(text, "mirror_capture_resyncs_total 0\n"));
+	assert_contains(text, "mirror_capture_resyncs_total 1\n");
 	free(text);
 
 	assert_true(pipeline_identify(c.p, ic.flow_id, "billing", "bob", 51 * MS));
@@ -307,7 +311,7 @@ static void test_midstream_session_resync_and_identify(void **state)
 	pipeline_tick(c.p, 62 * MS, NULL);
 	text = render(st);
 	assert_contains(text, "mirror_source_requests_total{database=\"billing\"} 1\n");
-	assert_contains(text, "mirror_source_requests_total{database=\"unknown\"} 3\n");
+	assert_int_equal(atomic_load(&stats_db(st, "unknown")->source_requests), unknown);
 	free(text);
 	pipeline_close_all(c.p, 70 * MS, NULL);
 	pipeline_free(c.p);
