@@ -145,10 +145,11 @@ struct pgwire_cursor {
 
 #define PGWIRE_MUST_CHECK __attribute__((warn_unused_result))
 
+/* A body that was not kept (NULL) reads as empty: every getter fails. */
 static inline void pgwire_cursor_init(struct pgwire_cursor *cur, const uint8_t *data, size_t len)
 {
 	cur->p = data;
-	cur->end = data + len;
+	cur->end = data ? data + len : data;
 }
 
 static inline size_t pgwire_cursor_left(const struct pgwire_cursor *cur)

@@ -1417,7 +1417,8 @@ static void unmatched(struct session *s)
  * ErrorResponse while the head owes an extended-protocol answer: the failing item ends
  * with it — an Execute, or, for a Parse/Bind/Describe/Close, the Execute of the same
  * batch it was preparing — and the server ignores everything else up to the Sync: the
- * Executes among that are abandoned (they never ran).
+ * requests among that (later Executes, a Query or FunctionCall sent in the middle of the
+ * pipeline) are abandoned, they never ran.
  */
 static void ext_error(struct session *s, const struct pgwire_msg *m)
 {
@@ -1426,17 +1427,17 @@ static void ext_error(struct session *s, const struct pgwire_msg *m)
 	while (s->fifo_len && fifo_at(s, 0)->kind != EXP_SYNC) {
 		struct expect e = fifo_pop(s);
 
-		if (e.kind != EXP_EXECUTE)
-			continue;
-		if (done) {
-			req_abandon(s, e.req);
+		if (e.kind == EXP_EXECUTE && !done) {
+			done = true;
+			if (e.req) {
+				on_error(s, e.req, m);
+				req_complete(s, e.req, m->ts_end);
+			}
 			continue;
 		}
-		done = true;
-		if (e.req) {
-			on_error(s, e.req, m);
-			req_complete(s, e.req, m->ts_end);
-		}
+		/* later Executes, and a Query or FunctionCall sent in the middle of the
+		 * pipeline: the server ignores them */
+		req_abandon(s, e.req);
 	}
 	if (!done) {
 		char st[6];

@@ -1521,6 +1521,51 @@ static void test_malformed(void **state)
 	free(sc);
 }
 
+/* A Query and a FunctionCall sent in the middle of a pipeline that fails: the server
+ * ignores both up to the Sync; they are abandoned, not reported, not leaked. */
+static void test_error_skips_query(void **state)
+{
+	struct script *sc = calloc(1, sizeof(*sc));
+	struct session_config cfg;
+	struct session_stats st;
+	struct col c = {0};
+	struct bb *f = &sc->s[FE], *b = &sc->s[BE];
+
+	(void)state;
+	session_config_default(&cfg);
+	startup(sc, startup_kv);
+	m_parse(f, "", "SELECT 1/0", 0, NULL);
+	m_bind(f, "", "", 0, NULL, 0, NULL, NULL, 0, NULL);
+	m_execute(f, "", 0);
+	m_str(f, 'Q', "SELECT 2");
+	msg_begin(f, 'F');
+	put32(f, 1598);
+	put16(f, 0);
+	put16(f, 0);
+	put16(f, 0);
+	msg_end(f);
+	m_empty(f, 'S');
+	cut(sc, FE);
+	m_empty(b, '1');
+	m_empty(b, '2');
+	m_error(b, 'E', "22012", "division by zero");
+	m_ready(b, 'I');
+	cut(sc, BE);
+	simple(sc, "SELECT 3");
+	m_str(b, 'C', "SELECT 0");
+	m_ready(b, 'I');
+	cut(sc, BE);
+	check_split_invariance(sc, &cfg, true, &c, &st);
+	assert_int_equal(c.nq, 2);
+	assert_string_equal(c.q[0].r.sqlstate, "22012");
+	assert_string_equal(c.q[1].text, "SELECT 3");
+	assert_int_equal(st.abandoned, 2);
+	assert_int_equal(st.unmatched_responses, 0);
+	col_free(&c);
+	script_free(sc);
+	free(sc);
+}
+
 /* ---- sessions first seen mid-stream ------------------------------------------------------------
  */
 
@@ -1964,6 +2009,7 @@ int main(void)
 	    cmocka_unit_test(test_unmatched),
 	    cmocka_unit_test(test_caps),
 	    cmocka_unit_test(test_malformed),
+	    cmocka_unit_test(test_error_skips_query),
 	    cmocka_unit_test(test_midstream_random),
 	    cmocka_unit_test(test_midstream_identify),
 	    cmocka_unit_test(test_alignment_guards),
