@@ -252,6 +252,9 @@ static void publish(struct pipeline *p, const uint64_t *k)
 	atomic_store_explicit(&c->inflight_overflow, s->inflight_overflow, RELAXED);
 	atomic_store_explicit(&c->abandoned_requests, s->abandoned, RELAXED);
 	atomic_store_explicit(&c->unmatched_responses, s->unmatched_responses, RELAXED);
+	atomic_store_explicit(&c->bodies_too_big, s->wire.bodies_too_big, RELAXED);
+	atomic_store_explicit(&c->portals_evicted, s->portals_evicted, RELAXED);
+	atomic_store_explicit(&c->copy_truncated, s->copy_truncated, RELAXED);
 }
 
 void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel)

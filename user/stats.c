@@ -489,6 +489,8 @@ static const struct capture_metric limit_metrics[] = {
 	{ "statements", NULL, NULL, CAP(statements_evicted) },
 	{ "inflight", NULL, NULL, CAP(inflight_overflow) },
 	{ "message_size", NULL, NULL, CAP(bodies_too_big) },
+	{ "portals", NULL, NULL, CAP(portals_evicted) },
+	{ "copy_bytes", NULL, NULL, CAP(copy_truncated) },
 };
 
 static uint64_t cap_field(const struct stats_capture *c, size_t offset)
@@ -511,7 +513,7 @@ static bool render_capture(struct buf *b, struct stats *st)
 	}
 	ok &= header(b, "mirror_capture_limit_hits_total", "counter",
 		     "Times a configured cap was reached (flows, flow_buffer, hole_timeout, "
-		     "statements, inflight, message_size, databases).");
+		     "statements, inflight, message_size, portals, copy_bytes, databases).");
 	for (i = 0; i < sizeof(limit_metrics) / sizeof(limit_metrics[0]); i++)
 		ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"%s\"} %llu\n",
 				 limit_metrics[i].name,

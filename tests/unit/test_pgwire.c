@@ -5,7 +5,8 @@
  * and one byte at a time; all three must give the same messages, events and timestamps.
  *
  * PGWIRE_BENCH=1 ./build/test_pgwire also prints the decoder's throughput on a
- * pgbench-like stream (no timed assertion: machines differ).
+ * pgbench-like stream (no timed assertion: machines differ); PGWIRE_TEST=<name> runs the
+ * tests matching name only.
  */
 #include <malloc.h>
 #include <setjmp.h>

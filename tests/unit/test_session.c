@@ -7,7 +7,9 @@
  * data) are compared byte for byte with what the client sent.
  *
  * SESSION_BENCH=1 ./build/test_session also prints the throughput of decoder + session on
- * a pgbench-like stream (no timed assertion: machines differ).
+ * a pgbench-like stream (no timed assertion: machines differ); SESSION_TEST=<name> runs the
+ * tests matching name only; SESSION_DEBUG=1 prints the event logs of test_gap and
+ * test_unmatched.
  */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,0 +1,1825 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * replay.c — the mirror: replays completed source requests to the mirror cluster through
+ * non-blocking libpq on its own thread. See include/replay.h.
+ *
+ * Two threads meet here.
+ *
+ * The capture thread (replay_session_open / _identified / replay_submit /
+ * replay_session_close) never blocks and makes no system call except one eventfd write
+ * to wake the replay thread, and only when that thread may be asleep. It copies each
+ * request into one allocation (struct item) and posts it on the channel.
+ *
+ * The channel is an intrusive lock-free list of messages (OPEN, PARAMS, ITEM, CLOSE):
+ * the capture thread pushes with a CAS, the replay thread takes the whole list with one
+ * exchange and reverses it, so messages arrive in the order they were posted. It is a
+ * list rather than a ring so that OPEN and CLOSE, which live inside the session handle,
+ * can never be refused; items are bounded instead by counters the capture thread checks
+ * before posting: `queue` per session, CHANNEL_ITEMS_MAX items and ITEM_BYTES_MAX bytes
+ * in all (more are dropped and counted).
+ *
+ * Ownership of a struct replay_session: the capture thread writes its c_* fields and
+ * nothing else; after replay_session_close has posted CLOSE it never touches it again.
+ * The replay thread owns every other field and frees the session once it has processed
+ * CLOSE and finished (or given up) every item of it. Two fields are shared, both atomics:
+ * queued (items submitted and not finished; the capture thread adds, the replay thread
+ * subtracts) and capped (set by the replay thread when the session could not get a
+ * mirror connection, so the capture thread skips its items without copying them).
+ *
+ * The replay thread runs one epoll loop over the eventfd and every mirror socket. Each
+ * iteration it takes the channel, steps every active session (one with queued items, a
+ * connection being made, an item in flight, or a pending close) and sleeps until the
+ * nearest deadline (connect timeout, item timeout, backoff end, causal-order wait end).
+ *
+ * Per session, strictly one item at a time, in source order. An Execute runs in libpq
+ * pipeline mode (Prepare if needed, then the execution, then PQpipelineSync; pipeline
+ * mode is left again once the sync result is read), a Query outside it. Results are read
+ * in single-row mode where libpq allows it, so a huge result never sits in memory.
+ *
+ * Causal order: every item not yet finished is in a min-heap on its source completion
+ * time (ts_end). The head item B of a session may start when the smallest outstanding
+ * ts_end is not before B's source start (ts_start); otherwise it waits, at most
+ * order_wait_ms, and the wait is counted once. Waits only point at items with an earlier
+ * source completion, so they cannot form a cycle.
+ *
+ * Known limitations (documented, deliberate):
+ * - Each Execute ends in its own PQpipelineSync: Executes the source sent before one Sync
+ *   (an implicit transaction) each commit on their own on the mirror.
+ * - libpq cannot express an Execute row limit: a suspended portal runs to completion on
+ *   the mirror, and the Executes that resume it on the source (same portal, statement text
+ *   and parameters, right after a suspended one) are counted as mirrored without running.
+ * - A named statement re-parsed with another text is prepared on the mirror under a new
+ *   name ("pgshadow#<n>"); one whose name is reused after a DEALLOCATE or DISCARD in a
+ *   simple query is prepared under a new name too. At most STMTS_MAX statements are kept
+ *   per mirror connection; beyond that Executes use the unnamed statement.
+ * - A COPY through the extended protocol runs outside pipeline mode as an unnamed
+ *   statement.
+ * - Host names in the mirror conninfo are resolved by libpq synchronously on this thread
+ *   (use an address to avoid it).
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "buf.h"
+#include "replay.h"
+
+#define CHANNEL_ITEMS_MAX 65536		   /* items submitted and not finished, all sessions */
+#define ITEM_BYTES_MAX (256ull << 20)	   /* their bytes */
+#define BACKOFF_MIN_MS 100		   /* first reconnect delay */
+#define CONNECT_TIMEOUT_MS 10000	   /* libpq ignores connect_timeout in PQconnectPoll */
+#define REPLY_GRACE_MS 5000		   /* past statement_timeout: the mirror went silent */
+#define STMTS_MAX 1024			   /* prepared statements kept per mirror connection */
+#define STMT_BUCKETS 64
+#define COPY_CHUNK 65536		   /* bytes per PQputCopyData */
+#define OPTIONS_MAX 65536		   /* the mirror connection's options string */
+#define EVENTS_MAX 64
+#define IDLE_WAKE_MS 1000
+#define NEVER UINT64_MAX
+#define MS 1000000ull
+#define DEFAULT_PGPORT 5432
+
+enum msg_kind {
+	MSG_OPEN,   /* a session handle exists (embedded in it) */
+	MSG_PARAMS, /* its database and startup settings (struct params) */
+	MSG_ITEM,   /* a request to replay (struct item) */
+	MSG_CLOSE,  /* the source session ended (embedded in the handle) */
+};
+
+struct msg {
+	struct msg *next; /* channel link */
+	struct replay_session *rs;
+	enum msg_kind kind;
+};
+
+/* What a mirror connection of one session needs; built on the capture thread, read-only
+ * after it is posted, freed by the replay thread. */
+struct params {
+	struct msg m;
+	const char *database;
+	const char *user;
+	const char *client_encoding;  /* "" = not given (libpq ignores empty values) */
+	const char *application_name; /* "" = not given */
+	const char *options;	      /* the mirror connection's complete options */
+	char strings[];
+};
+
+/* One request to replay: the header, then (one allocation) the parameter arrays, the
+ * text, the statement name, the parameter values (NUL-terminated) and the COPY data. */
+struct item {
+	struct msg m;
+	struct stats_db *db;
+	enum session_req_kind kind;
+	uint64_t ts_start, ts_end; /* source capture times, CLOCK_MONOTONIC */
+	size_t bytes;		   /* the allocation, for the global byte budget */
+	const char *text;
+	const char *stmt_name; /* "" = unnamed */
+	uint64_t text_hash;
+	uint64_t portal_key; /* portal, text and parameters (Execute) */
+	bool suspended;	     /* the source stopped it at its row limit */
+	int n_params;
+	int n_types;	     /* types given by the Parse */
+	const Oid *types;    /* n_params entries (0 = unspecified), or NULL */
+	const char *const *values;
+	const int *lengths;
+	const int *formats; /* n_params entries, or NULL = all text */
+	int result_format;
+	const char *copy;
+	size_t copy_len;
+	bool src_error;
+	char src_sqlstate[6];
+	/* replay thread */
+	struct item *next; /* the session's queue */
+	uint32_t heap_idx;
+	bool waited;
+	uint64_t wait_until;
+	uint64_t sent_ns;
+};
+
+/* A statement prepared on a mirror connection: source name + text -> mirror name. */
+struct stmt {
+	struct stmt *next;
+	uint64_t text_hash;
+	const char *mname;
+	char name[];
+};
+
+enum conn_state {
+	CONN_NONE = 0,	 /* no connection: none needed yet, or lost (made again on demand) */
+	CONN_CONNECTING, /* PQconnectPoll in progress */
+	CONN_SETUP,	 /* SET ROLE in flight */
+	CONN_IDLE,	 /* ready for the next item */
+	CONN_BUSY,	 /* an item in flight */
+	CONN_BACKOFF,	 /* connecting failed: items are connection errors until deadline */
+	CONN_CAPPED,	 /* no connection slot: every item is skipped */
+};
+
+/* Progress of what is in flight on a connection (an item, or SET ROLE). */
+struct run {
+	bool pipeline;	    /* sent in pipeline mode: complete at PGRES_PIPELINE_SYNC */
+	bool copy_in;	    /* sending COPY data */
+	bool copy_out;	    /* discarding COPY TO STDOUT data */
+	bool broken;	    /* libpq state we cannot continue from: reset the connection */
+	bool error;	    /* an error result was seen */
+	char sqlstate[6];   /* of the first one */
+	size_t copy_off;    /* COPY data sent so far */
+	int nulls;	    /* consecutive NULL results (pipeline mode) */
+	struct stmt *prep;  /* being prepared: kept on success */
+	struct stmt *stmt;  /* executed (to forget it on 26000) */
+};
+
+struct replay_session {
+	struct replay *r;
+	/* capture thread only */
+	bool c_known; /* PARAMS posted: the database is known */
+	bool c_off;   /* a replication connection: never mirrored */
+	struct msg open_msg, close_msg;
+	/* both threads */
+	_Atomic uint32_t queued; /* items submitted and not finished */
+	_Atomic bool capped;	 /* no mirror connection slot (set once, replay thread) */
+	/* replay thread only */
+	struct params *params;
+	struct item *head, *tail; /* waiting, in source order */
+	struct item *cur;	  /* in flight */
+	enum conn_state state;
+	bool closed, active, has_slot;
+	PGconn *conn;
+	int fd;
+	uint32_t events;
+	bool watched;	 /* fd is in the epoll set */
+	bool want_write; /* libpq has unsent output */
+	uint64_t deadline; /* connect / reply timeout, backoff end (NEVER = none) */
+	uint32_t backoff_ms;
+	struct capture_tuple excl[2];
+	bool excluded;
+	struct stmt *stmts[STMT_BUCKETS];
+	uint32_t n_stmts, mangle;
+	bool mangle_all; /* the mirror may hold names we forgot: always use new ones */
+	struct run run;
+	bool susp; /* the last Execute of portal susp_key was suspended on the source */
+	uint64_t susp_key;
+	struct replay_session *act_prev, *act_next, *all_prev, *all_next;
+};
+
+struct replay {
+	struct replay_config cfg;
+	char *mirror;
+	char *mirror_options; /* the conninfo's own options ("" if none) */
+	struct stats *st;
+	struct capture *cap;
+	int epfd, efd;
+	pthread_t thread;
+	bool started;
+	_Atomic bool stop;
+	_Atomic(struct msg *) chan; /* newest first */
+	_Atomic bool wake_pending;
+	_Atomic uint32_t items;	     /* submitted and not finished */
+	_Atomic uint64_t item_bytes; /* their allocations */
+	/* replay thread */
+	struct item **heap; /* outstanding items, min-heap on ts_end */
+	uint32_t heap_n;
+	struct replay_session *active, *all;
+	uint32_t n_slots; /* sessions holding a mirror connection slot */
+	unsigned int last_util;
+};
+
+enum outcome {
+	OUT_SUCCESS,
+	OUT_QUERY,
+	OUT_TIMEOUT,
+	OUT_CONNECTION,
+	OUT_SKIP_CAP,
+	OUT_SKIP_STATE,
+	OUT_SKIP_SHUTDOWN,
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define FNV_INIT 0xcbf29ce484222325ull
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	while (n--) {
+		h ^= *b++;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+/* ---- channel (capture thread -> replay thread) ---- */
+
+/*
+ * Posts a message (capture thread). Lock-free; writes the eventfd only when the replay
+ * thread has taken everything posted before (it clears wake_pending before it takes the
+ * list, so a message pushed after that point either sees the flag cleared and wakes it,
+ * or is taken by the take that follows the clearing).
+ */
+static void chan_post(struct replay *r, struct msg *m)
+{
+	struct msg *head = atomic_load(&r->chan);
+	uint64_t one = 1;
+
+	do {
+		m->next = head;
+	} while (!atomic_compare_exchange_weak(&r->chan, &head, m));
+	if (!atomic_exchange(&r->wake_pending, true) && write(r->efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is full, so the thread is awake anyway */
+	}
+}
+
+/* Takes every posted message, oldest first (replay thread). */
+static struct msg *chan_take(struct replay *r)
+{
+	struct msg *m, *next, *fifo = NULL;
+
+	atomic_store(&r->wake_pending, false);
+	m = atomic_exchange(&r->chan, NULL);
+	for (; m; m = next) {
+		next = m->next;
+		m->next = fifo;
+		fifo = m;
+	}
+	return fifo;
+}
+
+/* ---- causal-order heap ---- */
+
+static void heap_set(struct replay *r, uint32_t i, struct item *it)
+{
+	r->heap[i] = it;
+	it->heap_idx = i;
+}
+
+static void heap_up(struct replay *r, uint32_t i)
+{
+	struct item *it = r->heap[i];
+
+	while (i) {
+		uint32_t p = (i - 1) / 2;
+
+		if (r->heap[p]->ts_end <= it->ts_end)
+			break;
+		heap_set(r, i, r->heap[p]);
+		i = p;
+	}
+	heap_set(r, i, it);
+}
+
+static void heap_down(struct replay *r, uint32_t i)
+{
+	struct item *it = r->heap[i];
+
+	for (;;) {
+		uint32_t c = 2 * i + 1;
+
+		if (c >= r->heap_n)
+			break;
+		if (c + 1 < r->heap_n && r->heap[c + 1]->ts_end < r->heap[c]->ts_end)
+			c++;
+		if (it->ts_end <= r->heap[c]->ts_end)
+			break;
+		heap_set(r, i, r->heap[c]);
+		i = c;
+	}
+	heap_set(r, i, it);
+}
+
+static void heap_push(struct replay *r, struct item *it)
+{
+	heap_set(r, r->heap_n, it);
+	heap_up(r, r->heap_n++);
+}
+
+static void heap_remove(struct replay *r, struct item *it)
+{
+	uint32_t i = it->heap_idx;
+	struct item *last = r->heap[--r->heap_n];
+
+	if (i == r->heap_n)
+		return;
+	heap_set(r, i, last);
+	heap_up(r, i);
+	heap_down(r, last->heap_idx);
+}
+
+/* True when an outstanding item completed on the source before b started there. */
+static bool causal_blocked(const struct replay *r, const struct item *b)
+{
+	return r->heap_n && r->heap[0] != b && r->heap[0]->ts_end < b->ts_start;
+}
+
+/* ---- session lists (replay thread) ---- */
+
+static void activate(struct replay *r, struct replay_session *s)
+{
+	if (s->active)
+		return;
+	s->active = true;
+	s->act_prev = NULL;
+	s->act_next = r->active;
+	if (r->active)
+		r->active->act_prev = s;
+	r->active = s;
+}
+
+static void deactivate(struct replay *r, struct replay_session *s)
+{
+	if (!s->active)
+		return;
+	if (s->act_prev)
+		s->act_prev->act_next = s->act_next;
+	else
+		r->active = s->act_next;
+	if (s->act_next)
+		s->act_next->act_prev = s->act_prev;
+	s->active = false;
+	s->act_prev = s->act_next = NULL;
+}
+
+static struct item *queue_pop(struct replay_session *s)
+{
+	struct item *it = s->head;
+
+	if (it) {
+		s->head = it->next;
+		if (!s->head)
+			s->tail = NULL;
+		it->next = NULL;
+	}
+	return it;
+}
+
+/*
+ * Gives an item its one outcome, then frees it: out of the heap, out of the session's
+ * and the global counts. The caller has already unlinked it (queue_pop or s->cur).
+ */
+static void item_finish(struct replay *r, struct replay_session *s, struct item *it,
+			enum outcome o, uint64_t now)
+{
+	switch (o) {
+	case OUT_SUCCESS:
+		stats_mirror_success(r->st, it->db, now - it->sent_ns,
+				     now > it->ts_end ? now - it->ts_end : 0, now);
+		break;
+	case OUT_QUERY:
+		stats_mirror_error(r->st, it->db, STATS_ERR_QUERY, now);
+		break;
+	case OUT_TIMEOUT:
+		stats_mirror_error(r->st, it->db, STATS_ERR_TIMEOUT, now);
+		break;
+	case OUT_CONNECTION:
+		stats_mirror_error(r->st, it->db, STATS_ERR_CONNECTION, now);
+		break;
+	case OUT_SKIP_CAP:
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_CONNECTION_CAP);
+		break;
+	case OUT_SKIP_STATE:
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_SESSION_STATE);
+		break;
+	case OUT_SKIP_SHUTDOWN:
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_SHUTDOWN);
+		break;
+	}
+	heap_remove(r, it);
+	atomic_fetch_sub(&r->item_bytes, it->bytes);
+	atomic_fetch_sub(&r->items, 1);
+	atomic_fetch_sub(&s->queued, 1);
+	free(it);
+}
+
+/* Finishes every queued (not started) item of a session with one outcome. */
+static void queue_finish_all(struct replay *r, struct replay_session *s, enum outcome o,
+			     uint64_t now)
+{
+	struct item *it;
+
+	while ((it = queue_pop(s)))
+		item_finish(r, s, it, o, now);
+}
+
+/* ---- prepared statements of a mirror connection ---- */
+
+static struct stmt **stmt_bucket(struct replay_session *s, const char *name)
+{
+	return &s->stmts[fnv(FNV_INIT, name, strlen(name)) % STMT_BUCKETS];
+}
+
+static struct stmt *stmt_find(struct replay_session *s, const char *name, uint64_t hash,
+			      bool *name_used)
+{
+	struct stmt *st;
+
+	*name_used = false;
+	for (st = *stmt_bucket(s, name); st; st = st->next) {
+		if (strcmp(st->name, name))
+			continue;
+		if (st->text_hash == hash)
+			return st;
+		*name_used = true;
+	}
+	return NULL;
+}
+
+/* A new entry (not linked yet): the mirror name is the source's unless that could clash
+ * with something already prepared on this connection. NULL on ENOMEM or at STMTS_MAX. */
+static struct stmt *stmt_new(struct replay_session *s, const char *name, uint64_t hash,
+			     bool name_used)
+{
+	size_t nlen = strlen(name);
+	char mname[32];
+	struct stmt *st;
+
+	if (s->n_stmts >= STMTS_MAX)
+		return NULL;
+	if (name_used || s->mangle_all)
+		snprintf(mname, sizeof(mname), "pgshadow#%u", ++s->mangle);
+	else
+		mname[0] = 0;
+	st = malloc(sizeof(*st) + nlen + 1 + strlen(mname) + 1);
+	if (!st)
+		return NULL;
+	memcpy(st->name, name, nlen + 1);
+	st->mname = mname[0] ? strcpy(st->name + nlen + 1, mname) : st->name;
+	st->text_hash = hash;
+	st->next = NULL;
+	return st;
+}
+
+static void stmt_link(struct replay_session *s, struct stmt *st)
+{
+	struct stmt **b = stmt_bucket(s, st->name);
+
+	st->next = *b;
+	*b = st;
+	s->n_stmts++;
+}
+
+static void stmt_unlink(struct replay_session *s, struct stmt *st)
+{
+	struct stmt **p;
+
+	for (p = stmt_bucket(s, st->name); *p; p = &(*p)->next) {
+		if (*p == st) {
+			*p = st->next;
+			s->n_stmts--;
+			free(st);
+			return;
+		}
+	}
+}
+
+static void stmts_clear(struct replay_session *s)
+{
+	struct stmt *st, *next;
+	int i;
+
+	for (i = 0; i < STMT_BUCKETS; i++) {
+		for (st = s->stmts[i]; st; st = next) {
+			next = st->next;
+			free(st);
+		}
+		s->stmts[i] = NULL;
+	}
+	s->n_stmts = 0;
+}
+
+static void run_reset(struct replay_session *s)
+{
+	free(s->run.prep);
+	memset(&s->run, 0, sizeof(s->run));
+}
+
+/* ---- mirror connections: exclusion from capture ---- */
+
+static void to_mapped(const struct sockaddr_storage *ss, uint8_t addr[16], uint16_t *port)
+{
+	memset(addr, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+		addr[10] = addr[11] = 0xff;
+		memcpy(addr + 12, &in->sin_addr, 4);
+		*port = ntohs(in->sin_port);
+	} else {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+
+		memcpy(addr, &in6->sin6_addr, 16);
+		*port = ntohs(in6->sin6_port);
+	}
+}
+
+/* The server libpq is connecting to, while getpeername cannot tell yet (SYN sent). */
+static bool peer_from_libpq(PGconn *c, uint8_t addr[16], uint16_t *port)
+{
+	const char *host = PQhostaddr(c), *p = PQport(c);
+
+	memset(addr, 0, 16);
+	if (host && inet_pton(AF_INET, host, addr + 12) == 1)
+		addr[10] = addr[11] = 0xff;
+	else if (!host || inet_pton(AF_INET6, host, addr) != 1)
+		return false;
+	*port = p && *p ? (uint16_t)atoi(p) : DEFAULT_PGPORT;
+	return true;
+}
+
+static void conn_unexclude(struct replay *r, struct replay_session *s)
+{
+	if (!s->excluded)
+		return;
+	capture_exclude_remove(r->cap, &s->excl[0]);
+	capture_exclude_remove(r->cap, &s->excl[1]);
+	s->excluded = false;
+}
+
+/*
+ * Puts both directions of the connection's current socket in the capture exclude map
+ * when its server port is the captured one. Called right after PQconnectStartParams
+ * (libpq has sent the SYN; capture drops records of it still in its ring buffer) and
+ * after every PQconnectPoll, since libpq opens a new socket for each address it tries.
+ */
+static void conn_exclude(struct replay *r, struct replay_session *s)
+{
+	struct sockaddr_storage local, peer;
+	socklen_t ll = sizeof(local), pl = sizeof(peer);
+	struct capture_tuple t;
+	int fd = PQsocket(s->conn);
+
+	if (!r->cap || fd < 0 || getsockname(fd, (struct sockaddr *)&local, &ll) ||
+	    (local.ss_family != AF_INET && local.ss_family != AF_INET6))
+		return;
+	memset(&t, 0, sizeof(t));
+	to_mapped(&local, t.saddr, &t.sport);
+	if (!getpeername(fd, (struct sockaddr *)&peer, &pl) &&
+	    (peer.ss_family == AF_INET || peer.ss_family == AF_INET6))
+		to_mapped(&peer, t.daddr, &t.dport);
+	else if (!peer_from_libpq(s->conn, t.daddr, &t.dport))
+		return;
+	if (t.dport != r->cfg.capture_port) {
+		conn_unexclude(r, s);
+		return;
+	}
+	if (s->excluded && !memcmp(&s->excl[0], &t, sizeof(t)))
+		return;
+	conn_unexclude(r, s);
+	s->excl[0] = t;
+	memcpy(s->excl[1].saddr, t.daddr, 16);
+	memcpy(s->excl[1].daddr, t.saddr, 16);
+	s->excl[1].sport = t.dport;
+	s->excl[1].dport = t.sport;
+	capture_exclude_add(r->cap, &s->excl[0]);
+	capture_exclude_add(r->cap, &s->excl[1]);
+	s->excluded = true;
+}
+
+/* ---- mirror connections: epoll ---- */
+
+/*
+ * Makes the epoll set watch the connection's current socket for events (EPOLLIN, plus
+ * EPOLLOUT while libpq has output it could not send). libpq may have closed the
+ * registered socket and opened another under the same number (a closed fd leaves the
+ * epoll set by itself), so while connecting it always re-registers, falling back from
+ * MOD to ADD.
+ */
+static void conn_watch(struct replay *r, struct replay_session *s, uint32_t events)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = s};
+	int fd = PQsocket(s->conn);
+
+	if (fd < 0)
+		return;
+	if (s->watched && s->fd == fd && s->events == events && s->state != CONN_CONNECTING)
+		return;
+	if (s->watched && s->fd != fd)
+		epoll_ctl(r->epfd, EPOLL_CTL_DEL, s->fd, NULL); /* may be closed already */
+	if (epoll_ctl(r->epfd, s->watched && s->fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
+		      &ev) < 0) {
+		if (errno == ENOENT)
+			epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+		else if (errno == EEXIST)
+			epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
+	}
+	s->watched = true;
+	s->fd = fd;
+	s->events = events;
+}
+
+static void conn_rewatch(struct replay *r, struct replay_session *s)
+{
+	if (s->conn && s->state != CONN_CONNECTING)
+		conn_watch(r, s, EPOLLIN | (s->want_write ? EPOLLOUT : 0));
+}
+
+/* Closes the mirror connection (if any) and forgets what lived on it. */
+static void conn_close(struct replay *r, struct replay_session *s)
+{
+	if (s->conn) {
+		if (s->watched)
+			epoll_ctl(r->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+		PQfinish(s->conn);
+		s->conn = NULL;
+	}
+	s->watched = false;
+	s->want_write = false;
+	conn_unexclude(r, s);
+	stmts_clear(s);
+	s->mangle_all = false;
+	s->susp = false;
+	run_reset(s);
+}
+
+/* Connecting failed: the item in flight (if any) is a connection error; the items that
+ * come due before the backoff ends are too. */
+static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	if (s->cur) {
+		item_finish(r, s, s->cur, OUT_CONNECTION, now);
+		s->cur = NULL;
+	}
+	conn_close(r, s);
+	s->state = CONN_BACKOFF;
+	s->deadline = now + s->backoff_ms * MS;
+	s->backoff_ms = s->backoff_ms * 2 > r->cfg.backoff_max_ms ? r->cfg.backoff_max_ms
+								  : s->backoff_ms * 2;
+	activate(r, s);
+}
+
+/* An established connection was lost or had to be reset: the item in flight gets o; the
+ * next item connects again (at once: only failing to connect backs off). */
+static void conn_lost(struct replay *r, struct replay_session *s, enum outcome o, uint64_t now)
+{
+	if (s->cur) {
+		item_finish(r, s, s->cur, o, now);
+		s->cur = NULL;
+	}
+	conn_close(r, s);
+	s->state = CONN_NONE;
+	s->deadline = NEVER;
+	activate(r, s);
+}
+
+static void notice_ignore(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
+/*
+ * Starts the session's mirror connection: takes a connection slot (or caps the session
+ * for good when there is none), then PQconnectStartParams with the mirror conninfo
+ * expanded first and the session's own settings after it (later keywords win; a second
+ * dbname is not expanded again).
+ */
+static void conn_open(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	const char *kw[6], *val[6];
+	const struct params *p = s->params;
+
+	if (!p) { /* items are posted only after PARAMS: cannot happen */
+		queue_finish_all(r, s, OUT_SKIP_STATE, now);
+		return;
+	}
+	if (!s->has_slot) {
+		if (r->n_slots >= r->cfg.max_connections) {
+			s->state = CONN_CAPPED;
+			atomic_store(&s->capped, true);
+			return;
+		}
+		s->has_slot = true;
+		r->n_slots++;
+	}
+	kw[0] = "dbname";
+	val[0] = r->mirror;
+	kw[1] = "dbname";
+	val[1] = p->database;
+	kw[2] = "options";
+	val[2] = p->options;
+	kw[3] = "client_encoding";
+	val[3] = p->client_encoding;
+	kw[4] = "application_name";
+	val[4] = p->application_name;
+	kw[5] = val[5] = NULL;
+	s->conn = PQconnectStartParams(kw, val, 1);
+	if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+		conn_failed(r, s, now);
+		return;
+	}
+	PQsetNoticeProcessor(s->conn, notice_ignore, NULL);
+	conn_exclude(r, s);
+	s->state = CONN_CONNECTING;
+	s->deadline = now + CONNECT_TIMEOUT_MS * MS;
+	conn_watch(r, s, EPOLLOUT);
+}
+
+static uint64_t reply_deadline(const struct replay *r, uint64_t now)
+{
+	return r->cfg.timeout_ms ? now + (r->cfg.timeout_ms + (uint64_t)REPLY_GRACE_MS) * MS
+				 : NEVER;
+}
+
+static bool conn_flush(struct replay_session *s)
+{
+	int rc = PQflush(s->conn);
+
+	s->want_write = rc == 1;
+	return rc >= 0;
+}
+
+/* The connection is up: non-blocking from now on, then SET ROLE if asked. */
+static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	const char *user = s->params->user;
+	char *ident, *sql;
+
+	s->backoff_ms = BACKOFF_MIN_MS;
+	if (PQsetnonblocking(s->conn, 1)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	s->state = CONN_IDLE;
+	s->deadline = NEVER;
+	if (!r->cfg.set_role || !*user || !strcmp(user, SESSION_UNKNOWN)) {
+		conn_rewatch(r, s);
+		return;
+	}
+	ident = PQescapeIdentifier(s->conn, user, strlen(user));
+	sql = ident ? malloc(strlen(ident) + 10) : NULL;
+	if (sql) {
+		sprintf(sql, "SET ROLE %s", ident);
+		run_reset(s);
+		if (PQsendQuery(s->conn, sql)) {
+			s->state = CONN_SETUP;
+			s->deadline = reply_deadline(r, now);
+		}
+	}
+	free(sql);
+	PQfreemem(ident);
+	if (PQstatus(s->conn) == CONNECTION_BAD || !conn_flush(s)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	conn_rewatch(r, s);
+}
+
+/* One PQconnectPoll step, when the socket is ready for what the last one asked. */
+static void conn_poll(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	PostgresPollingStatusType st = PQconnectPoll(s->conn);
+
+	switch (st) {
+	case PGRES_POLLING_READING:
+		conn_exclude(r, s);
+		conn_watch(r, s, EPOLLIN);
+		break;
+	case PGRES_POLLING_WRITING:
+		conn_exclude(r, s);
+		conn_watch(r, s, EPOLLOUT);
+		break;
+	case PGRES_POLLING_OK:
+		conn_exclude(r, s);
+		conn_ready(r, s, now);
+		break;
+	default:
+		conn_failed(r, s, now);
+		break;
+	}
+}
+
+/* ---- running an item ---- */
+
+/* COPY runs outside pipeline mode (libpq cannot queue commands behind it). */
+static bool is_copy(const struct item *it)
+{
+	const char *p = it->text;
+
+	if (it->copy_len)
+		return true;
+	while (isspace((unsigned char)*p) || *p == '(')
+		p++;
+	return !strncasecmp(p, "copy", 4) && !isalnum((unsigned char)p[4]) && p[4] != '_';
+}
+
+/* A simple query with a statement (at its start or after a ';') that may drop
+ * protocol-level prepared statements on the mirror: DEALLOCATE or DISCARD. */
+static bool drops_statements(const char *text)
+{
+	const char *p = text;
+
+	for (;;) {
+		while (isspace((unsigned char)*p))
+			p++;
+		if ((!strncasecmp(p, "deallocate", 10) && !isalnum((unsigned char)p[10])) ||
+		    (!strncasecmp(p, "discard", 7) && !isalnum((unsigned char)p[7])))
+			return true;
+		p = strchr(p, ';');
+		if (!p)
+			return false;
+		p++;
+	}
+}
+
+/* Sends an Execute: [Prepare] + execution + Sync in pipeline mode, or an unnamed
+ * execution outside it for COPY. False when libpq refused. */
+static bool send_execute(struct replay_session *s, struct item *it)
+{
+	PGconn *c = s->conn;
+	struct stmt *st = NULL;
+	bool name_used;
+
+	if (is_copy(it)) {
+		if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values,
+				       it->lengths, it->formats, it->result_format))
+			return false;
+		PQsetSingleRowMode(c);
+		return true;
+	}
+	if (!PQenterPipelineMode(c))
+		return false;
+	s->run.pipeline = true;
+	if (it->stmt_name[0]) {
+		st = stmt_find(s, it->stmt_name, it->text_hash, &name_used);
+		if (!st) {
+			s->run.prep = stmt_new(s, it->stmt_name, it->text_hash, name_used);
+			if (s->run.prep && !PQsendPrepare(c, s->run.prep->mname, it->text,
+							  it->n_types, it->types))
+				return false;
+		}
+	}
+	if (st || s->run.prep) {
+		s->run.stmt = st;
+		if (!PQsendQueryPrepared(c, st ? st->mname : s->run.prep->mname, it->n_params,
+					 it->values, it->lengths, it->formats,
+					 it->result_format))
+			return false;
+	} else if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values,
+				      it->lengths, it->formats, it->result_format)) {
+		return false;
+	}
+	if (!PQpipelineSync(c))
+		return false;
+	if (!s->run.prep)
+		PQsetSingleRowMode(c);
+	return true;
+}
+
+/*
+ * Starts the session's head item on its idle connection. A resumption of a portal the
+ * mirror already ran to completion finishes at once. When libpq refuses to send, the item
+ * fails and the connection is reset (its state is unknown).
+ */
+static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = queue_pop(s);
+	bool ok;
+
+	run_reset(s);
+	it->sent_ns = now;
+	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
+		s->susp = it->suspended;
+		item_finish(r, s, it, OUT_SUCCESS, now);
+		return;
+	}
+	s->cur = it;
+	if (it->kind == SESSION_REQ_QUERY) {
+		s->susp = false;
+		if (drops_statements(it->text)) {
+			stmts_clear(s);
+			s->mangle_all = true;
+		}
+		ok = PQsendQuery(s->conn, it->text);
+		if (ok)
+			PQsetSingleRowMode(s->conn);
+	} else {
+		s->susp = it->suspended;
+		s->susp_key = it->portal_key;
+		ok = send_execute(s, it);
+	}
+	if (!ok || !conn_flush(s)) {
+		conn_lost(r, s, PQstatus(s->conn) == CONNECTION_BAD ? OUT_CONNECTION : OUT_QUERY,
+			  now);
+		return;
+	}
+	s->state = CONN_BUSY;
+	s->deadline = reply_deadline(r, now);
+	conn_rewatch(r, s);
+}
+
+/* Sends the item's COPY data, then CopyDone. 1 done, 0 blocked (wait for EPOLLOUT),
+ * -1 failed. A second COPY FROM STDIN in the same query gets no data. */
+static int copy_send(struct replay_session *s)
+{
+	const struct item *it = s->cur;
+	int rc;
+
+	while (it && s->run.copy_off < it->copy_len) {
+		size_t n = it->copy_len - s->run.copy_off;
+
+		if (n > COPY_CHUNK)
+			n = COPY_CHUNK;
+		rc = PQputCopyData(s->conn, it->copy + s->run.copy_off, (int)n);
+		if (rc <= 0) {
+			s->want_write = rc == 0;
+			return rc;
+		}
+		s->run.copy_off += n;
+	}
+	rc = PQputCopyEnd(s->conn, NULL);
+	if (rc <= 0) {
+		s->want_write = rc == 0;
+		return rc;
+	}
+	s->run.copy_in = false;
+	return conn_flush(s) ? 1 : -1;
+}
+
+/* Discards COPY TO STDOUT rows. 1 done, 0 wait for input, -1 failed. */
+static int copy_discard(struct replay_session *s)
+{
+	char *row;
+	int n;
+
+	while ((n = PQgetCopyData(s->conn, &row, 1)) > 0)
+		PQfreemem(row);
+	if (n == 0)
+		return 0;
+	if (n == -1) {
+		s->run.copy_out = false;
+		return 1;
+	}
+	return -1;
+}
+
+static void run_error(struct replay_session *s, const PGresult *res)
+{
+	const char *code = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	if (s->run.error)
+		return;
+	s->run.error = true;
+	snprintf(s->run.sqlstate, sizeof(s->run.sqlstate), "%s", code ? code : "");
+}
+
+/* The first result after a Prepare is the Prepare's own: keep the statement if it
+ * worked. A name already taken on the mirror means it holds names we do not know of. */
+static void run_prepared(struct replay_session *s, const PGresult *res)
+{
+	const char *code;
+
+	if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+		stmt_link(s, s->run.prep);
+		s->run.stmt = s->run.prep;
+	} else {
+		code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		if (code && !strcmp(code, "42P05"))
+			s->mangle_all = true;
+		free(s->run.prep);
+	}
+	s->run.prep = NULL;
+}
+
+/*
+ * Reads what the mirror has answered to what is in flight (an item or SET ROLE),
+ * pumping COPY data both ways. Returns true when it is complete (including on a broken
+ * connection: the caller checks), false when more input or output room is needed.
+ */
+static bool run_results(struct replay_session *s)
+{
+	PGconn *c = s->conn;
+	PGresult *res;
+	int rc;
+
+	for (;;) {
+		if (PQstatus(c) == CONNECTION_BAD)
+			return true;
+		if (s->run.copy_in) {
+			rc = copy_send(s);
+			if (rc < 0)
+				return true;
+			if (rc == 0)
+				return false;
+		}
+		if (s->run.copy_out) {
+			rc = copy_discard(s);
+			if (rc < 0) {
+				s->run.broken = true;
+				return true;
+			}
+			if (rc == 0)
+				return false;
+		}
+		if (PQisBusy(c))
+			return false;
+		res = PQgetResult(c);
+		if (!res) {
+			/* pipeline mode: the end of one query's results */
+			if (!s->run.pipeline || ++s->run.nulls > 1)
+				return true;
+			PQsetSingleRowMode(c);
+			continue;
+		}
+		s->run.nulls = 0;
+		if (s->run.prep)
+			run_prepared(s, res);
+		switch (PQresultStatus(res)) {
+		case PGRES_COPY_IN:
+			s->run.copy_in = true;
+			break;
+		case PGRES_COPY_OUT:
+			s->run.copy_out = true;
+			break;
+		case PGRES_COPY_BOTH:
+			s->run.broken = true;
+			run_error(s, NULL);
+			PQclear(res);
+			return true;
+		case PGRES_PIPELINE_SYNC:
+			PQclear(res);
+			return true; /* libpq returns no NULL after a sync */
+		case PGRES_BAD_RESPONSE:
+		case PGRES_FATAL_ERROR:
+			run_error(s, res);
+			break;
+		case PGRES_PIPELINE_ABORTED: /* an earlier error of this item already counted */
+			run_error(s, NULL);
+			break;
+		default:
+			break;
+		}
+		PQclear(res);
+	}
+}
+
+/* What the mirror's answer means, given the source's. */
+static enum outcome run_outcome(const struct replay_session *s, const struct item *it)
+{
+	if (!s->run.error)
+		return OUT_SUCCESS;
+	if (it->src_error && s->run.sqlstate[0] && !strcmp(s->run.sqlstate, it->src_sqlstate))
+		return OUT_SUCCESS; /* the expected outcome */
+	if (!strcmp(s->run.sqlstate, "57014"))
+		return OUT_TIMEOUT;
+	return OUT_QUERY;
+}
+
+/* What was in flight is complete: give the item its outcome, leave pipeline mode. */
+static void run_complete(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = s->cur;
+	enum outcome o;
+
+	if (PQstatus(s->conn) == CONNECTION_BAD) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	if (s->state == CONN_SETUP) { /* SET ROLE: not a source request, result ignored */
+		if (s->run.broken) {
+			conn_lost(r, s, OUT_CONNECTION, now);
+			return;
+		}
+		run_reset(s);
+		s->state = CONN_IDLE;
+		s->deadline = NEVER;
+		return;
+	}
+	o = run_outcome(s, it);
+	if (s->run.pipeline && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF &&
+	    !PQexitPipelineMode(s->conn))
+		s->run.broken = true;
+	if (s->run.broken) {
+		conn_lost(r, s, o, now);
+		return;
+	}
+	if (s->run.error && s->run.stmt && !strcmp(s->run.sqlstate, "26000"))
+		stmt_unlink(s, s->run.stmt); /* the mirror lost it: prepare it again */
+	s->cur = NULL;
+	item_finish(r, s, it, o, now);
+	run_reset(s);
+	s->state = CONN_IDLE;
+	s->deadline = NEVER;
+}
+
+/* Frees notifications a replayed LISTEN may bring (libpq would keep them forever). */
+static void drain_notifies(PGconn *c)
+{
+	PGnotify *n;
+
+	while ((n = PQnotifies(c)))
+		PQfreemem(n);
+}
+
+/* The session's socket is ready (epoll). */
+static void conn_event(struct replay *r, struct replay_session *s, uint32_t events,
+		       uint64_t now)
+{
+	(void)events;
+	if (!s->conn)
+		return; /* closed earlier in this batch of events */
+	activate(r, s);
+	if (s->state == CONN_CONNECTING) {
+		conn_poll(r, s, now);
+		return;
+	}
+	if (!PQconsumeInput(s->conn)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	if (s->want_write && !s->run.copy_in && !conn_flush(s)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	if ((s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(s))
+		run_complete(r, s, now);
+	if (!s->conn)
+		return;
+	drain_notifies(s->conn);
+	if (PQstatus(s->conn) == CONNECTION_BAD) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	conn_rewatch(r, s);
+}
+
+/* ---- sessions (replay thread) ---- */
+
+static void sess_free(struct replay *r, struct replay_session *s)
+{
+	conn_close(r, s);
+	deactivate(r, s);
+	if (s->all_prev)
+		s->all_prev->all_next = s->all_next;
+	else if (r->all == s)
+		r->all = s->all_next;
+	if (s->all_next)
+		s->all_next->all_prev = s->all_prev;
+	if (s->has_slot)
+		r->n_slots--;
+	free(s->params);
+	free(s);
+}
+
+/*
+ * Moves one session as far as it can go now: fails or skips what its connection state
+ * dictates, connects, starts its head item when causal order allows. Returns the next
+ * time it needs a step without an event (NEVER if none); frees the session once it is
+ * closed and has nothing left (then *freed is set).
+ */
+static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now,
+			     bool *freed)
+{
+	struct item *it;
+
+	*freed = false;
+	for (;;) {
+		switch (s->state) {
+		case CONN_CAPPED:
+			queue_finish_all(r, s, OUT_SKIP_CAP, now);
+			goto settled;
+		case CONN_BACKOFF:
+			if (now < s->deadline) {
+				queue_finish_all(r, s, OUT_CONNECTION, now);
+				goto settled;
+			}
+			s->state = CONN_NONE;
+			continue;
+		case CONN_NONE:
+			if (!s->head)
+				goto settled;
+			conn_open(r, s, now);
+			continue;
+		case CONN_CONNECTING:
+		case CONN_SETUP:
+		case CONN_BUSY:
+			if (now < s->deadline)
+				return s->deadline;
+			if (s->state == CONN_CONNECTING)
+				conn_failed(r, s, now);
+			else /* no answer long past statement_timeout */
+				conn_lost(r, s, OUT_TIMEOUT, now);
+			continue;
+		case CONN_IDLE:
+			it = s->head;
+			if (!it)
+				goto settled;
+			if (causal_blocked(r, it)) {
+				if (!it->waited) {
+					it->waited = true;
+					it->wait_until = now + r->cfg.order_wait_ms * MS;
+					stats_mirror_order_wait(r->st);
+				}
+				if (now < it->wait_until)
+					return it->wait_until;
+			}
+			item_start(r, s, now);
+			continue;
+		}
+	}
+settled:
+	if (s->closed && !s->head && !s->cur) {
+		sess_free(r, s);
+		*freed = true;
+	} else if (!s->head && !s->cur) {
+		deactivate(r, s); /* nothing to do until an event or a message */
+	}
+	return NEVER;
+}
+
+/* Steps every active session; returns the epoll timeout (ms) until the next deadline. */
+static int step_all(struct replay *r, uint64_t now)
+{
+	struct replay_session *s, *next;
+	uint64_t wake = NEVER, d;
+	unsigned int util = 0, u;
+	bool freed;
+
+	for (s = r->active; s; s = next) {
+		next = s->act_next;
+		d = sess_step(r, s, now, &freed);
+		if (d < wake)
+			wake = d;
+		if (freed)
+			continue;
+		u = (unsigned int)((uint64_t)atomic_load_explicit(&s->queued,
+								  memory_order_relaxed) *
+				   100 / r->cfg.queue);
+		if (u > util)
+			util = u;
+	}
+	if (util > 100)
+		util = 100;
+	if (util != r->last_util) {
+		stats_mirror_set_buffer_utilization(r->st, util);
+		r->last_util = util;
+	}
+	if (wake == NEVER)
+		return IDLE_WAKE_MS;
+	if (wake <= now)
+		return 0;
+	d = (wake - now + MS - 1) / MS;
+	return d > IDLE_WAKE_MS ? IDLE_WAKE_MS : (int)d;
+}
+
+/* Takes the channel: sessions appear, learn their settings, queue items, close. */
+static void drain(struct replay *r)
+{
+	struct msg *m, *next;
+	struct replay_session *s;
+	struct item *it;
+
+	for (m = chan_take(r); m; m = next) {
+		next = m->next;
+		s = m->rs;
+		switch (m->kind) {
+		case MSG_OPEN:
+			s->fd = -1;
+			s->deadline = NEVER;
+			s->backoff_ms = BACKOFF_MIN_MS;
+			s->all_prev = NULL;
+			s->all_next = r->all;
+			if (r->all)
+				r->all->all_prev = s;
+			r->all = s;
+			break;
+		case MSG_PARAMS:
+			free(s->params);
+			s->params = (struct params *)m;
+			break;
+		case MSG_ITEM:
+			it = (struct item *)m;
+			it->next = NULL;
+			if (s->tail)
+				s->tail->next = it;
+			else
+				s->head = it;
+			s->tail = it;
+			heap_push(r, it);
+			activate(r, s);
+			break;
+		case MSG_CLOSE:
+			s->closed = true;
+			activate(r, s);
+			break;
+		}
+	}
+}
+
+static void *run(void *arg)
+{
+	struct replay *r = arg;
+	struct epoll_event ev[EVENTS_MAX];
+	uint64_t counter, now;
+	int i, n, timeout;
+
+	while (!atomic_load(&r->stop)) {
+		drain(r);
+		timeout = step_all(r, now_ns());
+		n = epoll_wait(r->epfd, ev, EVENTS_MAX, timeout);
+		now = now_ns();
+		for (i = 0; i < n; i++) {
+			if (!ev[i].data.ptr) {
+				if (read(r->efd, &counter, sizeof(counter)) < 0) {
+					/* EAGAIN: already read */
+				}
+				continue;
+			}
+			conn_event(r, ev[i].data.ptr, ev[i].events, now);
+		}
+	}
+	return NULL;
+}
+
+/* ---- capture thread ---- */
+
+static const char *param_get(const struct session_info *si, const char *name)
+{
+	uint16_t i;
+
+	for (i = 0; si->params && i < si->n_params; i++)
+		if (si->params[i].name && !strcasecmp(si->params[i].name, name))
+			return si->params[i].value ? si->params[i].value : "";
+	return NULL;
+}
+
+/* The server's own reading of a boolean "false" (any prefix of false/no/off, or 0). */
+static bool is_false(const char *v)
+{
+	size_t n = strlen(v);
+
+	if (!n)
+		return false;
+	if (!strncasecmp(v, "false", n) || !strncasecmp(v, "no", n) || !strcmp(v, "0"))
+		return true;
+	return n >= 2 && !strncasecmp(v, "off", n);
+}
+
+/* Appends " -c name=value", escaping whitespace and backslashes as libpq's options
+ * splitting expects. */
+static void options_setting(struct buf *b, const char *name, const char *value)
+{
+	const char *p;
+
+	if (!value)
+		return;
+	buf_printf(b, "%s-c %s=", b->len ? " " : "", name);
+	for (p = value; *p; p++) {
+		if (isspace((unsigned char)*p) || *p == '\\')
+			buf_append(b, "\\", 1);
+		buf_append(b, p, 1);
+	}
+}
+
+/*
+ * The mirror connection's settings for a session (capture thread): its database and
+ * user, client_encoding and application_name as keywords, and an options string made of
+ * the source's options, its DateStyle / TimeZone / extra_float_digits startup
+ * parameters, the mirror conninfo's own options, and statement_timeout last (later -c
+ * win). NULL on ENOMEM or an absurd size.
+ */
+static struct params *params_new(const struct replay *r, const struct session_info *si)
+{
+	static const char *const carried[] = {"DateStyle", "TimeZone", "extra_float_digits"};
+	const char *enc = param_get(si, "client_encoding"), *opts = param_get(si, "options");
+	const char *db = si->database, *user = si->user ? si->user : "";
+	const char *app = si->application_name ? si->application_name : "";
+	size_t ldb, luser, lenc, lapp, lopt;
+	struct params *p = NULL;
+	struct buf o;
+	char *w;
+	size_t i;
+
+	buf_init(&o, OPTIONS_MAX);
+	if (opts && *opts)
+		buf_printf(&o, "%s", opts);
+	for (i = 0; i < sizeof(carried) / sizeof(carried[0]); i++)
+		options_setting(&o, carried[i], param_get(si, carried[i]));
+	if (r->mirror_options[0])
+		buf_printf(&o, "%s%s", o.len ? " " : "", r->mirror_options);
+	buf_printf(&o, "%s-c statement_timeout=%u", o.len ? " " : "", r->cfg.timeout_ms);
+	if (o.overflow || !o.data)
+		goto out;
+	enc = enc ? enc : "";
+	ldb = strlen(db);
+	luser = strlen(user);
+	lenc = strlen(enc);
+	lapp = strlen(app);
+	lopt = o.len;
+	p = malloc(sizeof(*p) + ldb + luser + lenc + lapp + lopt + 5);
+	if (!p)
+		goto out;
+	memset(p, 0, sizeof(*p));
+	w = p->strings;
+	p->database = memcpy(w, db, ldb + 1);
+	w += ldb + 1;
+	p->user = memcpy(w, user, luser + 1);
+	w += luser + 1;
+	p->client_encoding = memcpy(w, enc, lenc + 1);
+	w += lenc + 1;
+	p->application_name = memcpy(w, app, lapp + 1);
+	w += lapp + 1;
+	p->options = memcpy(w, o.data, lopt + 1);
+out:
+	buf_free(&o);
+	return p;
+}
+
+/* Posts the session's settings once its database is known (capture thread). */
+static void sess_learn(struct replay *r, struct replay_session *rs,
+			  const struct session_info *si)
+{
+	const char *repl = param_get(si, "replication");
+	struct params *p;
+
+	if (rs->c_known || rs->c_off)
+		return;
+	if (si->state == SESSION_REPLICATION || (repl && !is_false(repl))) {
+		rs->c_off = true;
+		return;
+	}
+	if (!si->database || !strcmp(si->database, SESSION_UNKNOWN))
+		return;
+	p = params_new(r, si);
+	if (!p)
+		return; /* stays unknown: its items are skipped */
+	p->m.kind = MSG_PARAMS;
+	p->m.rs = rs;
+	rs->c_known = true;
+	chan_post(r, &p->m);
+}
+
+struct replay_session *replay_session_open(struct replay *r, const struct session_info *s)
+{
+	struct replay_session *rs;
+
+	if (!r || !s || s->state == SESSION_ENCRYPTED || s->state == SESSION_REPLICATION ||
+	    s->state == SESSION_CANCEL)
+		return NULL;
+	rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return NULL;
+	rs->r = r;
+	atomic_init(&rs->queued, 0);
+	atomic_init(&rs->capped, false);
+	rs->open_msg.kind = MSG_OPEN;
+	rs->open_msg.rs = rs;
+	rs->close_msg.kind = MSG_CLOSE;
+	rs->close_msg.rs = rs;
+	chan_post(r, &rs->open_msg);
+	sess_learn(r, rs, s);
+	return rs;
+}
+
+void replay_session_identified(struct replay *r, struct replay_session *rs,
+			       const struct session_info *s)
+{
+	if (r && rs && s)
+		sess_learn(r, rs, s);
+}
+
+void replay_session_close(struct replay *r, struct replay_session *rs)
+{
+	if (r && rs)
+		chan_post(r, &rs->close_msg);
+}
+
+/* Identifies a resumption of a suspended portal: same portal, text and parameters. */
+static uint64_t portal_key(const struct session_request *q)
+{
+	uint64_t h = FNV_INIT;
+	uint16_t i;
+
+	if (q->portal)
+		h = fnv(h, q->portal, strlen(q->portal) + 1);
+	h = fnv(h, q->text, q->text_len);
+	for (i = 0; i < q->n_params; i++) {
+		h = fnv(h, &q->param_lengths[i], sizeof(q->param_lengths[i]));
+		if (q->param_lengths[i] > 0 && q->param_values[i])
+			h = fnv(h, q->param_values[i], (size_t)q->param_lengths[i]);
+	}
+	return h;
+}
+
+/*
+ * Deep-copies a request into one allocation laid out as struct item, value pointers,
+ * lengths, formats, types, then bytes (text, statement name, values, COPY data). Returns
+ * NULL on ENOMEM. Its size is left in it->bytes.
+ */
+static struct item *item_new(struct stats_db *db, const struct session_request *q)
+{
+	const char *name = q->stmt_name ? q->stmt_name : "";
+	int np = q->n_params, nt = q->n_param_types, ntypes = np > nt ? np : nt;
+	size_t nlen = strlen(name), size, vbytes = 0;
+	struct item *it;
+	char **values;
+	int *lengths, *formats;
+	Oid *types;
+	char *w;
+	int i;
+
+	for (i = 0; i < np; i++)
+		if (q->param_lengths[i] >= 0)
+			vbytes += (size_t)q->param_lengths[i] + 1;
+	size = sizeof(*it) + np * (sizeof(char *) + 2 * sizeof(int)) + ntypes * sizeof(Oid) +
+	       q->text_len + 1 + nlen + 1 + vbytes + q->copy_len;
+	it = malloc(size);
+	if (!it)
+		return NULL;
+	memset(it, 0, sizeof(*it));
+	values = (char **)(it + 1);
+	lengths = (int *)(values + np);
+	formats = lengths + np;
+	types = (Oid *)(formats + np);
+	w = (char *)(types + ntypes);
+
+	it->m.kind = MSG_ITEM;
+	it->db = db;
+	it->kind = q->kind;
+	it->ts_start = q->ts_start;
+	it->ts_end = q->ts_end;
+	it->bytes = size;
+	it->text = memcpy(w, q->text, q->text_len);
+	w[q->text_len] = 0;
+	w += q->text_len + 1;
+	it->text_hash = fnv(FNV_INIT, q->text, q->text_len);
+	it->stmt_name = memcpy(w, name, nlen + 1);
+	w += nlen + 1;
+	it->n_params = np;
+	it->n_types = nt;
+	for (i = 0; i < ntypes; i++)
+		types[i] = i < nt ? q->param_types[i] : 0;
+	it->types = ntypes ? types : NULL;
+	for (i = 0; i < np; i++) {
+		int32_t len = q->param_lengths[i];
+
+		lengths[i] = len < 0 ? 0 : len;
+		formats[i] = q->n_param_formats == 1	   ? q->param_formats[0]
+			     : i < q->n_param_formats ? q->param_formats[i]
+						       : 0;
+		if (len < 0) {
+			values[i] = NULL;
+			continue;
+		}
+		if (len && q->param_values[i])
+			memcpy(w, q->param_values[i], (size_t)len);
+		else
+			memset(w, 0, (size_t)len);
+		w[len] = 0; /* text values are read up to a NUL */
+		values[i] = w;
+		w += (size_t)len + 1;
+	}
+	it->values = (const char *const *)values;
+	it->lengths = lengths;
+	it->formats = q->n_param_formats ? formats : NULL;
+	it->result_format = q->n_result_formats ? q->result_formats[0] : 0;
+	for (i = 1; i < q->n_result_formats; i++)
+		if (q->result_formats[i] != q->result_formats[0])
+			it->result_format = 0; /* libpq has one format per query */
+	if (q->copy_len)
+		memcpy(w, q->copy_data, q->copy_len);
+	it->copy = w;
+	it->copy_len = q->copy_len;
+	if (q->kind == SESSION_REQ_EXECUTE)
+		it->portal_key = portal_key(q);
+	it->suspended = q->suspended;
+	it->src_error = q->error;
+	memcpy(it->src_sqlstate, q->sqlstate, sizeof(it->src_sqlstate));
+	it->src_sqlstate[sizeof(it->src_sqlstate) - 1] = 0;
+	return it;
+}
+
+void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
+		   const struct session_request *req)
+{
+	struct item *it;
+
+	if (!r || !db || !req)
+		return;
+	stats_mirror_request(r->st, db);
+	if (!rs || rs->c_off) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_SESSION_STATE);
+		return;
+	}
+	if (!rs->c_known) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_UNKNOWN_DATABASE);
+		return;
+	}
+	if (req->kind == SESSION_REQ_FUNCTION) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_FUNCTION_CALL);
+		return;
+	}
+	if (!req->text) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_NO_PARSE);
+		return;
+	}
+	if (req->copy_truncated) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_COPY_TOO_BIG);
+		return;
+	}
+	if (atomic_load_explicit(&rs->capped, memory_order_relaxed)) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
+		return;
+	}
+	if (atomic_load(&rs->queued) >= r->cfg.queue ||
+	    atomic_load(&r->items) >= CHANNEL_ITEMS_MAX) {
+		stats_mirror_dropped(r->st, db, now_ns());
+		return;
+	}
+	it = item_new(db, req);
+	if (!it || atomic_load(&r->item_bytes) + it->bytes > ITEM_BYTES_MAX) {
+		free(it);
+		stats_mirror_dropped(r->st, db, now_ns());
+		return;
+	}
+	it->m.rs = rs;
+	/* counted before it is visible to the replay thread, which subtracts */
+	atomic_fetch_add(&rs->queued, 1);
+	atomic_fetch_add(&r->items, 1);
+	atomic_fetch_add(&r->item_bytes, it->bytes);
+	chan_post(r, &it->m);
+}
+
+/* ---- lifecycle ---- */
+
+void replay_config_default(struct replay_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->queue = 100;
+	cfg->max_connections = 100;
+	cfg->timeout_ms = 30000;
+	cfg->order_wait_ms = 1000;
+	cfg->backoff_max_ms = 30000;
+	cfg->capture_port = DEFAULT_PGPORT;
+}
+
+/* Checks the conninfo (libpq's own parser) and keeps its options setting. */
+static int parse_mirror(struct replay *r, char *err, size_t errlen)
+{
+	PQconninfoOption *opts, *o;
+	char *msg = NULL;
+
+	opts = PQconninfoParse(r->mirror, &msg);
+	if (!opts) {
+		snprintf(err, errlen, "--mirror: %s",
+			 msg ? strtok(msg, "\n") : "cannot parse the conninfo (out of memory)");
+		PQfreemem(msg);
+		return -EINVAL;
+	}
+	for (o = opts; o->keyword; o++)
+		if (!strcmp(o->keyword, "options") && o->val)
+			r->mirror_options = strdup(o->val);
+	PQconninfoFree(opts);
+	if (!r->mirror_options)
+		r->mirror_options = strdup("");
+	if (!r->mirror_options) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+struct replay *replay_start(const struct replay_config *cfg, struct stats *st,
+			    struct capture *cap, char *err, size_t errlen)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+	struct replay *r = calloc(1, sizeof(*r));
+
+	if (!r) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	r->epfd = r->efd = -1;
+	r->cfg = *cfg;
+	if (!r->cfg.queue)
+		r->cfg.queue = 1;
+	if (r->cfg.backoff_max_ms < BACKOFF_MIN_MS)
+		r->cfg.backoff_max_ms = BACKOFF_MIN_MS;
+	r->st = st;
+	r->cap = cap;
+	r->mirror = strdup(cfg->mirror ? cfg->mirror : "");
+	r->heap = calloc(CHANNEL_ITEMS_MAX, sizeof(*r->heap));
+	if (!r->mirror || !r->heap) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (!cfg->mirror || !*cfg->mirror) {
+		snprintf(err, errlen, "--mirror: empty conninfo");
+		goto fail;
+	}
+	if (parse_mirror(r, err, errlen))
+		goto fail;
+	r->cfg.mirror = r->mirror;
+	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	r->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (r->efd < 0 || r->epfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->efd, &ev)) {
+		snprintf(err, errlen, "mirror: cannot set up epoll: %s", strerror(errno));
+		goto fail;
+	}
+	if (pthread_create(&r->thread, NULL, run, r)) {
+		snprintf(err, errlen, "mirror: cannot start a thread");
+		goto fail;
+	}
+	r->started = true;
+	return r;
+fail:
+	replay_stop(r);
+	return NULL;
+}
+
+void replay_stop(struct replay *r)
+{
+	uint64_t one = 1, now;
+	struct item *it;
+
+	if (!r)
+		return;
+	if (r->started) {
+		atomic_store(&r->stop, true);
+		if (write(r->efd, &one, sizeof(one)) < 0) {
+			/* the counter is full: the thread is awake */
+		}
+		pthread_join(r->thread, NULL);
+	}
+	/* Single-threaded from here: whatever is still queued or in flight was not
+	 * replayed. */
+	drain(r);
+	now = now_ns();
+	while (r->all) {
+		struct replay_session *s = r->all;
+
+		if ((it = s->cur)) {
+			s->cur = NULL;
+			item_finish(r, s, it, OUT_SKIP_SHUTDOWN, now);
+		}
+		queue_finish_all(r, s, OUT_SKIP_SHUTDOWN, now);
+		sess_free(r, s);
+	}
+	if (r->started)
+		stats_mirror_set_buffer_utilization(r->st, 0);
+	if (r->epfd >= 0)
+		close(r->epfd);
+	if (r->efd >= 0)
+		close(r->efd);
+	free(r->heap);
+	free(r->mirror_options);
+	free(r->mirror);
+	free(r);
+}
