@@ -6,10 +6,11 @@
  *
  * Threads. The capture thread calls replay_session_open / replay_submit /
  * replay_session_close; they never block and never wait for the mirror: they copy the
- * request into an item and pass it through a bounded single-producer queue (an eventfd
- * wakes the replay thread). Per-session queue fill is an atomic the capture thread reads
- * to drop items when a session already has `queue` items waiting (counted as dropped =
- * buffer_full). The replay thread owns every mirror connection.
+ * request into an item and pass it to the replay thread through a lock-free
+ * single-producer list (an eventfd wakes the replay thread). Per-session queue fill is an
+ * atomic the capture thread reads to drop items when a session already has `queue` items
+ * waiting (counted as dropped = buffer_full); items are also dropped beyond 65536 or
+ * 256 MiB waiting in all. The replay thread owns every mirror connection.
  *
  * Outcomes. Every request submitted for a mirrored session is counted once in
  * stats (mirror_requests_total) at submit and ends in exactly one outcome: skipped (with
@@ -53,19 +54,22 @@ struct replay_config {
 	bool set_role;		  /* SET ROLE to the source user after connecting */
 	uint32_t order_wait_ms;	  /* longest causal-order wait (default 1000) */
 	uint32_t backoff_max_ms;  /* reconnect backoff cap (default 30000) */
-	uint16_t capture_port;	  /* mirror connections to this port are excluded */
+	uint16_t capture_port;	  /* mirror connections to this port are excluded
+				   * (default 5432: set it to the captured port) */
 };
 
 void replay_config_default(struct replay_config *cfg);
 
-/* Starts the replay thread. Returns NULL with a one-line reason in err (bad conninfo
- * is reported here; an unreachable mirror is not fatal: it is counted and retried). */
+/* Starts the replay thread. Returns NULL with a one-line reason in err (a bad or empty
+ * conninfo is reported here; an unreachable mirror is not fatal: it is counted and
+ * retried). st and cap (may be NULL: nothing is excluded) must outlive it. */
 struct replay *replay_start(const struct replay_config *cfg, struct stats *st,
 			    struct capture *cap, char *err, size_t errlen);
 
 /* A source session (capture thread). Returns the replay's handle for it, or NULL when
- * it is not mirrored (its items are then counted as skipped by replay_submit). The
- * handle stays valid until replay_session_close. */
+ * it is not mirrored (encrypted, replication or cancel sessions; ENOMEM): its items are
+ * then counted as skipped by replay_submit. The handle stays valid until
+ * replay_session_close or replay_stop, whichever comes first. */
 struct replay_session *replay_session_open(struct replay *r, const struct session_info *s);
 
 /* The session's database/user became known (session_identify, StartupMessage seen). */
@@ -80,7 +84,9 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 void replay_session_close(struct replay *r, struct replay_session *rs);
 
 /* Stops the thread, closes every mirror connection, frees. NULL-safe. Items still
- * queued are counted as skipped (reason "shutdown"). */
+ * queued or in flight are counted as skipped (reason "shutdown"). Call it after the
+ * capture thread's last call into replay: it also frees the handles of sessions that
+ * were never closed, so no handle may be used afterwards. */
 void replay_stop(struct replay *r);
 
 #endif /* PGSHADOW_REPLAY_H */

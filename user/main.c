@@ -19,6 +19,7 @@
 #include "dump.h"
 #include "http.h"
 #include "pipeline.h"
+#include "replay.h"
 #include "resolver.h"
 #include "stats.h"
 
@@ -47,6 +48,7 @@ struct options {
 	struct stats_config stats;
 	const char *metrics_listen;
 	const char *source_dsn;
+	struct replay_config mirror;
 	int verbose;
 };
 
@@ -80,6 +82,17 @@ static const char usage_text[] =
 	"                           database=\"other\" (default 100)\n"
 	"      --max-message-kb N   largest protocol message body decoded, in KiB; longer\n"
 	"                           ones are counted and skipped (default 1024)\n"
+	"      --mirror CONNINFO    replay every request to this mirror (libpq conninfo or URI;\n"
+	"                           its dbname is replaced by each session's database).\n"
+	"                           Same as --mirror-of. Default: observe only\n"
+	"      --mirror-queue N     requests waiting per session before new ones are dropped\n"
+	"                           (default 100)\n"
+	"      --mirror-max-connections N  mirror connections at once; sessions beyond are\n"
+	"                           skipped (default 100)\n"
+	"      --mirror-timeout-ms N  statement_timeout of mirror sessions (default 30000)\n"
+	"      --mirror-set-role on|off  SET ROLE to the source session's user (default off)\n"
+	"      --mirror-metrics-reset-interval S  window of the windowed mirror gauges, in\n"
+	"                           seconds (default 3600); counters never reset\n"
 	"      --source-dsn DSN     libpq conninfo of the source, used to name the database\n"
 	"                           and user of sessions open before the agent started\n"
 	"                           (pg_stat_activity; needs pg_read_all_stats). Its own\n"
@@ -148,7 +161,8 @@ static bool add_interfaces(struct options *o, char *arg)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { OPT_ATTACH = 256, OPT_DUMP, OPT_RINGBUF, OPT_MAX_FLOWS, OPT_FLOW_BUF, OPT_HOLE,
-	       OPT_IDLE, OPT_METRICS, OPT_MAX_DBS, OPT_MAX_MSG, OPT_SOURCE_DSN };
+	       OPT_IDLE, OPT_METRICS, OPT_MAX_DBS, OPT_MAX_MSG, OPT_SOURCE_DSN, OPT_MIRROR, OPT_MQUEUE, OPT_MMAXCONN,
+	       OPT_MTIMEOUT, OPT_MROLE, OPT_MRESET };
 	static const struct option longopts[] = {
 		{ "port", required_argument, NULL, 'p' },
 		{ "interface", required_argument, NULL, 'i' },
@@ -163,6 +177,13 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "max-databases", required_argument, NULL, OPT_MAX_DBS },
 		{ "max-message-kb", required_argument, NULL, OPT_MAX_MSG },
 		{ "source-dsn", required_argument, NULL, OPT_SOURCE_DSN },
+		{ "mirror", required_argument, NULL, OPT_MIRROR },
+		{ "mirror-of", required_argument, NULL, OPT_MIRROR },
+		{ "mirror-queue", required_argument, NULL, OPT_MQUEUE },
+		{ "mirror-max-connections", required_argument, NULL, OPT_MMAXCONN },
+		{ "mirror-timeout-ms", required_argument, NULL, OPT_MTIMEOUT },
+		{ "mirror-set-role", required_argument, NULL, OPT_MROLE },
+		{ "mirror-metrics-reset-interval", required_argument, NULL, OPT_MRESET },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -173,6 +194,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 	pipeline_config_default(&o->pipe);
 	o->stats.max_databases = 100;
+	o->stats.reset_interval_ns = 3600ULL * 1000000000ULL;
+	replay_config_default(&o->mirror);
 	o->metrics_listen = "127.0.0.1:9930";
 	o->ringbuf_mb = 64;
 	opterr = 0;
@@ -247,6 +270,42 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case OPT_SOURCE_DSN:
 			o->source_dsn = optarg;
 			break;
+		case OPT_MIRROR:
+			o->mirror.mirror = optarg;
+			break;
+		case OPT_MQUEUE:
+			if (!parse_ulong("--mirror-queue", optarg, 1, 1000000, &v))
+				return EXIT_USAGE;
+			o->mirror.queue = v;
+			break;
+		case OPT_MMAXCONN:
+			if (!parse_ulong("--mirror-max-connections", optarg, 1, 10000, &v))
+				return EXIT_USAGE;
+			o->mirror.max_connections = v;
+			break;
+		case OPT_MTIMEOUT:
+			if (!parse_ulong("--mirror-timeout-ms", optarg, 1, 86400000, &v))
+				return EXIT_USAGE;
+			o->mirror.timeout_ms = v;
+			break;
+		case OPT_MROLE:
+			if (!strcmp(optarg, "on") || !strcmp(optarg, "true")) {
+				o->mirror.set_role = true;
+			} else if (!strcmp(optarg, "off") || !strcmp(optarg, "false")) {
+				o->mirror.set_role = false;
+			} else {
+				fprintf(stderr, "pgshadow: invalid value '%s' for --mirror-set-role: "
+						"expected on or off\n",
+					optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case OPT_MRESET:
+			if (!parse_ulong("--mirror-metrics-reset-interval", optarg, 1, 86400 * 365,
+					 &v))
+				return EXIT_USAGE;
+			o->stats.reset_interval_ns = v * 1000000000ULL;
+			break;
 		case 'v':
 			o->verbose = 1;
 			break;
@@ -280,6 +339,27 @@ static int parse_args(int argc, char **argv, struct options *o)
 static void on_record(void *ctx, const struct capture_event *ev, const uint8_t *data)
 {
 	pipeline_record(ctx, ev, data);
+}
+
+static void *mirror_session_open(void *sink, const struct session_info *s)
+{
+	return replay_session_open(sink, s);
+}
+
+static void mirror_session_identified(void *sink, void *handle, const struct session_info *s)
+{
+	replay_session_identified(sink, handle, s);
+}
+
+static void mirror_request(void *sink, void *handle, struct stats_db *db,
+			   const struct session_request *r)
+{
+	replay_submit(sink, handle, db, r);
+}
+
+static void mirror_session_close(void *sink, void *handle)
+{
+	replay_session_close(sink, handle);
 }
 
 static void want_identity(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
@@ -376,6 +456,8 @@ int main(int argc, char **argv)
 	struct pipeline *pipe = NULL;
 	struct http *http = NULL;
 	struct resolver *resolver = NULL;
+	struct replay *replay = NULL;
+	struct pipeline_hooks hooks = {};
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct rlimit rl;
 	char herr[256];
@@ -406,6 +488,8 @@ int main(int argc, char **argv)
 		}
 	}
 	err = EXIT_USAGE;
+	o.stats.start_ns = monotonic_ns();
+	o.stats.mirror_enabled = o.mirror.mirror != NULL;
 	st = stats_new(&o.stats);
 	if (!st) {
 		fprintf(stderr, "pgshadow: cannot create stats: %s\n", strerror(errno));
@@ -440,16 +524,28 @@ int main(int argc, char **argv)
 		goto cleanup;
 	}
 	if (o.source_dsn) {
-		struct pipeline_hooks hooks = { .want_identity = want_identity };
-
 		resolver = resolver_start(o.source_dsn, c, herr, sizeof(herr));
 		if (!resolver) {
 			fprintf(stderr, "pgshadow: %s\n", herr);
 			goto cleanup;
 		}
+		hooks.want_identity = want_identity;
 		hooks.ctx = resolver;
-		pipeline_set_hooks(pipe, &hooks);
 	}
+	if (o.mirror.mirror) {
+		o.mirror.capture_port = o.port;
+		replay = replay_start(&o.mirror, st, c, herr, sizeof(herr));
+		if (!replay) {
+			fprintf(stderr, "pgshadow: --mirror: %s\n", herr);
+			goto cleanup;
+		}
+		hooks.session_open = mirror_session_open;
+		hooks.session_identified = mirror_session_identified;
+		hooks.request = mirror_request;
+		hooks.session_close = mirror_session_close;
+		hooks.sink = replay;
+	}
+	pipeline_set_hooks(pipe, &hooks);
 	fprintf(stderr, "pgshadow: capturing port %lu on %s (%s), metrics on http://%s/metrics\n",
 		o.port, capture_interfaces(c), o.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc",
 		o.metrics_listen);
@@ -462,6 +558,7 @@ int main(int argc, char **argv)
 	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
 		    dump ? dump_errors(dump) : 0);
 cleanup:
+	replay_stop(replay); /* after close_all: sessions closed, queues counted */
 	resolver_stop(resolver);
 	http_stop(http);
 	capture_close(c);

@@ -78,20 +78,21 @@
 #include "buf.h"
 #include "replay.h"
 
-#define CHANNEL_ITEMS_MAX 65536		   /* items submitted and not finished, all sessions */
-#define ITEM_BYTES_MAX (256ull << 20)	   /* their bytes */
-#define BACKOFF_MIN_MS 100		   /* first reconnect delay */
-#define CONNECT_TIMEOUT_MS 10000	   /* libpq ignores connect_timeout in PQconnectPoll */
-#define REPLY_GRACE_MS 5000		   /* past statement_timeout: the mirror went silent */
-#define STMTS_MAX 1024			   /* prepared statements kept per mirror connection */
-#define STMT_BUCKETS 64
-#define COPY_CHUNK 65536		   /* bytes per PQputCopyData */
-#define OPTIONS_MAX 65536		   /* the mirror connection's options string */
-#define EVENTS_MAX 64
-#define IDLE_WAKE_MS 1000
-#define NEVER UINT64_MAX
-#define MS 1000000ull
-#define DEFAULT_PGPORT 5432
+#define CHANNEL_ITEMS_MAX  65536	  /* items submitted and not finished, all sessions */
+#define ITEM_BYTES_MAX	   (256ull << 20) /* their bytes */
+#define BACKOFF_MIN_MS	   100		  /* first reconnect delay */
+#define CONNECT_TIMEOUT_MS 10000	  /* libpq ignores connect_timeout in PQconnectPoll */
+#define REPLY_GRACE_MS	   5000		  /* past statement_timeout: the mirror went silent */
+#define STMTS_MAX	   1024		  /* prepared statements kept per mirror connection */
+#define STMT_BUCKETS	   64
+#define COPY_CHUNK	   65536 /* bytes per PQputCopyData */
+#define OPTIONS_MAX	   65536 /* the mirror connection's options string */
+#define EVENTS_MAX	   64
+#define IDLE_WAKE_MS	   1000
+#define NEVER		   UINT64_MAX
+#define MS		   1000000ull
+#define LOCK_INVERSION_MS 20 /* see causal_blocked() */
+#define DEFAULT_PGPORT	   5432
 
 enum msg_kind {
 	MSG_OPEN,   /* a session handle exists (embedded in it) */
@@ -132,8 +133,8 @@ struct item {
 	uint64_t portal_key; /* portal, text and parameters (Execute) */
 	bool suspended;	     /* the source stopped it at its row limit */
 	int n_params;
-	int n_types;	     /* types given by the Parse */
-	const Oid *types;    /* n_params entries (0 = unspecified), or NULL */
+	int n_types;	  /* types given by the Parse */
+	const Oid *types; /* n_params entries (0 = unspecified), or NULL */
 	const char *const *values;
 	const int *lengths;
 	const int *formats; /* n_params entries, or NULL = all text */
@@ -170,16 +171,16 @@ enum conn_state {
 
 /* Progress of what is in flight on a connection (an item, or SET ROLE). */
 struct run {
-	bool pipeline;	    /* sent in pipeline mode: complete at PGRES_PIPELINE_SYNC */
-	bool copy_in;	    /* sending COPY data */
-	bool copy_out;	    /* discarding COPY TO STDOUT data */
-	bool broken;	    /* libpq state we cannot continue from: reset the connection */
-	bool error;	    /* an error result was seen */
-	char sqlstate[6];   /* of the first one */
-	size_t copy_off;    /* COPY data sent so far */
-	int nulls;	    /* consecutive NULL results (pipeline mode) */
-	struct stmt *prep;  /* being prepared: kept on success */
-	struct stmt *stmt;  /* executed (to forget it on 26000) */
+	bool pipeline;	   /* sent in pipeline mode: complete at PGRES_PIPELINE_SYNC */
+	bool copy_in;	   /* sending COPY data */
+	bool copy_out;	   /* discarding COPY TO STDOUT data */
+	bool broken;	   /* libpq state we cannot continue from: reset the connection */
+	bool error;	   /* an error result was seen */
+	char sqlstate[6];  /* of the first one */
+	size_t copy_off;   /* COPY data sent so far */
+	int nulls;	   /* consecutive NULL results (pipeline mode) */
+	struct stmt *prep; /* being prepared: kept on success */
+	struct stmt *stmt; /* executed (to forget it on 26000) */
 };
 
 struct replay_session {
@@ -200,8 +201,8 @@ struct replay_session {
 	PGconn *conn;
 	int fd;
 	uint32_t events;
-	bool watched;	 /* fd is in the epoll set */
-	bool want_write; /* libpq has unsent output */
+	bool watched;	   /* fd is in the epoll set */
+	bool want_write;   /* libpq has unsent output */
 	uint64_t deadline; /* connect / reply timeout, backoff end (NEVER = none) */
 	uint32_t backoff_ms;
 	struct capture_tuple excl[2];
@@ -364,10 +365,28 @@ static void heap_remove(struct replay *r, struct item *it)
 	heap_down(r, last->heap_idx);
 }
 
-/* True when an outstanding item completed on the source before b started there. */
-static bool causal_blocked(const struct replay *r, const struct item *b)
+/*
+ * True when an outstanding item completed on the source before b started there. b is the
+ * head of its session, so an item of its own session is behind it and cannot be waited
+ * for (that only happens if the source's timestamps were not in session order).
+ */
+static bool causal_blocked(const struct replay *r, const struct item *b, uint64_t now)
 {
-	return r->heap_n && r->heap[0] != b && r->heap[0]->ts_end < b->ts_start;
+	const struct item *a = r->heap_n ? r->heap[0] : NULL;
+
+	if (!a || a->m.rs == b->m.rs || a->ts_end >= b->ts_start)
+		return false;
+	/*
+	 * a is already on the mirror but not finished. If it has been running longer than
+	 * LOCK_INVERSION_MS it is most likely waiting for a row lock that b's session took
+	 * first on the mirror: capture times order the clients' packets, not the order in
+	 * which the server's backends took their locks (backends are scheduled, and on the
+	 * source a request that was sent first can lose the race). Waiting for a would then
+	 * deadlock until order_wait_ms; let b go and release the lock instead.
+	 */
+	if (a->sent_ns && now - a->sent_ns > LOCK_INVERSION_MS * MS)
+		return false;
+	return true;
 }
 
 /* ---- session lists (replay thread) ---- */
@@ -415,8 +434,8 @@ static struct item *queue_pop(struct replay_session *s)
  * Gives an item its one outcome, then frees it: out of the heap, out of the session's
  * and the global counts. The caller has already unlinked it (queue_pop or s->cur).
  */
-static void item_finish(struct replay *r, struct replay_session *s, struct item *it,
-			enum outcome o, uint64_t now)
+static void item_finish(struct replay *r, struct replay_session *s, struct item *it, enum outcome o,
+			uint64_t now)
 {
 	switch (o) {
 	case OUT_SUCCESS:
@@ -653,8 +672,8 @@ static void conn_watch(struct replay *r, struct replay_session *s, uint32_t even
 		return;
 	if (s->watched && s->fd != fd)
 		epoll_ctl(r->epfd, EPOLL_CTL_DEL, s->fd, NULL); /* may be closed already */
-	if (epoll_ctl(r->epfd, s->watched && s->fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
-		      &ev) < 0) {
+	if (epoll_ctl(r->epfd, s->watched && s->fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) <
+	    0) {
 		if (errno == ENOENT)
 			epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
 		else if (errno == EEXIST)
@@ -700,8 +719,8 @@ static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now
 	conn_close(r, s);
 	s->state = CONN_BACKOFF;
 	s->deadline = now + s->backoff_ms * MS;
-	s->backoff_ms = s->backoff_ms * 2 > r->cfg.backoff_max_ms ? r->cfg.backoff_max_ms
-								  : s->backoff_ms * 2;
+	s->backoff_ms =
+	    s->backoff_ms * 2 > r->cfg.backoff_max_ms ? r->cfg.backoff_max_ms : s->backoff_ms * 2;
 	activate(r, s);
 }
 
@@ -901,19 +920,18 @@ static bool send_execute(struct replay_session *s, struct item *it)
 		st = stmt_find(s, it->stmt_name, it->text_hash, &name_used);
 		if (!st) {
 			s->run.prep = stmt_new(s, it->stmt_name, it->text_hash, name_used);
-			if (s->run.prep && !PQsendPrepare(c, s->run.prep->mname, it->text,
-							  it->n_types, it->types))
+			if (s->run.prep &&
+			    !PQsendPrepare(c, s->run.prep->mname, it->text, it->n_types, it->types))
 				return false;
 		}
 	}
 	if (st || s->run.prep) {
 		s->run.stmt = st;
 		if (!PQsendQueryPrepared(c, st ? st->mname : s->run.prep->mname, it->n_params,
-					 it->values, it->lengths, it->formats,
-					 it->result_format))
+					 it->values, it->lengths, it->formats, it->result_format))
 			return false;
-	} else if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values,
-				      it->lengths, it->formats, it->result_format)) {
+	} else if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values, it->lengths,
+				      it->formats, it->result_format)) {
 		return false;
 	}
 	if (!PQpipelineSync(c))
@@ -935,6 +953,7 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 
 	run_reset(s);
 	it->sent_ns = now;
+
 	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
 		s->susp = it->suspended;
 		item_finish(r, s, it, OUT_SUCCESS, now);
@@ -1054,10 +1073,11 @@ static bool run_results(struct replay_session *s)
 			return true;
 		if (s->run.copy_in) {
 			rc = copy_send(s);
-			if (rc < 0)
-				return true;
 			if (rc == 0)
 				return false;
+			/* refused: the server ended the COPY (an error follows) */
+			s->run.copy_in = false;
+			continue;
 		}
 		if (s->run.copy_out) {
 			rc = copy_discard(s);
@@ -1169,8 +1189,7 @@ static void drain_notifies(PGconn *c)
 }
 
 /* The session's socket is ready (epoll). */
-static void conn_event(struct replay *r, struct replay_session *s, uint32_t events,
-		       uint64_t now)
+static void conn_event(struct replay *r, struct replay_session *s, uint32_t events, uint64_t now)
 {
 	(void)events;
 	if (!s->conn)
@@ -1224,8 +1243,7 @@ static void sess_free(struct replay *r, struct replay_session *s)
  * time it needs a step without an event (NEVER if none); frees the session once it is
  * closed and has nothing left (then *freed is set).
  */
-static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now,
-			     bool *freed)
+static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
 	struct item *it;
 
@@ -1261,14 +1279,21 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 			it = s->head;
 			if (!it)
 				goto settled;
-			if (causal_blocked(r, it)) {
+			if (causal_blocked(r, it, now)) {
 				if (!it->waited) {
 					it->waited = true;
 					it->wait_until = now + r->cfg.order_wait_ms * MS;
 					stats_mirror_order_wait(r->st);
 				}
-				if (now < it->wait_until)
-					return it->wait_until;
+				if (now < it->wait_until) {
+					const struct item *a = r->heap[0];
+					uint64_t inv = a->sent_ns + LOCK_INVERSION_MS * MS + 1;
+
+					/* re-check when a running blocker counts as a lock
+					 * inversion (its completion wakes us earlier) */
+					return a->sent_ns && inv < it->wait_until ? inv
+										  : it->wait_until;
+				}
 			}
 			item_start(r, s, now);
 			continue;
@@ -1483,8 +1508,7 @@ out:
 }
 
 /* Posts the session's settings once its database is known (capture thread). */
-static void sess_learn(struct replay *r, struct replay_session *rs,
-			  const struct session_info *si)
+static void sess_learn(struct replay *r, struct replay_session *rs, const struct session_info *si)
 {
 	const char *repl = param_get(si, "replication");
 	struct params *p;
@@ -1611,9 +1635,9 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 		int32_t len = q->param_lengths[i];
 
 		lengths[i] = len < 0 ? 0 : len;
-		formats[i] = q->n_param_formats == 1	   ? q->param_formats[0]
+		formats[i] = q->n_param_formats == 1  ? q->param_formats[0]
 			     : i < q->n_param_formats ? q->param_formats[i]
-						       : 0;
+						      : 0;
 		if (len < 0) {
 			values[i] = NULL;
 			continue;
@@ -1736,8 +1760,8 @@ static int parse_mirror(struct replay *r, char *err, size_t errlen)
 	return 0;
 }
 
-struct replay *replay_start(const struct replay_config *cfg, struct stats *st,
-			    struct capture *cap, char *err, size_t errlen)
+struct replay *replay_start(const struct replay_config *cfg, struct stats *st, struct capture *cap,
+			    char *err, size_t errlen)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
 	struct replay *r = calloc(1, sizeof(*r));
