@@ -370,6 +370,16 @@ static void heap_remove(struct replay *r, struct item *it)
  * head of its session, so an item of its own session is behind it and cannot be waited
  * for (that only happens if the source's timestamps were not in session order).
  */
+/* True when the session's mirror connection is inside a transaction block, so it may
+ * hold row locks between its statements (the only way it can block another session's
+ * earlier request). */
+static bool holds_locks(const struct replay_session *s)
+{
+	PGTransactionStatusType ts = s->conn ? PQtransactionStatus(s->conn) : PQTRANS_UNKNOWN;
+
+	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+}
+
 static bool causal_blocked(const struct replay *r, const struct item *b, uint64_t now)
 {
 	const struct item *a = r->heap_n ? r->heap[0] : NULL;
@@ -382,9 +392,11 @@ static bool causal_blocked(const struct replay *r, const struct item *b, uint64_
 	 * first on the mirror: capture times order the clients' packets, not the order in
 	 * which the server's backends took their locks (backends are scheduled, and on the
 	 * source a request that was sent first can lose the race). Waiting for a would then
-	 * deadlock until order_wait_ms; let b go and release the lock instead.
+	 * deadlock until order_wait_ms; let b go and release the lock instead. Only a
+	 * session inside a transaction block can hold such a lock: an autocommit session
+	 * always waits.
 	 */
-	if (a->sent_ns && now - a->sent_ns > LOCK_INVERSION_MS * MS)
+	if (a->sent_ns && now - a->sent_ns > LOCK_INVERSION_MS * MS && holds_locks(b->m.rs))
 		return false;
 	return true;
 }
@@ -1291,8 +1303,10 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 
 					/* re-check when a running blocker counts as a lock
 					 * inversion (its completion wakes us earlier) */
-					return a->sent_ns && inv < it->wait_until ? inv
-										  : it->wait_until;
+					return a->sent_ns && holds_locks(s) &&
+							       inv < it->wait_until
+						       ? inv
+						       : it->wait_until;
 				}
 			}
 			item_start(r, s, now);
