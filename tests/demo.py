@@ -8,7 +8,8 @@ traffic (app: -M prepared, reports: -M simple, plus a few deliberate errors), th
 what the agent observed, read from its /metrics: per-database requests, errors by SQLSTATE
 class, p50/p99 latency estimated from the histogram buckets, request rate, next to the
 count in the server's own log; and the capture health (packets, ring-buffer drops, gaps,
-resyncs). The mirror is started but not used yet (replay comes with a later issue).
+resyncs), and what the agent replayed to the mirror (mirrored, dropped, errors, replay
+delay) with the pgbench tables compared on both sides.
 
 Everything is stopped and removed on exit, on an error and on Ctrl-C / SIGTERM.
 Environment: PGSHADOW_DEMO_SECONDS (traffic duration, default 20), PGSHADOW_BIN (the agent,
@@ -73,9 +74,14 @@ def error_bursts(source, stop, caused):
             caused[db] = caused.get(db, 0) + res.stderr.count("ERROR:")
 
 
+# Rate per database (tps): on a 2-core machine an unthrottled pgbench leaves no CPU for
+# the mirror, and the demo would only show drops.
+RATE = 100
+
+
 def start_pgbench(source, db, mode, clients, seconds):
     argv = [pgh.pg_tool("pgbench"), "-n", "-M", mode, "-c", str(clients), "-j",
-            str(min(clients, 2)), "-T", str(seconds), db]
+            str(min(clients, 2)), "-T", str(seconds), "-R", str(RATE), db]
     return subprocess.Popen(argv, env=source.client_env(db), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd="/",
                             start_new_session=True)
@@ -152,6 +158,31 @@ def print_report(m, agent, source, since, seconds, caused, stderr_tail):
         say(f"  agent: {stderr_tail}")
 
 
+def print_mirror(m, source, mirror):
+    """What was replayed, and whether the mirror's pgbench tables equal the source's."""
+    say()
+    say("Mirror (every request of every database replayed, in causal order):")
+    g = m.get
+    say(f"  requests {g('mirror_requests_total'):.0f}, mirrored "
+        f"{g('mirror_requests_mirrored'):.0f}, dropped {g('mirror_requests_dropped'):.0f}, "
+        f"errors connection/query/timeout {g('mirror_errors_connection'):.0f}/"
+        f"{g('mirror_errors_query'):.0f}/{g('mirror_errors_timeout'):.0f}, in flight "
+        f"{g('mirror_requests_in_flight'):.0f}, order waits "
+        f"{g('mirror_replay_order_waits_total'):.0f}")
+    for db in DATABASES:
+        buckets, _, count = m.histogram("mirror_replay_delay_seconds", database=db)
+        if count:
+            p50 = pgh.histogram_quantile(0.5, buckets)
+            p99 = pgh.histogram_quantile(0.99, buckets)
+            say(f"  {db}: replay delay (source completion to mirror completion) p50 "
+                f"{p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")
+        q = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+             "(SELECT count(*) FROM pgbench_history)")
+        a, b = source.query(q, db), mirror.query(q, db)
+        say(f"  {db}: source sum(abalance), history rows = {a}; mirror = {b} "
+            f"{'(equal)' if a == b else '(DIFFERENT)'}")
+
+
 def main():
     if os.geteuid() != 0:
         say("make demo needs root (it loads a BPF program): run `sudo make demo`")
@@ -177,19 +208,21 @@ def main():
         source.start()
         say(f"  source  PostgreSQL 15 on 127.0.0.1:{source.port} (log_statement=all, csvlog)")
         mirror.start()
-        say(f"  mirror  PostgreSQL 15 on 127.0.0.1:{mirror.port} (started but not used yet: "
-            f"replaying a sample to the mirror comes with a later issue)")
+        say(f"  mirror  PostgreSQL 15 on 127.0.0.1:{mirror.port} (every request is replayed "
+            f"to it)")
         for db in DATABASES:
             source.createdb(db)
             source.pgbench_init(db, scale=SCALE)
             mirror.createdb(db)
+            mirror.pgbench_init(db, scale=SCALE)
         say(f"  databases {', '.join(DATABASES)} on the source, pgbench -i -s {SCALE} each")
 
         source.sync_log()
         since = source.log_mark()
         addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}"
         agent = h.Agent(binary, source.port, ["lo"], logdir=root, name="agent",
-                        extra=["--metrics-listen", addr])
+                        extra=["--metrics-listen", addr, "--mirror",
+                               f"host=127.0.0.1 port={mirror.port} user=postgres"])
         agent.metrics_addr = addr
         agent.start().wait_ready()
         say(f"  agent   {' '.join(agent.argv)}")
@@ -225,6 +258,7 @@ def main():
         print_report(m, agent, source, since, elapsed, caused,
                      stats_line.group(0).strip() if stats_line else
                      f"exit {result.returncode}, no stats line")
+        print_mirror(m, source, mirror)
         status = 0 if result.returncode == 0 else 1
     except Interrupted as e:
         say(f"\ninterrupted ({e}): cleaning up")

@@ -380,25 +380,24 @@ static bool holds_locks(const struct replay_session *s)
 	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
 
-static bool causal_blocked(const struct replay *r, const struct item *b, uint64_t now)
+static bool causal_blocked(const struct replay *r, const struct item *b)
 {
 	const struct item *a = r->heap_n ? r->heap[0] : NULL;
 
-	if (!a || a->m.rs == b->m.rs || a->ts_end >= b->ts_start)
-		return false;
-	/*
-	 * a is already on the mirror but not finished. If it has been running longer than
-	 * LOCK_INVERSION_MS it is most likely waiting for a row lock that b's session took
-	 * first on the mirror: capture times order the clients' packets, not the order in
-	 * which the server's backends took their locks (backends are scheduled, and on the
-	 * source a request that was sent first can lose the race). Waiting for a would then
-	 * deadlock until order_wait_ms; let b go and release the lock instead. Only a
-	 * session inside a transaction block can hold such a lock: an autocommit session
-	 * always waits.
-	 */
-	if (a->sent_ns && now - a->sent_ns > LOCK_INVERSION_MS * MS && holds_locks(b->m.rs))
-		return false;
-	return true;
+	return a && a->m.rs != b->m.rs && a->ts_end < b->ts_start;
+}
+
+/*
+ * How long b may wait for causal order. A session inside a transaction block may hold
+ * row locks the request it waits for needs: capture times order the clients' packets,
+ * not the order in which the server's backends took their locks (they are scheduled,
+ * and a request sent first can lose the race), so the two sessions can take a lock in
+ * the other order on the mirror and each wait for the other. Such a session waits only
+ * LOCK_INVERSION_MS; an autocommit session holds nothing and waits up to order_wait_ms.
+ */
+static uint64_t causal_wait_ns(const struct replay *r, const struct replay_session *s)
+{
+	return (holds_locks(s) ? LOCK_INVERSION_MS : r->cfg.order_wait_ms) * MS;
 }
 
 /* ---- session lists (replay thread) ---- */
@@ -1291,23 +1290,14 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 			it = s->head;
 			if (!it)
 				goto settled;
-			if (causal_blocked(r, it, now)) {
+			if (causal_blocked(r, it)) {
 				if (!it->waited) {
 					it->waited = true;
-					it->wait_until = now + r->cfg.order_wait_ms * MS;
+					it->wait_until = now + causal_wait_ns(r, s);
 					stats_mirror_order_wait(r->st);
 				}
-				if (now < it->wait_until) {
-					const struct item *a = r->heap[0];
-					uint64_t inv = a->sent_ns + LOCK_INVERSION_MS * MS + 1;
-
-					/* re-check when a running blocker counts as a lock
-					 * inversion (its completion wakes us earlier) */
-					return a->sent_ns && holds_locks(s) &&
-							       inv < it->wait_until
-						       ? inv
-						       : it->wait_until;
-				}
+				if (now < it->wait_until)
+					return it->wait_until;
 			}
 			item_start(r, s, now);
 			continue;

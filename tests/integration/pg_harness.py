@@ -616,7 +616,12 @@ class Metrics:
     def stable_view(self):
         """The samples that must stop changing once traffic is over: every mirror_*
         sample (process_* keep moving with the agent's own CPU and memory)."""
-        return {k: v for k, v in self.samples.items() if k[0].startswith("mirror_")}
+        return {k: v for k, v in self.samples.items() if k[0].startswith("mirror_")
+                and k[0] not in MOVING_GAUGES}
+
+
+# Gauges that move with the clock even when no traffic flows.
+MOVING_GAUGES = {"mirror_last_success_seconds_ago"}
 
 
 def scrape(addr, path="/metrics", timeout=5):
