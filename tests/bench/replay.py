@@ -1,0 +1,258 @@
+#!/usr/bin/python3
+"""Replay benchmark (issue 4): mirroring a read-only pgbench load at a quarter of the
+source's maximum rate, exposure 1.0.
+
+1. A source and a mirror PostgreSQL 15 cluster on 127.0.0.1 (log_statement = none: the
+   servers, not their logging, are measured), `pgbench -i -s SCALE` on both, VACUUM
+   ANALYZE, a short warm-up run.
+2. Maximum rate of the source, no agent: `pgbench -n -S -c 4 -j 2 -T 10`.
+3. With the agent attached to lo and mirroring to the mirror (`--mirror 'host=127.0.0.1
+   port=M user=postgres'`, defaults otherwise): `pgbench -n -S -c 4 -j 2 -R <25% of the
+   maximum> -T 30`; the agent's /metrics is sampled every second (RSS, in-flight, queue
+   fill); after the run the benchmark waits until replay has finished (nothing in flight,
+   counters unchanged over two scrapes), then stops the agent with SIGINT.
+
+Printed: the maximum TPS, the rate and the TPS reached; the benchmark database's source
+requests (agent) next to pg_stat_statements' calls (the server's count: -S is single
+statements without errors, -n runs no utility statements), mirrored, dropped, errors by
+type, skipped by reason, in flight; p50/p99 of the replay delay (source completion to
+mirror completion, from the mirror_replay_delay_seconds buckets), of the mirror latency
+and of the source latency; order waits; the agent's RSS (last and largest sample) and CPU
+seconds.
+
+Targets (PASS/FAIL each): mirrored >= 99.9% of the source's requests in the benchmark
+database, 0 drops; must hold: 100% decoded (agent == pg_stat_statements), no mirror
+errors (connection, query, timeout; drops are their own target), the outcome invariant,
+agent exit 0 after SIGINT. Exit status 0 when every line passes, 1 otherwise.
+Needs root. Environment: PGSHADOW_BENCH_SECONDS (maximum-rate run, default 10),
+PGSHADOW_BENCH_RATE_SECONDS (mirrored run, default 30), PGSHADOW_BENCH_SCALE (default 10),
+PGSHADOW_BENCH_MODE (pgbench -M, default simple), PGSHADOW_BIN. Takes about a minute.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import pg_harness as pgh  # noqa: E402
+import pgshadow_harness as h  # noqa: E402
+
+SECONDS = int(os.environ.get("PGSHADOW_BENCH_SECONDS", 10))
+RATE_SECONDS = int(os.environ.get("PGSHADOW_BENCH_RATE_SECONDS", 30))
+SCALE = int(os.environ.get("PGSHADOW_BENCH_SCALE", 10))
+MODE = os.environ.get("PGSHADOW_BENCH_MODE", "simple")
+CLIENTS, JOBS = 4, 2
+RATE_FRACTION = 0.25
+DB = "bench"
+SETTLE_TIMEOUT = 120
+
+TARGET_MIRRORED = 0.999
+TARGET_DROPS = 0
+
+SERVER_SETTINGS = {"log_statement": "'none'", "max_connections": "50"}
+
+
+def pgbench_args(seconds, rate=None):
+    args = ["-n", "-S", "-M", MODE, "-c", CLIENTS, "-j", JOBS, "-T", seconds]
+    if rate:
+        args += ["-R", int(rate)]
+    return args
+
+
+def settled_view(m):
+    """mirror_* counters and histograms, and the in-flight gauge."""
+    out = {}
+    for (name, labels), value in m.samples.items():
+        if not name.startswith("mirror_"):
+            continue
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and m.types.get(name[:-len(suffix)]) == "histogram":
+                family = name[:-len(suffix)]
+        if m.types.get(family) in ("counter", "histogram") or \
+                name == "mirror_requests_in_flight":
+            out[(name, labels)] = value
+    return out
+
+
+def wait_settled(addr, timeout=SETTLE_TIMEOUT, interval=0.5):
+    deadline = time.monotonic() + timeout
+    prev = pgh.metrics(addr)
+    while True:
+        time.sleep(interval)
+        cur = pgh.metrics(addr)
+        if settled_view(cur) == settled_view(prev) and \
+                cur.get("mirror_requests_in_flight") == 0:
+            return cur
+        if time.monotonic() > deadline:
+            raise AssertionError(f"replay not settled after {timeout}s: in flight "
+                                 f"{cur.get('mirror_requests_in_flight')}")
+        prev = cur
+
+
+def quantiles(m, name, qs=(0.5, 0.99)):
+    buckets, _, _ = m.histogram(name, database=DB)
+    return [pgh.histogram_quantile(q, buckets) for q in qs]
+
+
+def fmt_s(v):
+    if v is None:
+        return "-"
+    if v < 1e-3:
+        return f"{v * 1e6:.0f} µs"
+    if v < 1:
+        return f"{v * 1e3:.2f} ms"
+    return f"{v:.2f} s"
+
+
+def main():
+    if os.geteuid() != 0:
+        print("replay benchmark: needs root (BPF); skipped", file=sys.stderr)
+        return 1
+    binary = h.agent_binary()
+    helptext = ""
+    if binary.is_file():
+        res = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
+                             timeout=10)
+        helptext = res.stdout + res.stderr
+    if "--mirror" not in helptext:
+        print(f"replay benchmark: {binary} missing or without --mirror; run make",
+              file=sys.stderr)
+        return 1
+    began = time.monotonic()
+    print(f"replay benchmark: pgbench {' '.join(map(str, pgbench_args(SECONDS)))} (scale "
+          f"{SCALE}) without the agent, then -R at {RATE_FRACTION:.0%} of that for "
+          f"{RATE_SECONDS} s mirrored to a local mirror (exposure 1.0)")
+    print(f"load average {Path('/proc/loadavg').read_text().split()[:3]} on "
+          f"{os.cpu_count()} CPUs")
+
+    with pgh.pg_server(name="bench-src", settings=SERVER_SETTINGS) as src, \
+            pgh.pg_server(name="bench-mir", settings=SERVER_SETTINGS) as mir:
+        for pg in (src, mir):
+            pg.createdb(DB)
+            pg.pgbench_init(DB, scale=SCALE)
+            pg.psql("VACUUM ANALYZE", db=DB)
+        src.pgbench(pgbench_args(3), DB)  # warm the caches
+        mir.pgbench(pgbench_args(3), DB)
+
+        res = src.pgbench(pgbench_args(SECONDS), DB)
+        max_tps = res.tps
+        rate = max_tps * RATE_FRACTION
+        print(f"maximum: {max_tps:.0f} tps without the agent; mirrored run at -R {rate:.0f}")
+
+        addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}"
+        conninfo = f"host={mir.host} port={mir.port} user=postgres"
+        agent = h.Agent(binary, src.port, ["lo"], logdir=src.dir, name="replay-agent",
+                        extra=["--metrics-listen", addr, "--mirror", conninfo])
+        samples = []
+        stop_sampling = threading.Event()
+
+        def sampler():
+            while not stop_sampling.is_set():
+                try:
+                    samples.append(pgh.metrics(addr))
+                except OSError:
+                    pass
+                stop_sampling.wait(1.0)
+
+        src.pgss_reset()  # before the agent: nothing of the harness is mirrored
+        try:
+            agent.start().wait_ready()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    pgh.scrape(addr)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"/metrics at {addr} not answering\n"
+                                             f"{agent.stderr()}")
+                    time.sleep(0.1)
+            thread = threading.Thread(target=sampler, daemon=True)
+            thread.start()
+            cpu_before = agent.cpu_seconds()
+            run = src.pgbench(pgbench_args(RATE_SECONDS, rate), DB)
+            t_end = time.monotonic()
+            try:
+                m = wait_settled(addr)
+            finally:
+                stop_sampling.set()
+                thread.join(10)
+            settle_s = time.monotonic() - t_end
+            cpu_s = agent.cpu_seconds() - cpu_before
+            result = agent.stop(signal.SIGINT)
+        finally:
+            agent.kill()
+        server = src.pgss_calls(DB)
+        stderr_tail = agent.stderr()[-2000:]
+
+    source_n = m.requests(DB)
+    mirrored_db = int(m.get("mirror_latency_seconds_count", database=DB))
+    total = int(m.get("mirror_requests_total"))
+    mirrored = int(m.get("mirror_requests_mirrored"))
+    dropped = int(m.get("mirror_requests_dropped"))
+    errors = {t: int(m.get(f"mirror_errors_{t}"))
+              for t in ("connection", "query", "timeout", "buffer_full")}
+    skipped = {k: int(v) for k, v in
+               m.by_label("mirror_requests_skipped_total", "reason").items() if v}
+    not_sampled = int(sum(v for _, v in m.select("mirror_requests_not_sampled_total")))
+    in_flight = int(m.get("mirror_requests_in_flight"))
+    done = (not_sampled + sum(skipped.values()) + dropped + mirrored + errors["connection"] +
+            errors["query"] + errors["timeout"] + in_flight)
+    failed = errors["connection"] + errors["query"] + errors["timeout"]
+    fraction = mirrored_db / source_n if source_n else 0.0
+    delay = quantiles(m, "mirror_replay_delay_seconds")
+    mlat = quantiles(m, "mirror_latency_seconds")
+    slat = quantiles(m, "mirror_source_latency_seconds")
+    rss = [s.get("process_resident_memory_bytes") for s in samples + [m]]
+    util = [s.get("mirror_buffer_utilization") for s in samples]
+    inflight = [s.get("mirror_requests_in_flight") for s in samples]
+
+    print(f"mirrored run: {run.tps:.0f} tps reached (-R {rate:.0f}), {run.transactions} "
+          f"transactions in {RATE_SECONDS} s; replay finished {settle_s:.1f} s after "
+          f"pgbench")
+    print(f"requests in {DB}: agent {source_n}, pg_stat_statements {server}; mirrored "
+          f"{mirrored_db} ({fraction:.4%}); global: total {total}, mirrored {mirrored}, "
+          f"dropped {dropped}, errors {errors}, skipped {skipped}, not sampled "
+          f"{not_sampled}, in flight {in_flight}")
+    print(f"replay delay p50 {fmt_s(delay[0])}, p99 {fmt_s(delay[1])}; mirror latency p50 "
+          f"{fmt_s(mlat[0])}, p99 {fmt_s(mlat[1])}; source latency p50 {fmt_s(slat[0])}, "
+          f"p99 {fmt_s(slat[1])}; order waits {int(m.get('mirror_replay_order_waits_total'))}")
+    print(f"agent: RSS {rss[-1] / 2 ** 20:.1f} MiB at the end, {max(rss) / 2 ** 20:.1f} MiB "
+          f"largest of {len(rss)} samples; CPU {cpu_s:.2f} s "
+          f"({cpu_s * 1e6 / max(source_n, 1):.1f} µs per request); largest queue fill "
+          f"{max(util, default=0):.0f}%, largest in flight {max(inflight, default=0):.0f}")
+
+    rows = [
+        ("mirrored fraction", f"{fraction:.4%}", f">= {TARGET_MIRRORED:.1%}",
+         fraction >= TARGET_MIRRORED),
+        ("drops", str(dropped), f"== {TARGET_DROPS}", dropped == TARGET_DROPS),
+        ("100% decoded (agent == server)", f"{source_n}/{server}", "must hold",
+         source_n == server and source_n > 0),
+        ("no mirror errors (conn/query/timeout)", str(failed), "must hold", failed == 0),
+        ("outcome invariant", f"{done}/{total}", "must hold", done == total),
+        ("agent exit 0 after SIGINT", str(result.returncode), "must hold",
+         result.returncode == 0),
+    ]
+    print()
+    print("summary")
+    print(f"  {'p50 replay delay':<38} {fmt_s(delay[0]):>14}")
+    print(f"  {'p99 replay delay':<38} {fmt_s(delay[1]):>14}")
+    print(f"  {'agent RSS (largest)':<38} {max(rss) / 2 ** 20:>10.1f} MiB")
+    failures = 0
+    for name, value, target, ok in rows:
+        failures += not ok
+        print(f"  {name:<38} {value:>14}   target {target:<10} {'PASS' if ok else 'FAIL'}")
+    if failures:
+        print(f"agent stderr (tail):\n{stderr_tail}")
+    print(f"{'PASS' if failures == 0 else 'FAIL'}: {failures} of {len(rows)} failed; "
+          f"{time.monotonic() - began:.0f} s")
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
