@@ -93,6 +93,7 @@ test: all unit integration
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
 	$(PYTHON) tests/bench/overhead.py
+	$(PYTHON) tests/bench/replay.py
 
 demo: deps all
 	$(PYTHON) tests/demo.py
