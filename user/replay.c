@@ -76,7 +76,6 @@
 #include <libpq-fe.h>
 
 #include "buf.h"
-#include "fingerprint.h"
 #include "replay.h"
 
 #define CHANNEL_ITEMS_MAX  65536	  /* items submitted and not finished, all sessions */
@@ -92,8 +91,7 @@
 #define IDLE_WAKE_MS	   1000
 #define NEVER		   UINT64_MAX
 #define MS		   1000000ull
-#define LOCK_INVERSION_MS 20 /* see causal_wait_ns() */
-#define FINGERPRINT_CACHE 10000 /* distinct statement texts classified */
+#define LOCK_INVERSION_MS 20 /* see causal_blocked() */
 #define DEFAULT_PGPORT	   5432
 
 enum msg_kind {
@@ -147,7 +145,7 @@ struct item {
 	char src_sqlstate[6];
 	/* replay thread */
 	struct item *next; /* the session's queue */
-	uint32_t heap_idx; /* UINT32_MAX: not in the heap (a read: nothing waits for it) */
+	uint32_t heap_idx;
 	bool waited;
 	uint64_t wait_until;
 	uint64_t sent_ns;
@@ -219,7 +217,6 @@ struct replay_session {
 };
 
 struct replay {
-	struct fingerprint_cache *fp; /* read/write classification (replay thread) */
 	struct replay_config cfg;
 	char *mirror;
 	char *mirror_options; /* the conninfo's own options ("" if none) */
@@ -383,22 +380,6 @@ static bool holds_locks(const struct replay_session *s)
 	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
 
-/*
- * True when the item's text is a read by libpg_query's parse tree (fingerprint.h: SELECT
- * without INTO/locking, VALUES, SHOW, EXPLAIN without ANALYZE), looked up in a cache
- * keyed by the text's hash, so each distinct statement is parsed once. COPY data,
- * unknown texts and anything that does not parse count as writes.
- */
-static bool is_read(struct replay *r, const struct item *it)
-{
-	struct fingerprint_info info;
-
-	if (!it->text || !r->fp || it->copy_len)
-		return false;
-	fingerprint_lookup(r->fp, it->text, strlen(it->text), &info);
-	return info.parsed && info.read_only;
-}
-
 static bool causal_blocked(const struct replay *r, const struct item *b)
 {
 	const struct item *a = r->heap_n ? r->heap[0] : NULL;
@@ -491,8 +472,7 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 		stats_mirror_skipped(r->st, it->db, STATS_SKIP_SHUTDOWN);
 		break;
 	}
-	if (it->heap_idx != UINT32_MAX)
-		heap_remove(r, it);
+	heap_remove(r, it);
 	atomic_fetch_sub(&r->item_bytes, it->bytes);
 	atomic_fetch_sub(&r->items, 1);
 	atomic_fetch_sub(&s->queued, 1);
@@ -1401,13 +1381,7 @@ static void drain(struct replay *r)
 			else
 				s->head = it;
 			s->tail = it;
-			/* Only writes are causal predecessors: a read changes nothing a later
-			 * request could observe, so nothing waits for it (pgbench -S would
-			 * otherwise replay one request at a time). */
-			if (is_read(r, it))
-				it->heap_idx = UINT32_MAX;
-			else
-				heap_push(r, it);
+			heap_push(r, it);
 			activate(r, s);
 			break;
 		case MSG_CLOSE:
@@ -1810,7 +1784,6 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	r->cap = cap;
 	r->mirror = strdup(cfg->mirror ? cfg->mirror : "");
 	r->heap = calloc(CHANNEL_ITEMS_MAX, sizeof(*r->heap));
-	r->fp = fingerprint_cache_new(FINGERPRINT_CACHE); /* NULL: every item a write */
 	if (!r->mirror || !r->heap) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -1874,7 +1847,6 @@ void replay_stop(struct replay *r)
 	if (r->efd >= 0)
 		close(r->efd);
 	free(r->heap);
-	fingerprint_cache_free(r->fp);
 	free(r->mirror_options);
 	free(r->mirror);
 	free(r);
