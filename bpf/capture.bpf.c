@@ -24,12 +24,12 @@
 #include <bpf/bpf_endian.h>
 #include "capture_event.h"
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define ETH_HLEN 14
-#define IPPROTO_TCP_NUM 6
-#define IP_FRAG_MASK 0x3fff /* MF flag + fragment offset */
-#define LOOPBACK_IFINDEX 1  /* lo is ifindex 1 in every network namespace */
+#define ETH_P_IP	 0x0800
+#define ETH_P_IPV6	 0x86DD
+#define ETH_HLEN	 14
+#define IPPROTO_TCP_NUM	 6
+#define IP_FRAG_MASK	 0x3fff /* MF flag + fragment offset */
+#define LOOPBACK_IFINDEX 1	/* lo is ifindex 1 in every network namespace */
 
 /* Set by the loader between open and load. */
 const volatile __u16 server_port = 5432;
@@ -84,10 +84,10 @@ static __always_inline struct capture_counters *counters_get(void)
 }
 
 /* per-CPU: no atomics needed */
-#define count(cnt, idx, n)                        \
-	do {                                      \
-		if (cnt)                          \
-			(cnt)->c[(idx)] += (n);   \
+#define count(cnt, idx, n)                                                                         \
+	do {                                                                                       \
+		if (cnt)                                                                           \
+			(cnt)->c[(idx)] += (n);                                                    \
 	} while (0)
 
 /* Parsed headers of one packet. */
@@ -189,10 +189,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return -1;
 	p->t.sport = (tcph[0] << 8) | tcph[1];
 	p->t.dport = (tcph[2] << 8) | tcph[3];
-	p->seq = ((__u32)tcph[4] << 24) | ((__u32)tcph[5] << 16) | ((__u32)tcph[6] << 8) |
-		 tcph[7];
-	p->ack = ((__u32)tcph[8] << 24) | ((__u32)tcph[9] << 16) | ((__u32)tcph[10] << 8) |
-		 tcph[11];
+	p->seq = ((__u32)tcph[4] << 24) | ((__u32)tcph[5] << 16) | ((__u32)tcph[6] << 8) | tcph[7];
+	p->ack =
+	    ((__u32)tcph[8] << 24) | ((__u32)tcph[9] << 16) | ((__u32)tcph[10] << 8) | tcph[11];
 	p->flags = tcph[13];
 	p->payload_off = p->l4_off + tcp_hlen;
 	p->payload_len = l3_payload - tcp_hlen;
@@ -237,7 +236,7 @@ static __always_inline bool local_client(struct __sk_buff *skb, struct pkt *p, b
 static __always_inline __u64 wakeup_flag(void)
 {
 	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+									     : BPF_RB_NO_WAKEUP;
 }
 
 /*

@@ -20,23 +20,22 @@ enum capture_attach_mode {
 #define CAPTURE_MAX_INTERFACES 64
 
 struct capture_config {
-	uint16_t port;			    /* server port, 1..65535 */
-	const char *const *interfaces;	    /* NULL: every interface that is up */
+	uint16_t port;		       /* server port, 1..65535 */
+	const char *const *interfaces; /* NULL: every interface that is up */
 	int n_interfaces;
 	enum capture_attach_mode mode;
-	uint32_t ringbuf_bytes;		    /* power of two, multiple of the page size */
-	uint32_t wakeup_bytes;		    /* ring fill that forces a reader wakeup */
-	int verbose;			    /* pass libbpf's own messages to stderr */
+	uint32_t ringbuf_bytes; /* power of two, multiple of the page size */
+	uint32_t wakeup_bytes;	/* ring fill that forces a reader wakeup */
+	int verbose;		/* pass libbpf's own messages to stderr */
 };
 
 /* Called for every valid record: ev is followed by ev->chunk_len bytes at data. */
-typedef void (*capture_record_fn)(void *ctx, const struct capture_event *ev,
-				  const uint8_t *data);
+typedef void (*capture_record_fn)(void *ctx, const struct capture_event *ev, const uint8_t *data);
 
 /* What went wrong at capture_open, so main can print one line and pick an exit code. */
 struct capture_error {
-	int err;	 /* negative errno */
-	char msg[256];	 /* one line, no trailing newline */
+	int err;       /* negative errno */
+	char msg[256]; /* one line, no trailing newline */
 };
 
 /*
@@ -59,8 +58,8 @@ int capture_detach_and_drain(struct capture *c);
  * out[CAPTURE_USER_EXCLUDED] records of excluded tuples that reached user space — so out
  * must have CAPTURE_COUNTERS slots. Returns 0 or a negative errno. Thread-safe. */
 #define CAPTURE_USER_MALFORMED CAPTURE_CNT_MAX
-#define CAPTURE_USER_EXCLUDED (CAPTURE_CNT_MAX + 1)
-#define CAPTURE_COUNTERS (CAPTURE_CNT_MAX + 2)
+#define CAPTURE_USER_EXCLUDED  (CAPTURE_CNT_MAX + 1)
+#define CAPTURE_COUNTERS       (CAPTURE_CNT_MAX + 2)
 int capture_read_counters(struct capture *c, uint64_t *out);
 
 /* Excludes one direction of one of the agent's own connections: in the kernel map, and

@@ -18,7 +18,7 @@
 /* Largest packet payload copied (GSO/TSO super-packets on loopback reach 64 KiB).
  * Bytes beyond it are counted as truncated and surface downstream as a stream gap. */
 #define CAPTURE_PAYLOAD_MAX 65536
-#define CAPTURE_MAX_CHUNKS (CAPTURE_PAYLOAD_MAX / CAPTURE_CHUNK_MAX)
+#define CAPTURE_MAX_CHUNKS  (CAPTURE_PAYLOAD_MAX / CAPTURE_CHUNK_MAX)
 
 /* Direction of a segment, decided in the kernel from the configured server port. */
 enum capture_dir {
@@ -40,23 +40,23 @@ enum capture_dir {
  * packet's first payload byte (chunk_off is relative to it).
  */
 struct capture_event {
-	__u64 ts_ns;	     /* bpf_ktime_get_ns() when the packet was seen */
-	__u8 saddr[16];	     /* packet source address */
-	__u8 daddr[16];	     /* packet destination address */
-	__u16 sport;	     /* packet source port */
-	__u16 dport;	     /* packet destination port */
-	__u32 seq;	     /* TCP sequence number of the packet */
-	__u32 payload_len;   /* total TCP payload length of the packet */
-	__u32 chunk_off;     /* offset of this chunk in the payload */
-	__u32 ifindex;	     /* interface the packet was seen on */
-	__u16 chunk_len;     /* payload bytes following this header */
-	__u8 family;	     /* 4 or 6 */
-	__u8 tcp_flags;	     /* CAPTURE_TCP_* */
-	__u8 dir;	     /* enum capture_dir */
+	__u64 ts_ns;	   /* bpf_ktime_get_ns() when the packet was seen */
+	__u8 saddr[16];	   /* packet source address */
+	__u8 daddr[16];	   /* packet destination address */
+	__u16 sport;	   /* packet source port */
+	__u16 dport;	   /* packet destination port */
+	__u32 seq;	   /* TCP sequence number of the packet */
+	__u32 payload_len; /* total TCP payload length of the packet */
+	__u32 chunk_off;   /* offset of this chunk in the payload */
+	__u32 ifindex;	   /* interface the packet was seen on */
+	__u16 chunk_len;   /* payload bytes following this header */
+	__u8 family;	   /* 4 or 6 */
+	__u8 tcp_flags;	   /* CAPTURE_TCP_* */
+	__u8 dir;	   /* enum capture_dir */
 	__u8 pad[3];
-	__u32 ack;	     /* TCP acknowledgment number (valid with CAPTURE_TCP_ACK) */
-	/* chunk_len payload bytes follow the header (no flexible array: the BPF side
-	 * embeds this struct in its staging buffer) */
+	__u32 ack; /* TCP acknowledgment number (valid with CAPTURE_TCP_ACK) */
+		   /* chunk_len payload bytes follow the header (no flexible array: the BPF side
+		    * embeds this struct in its staging buffer) */
 };
 
 _Static_assert(sizeof(struct capture_event) == 72, "capture_event layout changed");
@@ -74,15 +74,15 @@ _Static_assert(sizeof(struct capture_tuple) == 36, "capture_tuple layout changed
 
 /* Index into the per-CPU counter array. */
 enum capture_counter {
-	CAPTURE_CNT_PACKETS = 0,   /* packets that matched the port filter */
-	CAPTURE_CNT_BYTES,	   /* payload bytes of those packets */
-	CAPTURE_CNT_RECORDS,	   /* records written into the ring buffer */
-	CAPTURE_CNT_RB_DROPS,	   /* records lost because the ring buffer was full */
-	CAPTURE_CNT_TRUNCATED,	   /* packets whose payload exceeded CAPTURE_PAYLOAD_MAX */
-	CAPTURE_CNT_EXCLUDED,	   /* packets of excluded (the agent's own) connections */
-	CAPTURE_CNT_LOCAL_CLIENT,  /* packets of this host's own outgoing connections */
-	CAPTURE_CNT_PURE_ACKS,	   /* matched packets without payload or SYN/FIN/RST */
-	CAPTURE_CNT_COPY_ERRORS,   /* bpf_skb_load_bytes failures */
+	CAPTURE_CNT_PACKETS = 0,  /* packets that matched the port filter */
+	CAPTURE_CNT_BYTES,	  /* payload bytes of those packets */
+	CAPTURE_CNT_RECORDS,	  /* records written into the ring buffer */
+	CAPTURE_CNT_RB_DROPS,	  /* records lost because the ring buffer was full */
+	CAPTURE_CNT_TRUNCATED,	  /* packets whose payload exceeded CAPTURE_PAYLOAD_MAX */
+	CAPTURE_CNT_EXCLUDED,	  /* packets of excluded (the agent's own) connections */
+	CAPTURE_CNT_LOCAL_CLIENT, /* packets of this host's own outgoing connections */
+	CAPTURE_CNT_PURE_ACKS,	  /* matched packets without payload or SYN/FIN/RST */
+	CAPTURE_CNT_COPY_ERRORS,  /* bpf_skb_load_bytes failures */
 	CAPTURE_CNT_MAX,
 };
 

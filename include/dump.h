@@ -23,8 +23,7 @@ struct dump *dump_open(const char *dir);
 struct dump_flow *dump_flow_open(struct dump *d, const struct tcpstream_flow *flow);
 void dump_flow_data(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir,
 		    const uint8_t *data, size_t len);
-void dump_flow_gap(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir,
-		   uint64_t missing);
+void dump_flow_gap(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir, uint64_t missing);
 void dump_flow_close(struct dump *d, struct dump_flow *f);
 
 /* Files that could not be created or written (each logged once to stderr). */

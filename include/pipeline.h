@@ -62,8 +62,8 @@ void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks);
 
 /* The answer to want_identity: names the session of flow_id, if it still exists and is
  * still unnamed. Returns true when a session was named. */
-bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database,
-		       const char *user, uint64_t now_ns);
+bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database, const char *user,
+		       uint64_t now_ns);
 
 /* Latest capture timestamp seen in a record (0 before the first). */
 uint64_t pipeline_last_ts(const struct pipeline *p);

@@ -63,8 +63,8 @@ void replay_config_default(struct replay_config *cfg);
 /* Starts the replay thread. Returns NULL with a one-line reason in err (a bad or empty
  * conninfo is reported here; an unreachable mirror is not fatal: it is counted and
  * retried). st and cap (may be NULL: nothing is excluded) must outlive it. */
-struct replay *replay_start(const struct replay_config *cfg, struct stats *st,
-			    struct capture *cap, char *err, size_t errlen);
+struct replay *replay_start(const struct replay_config *cfg, struct stats *st, struct capture *cap,
+			    char *err, size_t errlen);
 
 /* A source session (capture thread). Returns the replay's handle for it, or NULL when
  * it is not mirrored (encrypted, replication or cancel sessions; ENOMEM): its items are

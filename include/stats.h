@@ -65,8 +65,8 @@ struct stats_db {
 	_Atomic uint64_t source_errors[STATS_SQLSTATE_CLASSES];
 	struct stats_histogram source_latency;
 	/* mirror (all counters; windowed latency lives in struct stats under its lock) */
-	_Atomic uint64_t mirror_requests;    /* mirror_database_requests */
-	_Atomic uint64_t mirror_errors;	     /* mirror_database_errors (all error types) */
+	_Atomic uint64_t mirror_requests; /* mirror_database_requests */
+	_Atomic uint64_t mirror_errors;	  /* mirror_database_errors (all error types) */
 	_Atomic uint64_t mirror_not_sampled;
 	_Atomic uint64_t mirror_skipped[STATS_SKIP_MAX];
 	struct stats_histogram mirror_latency;
@@ -84,8 +84,8 @@ struct stats_capture {
 	_Atomic uint64_t encrypted_sessions, replication_sessions;
 	/* caps hit (mirror_capture_limit_hits_total{limit}) */
 	_Atomic uint64_t flows_refused, flow_buffer_full, hole_timeouts, statements_evicted,
-		inflight_overflow, bodies_too_big, abandoned_requests, unmatched_responses,
-		portals_evicted, copy_truncated;
+	    inflight_overflow, bodies_too_big, abandoned_requests, unmatched_responses,
+	    portals_evicted, copy_truncated;
 };
 
 /* Process figures gathered by the shell at scrape time. */

@@ -82,7 +82,10 @@ bool buf_append_label_value(struct buf *b, const char *s)
 	bool ok = true;
 
 	for (; *s; s++) {
-		const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
+		const char *esc = *s == '\\'   ? "\\\\"
+				  : *s == '"'  ? "\\\""
+				  : *s == '\n' ? "\\n"
+					       : NULL;
 
 		if (!esc)
 			continue;

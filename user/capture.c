@@ -29,7 +29,7 @@ enum { PGS_BPF_TCX_INGRESS = 46, PGS_BPF_TCX_EGRESS = 47 };
 
 /* Fixed handle and priority of our tc filters, so a later run finds and replaces the
  * ones a killed agent left behind ("PG" and 0x5053 = "PS"). */
-#define TC_HANDLE 0x5047
+#define TC_HANDLE   0x5047
 #define TC_PRIORITY 0x5053
 
 #define BTF_VMLINUX "/sys/kernel/btf/vmlinux"
@@ -94,9 +94,9 @@ static void set_error(struct capture_error *e, int err, const char *fmt, ...)
  * CAP_NET_ADMIN + CAP_PERFMON in the effective set. */
 static bool privileged(void)
 {
-	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
 	struct __user_cap_data_struct data[2] = {};
-	const int need[] = { CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON };
+	const int need[] = {CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
 	size_t i;
 
 	if (geteuid() == 0)
@@ -144,12 +144,14 @@ static int add_interface(struct capture *c, const char *name, struct capture_err
 		return -ENODEV;
 	}
 	if (c->n_att == CAPTURE_MAX_INTERFACES) {
-		set_error(error, -E2BIG, "too many interfaces (at most %d)", CAPTURE_MAX_INTERFACES);
+		set_error(error, -E2BIG, "too many interfaces (at most %d)",
+			  CAPTURE_MAX_INTERFACES);
 		return -E2BIG;
 	}
 	err = if_flags(name, &flags);
 	if (err) {
-		set_error(error, err, "cannot read flags of interface '%s': %s", name, strerror(-err));
+		set_error(error, err, "cannot read flags of interface '%s': %s", name,
+			  strerror(-err));
 		return err;
 	}
 	a = &c->att[c->n_att++];
@@ -190,18 +192,17 @@ static int add_all_up(struct capture *c, struct capture_error *error)
 
 static int attach_tcx(struct capture *c, struct attachment *a, struct capture_error *error)
 {
-	int progs[2] = { bpf_program__fd(c->skel->progs.capture_ingress),
-			 bpf_program__fd(c->skel->progs.capture_egress) };
-	int types[2] = { PGS_BPF_TCX_INGRESS, PGS_BPF_TCX_EGRESS };
+	int progs[2] = {bpf_program__fd(c->skel->progs.capture_ingress),
+			bpf_program__fd(c->skel->progs.capture_egress)};
+	int types[2] = {PGS_BPF_TCX_INGRESS, PGS_BPF_TCX_EGRESS};
 	int i, fd;
 
 	/* On loopback every packet passes ingress once; egress would see it twice. */
 	for (i = 0; i < (a->loopback ? 1 : 2); i++) {
 		fd = bpf_link_create(progs[i], a->ifindex, types[i], NULL);
 		if (fd < 0) {
-			set_error(error, fd,
-				  "cannot attach tcx %s on ifindex %d: %s%s", i ? "egress" : "ingress",
-				  a->ifindex, strerror(-fd),
+			set_error(error, fd, "cannot attach tcx %s on ifindex %d: %s%s",
+				  i ? "egress" : "ingress", a->ifindex, strerror(-fd),
 				  fd == -EINVAL ? " (kernel older than 6.6? try --attach tc)" : "");
 			return fd;
 		}
@@ -221,8 +222,8 @@ static void tc_detach_one(struct attachment *a, int i)
 
 static int attach_tc(struct capture *c, struct attachment *a, struct capture_error *error)
 {
-	int progs[2] = { bpf_program__fd(c->skel->progs.capture_ingress),
-			 bpf_program__fd(c->skel->progs.capture_egress) };
+	int progs[2] = {bpf_program__fd(c->skel->progs.capture_ingress),
+			bpf_program__fd(c->skel->progs.capture_egress)};
 	int i, err;
 
 	for (i = 0; i < (a->loopback ? 1 : 2); i++) {
@@ -311,8 +312,7 @@ static int on_record(void *ctx, void *data, size_t size)
 	return 0;
 }
 
-static int load(struct capture *c, const struct capture_config *cfg,
-		struct capture_error *error)
+static int load(struct capture *c, const struct capture_config *cfg, struct capture_error *error)
 {
 	int err;
 

@@ -15,7 +15,7 @@
 #include "dump.h"
 
 #define MAX_REUSE_SUFFIX 1000
-#define DUMP_BUFFER (64 << 10)
+#define DUMP_BUFFER	 (64 << 10)
 
 struct dump {
 	char *dir;
@@ -23,13 +23,13 @@ struct dump {
 };
 
 struct dump_flow {
-	char base[PATH_MAX];	 /* DIR/<client>-<server>[.N] */
-	FILE *out[2];		 /* indexed by enum tcpstream_dir */
-	FILE *gaps;		 /* opened at the first gap */
-	uint64_t offset[2];	 /* bytes written so far per direction */
+	char base[PATH_MAX]; /* DIR/<client>-<server>[.N] */
+	FILE *out[2];	     /* indexed by enum tcpstream_dir */
+	FILE *gaps;	     /* opened at the first gap */
+	uint64_t offset[2];  /* bytes written so far per direction */
 };
 
-static const char *const dir_ext[2] = { "c2s", "s2c" };
+static const char *const dir_ext[2] = {"c2s", "s2c"};
 
 void dump_format_endpoint(const struct tcpstream_addr *a, char *buf, size_t len)
 {
@@ -47,8 +47,9 @@ void dump_format_endpoint(const struct tcpstream_addr *a, char *buf, size_t len)
 static void dump_error(struct dump *d, const char *what, const char *path)
 {
 	if (d->errors++ == 0)
-		fprintf(stderr, "pgshadow: dump: cannot %s %s: %s (further dump errors are only "
-				"counted)\n",
+		fprintf(stderr,
+			"pgshadow: dump: cannot %s %s: %s (further dump errors are only "
+			"counted)\n",
 			what, path, strerror(errno));
 }
 

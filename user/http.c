@@ -16,8 +16,8 @@
 #include "http.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
-#define MAX_RESPONSE (64u << 20)
-#define CONNECTION_LIMIT 64
+#define MAX_RESPONSE	     (64u << 20)
+#define CONNECTION_LIMIT     64
 #define CONNECTION_TIMEOUT_S 10
 
 struct http {
@@ -135,8 +135,8 @@ static void read_process(struct stats_process *p)
 		p->max_fds = rl.rlim_cur;
 }
 
-static enum MHD_Result respond(struct MHD_Connection *conn, unsigned int status,
-			       const char *type, const char *body, size_t len)
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned int status, const char *type,
+			       const char *body, size_t len)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -181,15 +181,14 @@ static const struct route {
 	const char *path;
 	enum MHD_Result (*fn)(struct http *h, struct MHD_Connection *conn);
 } routes[] = {
-	{ "/metrics", get_metrics },
-	{ "/healthz", get_healthz },
-	{ NULL, NULL },
+    {"/metrics", get_metrics},
+    {"/healthz", get_healthz},
+    {NULL, NULL},
 };
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version,
-				  const char *upload_data, size_t *upload_data_size,
-				  void **con_cls)
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
 {
 	const struct route *r;
 

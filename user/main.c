@@ -28,11 +28,11 @@
 #endif
 
 #define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
+#define EXIT_USAGE   2
 
 /* The reader polls on this timeout when no wakeup comes (records are submitted without
  * one until the ring holds wakeup_bytes, see bpf/capture.bpf.c). */
-#define POLL_TIMEOUT_MS 10
+#define POLL_TIMEOUT_MS	 10
 #define TICK_INTERVAL_NS 100000000ULL /* hole timeouts and idle expiry every 100 ms */
 
 static volatile sig_atomic_t exiting;
@@ -53,61 +53,61 @@ struct options {
 };
 
 static const char usage_text[] =
-	"Usage: pgshadow --port PORT [OPTIONS]\n"
-	"\n"
-	"Passively captures the PostgreSQL traffic of a TCP port with an eBPF program,\n"
-	"rebuilds each connection's byte streams, decodes the wire protocol and serves\n"
-	"per-database request, error and latency metrics of the source on /metrics.\n"
-	"Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, and a kernel with BTF (tcx\n"
-	"attach needs Linux >= 6.6).\n"
-	"\n"
-	"Options:\n"
-	"  -p, --port PORT          server port to capture, 1-65535 (required)\n"
-	"  -i, --interface NAME     interface to attach to; repeat or comma-separate for\n"
-	"                           several (default: every interface that is up)\n"
-	"      --attach MODE        tcx (default; kernel >= 6.6) or tc (clsact filters, for\n"
-	"                           older kernels; stale filters of ours are replaced)\n"
-	"      --dump-streams DIR   write each reassembled half-stream to\n"
-	"                           DIR/<client>-<server>.c2s and .s2c (gaps in .gaps)\n"
-	"      --ringbuf-mb N       ring buffer size in MiB, a power of two 1-1024 (default 64)\n"
-	"      --max-flows N        connections tracked at once (default 65536)\n"
-	"      --flow-buffer-kb N   out-of-order bytes held per direction of a connection,\n"
-	"                           in KiB (default 4096)\n"
-	"      --hole-timeout-ms N  how long a missing segment is waited for before it is\n"
-	"                           reported as a gap (default 1000)\n"
-	"      --idle-timeout-s N   close connections silent for this long (default 600)\n"
-	"      --metrics-listen ADDR  serve /metrics and /healthz on ADDR, IPv4:PORT or\n"
-	"                           [IPv6]:PORT (default 127.0.0.1:9930)\n"
-	"      --max-databases N    distinct database labels before the rest are counted as\n"
-	"                           database=\"other\" (default 100)\n"
-	"      --max-message-kb N   largest protocol message body decoded, in KiB; longer\n"
-	"                           ones are counted and skipped (default 1024)\n"
-	"      --mirror CONNINFO    replay every request to this mirror (libpq conninfo or URI;\n"
-	"                           its dbname is replaced by each session's database).\n"
-	"                           Same as --mirror-of. Default: observe only\n"
-	"      --mirror-queue N     requests waiting per session before new ones are dropped\n"
-	"                           (default 100)\n"
-	"      --mirror-max-connections N  mirror connections at once; sessions beyond are\n"
-	"                           skipped (default 100)\n"
-	"      --mirror-timeout-ms N  statement_timeout of mirror sessions (default 30000)\n"
-	"      --mirror-set-role on|off  SET ROLE to the source session's user (default off)\n"
-	"      --mirror-metrics-reset-interval S  window of the windowed mirror gauges, in\n"
-	"                           seconds (default 3600); counters never reset\n"
-	"      --source-dsn DSN     libpq conninfo of the source, used to name the database\n"
-	"                           and user of sessions open before the agent started\n"
-	"                           (pg_stat_activity; needs pg_read_all_stats). Its own\n"
-	"                           connection is excluded from capture. Default: off, such\n"
-	"                           sessions are counted as database=\"unknown\"\n"
-	"  -v, --verbose            also print libbpf's messages\n"
-	"  -V, --version            print the version and exit\n"
-	"  -h, --help               print this help and exit\n"
-	"\n"
-	"Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 when it cannot start\n"
-	"(bad option, missing interface, not privileged, kernel without BPF/BTF).\n"
-	"\n"
-	"Examples:\n"
-	"  pgshadow --port 5432\n"
-	"  pgshadow --port 5432 --interface lo --dump-streams /tmp/streams\n";
+    "Usage: pgshadow --port PORT [OPTIONS]\n"
+    "\n"
+    "Passively captures the PostgreSQL traffic of a TCP port with an eBPF program,\n"
+    "rebuilds each connection's byte streams, decodes the wire protocol and serves\n"
+    "per-database request, error and latency metrics of the source on /metrics.\n"
+    "Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, and a kernel with BTF (tcx\n"
+    "attach needs Linux >= 6.6).\n"
+    "\n"
+    "Options:\n"
+    "  -p, --port PORT          server port to capture, 1-65535 (required)\n"
+    "  -i, --interface NAME     interface to attach to; repeat or comma-separate for\n"
+    "                           several (default: every interface that is up)\n"
+    "      --attach MODE        tcx (default; kernel >= 6.6) or tc (clsact filters, for\n"
+    "                           older kernels; stale filters of ours are replaced)\n"
+    "      --dump-streams DIR   write each reassembled half-stream to\n"
+    "                           DIR/<client>-<server>.c2s and .s2c (gaps in .gaps)\n"
+    "      --ringbuf-mb N       ring buffer size in MiB, a power of two 1-1024 (default 64)\n"
+    "      --max-flows N        connections tracked at once (default 65536)\n"
+    "      --flow-buffer-kb N   out-of-order bytes held per direction of a connection,\n"
+    "                           in KiB (default 4096)\n"
+    "      --hole-timeout-ms N  how long a missing segment is waited for before it is\n"
+    "                           reported as a gap (default 1000)\n"
+    "      --idle-timeout-s N   close connections silent for this long (default 600)\n"
+    "      --metrics-listen ADDR  serve /metrics and /healthz on ADDR, IPv4:PORT or\n"
+    "                           [IPv6]:PORT (default 127.0.0.1:9930)\n"
+    "      --max-databases N    distinct database labels before the rest are counted as\n"
+    "                           database=\"other\" (default 100)\n"
+    "      --max-message-kb N   largest protocol message body decoded, in KiB; longer\n"
+    "                           ones are counted and skipped (default 1024)\n"
+    "      --mirror CONNINFO    replay every request to this mirror (libpq conninfo or URI;\n"
+    "                           its dbname is replaced by each session's database).\n"
+    "                           Same as --mirror-of. Default: observe only\n"
+    "      --mirror-queue N     requests waiting per session before new ones are dropped\n"
+    "                           (default 100)\n"
+    "      --mirror-max-connections N  mirror connections at once; sessions beyond are\n"
+    "                           skipped (default 100)\n"
+    "      --mirror-timeout-ms N  statement_timeout of mirror sessions (default 30000)\n"
+    "      --mirror-set-role on|off  SET ROLE to the source session's user (default off)\n"
+    "      --mirror-metrics-reset-interval S  window of the windowed mirror gauges, in\n"
+    "                           seconds (default 3600); counters never reset\n"
+    "      --source-dsn DSN     libpq conninfo of the source, used to name the database\n"
+    "                           and user of sessions open before the agent started\n"
+    "                           (pg_stat_activity; needs pg_read_all_stats). Its own\n"
+    "                           connection is excluded from capture. Default: off, such\n"
+    "                           sessions are counted as database=\"unknown\"\n"
+    "  -v, --verbose            also print libbpf's messages\n"
+    "  -V, --version            print the version and exit\n"
+    "  -h, --help               print this help and exit\n"
+    "\n"
+    "Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 when it cannot start\n"
+    "(bad option, missing interface, not privileged, kernel without BPF/BTF).\n"
+    "\n"
+    "Examples:\n"
+    "  pgshadow --port 5432\n"
+    "  pgshadow --port 5432 --interface lo --dump-streams /tmp/streams\n";
 
 static void on_signal(int sig)
 {
@@ -133,8 +133,9 @@ static bool parse_ulong(const char *opt, const char *arg, unsigned long min, uns
 	errno = 0;
 	v = strtoul(arg, &end, 10);
 	if (errno || end == arg || *end || arg[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "pgshadow: invalid value '%s' for %s: expected an integer from %lu "
-				"to %lu\n",
+		fprintf(stderr,
+			"pgshadow: invalid value '%s' for %s: expected an integer from %lu "
+			"to %lu\n",
 			arg, opt, min, max);
 		return false;
 	}
@@ -160,34 +161,50 @@ static bool add_interfaces(struct options *o, char *arg)
 /* Returns 0 to run, or an exit status (0 for --help/--version). -1 means run. */
 static int parse_args(int argc, char **argv, struct options *o)
 {
-	enum { OPT_ATTACH = 256, OPT_DUMP, OPT_RINGBUF, OPT_MAX_FLOWS, OPT_FLOW_BUF, OPT_HOLE,
-	       OPT_IDLE, OPT_METRICS, OPT_MAX_DBS, OPT_MAX_MSG, OPT_SOURCE_DSN, OPT_MIRROR, OPT_MQUEUE, OPT_MMAXCONN,
-	       OPT_MTIMEOUT, OPT_MROLE, OPT_MRESET };
+	enum {
+		OPT_ATTACH = 256,
+		OPT_DUMP,
+		OPT_RINGBUF,
+		OPT_MAX_FLOWS,
+		OPT_FLOW_BUF,
+		OPT_HOLE,
+		OPT_IDLE,
+		OPT_METRICS,
+		OPT_MAX_DBS,
+		OPT_MAX_MSG,
+		OPT_SOURCE_DSN,
+		OPT_MIRROR,
+		OPT_MQUEUE,
+		OPT_MMAXCONN,
+		OPT_MTIMEOUT,
+		OPT_MROLE,
+		OPT_MRESET
+	};
 	static const struct option longopts[] = {
-		{ "port", required_argument, NULL, 'p' },
-		{ "interface", required_argument, NULL, 'i' },
-		{ "attach", required_argument, NULL, OPT_ATTACH },
-		{ "dump-streams", required_argument, NULL, OPT_DUMP },
-		{ "ringbuf-mb", required_argument, NULL, OPT_RINGBUF },
-		{ "max-flows", required_argument, NULL, OPT_MAX_FLOWS },
-		{ "flow-buffer-kb", required_argument, NULL, OPT_FLOW_BUF },
-		{ "hole-timeout-ms", required_argument, NULL, OPT_HOLE },
-		{ "idle-timeout-s", required_argument, NULL, OPT_IDLE },
-		{ "metrics-listen", required_argument, NULL, OPT_METRICS },
-		{ "max-databases", required_argument, NULL, OPT_MAX_DBS },
-		{ "max-message-kb", required_argument, NULL, OPT_MAX_MSG },
-		{ "source-dsn", required_argument, NULL, OPT_SOURCE_DSN },
-		{ "mirror", required_argument, NULL, OPT_MIRROR },
-		{ "mirror-of", required_argument, NULL, OPT_MIRROR },
-		{ "mirror-queue", required_argument, NULL, OPT_MQUEUE },
-		{ "mirror-max-connections", required_argument, NULL, OPT_MMAXCONN },
-		{ "mirror-timeout-ms", required_argument, NULL, OPT_MTIMEOUT },
-		{ "mirror-set-role", required_argument, NULL, OPT_MROLE },
-		{ "mirror-metrics-reset-interval", required_argument, NULL, OPT_MRESET },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"port", required_argument, NULL, 'p'},
+	    {"interface", required_argument, NULL, 'i'},
+	    {"attach", required_argument, NULL, OPT_ATTACH},
+	    {"dump-streams", required_argument, NULL, OPT_DUMP},
+	    {"ringbuf-mb", required_argument, NULL, OPT_RINGBUF},
+	    {"max-flows", required_argument, NULL, OPT_MAX_FLOWS},
+	    {"flow-buffer-kb", required_argument, NULL, OPT_FLOW_BUF},
+	    {"hole-timeout-ms", required_argument, NULL, OPT_HOLE},
+	    {"idle-timeout-s", required_argument, NULL, OPT_IDLE},
+	    {"metrics-listen", required_argument, NULL, OPT_METRICS},
+	    {"max-databases", required_argument, NULL, OPT_MAX_DBS},
+	    {"max-message-kb", required_argument, NULL, OPT_MAX_MSG},
+	    {"source-dsn", required_argument, NULL, OPT_SOURCE_DSN},
+	    {"mirror", required_argument, NULL, OPT_MIRROR},
+	    {"mirror-of", required_argument, NULL, OPT_MIRROR},
+	    {"mirror-queue", required_argument, NULL, OPT_MQUEUE},
+	    {"mirror-max-connections", required_argument, NULL, OPT_MMAXCONN},
+	    {"mirror-timeout-ms", required_argument, NULL, OPT_MTIMEOUT},
+	    {"mirror-set-role", required_argument, NULL, OPT_MROLE},
+	    {"mirror-metrics-reset-interval", required_argument, NULL, OPT_MRESET},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	unsigned long v;
 	int c;
@@ -215,8 +232,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 			} else if (!strcmp(optarg, "tc")) {
 				o->attach = CAPTURE_ATTACH_TC;
 			} else {
-				fprintf(stderr, "pgshadow: invalid value '%s' for --attach: expected "
-						"tcx or tc\n",
+				fprintf(stderr,
+					"pgshadow: invalid value '%s' for --attach: expected "
+					"tcx or tc\n",
 					optarg);
 				return EXIT_USAGE;
 			}
@@ -228,8 +246,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 			if (!parse_ulong("--ringbuf-mb", optarg, 1, 1024, &o->ringbuf_mb))
 				return EXIT_USAGE;
 			if (o->ringbuf_mb & (o->ringbuf_mb - 1)) {
-				fprintf(stderr, "pgshadow: invalid value '%s' for --ringbuf-mb: "
-						"expected a power of two from 1 to 1024\n",
+				fprintf(stderr,
+					"pgshadow: invalid value '%s' for --ringbuf-mb: "
+					"expected a power of two from 1 to 1024\n",
 					optarg);
 				return EXIT_USAGE;
 			}
@@ -294,8 +313,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 			} else if (!strcmp(optarg, "off") || !strcmp(optarg, "false")) {
 				o->mirror.set_role = false;
 			} else {
-				fprintf(stderr, "pgshadow: invalid value '%s' for --mirror-set-role: "
-						"expected on or off\n",
+				fprintf(stderr,
+					"pgshadow: invalid value '%s' for --mirror-set-role: "
+					"expected on or off\n",
 					optarg);
 				return EXIT_USAGE;
 			}
@@ -385,36 +405,37 @@ static void apply_identities(struct resolver *r, struct pipeline *p, uint64_t no
 static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 			const struct session_stats *ss, uint64_t dump_errs)
 {
-	fprintf(stderr,
-		"pgshadow: stats packets=%llu bytes=%llu records=%llu ringbuf_drops=%llu "
-		"truncated=%llu copy_errors=%llu malformed=%llu excluded=%llu local_client=%llu "
-		"pure_acks=%llu flows=%llu flows_refused=%llu flows_midstream=%llu "
-		"flows_expired=%llu views_merged=%llu delivered=%llu dup_segments=%llu "
-		"ooo_segments=%llu buffer_cap_hits=%llu hole_timeouts=%llu late_segments=%llu "
-		"gaps=%llu gap_bytes=%llu dump_errors=%llu sessions=%llu requests=%llu "
-		"resyncs=%llu encrypted=%llu replication=%llu abandoned=%llu rst_ignored=%llu "
-		"late_bytes_undelivered=%llu flows_reopened=%llu tail_gaps=%llu "
-		"user_excluded=%llu\n",
-		(unsigned long long)k[CAPTURE_CNT_PACKETS], (unsigned long long)k[CAPTURE_CNT_BYTES],
-		(unsigned long long)k[CAPTURE_CNT_RECORDS],
-		(unsigned long long)k[CAPTURE_CNT_RB_DROPS],
-		(unsigned long long)k[CAPTURE_CNT_TRUNCATED],
-		(unsigned long long)k[CAPTURE_CNT_COPY_ERRORS],
-		(unsigned long long)k[CAPTURE_USER_MALFORMED], (unsigned long long)k[CAPTURE_CNT_EXCLUDED],
-		(unsigned long long)k[CAPTURE_CNT_LOCAL_CLIENT],
-		(unsigned long long)k[CAPTURE_CNT_PURE_ACKS], (unsigned long long)s->flows_opened,
-		(unsigned long long)s->flows_refused, (unsigned long long)s->flows_midstream,
-		(unsigned long long)s->flows_expired, (unsigned long long)s->views_merged,
-		(unsigned long long)s->bytes_delivered, (unsigned long long)s->dup_segments,
-		(unsigned long long)s->ooo_segments, (unsigned long long)s->buffer_cap_hits,
-		(unsigned long long)s->hole_timeouts, (unsigned long long)s->late_segments,
-		(unsigned long long)s->gaps, (unsigned long long)s->gap_bytes,
-		(unsigned long long)dump_errs, (unsigned long long)ss->sessions_opened,
-		(unsigned long long)ss->requests, (unsigned long long)ss->resyncs,
-		(unsigned long long)ss->encrypted, (unsigned long long)ss->replication,
-		(unsigned long long)ss->abandoned, (unsigned long long)s->rst_ignored,
-		(unsigned long long)s->late_bytes_undelivered, (unsigned long long)s->flows_reopened,
-		(unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED]);
+	fprintf(
+	    stderr,
+	    "pgshadow: stats packets=%llu bytes=%llu records=%llu ringbuf_drops=%llu "
+	    "truncated=%llu copy_errors=%llu malformed=%llu excluded=%llu local_client=%llu "
+	    "pure_acks=%llu flows=%llu flows_refused=%llu flows_midstream=%llu "
+	    "flows_expired=%llu views_merged=%llu delivered=%llu dup_segments=%llu "
+	    "ooo_segments=%llu buffer_cap_hits=%llu hole_timeouts=%llu late_segments=%llu "
+	    "gaps=%llu gap_bytes=%llu dump_errors=%llu sessions=%llu requests=%llu "
+	    "resyncs=%llu encrypted=%llu replication=%llu abandoned=%llu rst_ignored=%llu "
+	    "late_bytes_undelivered=%llu flows_reopened=%llu tail_gaps=%llu "
+	    "user_excluded=%llu\n",
+	    (unsigned long long)k[CAPTURE_CNT_PACKETS], (unsigned long long)k[CAPTURE_CNT_BYTES],
+	    (unsigned long long)k[CAPTURE_CNT_RECORDS], (unsigned long long)k[CAPTURE_CNT_RB_DROPS],
+	    (unsigned long long)k[CAPTURE_CNT_TRUNCATED],
+	    (unsigned long long)k[CAPTURE_CNT_COPY_ERRORS],
+	    (unsigned long long)k[CAPTURE_USER_MALFORMED],
+	    (unsigned long long)k[CAPTURE_CNT_EXCLUDED],
+	    (unsigned long long)k[CAPTURE_CNT_LOCAL_CLIENT],
+	    (unsigned long long)k[CAPTURE_CNT_PURE_ACKS], (unsigned long long)s->flows_opened,
+	    (unsigned long long)s->flows_refused, (unsigned long long)s->flows_midstream,
+	    (unsigned long long)s->flows_expired, (unsigned long long)s->views_merged,
+	    (unsigned long long)s->bytes_delivered, (unsigned long long)s->dup_segments,
+	    (unsigned long long)s->ooo_segments, (unsigned long long)s->buffer_cap_hits,
+	    (unsigned long long)s->hole_timeouts, (unsigned long long)s->late_segments,
+	    (unsigned long long)s->gaps, (unsigned long long)s->gap_bytes,
+	    (unsigned long long)dump_errs, (unsigned long long)ss->sessions_opened,
+	    (unsigned long long)ss->requests, (unsigned long long)ss->resyncs,
+	    (unsigned long long)ss->encrypted, (unsigned long long)ss->replication,
+	    (unsigned long long)ss->abandoned, (unsigned long long)s->rst_ignored,
+	    (unsigned long long)s->late_bytes_undelivered, (unsigned long long)s->flows_reopened,
+	    (unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED]);
 }
 
 /* Polls until a signal; ticks the pipeline on capture time while records flow and on
@@ -458,7 +479,7 @@ int main(int argc, char **argv)
 	struct resolver *resolver = NULL;
 	struct replay *replay = NULL;
 	struct pipeline_hooks hooks = {};
-	struct sigaction sa = { .sa_handler = on_signal };
+	struct sigaction sa = {.sa_handler = on_signal};
 	struct rlimit rl;
 	char herr[256];
 	uint64_t now;
@@ -472,7 +493,8 @@ int main(int argc, char **argv)
 		struct stat sb;
 
 		if (stat(o.dump_dir, &sb) || !S_ISDIR(sb.st_mode)) {
-			fprintf(stderr, "pgshadow: --dump-streams %s: not a directory\n", o.dump_dir);
+			fprintf(stderr, "pgshadow: --dump-streams %s: not a directory\n",
+				o.dump_dir);
 			return EXIT_USAGE;
 		}
 		dump = dump_open(o.dump_dir);

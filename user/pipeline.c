@@ -59,8 +59,8 @@ static void on_request(void *ctx, struct session_info *s, const struct session_r
 		return;
 	if (!c->db) /* looked up once per session, not per request */
 		c->db = stats_db(p->stats, s->database);
-	stats_source_request(c->db, r->ts_end > r->ts_start ? r->ts_end - r->ts_start : 0,
-			     r->error, r->sqlstate);
+	stats_source_request(c->db, r->ts_end > r->ts_start ? r->ts_end - r->ts_start : 0, r->error,
+			     r->sqlstate);
 	if (c->sink_open && p->hooks.request)
 		p->hooks.request(p->hooks.sink, c->sink_handle, c->db, r);
 }
@@ -86,8 +86,8 @@ static void on_session_event(void *ctx, struct session_info *s, enum session_eve
 }
 
 static const struct session_handler session_handler = {
-	.request = on_request,
-	.event = on_session_event,
+    .request = on_request,
+    .event = on_session_event,
 };
 
 /* ---- tcpstream -> session + dump ---- */
@@ -108,8 +108,8 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 	if (c->session) {
 		session_info(c->session)->user_ptr = c;
 		if (p->hooks.session_open) {
-			c->sink_handle = p->hooks.session_open(p->hooks.sink,
-							       session_info(c->session));
+			c->sink_handle =
+			    p->hooks.session_open(p->hooks.sink, session_info(c->session));
 			c->sink_open = true;
 		}
 		if (!flow->saw_syn && p->hooks.want_identity) {
@@ -137,8 +137,8 @@ static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir d
 		session_feed(c->session, (enum pgwire_dir)dir, data, len, ts_ns);
 }
 
-static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-		   uint64_t missing, uint64_t ts_ns)
+static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir, uint64_t missing,
+		   uint64_t ts_ns)
 {
 	struct pipeline *p = ctx;
 	struct conn *c = flow->user;
@@ -170,10 +170,10 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 }
 
 static const struct tcpstream_handler tcp_handler = {
-	.open = on_open,
-	.data = on_data,
-	.gap = on_gap,
-	.close = on_close,
+    .open = on_open,
+    .data = on_data,
+    .gap = on_gap,
+    .close = on_close,
 };
 
 struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *st,
@@ -197,10 +197,10 @@ struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *s
 void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data)
 {
 	struct tcpstream_segment seg = {
-		.ts_ns = ev->ts_ns,
-		.dir = ev->dir == CAPTURE_DIR_C2S ? TCPSTREAM_C2S : TCPSTREAM_S2C,
-		.data = data,
-		.len = ev->chunk_len,
+	    .ts_ns = ev->ts_ns,
+	    .dir = ev->dir == CAPTURE_DIR_C2S ? TCPSTREAM_C2S : TCPSTREAM_S2C,
+	    .data = data,
+	    .len = ev->chunk_len,
 	};
 	bool c2s = ev->dir == CAPTURE_DIR_C2S;
 	uint32_t syn = ev->tcp_flags & CAPTURE_TCP_SYN ? 1 : 0;
@@ -274,8 +274,8 @@ void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks)
 	p->hooks = *hooks;
 }
 
-bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database,
-		       const char *user, uint64_t now_ns)
+bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database, const char *user,
+		       uint64_t now_ns)
 {
 	struct conn *c;
 

@@ -91,7 +91,7 @@
 #define IDLE_WAKE_MS	   1000
 #define NEVER		   UINT64_MAX
 #define MS		   1000000ull
-#define LOCK_INVERSION_MS 20 /* see causal_blocked() */
+#define LOCK_INVERSION_MS  20 /* see causal_blocked() */
 #define DEFAULT_PGPORT	   5432
 
 enum msg_kind {

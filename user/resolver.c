@@ -15,11 +15,11 @@
 
 #include "resolver.h"
 
-#define QUEUE_MAX 1024	      /* pending lookups; more are refused and counted */
-#define ATTEMPTS 5	      /* a session may appear in pg_stat_activity a little late */
-#define INTERVAL_MS 200	      /* lookups are batched: one query per interval */
+#define QUEUE_MAX	  1024 /* pending lookups; more are refused and counted */
+#define ATTEMPTS	  5    /* a session may appear in pg_stat_activity a little late */
+#define INTERVAL_MS	  200  /* lookups are batched: one query per interval */
 #define CONNECT_TIMEOUT_S 5
-#define BACKOFF_MAX_MS 30000
+#define BACKOFF_MAX_MS	  30000
 
 struct pending {
 	uint64_t flow_id;

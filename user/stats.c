@@ -12,32 +12,32 @@
 #define OTHER_DB "other"
 
 const double stats_bucket_bounds[STATS_BUCKETS] = {
-	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-	0.05,	 0.1,	 0.25,	  0.5,	  1,	 2.5,	 5,	10,   30,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,	    10,	  30,
 };
 
 /* Bucket bounds in nanoseconds, for observe() without floating point. */
 static const uint64_t bucket_ns[STATS_BUCKETS] = {
-	50000,	   100000,     250000,	   500000,	1000000,     2500000,
-	5000000,   10000000,   25000000,   50000000,	100000000,   250000000,
-	500000000, 1000000000, 2500000000, 5000000000, 10000000000, 30000000000,
+    50000,     100000,	   250000,     500000,	   1000000,	2500000,
+    5000000,   10000000,   25000000,   50000000,   100000000,	250000000,
+    500000000, 1000000000, 2500000000, 5000000000, 10000000000, 30000000000,
 };
 
 const char *const stats_skip_reason_names[STATS_SKIP_MAX] = {
-	[STATS_SKIP_UNKNOWN_DATABASE] = "unknown_database",
-	[STATS_SKIP_NO_PARSE] = "no_parse",
-	[STATS_SKIP_FUNCTION_CALL] = "function_call",
-	[STATS_SKIP_CONNECTION_CAP] = "connection_cap",
-	[STATS_SKIP_COPY_TOO_BIG] = "copy_too_big",
-	[STATS_SKIP_SHUTDOWN] = "shutdown",
-	[STATS_SKIP_SESSION_STATE] = "session_state",
+    [STATS_SKIP_UNKNOWN_DATABASE] = "unknown_database",
+    [STATS_SKIP_NO_PARSE] = "no_parse",
+    [STATS_SKIP_FUNCTION_CALL] = "function_call",
+    [STATS_SKIP_CONNECTION_CAP] = "connection_cap",
+    [STATS_SKIP_COPY_TOO_BIG] = "copy_too_big",
+    [STATS_SKIP_SHUTDOWN] = "shutdown",
+    [STATS_SKIP_SESSION_STATE] = "session_state",
 };
 
 const char *const stats_error_type_names[STATS_ERR_MAX] = {
-	[STATS_ERR_CONNECTION] = "connection",
-	[STATS_ERR_QUERY] = "query",
-	[STATS_ERR_TIMEOUT] = "timeout",
-	[STATS_ERR_BUFFER_FULL] = "buffer_full",
+    [STATS_ERR_CONNECTION] = "connection",
+    [STATS_ERR_QUERY] = "query",
+    [STATS_ERR_TIMEOUT] = "timeout",
+    [STATS_ERR_BUFFER_FULL] = "buffer_full",
 };
 
 /* Global mirror numbers. Counters are atomics; the latency window, the streaks and the
@@ -89,8 +89,8 @@ struct stats *stats_new(const struct stats_config *cfg)
 		return NULL;
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_mutex_init(&st->mirror.win_lock, NULL);
-	st->mirror.interval_ns = cfg->reset_interval_ns ? cfg->reset_interval_ns
-							: 3600ULL * 1000000000ULL;
+	st->mirror.interval_ns =
+	    cfg->reset_interval_ns ? cfg->reset_interval_ns : 3600ULL * 1000000000ULL;
 	st->mirror.start_ns = cfg->start_ns;
 	st->mirror.enabled = cfg->mirror_enabled;
 	st->max_dbs = cfg->max_databases;
@@ -218,8 +218,8 @@ static void roll_window(struct stats *st, uint64_t now_ns)
 	struct mirror *m = &st->mirror;
 	uint32_t i, n;
 
-	if (m->win_start_ns && (now_ns < m->win_start_ns ||
-				now_ns - m->win_start_ns < m->interval_ns))
+	if (m->win_start_ns &&
+	    (now_ns < m->win_start_ns || now_ns - m->win_start_ns < m->interval_ns))
 		return;
 	if (!m->win_start_ns) {
 		m->win_start_ns = now_ns;
@@ -345,7 +345,7 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	/* before the first success: since the agent started (so an alert on a mirror that
 	 * never worked fires) */
 	out->last_success_seconds_ago =
-		(now_ns - (m->last_success_ns ? m->last_success_ns : m->start_ns)) / 1e9;
+	    (now_ns - (m->last_success_ns ? m->last_success_ns : m->start_ns)) / 1e9;
 	pthread_mutex_unlock(&m->win_lock);
 }
 
@@ -379,8 +379,7 @@ static bool header(struct buf *b, const char *name, const char *type, const char
 }
 
 /* Appends `name{database="<escaped db>` (the caller closes the label set). */
-static bool db_label(struct buf *b, const char *name, const char *suffix,
-		     const struct stats_db *db)
+static bool db_label(struct buf *b, const char *name, const char *suffix, const struct stats_db *db)
 {
 	bool ok = buf_printf(b, "%s%s{database=\"", name, suffix);
 
@@ -422,9 +421,9 @@ static bool render_source(struct buf *b, struct stats_db **dbs, uint32_t n)
 		     "Requests (Query, Execute, FunctionCall) the source completed, by database.");
 	for (i = 0; i < n; i++) {
 		ok &= db_label(b, "mirror_source_requests_total", "", dbs[i]);
-		ok &= buf_printf(b, "\"} %llu\n",
-				 (unsigned long long)atomic_load_explicit(&dbs[i]->source_requests,
-									  RELAXED));
+		ok &= buf_printf(
+		    b, "\"} %llu\n",
+		    (unsigned long long)atomic_load_explicit(&dbs[i]->source_requests, RELAXED));
 	}
 	ok &= header(b, "mirror_source_errors_total", "counter",
 		     "Requests the source answered with an error, by database and SQLSTATE class.");
@@ -458,39 +457,38 @@ struct capture_metric {
 #define CAP(field) offsetof(struct stats_capture, field)
 
 static const struct capture_metric capture_metrics[] = {
-	{ "mirror_capture_packets_total", "counter",
-	  "Packets of the server port the kernel program reported.", CAP(packets) },
-	{ "mirror_capture_bytes_total", "counter", "TCP payload bytes of those packets.",
-	  CAP(bytes) },
-	{ "mirror_capture_ringbuf_drops_total", "counter",
-	  "Records lost because the ring buffer was full (each shows up as a stream gap).",
-	  CAP(ringbuf_drops) },
-	{ "mirror_capture_truncated_total", "counter",
-	  "Packets whose payload exceeded the 64 KiB copy limit.", CAP(truncated) },
-	{ "mirror_capture_stream_gaps_total", "counter",
-	  "Holes in reassembled streams reported to the decoder (missed starts included).",
-	  CAP(stream_gaps) },
-	{ "mirror_capture_resyncs_total", "counter",
-	  "Times the decoder found message boundaries again after a gap or a missed start.",
-	  CAP(resyncs) },
-	{ "mirror_capture_sessions_active", "gauge", "PostgreSQL sessions being decoded now.",
-	  CAP(sessions_active) },
-	{ "mirror_capture_encrypted_sessions_total", "counter",
-	  "Sessions the server accepted SSL/GSS encryption for (counted, never decoded).",
-	  CAP(encrypted_sessions) },
-	{ "mirror_capture_replication_sessions_total", "counter",
-	  "Replication connections (counted, never decoded).", CAP(replication_sessions) },
+    {"mirror_capture_packets_total", "counter",
+     "Packets of the server port the kernel program reported.", CAP(packets)},
+    {"mirror_capture_bytes_total", "counter", "TCP payload bytes of those packets.", CAP(bytes)},
+    {"mirror_capture_ringbuf_drops_total", "counter",
+     "Records lost because the ring buffer was full (each shows up as a stream gap).",
+     CAP(ringbuf_drops)},
+    {"mirror_capture_truncated_total", "counter",
+     "Packets whose payload exceeded the 64 KiB copy limit.", CAP(truncated)},
+    {"mirror_capture_stream_gaps_total", "counter",
+     "Holes in reassembled streams reported to the decoder (missed starts included).",
+     CAP(stream_gaps)},
+    {"mirror_capture_resyncs_total", "counter",
+     "Times the decoder found message boundaries again after a gap or a missed start.",
+     CAP(resyncs)},
+    {"mirror_capture_sessions_active", "gauge", "PostgreSQL sessions being decoded now.",
+     CAP(sessions_active)},
+    {"mirror_capture_encrypted_sessions_total", "counter",
+     "Sessions the server accepted SSL/GSS encryption for (counted, never decoded).",
+     CAP(encrypted_sessions)},
+    {"mirror_capture_replication_sessions_total", "counter",
+     "Replication connections (counted, never decoded).", CAP(replication_sessions)},
 };
 
 static const struct capture_metric limit_metrics[] = {
-	{ "flows", NULL, NULL, CAP(flows_refused) },
-	{ "flow_buffer", NULL, NULL, CAP(flow_buffer_full) },
-	{ "hole_timeout", NULL, NULL, CAP(hole_timeouts) },
-	{ "statements", NULL, NULL, CAP(statements_evicted) },
-	{ "inflight", NULL, NULL, CAP(inflight_overflow) },
-	{ "message_size", NULL, NULL, CAP(bodies_too_big) },
-	{ "portals", NULL, NULL, CAP(portals_evicted) },
-	{ "copy_bytes", NULL, NULL, CAP(copy_truncated) },
+    {"flows", NULL, NULL, CAP(flows_refused)},
+    {"flow_buffer", NULL, NULL, CAP(flow_buffer_full)},
+    {"hole_timeout", NULL, NULL, CAP(hole_timeouts)},
+    {"statements", NULL, NULL, CAP(statements_evicted)},
+    {"inflight", NULL, NULL, CAP(inflight_overflow)},
+    {"message_size", NULL, NULL, CAP(bodies_too_big)},
+    {"portals", NULL, NULL, CAP(portals_evicted)},
+    {"copy_bytes", NULL, NULL, CAP(copy_truncated)},
 };
 
 static uint64_t cap_field(const struct stats_capture *c, size_t offset)
@@ -574,25 +572,28 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_requests_total", "counter",
 			       "Requests of mirrored databases the source completed (each ends in "
 			       "one outcome: not sampled, skipped, dropped, mirrored, error, or in "
-			       "flight).", m.total);
+			       "flight).",
+			       m.total);
 	ok &= gauge_or_counter(b, "mirror_requests_mirrored", "counter",
 			       "Requests replayed on the mirror with the expected outcome.",
 			       m.mirrored);
-	ok &= gauge_or_counter(b, "mirror_requests_dropped", "counter",
-			       "Requests dropped because their session's queue was full.",
-			       m.dropped);
+	ok &=
+	    gauge_or_counter(b, "mirror_requests_dropped", "counter",
+			     "Requests dropped because their session's queue was full.", m.dropped);
 	ok &= gauge_or_counter(b, "mirror_errors_connection", "counter",
 			       "Requests lost to mirror connection errors.",
 			       m.errors[STATS_ERR_CONNECTION]);
-	ok &= gauge_or_counter(b, "mirror_errors_query", "counter",
-			       "Requests the mirror answered with an error the source did not return.",
-			       m.errors[STATS_ERR_QUERY]);
+	ok &= gauge_or_counter(
+	    b, "mirror_errors_query", "counter",
+	    "Requests the mirror answered with an error the source did not return.",
+	    m.errors[STATS_ERR_QUERY]);
 	ok &= gauge_or_counter(b, "mirror_errors_timeout", "counter",
 			       "Requests cancelled by the mirror's statement_timeout (57014).",
 			       m.errors[STATS_ERR_TIMEOUT]);
 	ok &= gauge_or_counter(b, "mirror_errors_buffer_full", "counter",
 			       "Requests dropped because their session's queue was full (= "
-			       "mirror_requests_dropped).", m.errors[STATS_ERR_BUFFER_FULL]);
+			       "mirror_requests_dropped).",
+			       m.errors[STATS_ERR_BUFFER_FULL]);
 	ok &= header(b, "mirror_errors_total", "counter", "Mirror errors by type.");
 	for (i = 0; i < STATS_ERR_MAX; i++)
 		ok &= buf_printf(b, "mirror_errors_total{error_type=\"%s\"} %llu\n",
@@ -610,7 +611,8 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			       "Mirror errors since the last success.", m.consecutive_errors);
 	ok &= gauge_or_counter(b, "mirror_last_success_seconds_ago", "gauge",
 			       "Seconds since the last mirrored request (since start before the "
-			       "first).", m.last_success_seconds_ago);
+			       "first).",
+			       m.last_success_seconds_ago);
 	ok &= gauge_or_counter(b, "mirror_buffer_utilization", "gauge",
 			       "Fill of the fullest per-session replay queue, percent.",
 			       m.buffer_utilization);
@@ -622,14 +624,16 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 		     "Requests of the database submitted for mirroring.");
 	for (i = 0; i < n; i++) {
 		ok &= db_label(b, "mirror_database_requests", "", dbs[i]);
-		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
-							&dbs[i]->mirror_requests, RELAXED));
+		ok &= buf_printf(
+		    b, "\"} %llu\n",
+		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_requests, RELAXED));
 	}
 	ok &= header(b, "mirror_database_errors", "counter", "Mirror errors of the database.");
 	for (i = 0; i < n; i++) {
 		ok &= db_label(b, "mirror_database_errors", "", dbs[i]);
-		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
-							&dbs[i]->mirror_errors, RELAXED));
+		ok &= buf_printf(
+		    b, "\"} %llu\n",
+		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_errors, RELAXED));
 	}
 	ok &= header(b, "mirror_database_latency_ms", "gauge",
 		     "Average mirror latency of the database over the current reset interval.");
@@ -637,17 +641,18 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	for (i = 0; i < n; i++) {
 		ok &= db_label(b, "mirror_database_latency_ms", "", dbs[i]);
 		ok &= buf_printf(b, "\"} %.6f\n",
-				 dbs[i]->win_latency_count ? dbs[i]->win_latency_sum_ns / 1e6 /
-								     dbs[i]->win_latency_count
-							   : 0.0);
+				 dbs[i]->win_latency_count
+				     ? dbs[i]->win_latency_sum_ns / 1e6 / dbs[i]->win_latency_count
+				     : 0.0);
 	}
 	pthread_mutex_unlock(&st->mirror.win_lock);
 	ok &= header(b, "mirror_requests_not_sampled_total", "counter",
 		     "Requests not selected by mirror_exposure, by database.");
 	for (i = 0; i < n; i++) {
 		ok &= db_label(b, "mirror_requests_not_sampled_total", "", dbs[i]);
-		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)atomic_load_explicit(
-							&dbs[i]->mirror_not_sampled, RELAXED));
+		ok &= buf_printf(
+		    b, "\"} %llu\n",
+		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_not_sampled, RELAXED));
 	}
 	ok &= header(b, "mirror_requests_skipped_total", "counter",
 		     "Requests not replayed, by database and reason.");
@@ -664,7 +669,8 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= header(b, "mirror_latency_seconds", "histogram",
 		     "Mirror latency, from sending a request to its last result, by database.");
 	for (i = 0; i < n; i++)
-		ok &= render_histogram(b, "mirror_latency_seconds", dbs[i], &dbs[i]->mirror_latency);
+		ok &=
+		    render_histogram(b, "mirror_latency_seconds", dbs[i], &dbs[i]->mirror_latency);
 	ok &= header(b, "mirror_replay_delay_seconds", "histogram",
 		     "Source completion to mirror completion, by database.");
 	for (i = 0; i < n; i++)

@@ -22,7 +22,7 @@
 #include "capture_event.h"
 #include "capture.skel.h"
 
-#define PORT 5432
+#define PORT	    5432
 #define MAX_RECORDS 16
 
 struct record {
@@ -174,9 +174,9 @@ static void test_ipv4_client_payload(void **state)
 {
 	struct fixture *f = get(state);
 	const uint8_t payload[] = "\0\0\0\x08\0\x03\0\0select 1";
-	uint8_t frame[256], want_src[16] = { [10] = 0xff, [11] = 0xff, 10, 1, 2, 3 };
-	size_t len = build_frame(frame, 4, "10.1.2.3", "10.1.2.4", 40000, PORT, 0xfffffff0,
-				 0x18, payload, sizeof(payload));
+	uint8_t frame[256], want_src[16] = {[10] = 0xff, [11] = 0xff, 10, 1, 2, 3};
+	size_t len = build_frame(frame, 4, "10.1.2.3", "10.1.2.4", 40000, PORT, 0xfffffff0, 0x18,
+				 payload, sizeof(payload));
 	uint64_t pkts = counter(f, CAPTURE_CNT_PACKETS), bytes = counter(f, CAPTURE_CNT_BYTES);
 
 	run_frame(f, frame, len);
@@ -206,8 +206,8 @@ static void test_ipv6_server_payload(void **state)
 
 	for (i = 0; i < sizeof(payload); i++)
 		payload[i] = (uint8_t)(i * 7 + 3);
-	len = build_frame(frame, 6, "2001:db8::1", "2001:db8::2", PORT, 50123, 12345, 0x18,
-			  payload, sizeof(payload));
+	len = build_frame(frame, 6, "2001:db8::1", "2001:db8::2", PORT, 50123, 12345, 0x18, payload,
+			  sizeof(payload));
 	inet_pton(AF_INET6, "2001:db8::2", want_dst);
 	run_frame(f, frame, len);
 	assert_int_equal(f->n, 1);
@@ -231,8 +231,8 @@ static void test_other_ports_ignored(void **state)
 			  (const uint8_t *)"x", 1);
 	run_frame(f, frame, len);
 	assert_int_equal(f->n, 0);
-	len = build_frame(frame, 6, "::1", "::1", PORT - 1, 40000, 1, 0x18,
-			  (const uint8_t *)"x", 1);
+	len =
+	    build_frame(frame, 6, "::1", "::1", PORT - 1, 40000, 1, 0x18, (const uint8_t *)"x", 1);
 	run_frame(f, frame, len);
 	assert_int_equal(f->n, 0);
 	assert_int_equal(counter(f, CAPTURE_CNT_PACKETS), pkts);
@@ -271,7 +271,7 @@ static void test_pure_ack_dropped_flags_kept(void **state)
 static void test_exclude_map(void **state)
 {
 	struct fixture *f = get(state);
-	struct capture_tuple t = { .sport = 41000, .dport = PORT };
+	struct capture_tuple t = {.sport = 41000, .dport = PORT};
 	uint8_t frame[256], one = 1;
 	uint64_t excluded = counter(f, CAPTURE_CNT_EXCLUDED);
 	size_t len;
@@ -279,8 +279,7 @@ static void test_exclude_map(void **state)
 	t.saddr[10] = t.saddr[11] = t.daddr[10] = t.daddr[11] = 0xff;
 	inet_pton(AF_INET, "127.0.0.1", t.saddr + 12);
 	inet_pton(AF_INET, "127.0.0.1", t.daddr + 12);
-	assert_int_equal(bpf_map_update_elem(bpf_map__fd(f->skel->maps.exclude), &t, &one,
-					     BPF_ANY),
+	assert_int_equal(bpf_map_update_elem(bpf_map__fd(f->skel->maps.exclude), &t, &one, BPF_ANY),
 			 0);
 	f->skel->bss->exclude_active = 1;
 	len = build_frame(frame, 4, "127.0.0.1", "127.0.0.1", 41000, PORT, 5, 0x18,
@@ -317,12 +316,12 @@ static void test_not_tcp_and_fragments_ignored(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_ipv4_client_payload),
-		cmocka_unit_test(test_ipv6_server_payload),
-		cmocka_unit_test(test_other_ports_ignored),
-		cmocka_unit_test(test_pure_ack_dropped_flags_kept),
-		cmocka_unit_test(test_exclude_map),
-		cmocka_unit_test(test_not_tcp_and_fragments_ignored),
+	    cmocka_unit_test(test_ipv4_client_payload),
+	    cmocka_unit_test(test_ipv6_server_payload),
+	    cmocka_unit_test(test_other_ports_ignored),
+	    cmocka_unit_test(test_pure_ack_dropped_flags_kept),
+	    cmocka_unit_test(test_exclude_map),
+	    cmocka_unit_test(test_not_tcp_and_fragments_ignored),
 	};
 
 	if (geteuid() != 0)

@@ -15,32 +15,32 @@ static const struct {
 	const char *sql;
 	bool read;
 } cases[] = {
-	{ "SELECT 1", true },
-	{ "select abalance from pgbench_accounts where aid = $1", true },
-	{ "SELECT * FROM a UNION ALL SELECT * FROM b", true },
-	{ "VALUES (1), (2)", true },
-	{ "SHOW work_mem", true },
-	{ "EXPLAIN SELECT * FROM t", true },
-	{ "EXPLAIN (ANALYZE false) SELECT * FROM t", true },
-	{ "WITH x AS (SELECT 1) SELECT * FROM x", true },
-	{ "SELECT 1; SELECT 2", true },
-	{ "", true },
-	{ "SELECT * INTO newtab FROM t", false },
-	{ "SELECT * FROM t FOR UPDATE", false },
-	{ "SELECT * FROM t FOR SHARE SKIP LOCKED", false },
-	{ "SELECT * FROM a UNION SELECT * FROM b FOR UPDATE", false },
-	{ "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", false },
-	{ "EXPLAIN ANALYZE SELECT * FROM t", false },
-	{ "EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t", false },
-	{ "INSERT INTO t VALUES (1)", false },
-	{ "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1", false },
-	{ "DELETE FROM t", false },
-	{ "CREATE TABLE t (a int)", false },
-	{ "SET search_path = public", false },
-	{ "BEGIN", false },
-	{ "COPY t FROM STDIN", false },
-	{ "SELECT 1; DELETE FROM t", false },
-	{ "this is not sql", false },
+    {"SELECT 1", true},
+    {"select abalance from pgbench_accounts where aid = $1", true},
+    {"SELECT * FROM a UNION ALL SELECT * FROM b", true},
+    {"VALUES (1), (2)", true},
+    {"SHOW work_mem", true},
+    {"EXPLAIN SELECT * FROM t", true},
+    {"EXPLAIN (ANALYZE false) SELECT * FROM t", true},
+    {"WITH x AS (SELECT 1) SELECT * FROM x", true},
+    {"SELECT 1; SELECT 2", true},
+    {"", true},
+    {"SELECT * INTO newtab FROM t", false},
+    {"SELECT * FROM t FOR UPDATE", false},
+    {"SELECT * FROM t FOR SHARE SKIP LOCKED", false},
+    {"SELECT * FROM a UNION SELECT * FROM b FOR UPDATE", false},
+    {"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", false},
+    {"EXPLAIN ANALYZE SELECT * FROM t", false},
+    {"EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t", false},
+    {"INSERT INTO t VALUES (1)", false},
+    {"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1", false},
+    {"DELETE FROM t", false},
+    {"CREATE TABLE t (a int)", false},
+    {"SET search_path = public", false},
+    {"BEGIN", false},
+    {"COPY t FROM STDIN", false},
+    {"SELECT 1; DELETE FROM t", false},
+    {"this is not sql", false},
 };
 
 static void test_classification(void **state)
@@ -108,9 +108,9 @@ static void test_cache_hits_and_evictions(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_classification),
-		cmocka_unit_test(test_fingerprint_ignores_constants),
-		cmocka_unit_test(test_cache_hits_and_evictions),
+	    cmocka_unit_test(test_classification),
+	    cmocka_unit_test(test_fingerprint_ignores_constants),
+	    cmocka_unit_test(test_cache_hits_and_evictions),
 	};
 
 	return cmocka_run_group_tests_name("fingerprint", tests, NULL, NULL);

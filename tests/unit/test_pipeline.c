@@ -16,7 +16,7 @@
 #include "pipeline.h"
 
 #define PORT 5432
-#define MS 1000000ULL
+#define MS   1000000ULL
 
 struct wire {
 	uint8_t b[4096];
@@ -130,12 +130,11 @@ struct conn_sim {
 };
 
 /* Sends one record (one packet) in dir with flags and the bytes of w. */
-static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wire *w,
-		     uint64_t ts)
+static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wire *w, uint64_t ts)
 {
 	uint8_t buf[sizeof(struct capture_event) + 4096];
 	struct capture_event *ev = (struct capture_event *)buf;
-	uint8_t lo[16] = { [10] = 0xff, [11] = 0xff, 127, 0, 0, 1 };
+	uint8_t lo[16] = {[10] = 0xff, [11] = 0xff, 127, 0, 0, 1};
 	size_t len = w ? w->n : 0;
 
 	memset(ev, 0, sizeof(*ev));
@@ -174,7 +173,7 @@ static void assert_contains(const char *text, const char *line)
 
 static struct stats *new_stats(void)
 {
-	struct stats_config cfg = { .max_databases = 10 };
+	struct stats_config cfg = {.max_databases = 10};
 
 	return stats_new(&cfg);
 }
@@ -183,7 +182,7 @@ static void test_session_from_start(void **state)
 {
 	struct pipeline_config cfg;
 	struct stats *st = new_stats();
-	struct conn_sim c = { .cport = 40001, .seq = { 1000, 9000 } };
+	struct conn_sim c = {.cport = 40001, .seq = {1000, 9000}};
 	struct wire w;
 	char *text;
 
@@ -222,10 +221,14 @@ static void test_session_from_start(void **state)
 	pipeline_tick(c.p, 61 * MS, NULL);
 	text = render(st);
 	assert_contains(text, "mirror_source_requests_total{database=\"app\"} 2\n");
-	assert_contains(text, "mirror_source_errors_total{database=\"app\",sqlstate_class=\"23\"} 1\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.0025\"} 0\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.005\"} 1\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.05\"} 2\n");
+	assert_contains(text,
+			"mirror_source_errors_total{database=\"app\",sqlstate_class=\"23\"} 1\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.0025\"} 0\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.005\"} 1\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"app\",le=\"0.05\"} 2\n");
 	assert_contains(text, "mirror_source_latency_seconds_sum{database=\"app\"} 0.043000000\n");
 	assert_contains(text, "mirror_capture_sessions_active 1\n");
 	free(text);
@@ -261,9 +264,9 @@ static void test_midstream_session_resync_and_identify(void **state)
 {
 	struct pipeline_config cfg;
 	struct stats *st = new_stats();
-	struct conn_sim c = { .cport = 40002, .seq = { 5000, 7000 } };
+	struct conn_sim c = {.cport = 40002, .seq = {5000, 7000}};
 	struct ident_ctx ic = {};
-	struct pipeline_hooks hooks = { .want_identity = want_identity, .ctx = &ic };
+	struct pipeline_hooks hooks = {.want_identity = want_identity, .ctx = &ic};
 	struct wire w;
 	uint64_t unknown;
 	char *text;
@@ -321,8 +324,8 @@ static void test_midstream_session_resync_and_identify(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_session_from_start),
-		cmocka_unit_test(test_midstream_session_resync_and_identify),
+	    cmocka_unit_test(test_session_from_start),
+	    cmocka_unit_test(test_midstream_session_resync_and_identify),
 	};
 
 	return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);

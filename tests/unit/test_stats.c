@@ -40,7 +40,7 @@ static void assert_contains(const char *text, const char *line)
 
 static void test_source_counters_and_errors(void **state)
 {
-	struct stats_config cfg = { .max_databases = 10 };
+	struct stats_config cfg = {.max_databases = 10};
 	struct stats *st = stats_new(&cfg);
 	struct stats_db *app, *app2;
 	char *text;
@@ -56,10 +56,12 @@ static void test_source_counters_and_errors(void **state)
 	stats_source_request(app, 4000, true, "");
 	text = render(st);
 	assert_contains(text, "mirror_source_requests_total{database=\"app\"} 5\n");
-	assert_contains(text, "mirror_source_errors_total{database=\"app\",sqlstate_class=\"23\"} 2\n");
-	assert_contains(text, "mirror_source_errors_total{database=\"app\",sqlstate_class=\"42\"} 1\n");
 	assert_contains(text,
-			"mirror_source_errors_total{database=\"app\",sqlstate_class=\"unknown\"} 1\n");
+			"mirror_source_errors_total{database=\"app\",sqlstate_class=\"23\"} 2\n");
+	assert_contains(text,
+			"mirror_source_errors_total{database=\"app\",sqlstate_class=\"42\"} 1\n");
+	assert_contains(
+	    text, "mirror_source_errors_total{database=\"app\",sqlstate_class=\"unknown\"} 1\n");
 	assert_contains(text, "# TYPE mirror_source_latency_seconds histogram\n");
 	free(text);
 	stats_free(st);
@@ -67,7 +69,7 @@ static void test_source_counters_and_errors(void **state)
 
 static void test_histogram_buckets(void **state)
 {
-	struct stats_config cfg = { .max_databases = 1 };
+	struct stats_config cfg = {.max_databases = 1};
 	struct stats *st = stats_new(&cfg);
 	struct stats_db *db = stats_db(st, "d");
 	char *text;
@@ -78,12 +80,17 @@ static void test_histogram_buckets(void **state)
 	stats_histogram_observe(&db->source_latency, 3000000);	   /* 3 ms: le=0.005 */
 	stats_histogram_observe(&db->source_latency, 40000000000); /* 40 s: only +Inf */
 	text = render(st);
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"5e-05\"} 1\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.0001\"} 2\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.0025\"} 2\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.005\"} 3\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"d\",le=\"5e-05\"} 1\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.0001\"} 2\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.0025\"} 2\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"d\",le=\"0.005\"} 3\n");
 	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"30\"} 3\n");
-	assert_contains(text, "mirror_source_latency_seconds_bucket{database=\"d\",le=\"+Inf\"} 4\n");
+	assert_contains(text,
+			"mirror_source_latency_seconds_bucket{database=\"d\",le=\"+Inf\"} 4\n");
 	assert_contains(text, "mirror_source_latency_seconds_count{database=\"d\"} 4\n");
 	assert_contains(text, "mirror_source_latency_seconds_sum{database=\"d\"} 40.003100001\n");
 	free(text);
@@ -92,7 +99,7 @@ static void test_histogram_buckets(void **state)
 
 static void test_database_cap_and_escaping(void **state)
 {
-	struct stats_config cfg = { .max_databases = 2 };
+	struct stats_config cfg = {.max_databases = 2};
 	struct stats *st = stats_new(&cfg);
 	char *text;
 
@@ -114,7 +121,7 @@ static void test_database_cap_and_escaping(void **state)
 
 static void test_capture_block_rendered(void **state)
 {
-	struct stats_config cfg = { .max_databases = 2 };
+	struct stats_config cfg = {.max_databases = 2};
 	struct stats *st = stats_new(&cfg);
 	struct stats_capture *c = stats_capture(st);
 	char *text;
@@ -165,7 +172,8 @@ static void test_parse_listen(void **state)
 	assert_int_equal(http_parse_listen("127.0.0.1", &ss, &len, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "127.0.0.1"));
 	assert_int_equal(http_parse_listen("127.0.0.1:0", &ss, &len, err, sizeof(err)), -EINVAL);
-	assert_int_equal(http_parse_listen("127.0.0.1:65536", &ss, &len, err, sizeof(err)), -EINVAL);
+	assert_int_equal(http_parse_listen("127.0.0.1:65536", &ss, &len, err, sizeof(err)),
+			 -EINVAL);
 	assert_int_equal(http_parse_listen("example.com:80", &ss, &len, err, sizeof(err)), -EINVAL);
 	assert_int_equal(http_parse_listen("[::1:80", &ss, &len, err, sizeof(err)), -EINVAL);
 }
@@ -175,7 +183,7 @@ static void test_parse_listen(void **state)
 /* The seed's test_mirror_stats_recording, against our API (latency in ns). */
 static void test_mirror_stats_recording(void **state)
 {
-	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats_config cfg = {.max_databases = 4, .mirror_enabled = true};
 	struct stats *st = stats_new(&cfg);
 	struct stats_db *db = stats_db(st, "test_db");
 	struct stats_mirror_snapshot m;
@@ -196,13 +204,15 @@ static void test_mirror_stats_recording(void **state)
 	assert_int_equal(m.consecutive_successes, 2);
 	assert_true(m.last_success_seconds_ago == 1.0);
 	text = render_at(st, 3000 * MS);
-	assert_contains(text, "# TYPE mirror_requests_mirrored counter\nmirror_requests_mirrored 2\n");
+	assert_contains(text,
+			"# TYPE mirror_requests_mirrored counter\nmirror_requests_mirrored 2\n");
 	assert_contains(text, "# TYPE mirror_latency_avg_ms gauge\nmirror_latency_avg_ms 150\n");
 	assert_contains(text, "mirror_latency_max_ms 200\n");
 	assert_contains(text, "mirror_database_requests{database=\"test_db\"} 2\n");
 	assert_contains(text, "mirror_database_latency_ms{database=\"test_db\"} 150.000000\n");
 	assert_contains(text, "mirror_latency_seconds_count{database=\"test_db\"} 2\n");
-	assert_contains(text, "mirror_replay_delay_seconds_bucket{database=\"test_db\",le=\"0.001\"} 1\n");
+	assert_contains(
+	    text, "mirror_replay_delay_seconds_bucket{database=\"test_db\",le=\"0.001\"} 1\n");
 	free(text);
 	stats_free(st);
 }
@@ -210,7 +220,7 @@ static void test_mirror_stats_recording(void **state)
 /* The seed's test_error_tracking. */
 static void test_error_tracking(void **state)
 {
-	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats_config cfg = {.max_databases = 4, .mirror_enabled = true};
 	struct stats *st = stats_new(&cfg);
 	struct stats_db *db = stats_db(st, "test_db");
 	struct stats_mirror_snapshot m;
@@ -246,9 +256,9 @@ static void test_error_tracking(void **state)
  * happens in whatever order. */
 static void test_outcome_invariant(void **state)
 {
-	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true };
+	struct stats_config cfg = {.max_databases = 4, .mirror_enabled = true};
 	struct stats *st = stats_new(&cfg);
-	struct stats_db *dbs[2] = { stats_db(st, "a"), stats_db(st, "b") };
+	struct stats_db *dbs[2] = {stats_db(st, "a"), stats_db(st, "b")};
 	struct stats_mirror_snapshot m;
 	uint64_t pending = 0, want_total = 0;
 	unsigned int seed = 12345;
@@ -293,8 +303,7 @@ static void test_outcome_invariant(void **state)
 	for (e = 0; e < STATS_ERR_MAX; e++)
 		if (e != STATS_ERR_BUFFER_FULL)
 			m.in_flight += m.errors[e];
-	assert_int_equal(m.not_sampled + m.skipped + m.dropped + m.mirrored + m.in_flight,
-			 m.total);
+	assert_int_equal(m.not_sampled + m.skipped + m.dropped + m.mirrored + m.in_flight, m.total);
 	assert_int_equal(m.dropped, m.errors[STATS_ERR_BUFFER_FULL]);
 	stats_free(st);
 }
@@ -302,8 +311,8 @@ static void test_outcome_invariant(void **state)
 /* Windowed gauges cover the current reset interval only; counters never reset. */
 static void test_reset_interval_window(void **state)
 {
-	struct stats_config cfg = { .max_databases = 4, .mirror_enabled = true,
-				    .reset_interval_ns = 10 * 1000 * MS };
+	struct stats_config cfg = {
+	    .max_databases = 4, .mirror_enabled = true, .reset_interval_ns = 10 * 1000 * MS};
 	struct stats *st = stats_new(&cfg);
 	struct stats_db *db = stats_db(st, "d");
 	struct stats_mirror_snapshot m;
@@ -326,7 +335,7 @@ static void test_reset_interval_window(void **state)
 
 static void test_mirror_metrics_only_with_mirror(void **state)
 {
-	struct stats_config cfg = { .max_databases = 4 };
+	struct stats_config cfg = {.max_databases = 4};
 	struct stats *st = stats_new(&cfg);
 	char *text;
 
@@ -341,17 +350,17 @@ static void test_mirror_metrics_only_with_mirror(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_source_counters_and_errors),
-		cmocka_unit_test(test_histogram_buckets),
-		cmocka_unit_test(test_database_cap_and_escaping),
-		cmocka_unit_test(test_capture_block_rendered),
-		cmocka_unit_test(test_buf_limit),
-		cmocka_unit_test(test_parse_listen),
-		cmocka_unit_test(test_mirror_stats_recording),
-		cmocka_unit_test(test_error_tracking),
-		cmocka_unit_test(test_outcome_invariant),
-		cmocka_unit_test(test_reset_interval_window),
-		cmocka_unit_test(test_mirror_metrics_only_with_mirror),
+	    cmocka_unit_test(test_source_counters_and_errors),
+	    cmocka_unit_test(test_histogram_buckets),
+	    cmocka_unit_test(test_database_cap_and_escaping),
+	    cmocka_unit_test(test_capture_block_rendered),
+	    cmocka_unit_test(test_buf_limit),
+	    cmocka_unit_test(test_parse_listen),
+	    cmocka_unit_test(test_mirror_stats_recording),
+	    cmocka_unit_test(test_error_tracking),
+	    cmocka_unit_test(test_outcome_invariant),
+	    cmocka_unit_test(test_reset_interval_window),
+	    cmocka_unit_test(test_mirror_metrics_only_with_mirror),
 	};
 
 	return cmocka_run_group_tests_name("stats", tests, NULL, NULL);
