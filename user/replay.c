@@ -76,6 +76,7 @@
 #include <libpq-fe.h>
 
 #include "buf.h"
+#include "ownconn.h"
 #include "replay.h"
 
 #define CHANNEL_ITEMS_MAX  65536	  /* items submitted and not finished, all sessions */
@@ -205,8 +206,7 @@ struct replay_session {
 	bool want_write;   /* libpq has unsent output */
 	uint64_t deadline; /* connect / reply timeout, backoff end (NEVER = none) */
 	uint32_t backoff_ms;
-	struct capture_tuple excl[2];
-	bool excluded;
+	struct ownconn excl; /* this session's mirror connection, out of capture */
 	struct stmt *stmts[STMT_BUCKETS];
 	uint32_t n_stmts, mangle;
 	bool mangle_all; /* the mirror may hold names we forgot: always use new ones */
@@ -581,88 +581,6 @@ static void run_reset(struct replay_session *s)
 	memset(&s->run, 0, sizeof(s->run));
 }
 
-/* ---- mirror connections: exclusion from capture ---- */
-
-static void to_mapped(const struct sockaddr_storage *ss, uint8_t addr[16], uint16_t *port)
-{
-	memset(addr, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		addr[10] = addr[11] = 0xff;
-		memcpy(addr + 12, &in->sin_addr, 4);
-		*port = ntohs(in->sin_port);
-	} else {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		memcpy(addr, &in6->sin6_addr, 16);
-		*port = ntohs(in6->sin6_port);
-	}
-}
-
-/* The server libpq is connecting to, while getpeername cannot tell yet (SYN sent). */
-static bool peer_from_libpq(PGconn *c, uint8_t addr[16], uint16_t *port)
-{
-	const char *host = PQhostaddr(c), *p = PQport(c);
-
-	memset(addr, 0, 16);
-	if (host && inet_pton(AF_INET, host, addr + 12) == 1)
-		addr[10] = addr[11] = 0xff;
-	else if (!host || inet_pton(AF_INET6, host, addr) != 1)
-		return false;
-	*port = p && *p ? (uint16_t)atoi(p) : DEFAULT_PGPORT;
-	return true;
-}
-
-static void conn_unexclude(struct replay *r, struct replay_session *s)
-{
-	if (!s->excluded)
-		return;
-	capture_exclude_remove(r->cap, &s->excl[0]);
-	capture_exclude_remove(r->cap, &s->excl[1]);
-	s->excluded = false;
-}
-
-/*
- * Puts both directions of the connection's current socket in the capture exclude map
- * when its server port is the captured one. Called right after PQconnectStartParams
- * (libpq has sent the SYN; capture drops records of it still in its ring buffer) and
- * after every PQconnectPoll, since libpq opens a new socket for each address it tries.
- */
-static void conn_exclude(struct replay *r, struct replay_session *s)
-{
-	struct sockaddr_storage local, peer;
-	socklen_t ll = sizeof(local), pl = sizeof(peer);
-	struct capture_tuple t;
-	int fd = PQsocket(s->conn);
-
-	if (!r->cap || fd < 0 || getsockname(fd, (struct sockaddr *)&local, &ll) ||
-	    (local.ss_family != AF_INET && local.ss_family != AF_INET6))
-		return;
-	memset(&t, 0, sizeof(t));
-	to_mapped(&local, t.saddr, &t.sport);
-	if (!getpeername(fd, (struct sockaddr *)&peer, &pl) &&
-	    (peer.ss_family == AF_INET || peer.ss_family == AF_INET6))
-		to_mapped(&peer, t.daddr, &t.dport);
-	else if (!peer_from_libpq(s->conn, t.daddr, &t.dport))
-		return;
-	if (t.dport != r->cfg.capture_port) {
-		conn_unexclude(r, s);
-		return;
-	}
-	if (s->excluded && !memcmp(&s->excl[0], &t, sizeof(t)))
-		return;
-	conn_unexclude(r, s);
-	s->excl[0] = t;
-	memcpy(s->excl[1].saddr, t.daddr, 16);
-	memcpy(s->excl[1].daddr, t.saddr, 16);
-	s->excl[1].sport = t.dport;
-	s->excl[1].dport = t.sport;
-	capture_exclude_add(r->cap, &s->excl[0]);
-	capture_exclude_add(r->cap, &s->excl[1]);
-	s->excluded = true;
-}
-
 /* ---- mirror connections: epoll ---- */
 
 /*
@@ -712,7 +630,7 @@ static void conn_close(struct replay *r, struct replay_session *s)
 	}
 	s->watched = false;
 	s->want_write = false;
-	conn_unexclude(r, s);
+	ownconn_release(r->cap, &s->excl);
 	stmts_clear(s);
 	s->mangle_all = false;
 	s->susp = false;
@@ -796,7 +714,7 @@ static void conn_open(struct replay *r, struct replay_session *s, uint64_t now)
 		return;
 	}
 	PQsetNoticeProcessor(s->conn, notice_ignore, NULL);
-	conn_exclude(r, s);
+	ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
 	s->state = CONN_CONNECTING;
 	s->deadline = now + CONNECT_TIMEOUT_MS * MS;
 	conn_watch(r, s, EPOLLOUT);
@@ -859,15 +777,15 @@ static void conn_poll(struct replay *r, struct replay_session *s, uint64_t now)
 
 	switch (st) {
 	case PGRES_POLLING_READING:
-		conn_exclude(r, s);
+		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
 		conn_watch(r, s, EPOLLIN);
 		break;
 	case PGRES_POLLING_WRITING:
-		conn_exclude(r, s);
+		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
 		conn_watch(r, s, EPOLLOUT);
 		break;
 	case PGRES_POLLING_OK:
-		conn_exclude(r, s);
+		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
 		conn_ready(r, s, now);
 		break;
 	default:

@@ -13,6 +13,7 @@
 
 #include <libpq-fe.h>
 
+#include "ownconn.h"
 #include "resolver.h"
 
 #define QUEUE_MAX	  1024 /* pending lookups; more are refused and counted */
@@ -32,8 +33,7 @@ struct resolver {
 	char *dsn;
 	struct capture *capture;
 	PGconn *conn;
-	struct capture_tuple excl[2]; /* both directions of conn */
-	bool excluded;
+	struct ownconn excl; /* conn, out of capture */
 	pthread_t thread;
 	bool thread_started;
 	pthread_mutex_t lock;
@@ -45,55 +45,6 @@ struct resolver {
 	int n_done;
 	struct resolver_stats stats; /* guarded by lock */
 };
-
-static void to_mapped(const struct sockaddr_storage *ss, uint8_t addr[16], uint16_t *port)
-{
-	memset(addr, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		addr[10] = addr[11] = 0xff;
-		memcpy(addr + 12, &in->sin_addr, 4);
-		*port = ntohs(in->sin_port);
-	} else {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		memcpy(addr, &in6->sin6_addr, 16);
-		*port = ntohs(in6->sin6_port);
-	}
-}
-
-/* Excludes the connection's socket from capture, both directions, as soon as it has a
- * local port (libpq has only sent a SYN by then). Unix sockets need no exclusion. */
-static void exclude_socket(struct resolver *r, int fd)
-{
-	struct sockaddr_storage local, peer;
-	socklen_t ll = sizeof(local), pl = sizeof(peer);
-
-	if (r->excluded || fd < 0 || getsockname(fd, (struct sockaddr *)&local, &ll) ||
-	    getpeername(fd, (struct sockaddr *)&peer, &pl) ||
-	    (local.ss_family != AF_INET && local.ss_family != AF_INET6))
-		return;
-	memset(r->excl, 0, sizeof(r->excl));
-	to_mapped(&local, r->excl[0].saddr, &r->excl[0].sport);
-	to_mapped(&peer, r->excl[0].daddr, &r->excl[0].dport);
-	memcpy(r->excl[1].saddr, r->excl[0].daddr, 16);
-	memcpy(r->excl[1].daddr, r->excl[0].saddr, 16);
-	r->excl[1].sport = r->excl[0].dport;
-	r->excl[1].dport = r->excl[0].sport;
-	capture_exclude_add(r->capture, &r->excl[0]);
-	capture_exclude_add(r->capture, &r->excl[1]);
-	r->excluded = true;
-}
-
-static void unexclude(struct resolver *r)
-{
-	if (!r->excluded)
-		return;
-	capture_exclude_remove(r->capture, &r->excl[0]);
-	capture_exclude_remove(r->capture, &r->excl[1]);
-	r->excluded = false;
-}
 
 /* Connects without blocking libpq's handshake on us, so the socket can be excluded
  * before the startup packet leaves. Returns 0 or -1 with err filled. */
@@ -108,7 +59,7 @@ static int connect_source(struct resolver *r, char *err, size_t errlen)
 		goto fail;
 	while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
 		pfd.fd = PQsocket(r->conn);
-		exclude_socket(r, pfd.fd);
+		ownconn_exclude(r->capture, r->conn, 0, &r->excl);
 		pfd.events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
 		if (time(NULL) > deadline) {
 			snprintf(err, errlen, "--source-dsn: connection timed out after %d s",
@@ -127,7 +78,7 @@ fail:
 out:
 	PQfinish(r->conn);
 	r->conn = NULL;
-	unexclude(r);
+	ownconn_release(r->capture, &r->excl);
 	return -1;
 }
 
@@ -229,7 +180,7 @@ static void *run(void *arg)
 			/* the source restarted: reconnect with capped exponential backoff */
 			PQfinish(r->conn);
 			r->conn = NULL;
-			unexclude(r);
+			ownconn_release(r->capture, &r->excl);
 			if (connect_source(r, err, sizeof(err))) {
 				pthread_mutex_lock(&r->lock);
 				memcpy(r->queue, batch, n * sizeof(*batch)); /* keep them */
@@ -324,7 +275,7 @@ void resolver_stop(struct resolver *r)
 		pthread_join(r->thread, NULL);
 	}
 	PQfinish(r->conn);
-	unexclude(r);
+	ownconn_release(r->capture, &r->excl);
 	pthread_cond_destroy(&r->wake);
 	pthread_mutex_destroy(&r->lock);
 	free(r->dsn);
