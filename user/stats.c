@@ -410,6 +410,22 @@ static bool render_histogram(struct buf *b, const char *name, const struct stats
 	return ok;
 }
 
+/* A counter with one sample per database: the _Atomic uint64_t at offset in stats_db. */
+static bool db_counter(struct buf *b, const char *name, const char *help, struct stats_db **dbs,
+		       uint32_t n, size_t offset)
+{
+	bool ok = header(b, name, "counter", help);
+	uint32_t i;
+
+	for (i = 0; i < n; i++) {
+		ok &= db_label(b, name, "", dbs[i]);
+		ok &= buf_printf(b, "\"} %llu\n",
+				 (unsigned long long)atomic_load_explicit(
+				     (_Atomic uint64_t *)((char *)dbs[i] + offset), RELAXED));
+	}
+	return ok;
+}
+
 static bool render_source(struct buf *b, struct stats_db **dbs, uint32_t n)
 {
 	char cls[8];
@@ -417,14 +433,10 @@ static bool render_source(struct buf *b, struct stats_db **dbs, uint32_t n)
 	uint64_t v;
 	bool ok = true;
 
-	ok &= header(b, "mirror_source_requests_total", "counter",
-		     "Requests (Query, Execute, FunctionCall) the source completed, by database.");
-	for (i = 0; i < n; i++) {
-		ok &= db_label(b, "mirror_source_requests_total", "", dbs[i]);
-		ok &= buf_printf(
-		    b, "\"} %llu\n",
-		    (unsigned long long)atomic_load_explicit(&dbs[i]->source_requests, RELAXED));
-	}
+	ok &=
+	    db_counter(b, "mirror_source_requests_total",
+		       "Requests (Query, Execute, FunctionCall) the source completed, by database.",
+		       dbs, n, offsetof(struct stats_db, source_requests));
 	ok &= header(b, "mirror_source_errors_total", "counter",
 		     "Requests the source answered with an error, by database and SQLSTATE class.");
 	for (i = 0; i < n; i++) {
@@ -620,21 +632,11 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			       "Times a request waited for an earlier one (causal order).",
 			       m.order_waits);
 
-	ok &= header(b, "mirror_database_requests", "counter",
-		     "Requests of the database submitted for mirroring.");
-	for (i = 0; i < n; i++) {
-		ok &= db_label(b, "mirror_database_requests", "", dbs[i]);
-		ok &= buf_printf(
-		    b, "\"} %llu\n",
-		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_requests, RELAXED));
-	}
-	ok &= header(b, "mirror_database_errors", "counter", "Mirror errors of the database.");
-	for (i = 0; i < n; i++) {
-		ok &= db_label(b, "mirror_database_errors", "", dbs[i]);
-		ok &= buf_printf(
-		    b, "\"} %llu\n",
-		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_errors, RELAXED));
-	}
+	ok &= db_counter(b, "mirror_database_requests",
+			 "Requests of the database submitted for mirroring.", dbs, n,
+			 offsetof(struct stats_db, mirror_requests));
+	ok &= db_counter(b, "mirror_database_errors", "Mirror errors of the database.", dbs, n,
+			 offsetof(struct stats_db, mirror_errors));
 	ok &= header(b, "mirror_database_latency_ms", "gauge",
 		     "Average mirror latency of the database over the current reset interval.");
 	pthread_mutex_lock(&st->mirror.win_lock);
@@ -646,14 +648,9 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 				     : 0.0);
 	}
 	pthread_mutex_unlock(&st->mirror.win_lock);
-	ok &= header(b, "mirror_requests_not_sampled_total", "counter",
-		     "Requests not selected by mirror_exposure, by database.");
-	for (i = 0; i < n; i++) {
-		ok &= db_label(b, "mirror_requests_not_sampled_total", "", dbs[i]);
-		ok &= buf_printf(
-		    b, "\"} %llu\n",
-		    (unsigned long long)atomic_load_explicit(&dbs[i]->mirror_not_sampled, RELAXED));
-	}
+	ok &= db_counter(b, "mirror_requests_not_sampled_total",
+			 "Requests not selected by mirror_exposure, by database.", dbs, n,
+			 offsetof(struct stats_db, mirror_not_sampled));
 	ok &= header(b, "mirror_requests_skipped_total", "counter",
 		     "Requests not replayed, by database and reason.");
 	for (i = 0; i < n; i++) {
