@@ -52,11 +52,12 @@ $(BUILD)/pgshadow: $(AGENT_OBJS)
 $(BUILD)/test_tcpstream: tests/unit/test_tcpstream.c $(BUILD)/tcpstream.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
-$(BUILD)/test_pgwire: tests/unit/test_pgwire.c $(BUILD)/pgwire.o
-	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+$(BUILD)/test_pgwire: tests/unit/test_pgwire.c $(BUILD)/pgwire.o tests/unit/wire_script.h
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -o $@
 
-$(BUILD)/test_session: tests/unit/test_session.c $(BUILD)/session.o $(BUILD)/pgwire.o
-	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+$(BUILD)/test_session: tests/unit/test_session.c $(BUILD)/session.o $(BUILD)/pgwire.o \
+		tests/unit/wire_script.h
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -o $@
 
 $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/tcpstream.o \
 		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o
@@ -98,10 +99,10 @@ demo: deps all
 	$(PYTHON) tests/demo.py
 
 format:
-	clang-format -i user/*.c include/*.h bpf/*.c tests/unit/*.c
+	clang-format -i user/*.c include/*.h bpf/*.c tests/unit/*.[ch]
 
 format-check:
-	clang-format --dry-run --Werror user/*.c include/*.h bpf/*.c tests/unit/*.c
+	clang-format --dry-run --Werror user/*.c include/*.h bpf/*.c tests/unit/*.[ch]
 
 clean:
 	rm -rf $(BUILD)
