@@ -46,6 +46,19 @@
 #include "session.h"
 #include "stats.h"
 
+enum replay_sampling { REPLAY_SAMPLE_TRANSACTION = 0, REPLAY_SAMPLE_SESSION };
+enum replay_aborted { REPLAY_ABORTED_REPLAY = 0, REPLAY_ABORTED_SKIP };
+enum replay_level { REPLAY_LEVEL_ALL = 0, REPLAY_LEVEL_DML, REPLAY_LEVEL_DDL };
+enum replay_mode { REPLAY_MODE_ALL = 0, REPLAY_MODE_READ_ONLY };
+enum replay_compare { REPLAY_COMPARE_STATUS = 0, REPLAY_COMPARE_ROWS, REPLAY_COMPARE_NONE };
+
+/* [databases] line: source database -> mirror dbname and/or its own exposure. */
+struct replay_db_map {
+	const char *source_db;
+	const char *mirror_dbname; /* NULL: same name as the source's */
+	double exposure;	   /* < 0: the global mirror_exposure */
+};
+
 struct replay_config {
 	const char *mirror;	  /* libpq conninfo or URI (mirror_of); dbname is replaced */
 	uint32_t queue;		  /* items waiting per session (mirror_queue, default 100) */
@@ -56,6 +69,16 @@ struct replay_config {
 	uint32_t backoff_max_ms;  /* reconnect backoff cap (default 30000) */
 	uint16_t capture_port;	  /* mirror connections to this port are excluded
 				   * (default 5432: set it to the captured port) */
+	double exposure;			 /* mirror_exposure 0.0-1.0 (default 1.0) */
+	enum replay_sampling sampling;		 /* mirror_sampling (default transaction) */
+	enum replay_aborted aborted;		 /* mirror_aborted (default replay) */
+	enum replay_level level;		 /* mirror_level (default all) */
+	bool replay_timing;			 /* mirror_replay_timing (default off) */
+	enum replay_mode mode;			 /* mirror_mode (default all) */
+	enum replay_compare compare;		 /* mirror_compare (default status) */
+	uint32_t log_mismatches;		 /* log the first N mismatches (default 0) */
+	const struct replay_db_map *databases; /* [databases]; copied by replay_start */
+	size_t n_databases;
 };
 
 void replay_config_default(struct replay_config *cfg);
@@ -65,6 +88,10 @@ void replay_config_default(struct replay_config *cfg);
  * retried). st and cap (may be NULL: nothing is excluded) must outlive it. */
 struct replay *replay_start(const struct replay_config *cfg, struct stats *st, struct capture *cap,
 			    char *err, size_t errlen);
+
+/* Changes the exposure at run time (SIGHUP): db NULL sets the global one, else that
+ * database's own (< 0 returns it to the global one). Any thread. */
+void replay_set_exposure(struct replay *r, const char *db, double exposure);
 
 /* A source session (capture thread). Returns the replay's handle for it, or NULL when
  * it is not mirrored (encrypted, replication or cancel sessions; ENOMEM): its items are

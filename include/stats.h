@@ -43,6 +43,11 @@ enum stats_skip_reason {
 	STATS_SKIP_COPY_TOO_BIG,	 /* COPY data beyond the byte cap */
 	STATS_SKIP_SHUTDOWN,		 /* still queued when the agent stopped */
 	STATS_SKIP_SESSION_STATE,	 /* the session could not be replayed (e.g. encrypted) */
+	STATS_SKIP_WRITE,		 /* mirror_mode = read_only and the request writes */
+	STATS_SKIP_READ_ONLY,		 /* read_only: the mirror answered 25006 */
+	STATS_SKIP_LEVEL,		 /* filtered out by mirror_level */
+	STATS_SKIP_ABORTED,		 /* mirror_aborted = skip: the source rolled it back */
+	STATS_SKIP_NO_TRANSACTION, /* failed on the source; cannot run in BEGIN..ROLLBACK */
 	STATS_SKIP_MAX,
 };
 
@@ -59,6 +64,17 @@ enum stats_error_type {
 
 extern const char *const stats_error_type_names[STATS_ERR_MAX];
 
+/* How a mirror answer differed from the source's (mirror_mismatches_total{kind}). */
+enum stats_mismatch_kind {
+	STATS_MISMATCH_TAG = 0,	 /* command tag verb */
+	STATS_MISMATCH_ROWCOUNT, /* rows affected or returned */
+	STATS_MISMATCH_SQLSTATE, /* error code (or one side failed) */
+	STATS_MISMATCH_ROWS,	 /* order-insensitive hash of the returned rows */
+	STATS_MISMATCH_MAX,
+};
+
+extern const char *const stats_mismatch_kind_names[STATS_MISMATCH_MAX];
+
 struct stats_db {
 	char name[STATS_DB_NAME_MAX];
 	_Atomic uint64_t source_requests;
@@ -69,6 +85,8 @@ struct stats_db {
 	_Atomic uint64_t mirror_errors;	  /* mirror_database_errors (all error types) */
 	_Atomic uint64_t mirror_not_sampled;
 	_Atomic uint64_t mirror_skipped[STATS_SKIP_MAX];
+	_Atomic uint64_t mirror_compared; /* answers compared with the source's */
+	_Atomic uint64_t mirror_mismatches[STATS_MISMATCH_MAX];
 	struct stats_histogram mirror_latency;
 	struct stats_histogram replay_delay;
 	uint64_t win_latency_sum_ns, win_latency_count; /* guarded by the stats lock */
@@ -112,6 +130,7 @@ struct stats_mirror_snapshot {
 	double latency_avg_ms, latency_max_ms; /* current window */
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
+	uint64_t compared, mismatched; /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
 };
 
@@ -144,8 +163,13 @@ void stats_mirror_request(struct stats *st, struct stats_db *db);
 void stats_mirror_not_sampled(struct stats *st, struct stats_db *db);
 void stats_mirror_skipped(struct stats *st, struct stats_db *db, enum stats_skip_reason why);
 void stats_mirror_dropped(struct stats *st, struct stats_db *db, uint64_t now_ns);
+/* source_latency_ns: the same request's latency on the source (readiness compares the
+ * two over the same requests). */
 void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
-			  uint64_t delay_ns, uint64_t now_ns);
+			  uint64_t source_latency_ns, uint64_t delay_ns, uint64_t now_ns);
+/* One mirrored answer compared with the source's: kinds is a bit mask of
+ * (1 << enum stats_mismatch_kind), 0 when they agreed. */
+void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int kinds);
 void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
 			uint64_t now_ns);
 void stats_mirror_order_wait(struct stats *st);

@@ -450,7 +450,7 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 {
 	switch (o) {
 	case OUT_SUCCESS:
-		stats_mirror_success(r->st, it->db, now - it->sent_ns,
+		stats_mirror_success(r->st, it->db, now - it->sent_ns, it->ts_end - it->ts_start,
 				     now > it->ts_end ? now - it->ts_end : 0, now);
 		break;
 	case OUT_QUERY:
@@ -1654,6 +1654,7 @@ void replay_config_default(struct replay_config *cfg)
 	cfg->order_wait_ms = 1000;
 	cfg->backoff_max_ms = 30000;
 	cfg->capture_port = DEFAULT_PGPORT;
+	cfg->exposure = 1.0;
 }
 
 /* Checks the conninfo (libpq's own parser) and keeps its options setting. */

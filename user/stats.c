@@ -31,6 +31,18 @@ const char *const stats_skip_reason_names[STATS_SKIP_MAX] = {
     [STATS_SKIP_COPY_TOO_BIG] = "copy_too_big",
     [STATS_SKIP_SHUTDOWN] = "shutdown",
     [STATS_SKIP_SESSION_STATE] = "session_state",
+    [STATS_SKIP_WRITE] = "write",
+    [STATS_SKIP_READ_ONLY] = "read_only",
+    [STATS_SKIP_LEVEL] = "level",
+    [STATS_SKIP_ABORTED] = "aborted",
+    [STATS_SKIP_NO_TRANSACTION] = "no_transaction",
+};
+
+const char *const stats_mismatch_kind_names[STATS_MISMATCH_MAX] = {
+    [STATS_MISMATCH_TAG] = "tag",
+    [STATS_MISMATCH_ROWCOUNT] = "rowcount",
+    [STATS_MISMATCH_SQLSTATE] = "sqlstate",
+    [STATS_MISMATCH_ROWS] = "rows",
 };
 
 const char *const stats_error_type_names[STATS_ERR_MAX] = {
@@ -44,6 +56,7 @@ const char *const stats_error_type_names[STATS_ERR_MAX] = {
  * time of the last success move together under win_lock. */
 struct mirror {
 	_Atomic uint64_t total, mirrored, not_sampled, skipped, order_waits;
+	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
 	_Atomic unsigned int buffer_utilization;
 	pthread_mutex_t win_lock;
@@ -281,8 +294,9 @@ void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_
 }
 
 void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
-			  uint64_t delay_ns, uint64_t now_ns)
+			  uint64_t source_latency_ns, uint64_t delay_ns, uint64_t now_ns)
 {
+	(void)source_latency_ns; /* readiness keeps it (source p99 over the same requests) */
 	struct mirror *m = &st->mirror;
 
 	atomic_fetch_add_explicit(&m->mirrored, 1, RELAXED);
@@ -300,6 +314,20 @@ void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latenc
 	m->consecutive_successes++;
 	m->last_success_ns = now_ns;
 	pthread_mutex_unlock(&m->win_lock);
+}
+
+void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int kinds)
+{
+	int k;
+
+	atomic_fetch_add_explicit(&st->mirror.compared, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_compared, 1, RELAXED);
+	if (!kinds)
+		return;
+	atomic_fetch_add_explicit(&st->mirror.mismatched, 1, RELAXED);
+	for (k = 0; k < STATS_MISMATCH_MAX; k++)
+		if (kinds & (1u << k))
+			atomic_fetch_add_explicit(&db->mirror_mismatches[k], 1, RELAXED);
 }
 
 void stats_mirror_order_wait(struct stats *st)
@@ -335,6 +363,8 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	       out->errors[STATS_ERR_TIMEOUT];
 	out->in_flight = out->total > done ? out->total - done : 0;
 	out->order_waits = atomic_load_explicit(&m->order_waits, RELAXED);
+	out->compared = atomic_load_explicit(&m->compared, RELAXED);
+	out->mismatched = atomic_load_explicit(&m->mismatched, RELAXED);
 	out->buffer_utilization = atomic_load_explicit(&m->buffer_utilization, RELAXED);
 	pthread_mutex_lock(&m->win_lock);
 	roll_window(st, now_ns);
@@ -660,6 +690,20 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 				continue;
 			ok &= db_label(b, "mirror_requests_skipped_total", "", dbs[i]);
 			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_skip_reason_names[r],
+					 (unsigned long long)v);
+		}
+	}
+	ok &= db_counter(b, "mirror_compared_total",
+			 "Mirrored answers compared with the source's, by database.", dbs, n,
+			 offsetof(struct stats_db, mirror_compared));
+	ok &= header(b, "mirror_mismatches_total", "counter",
+		     "Mirrored answers that differed from the source's, by database and kind "
+		     "(tag, rowcount, sqlstate, rows; one answer can differ in several).");
+	for (i = 0; i < n; i++) {
+		for (r = 0; r < STATS_MISMATCH_MAX; r++) {
+			v = atomic_load_explicit(&dbs[i]->mirror_mismatches[r], RELAXED);
+			ok &= db_label(b, "mirror_mismatches_total", "", dbs[i]);
+			ok &= buf_printf(b, "\",kind=\"%s\"} %llu\n", stats_mismatch_kind_names[r],
 					 (unsigned long long)v);
 		}
 	}

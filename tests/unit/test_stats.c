@@ -192,8 +192,8 @@ static void test_mirror_stats_recording(void **state)
 	(void)state;
 	stats_mirror_request(st, db);
 	stats_mirror_request(st, db);
-	stats_mirror_success(st, db, 100 * MS, 1 * MS, 1000 * MS);
-	stats_mirror_success(st, db, 200 * MS, 2 * MS, 2000 * MS);
+	stats_mirror_success(st, db, 100 * MS, 50 * MS, 1 * MS, 1000 * MS);
+	stats_mirror_success(st, db, 200 * MS, 50 * MS, 2 * MS, 2000 * MS);
 	stats_mirror_snapshot(st, 3000 * MS, &m);
 	assert_int_equal(m.mirrored, 2);
 	assert_int_equal(m.total, 2);
@@ -246,7 +246,7 @@ static void test_error_tracking(void **state)
 	free(text);
 	/* a success resets the run of errors */
 	stats_mirror_request(st, db);
-	stats_mirror_success(st, db, MS, MS, 5);
+	stats_mirror_success(st, db, MS, MS, MS, 5);
 	stats_mirror_snapshot(st, 6, &m);
 	assert_int_equal(m.consecutive_errors, 0);
 	stats_free(st);
@@ -287,7 +287,7 @@ static void test_outcome_invariant(void **state)
 			stats_mirror_dropped(st, db, i);
 			break;
 		case 6:
-			stats_mirror_success(st, db, i, i, i);
+			stats_mirror_success(st, db, i, i, i, i);
 			break;
 		default:
 			stats_mirror_error(st, db, rand_r(&seed) % STATS_ERR_BUFFER_FULL, i);
@@ -319,7 +319,7 @@ static void test_reset_interval_window(void **state)
 
 	(void)state;
 	stats_mirror_request(st, db);
-	stats_mirror_success(st, db, 500 * MS, 0, 1000 * MS);
+	stats_mirror_success(st, db, 500 * MS, MS, 0, 1000 * MS);
 	stats_mirror_snapshot(st, 5000 * MS, &m);
 	assert_true(m.latency_max_ms == 500.0);
 	stats_mirror_snapshot(st, 12000 * MS, &m); /* a new window: nothing in it yet */
@@ -327,7 +327,7 @@ static void test_reset_interval_window(void **state)
 	assert_true(m.latency_avg_ms == 0.0);
 	assert_int_equal(m.mirrored, 1);
 	stats_mirror_request(st, db);
-	stats_mirror_success(st, db, 20 * MS, 0, 13000 * MS);
+	stats_mirror_success(st, db, 20 * MS, MS, 0, 13000 * MS);
 	stats_mirror_snapshot(st, 14000 * MS, &m);
 	assert_true(m.latency_max_ms == 20.0);
 	stats_free(st);
