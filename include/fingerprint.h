@@ -11,6 +11,23 @@
  * EXPLAIN without ANALYZE. A text with several statements is a read only if every
  * statement is. Everything else, and anything that does not parse, is a write.
  *
+ * Classes (several statements: the union): FINGERPRINT_DML (SELECT, VALUES, INSERT,
+ * UPDATE, DELETE, MERGE, COPY, EXPLAIN, CALL, DO, LOCK, cursors), FINGERPRINT_DDL (what
+ * defines or changes objects and privileges, TRUNCATE, VACUUM, ANALYZE, REINDEX, CLUSTER,
+ * ...), FINGERPRINT_SESSION (changes the session's state: SET/RESET, PREPARE, DEALLOCATE,
+ * LISTEN/UNLISTEN, DISCARD, LOAD, CREATE TEMP ..., DECLARE ... WITH HOLD),
+ * FINGERPRINT_TXN (BEGIN, COMMIT, ROLLBACK, SAVEPOINT ...), FINGERPRINT_NO_TXN_BLOCK
+ * (cannot run inside a transaction block: VACUUM, CREATE/DROP INDEX CONCURRENTLY,
+ * REINDEX CONCURRENTLY, CREATE/DROP DATABASE or TABLESPACE, ALTER SYSTEM, CLUSTER without
+ * a table, COMMIT/ROLLBACK PREPARED, subscriptions).
+ *
+ * The cache is keyed by the text's shape: the text with the contents of its string,
+ * number and dollar-quoted literals left out (comments too), so `... WHERE aid = 1` and
+ * `... WHERE aid = 2` are parsed once. A literal's value cannot change a statement's
+ * kind, with one exception handled by not normalising: EXPLAIN's options. Texts the
+ * shape lexer does not know well enough (U&'', B'', X'' literals, unterminated quotes)
+ * and texts longer than 8 KiB are keyed by their full text.
+ *
  * Not thread-safe: one cache per thread (libpg_query keeps per-thread memory).
  */
 #ifndef PGSHADOW_FINGERPRINT_H
@@ -20,11 +37,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+enum fingerprint_class {
+	FINGERPRINT_DML = 1 << 0,
+	FINGERPRINT_DDL = 1 << 1,
+	FINGERPRINT_SESSION = 1 << 2,
+	FINGERPRINT_TXN = 1 << 3,
+	FINGERPRINT_NO_TXN_BLOCK = 1 << 4,
+};
+
+/* The transaction statement of a text that is exactly one. */
+enum fingerprint_txn {
+	FINGERPRINT_TXN_NONE = 0,
+	FINGERPRINT_TXN_BEGIN, /* BEGIN, START TRANSACTION */
+	FINGERPRINT_TXN_COMMIT, /* COMMIT, END (not COMMIT PREPARED) */
+	FINGERPRINT_TXN_ROLLBACK, /* ROLLBACK, ABORT (not ROLLBACK TO, ROLLBACK PREPARED) */
+	FINGERPRINT_TXN_OTHER,	  /* SAVEPOINT, RELEASE, ROLLBACK TO, PREPARE TRANSACTION... */
+};
+
 struct fingerprint_info {
 	uint64_t fingerprint; /* libpg_query's fingerprint; 0 when it did not parse */
 	bool parsed;	      /* the text parsed */
 	bool read_only;	      /* every statement is a read (see above) */
 	uint16_t statements;  /* statements in the text */
+	uint8_t classes;      /* enum fingerprint_class bits */
+	uint8_t txn;	      /* enum fingerprint_txn */
 };
 
 struct fingerprint_stats {

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /* fingerprint.c — libpg_query fingerprints and read/write classification, cached. */
+#define _GNU_SOURCE /* memmem */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,16 +97,129 @@ static bool node_is_read(const PgQuery__Node *n)
 	}
 }
 
+static bool def_elem_named(PgQuery__Node *const *opts, size_t n, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (opts[i]->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
+		    !strcasecmp(opts[i]->def_elem->defname, name))
+			return true;
+	return false;
+}
+
+static bool temp_relation(const PgQuery__RangeVar *rv)
+{
+	return rv && rv->relpersistence && rv->relpersistence[0] == 't';
+}
+
+#define CURSOR_OPT_HOLD 0x0020 /* PostgreSQL's parsenodes.h */
+
+static enum fingerprint_txn txn_kind(const PgQuery__TransactionStmt *t)
+{
+	switch (t->kind) {
+	case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
+	case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
+		return FINGERPRINT_TXN_BEGIN;
+	case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+		return FINGERPRINT_TXN_COMMIT;
+	case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
+		return FINGERPRINT_TXN_ROLLBACK;
+	default:
+		return FINGERPRINT_TXN_OTHER;
+	}
+}
+
+/* The classes of one statement (see fingerprint.h); *txn is set for a transaction
+ * statement. */
+static unsigned int stmt_classes(const PgQuery__Node *n, enum fingerprint_txn *txn)
+{
+	switch (n->node_case) {
+	case PG_QUERY__NODE__NODE_SELECT_STMT:
+	case PG_QUERY__NODE__NODE_INSERT_STMT:
+	case PG_QUERY__NODE__NODE_UPDATE_STMT:
+	case PG_QUERY__NODE__NODE_DELETE_STMT:
+	case PG_QUERY__NODE__NODE_MERGE_STMT:
+	case PG_QUERY__NODE__NODE_COPY_STMT:
+	case PG_QUERY__NODE__NODE_EXPLAIN_STMT:
+	case PG_QUERY__NODE__NODE_CALL_STMT:
+	case PG_QUERY__NODE__NODE_DO_STMT:
+	case PG_QUERY__NODE__NODE_LOCK_STMT:
+	case PG_QUERY__NODE__NODE_FETCH_STMT:
+	case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
+	case PG_QUERY__NODE__NODE_EXECUTE_STMT:
+	case PG_QUERY__NODE__NODE_NOTIFY_STMT:
+	case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
+	case PG_QUERY__NODE__NODE_CONSTRAINTS_SET_STMT:
+		return FINGERPRINT_DML;
+	case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+		return n->declare_cursor_stmt->options & CURSOR_OPT_HOLD
+			   ? FINGERPRINT_DML | FINGERPRINT_SESSION
+			   : FINGERPRINT_DML;
+	case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+	case PG_QUERY__NODE__NODE_PREPARE_STMT:
+	case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+	case PG_QUERY__NODE__NODE_LISTEN_STMT:
+	case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
+	case PG_QUERY__NODE__NODE_DISCARD_STMT:
+	case PG_QUERY__NODE__NODE_LOAD_STMT:
+		return FINGERPRINT_SESSION;
+	case PG_QUERY__NODE__NODE_CREATE_STMT:
+		return temp_relation(n->create_stmt->relation) ? FINGERPRINT_SESSION
+							       : FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_CREATE_TABLE_AS_STMT:
+		return n->create_table_as_stmt->into &&
+			       temp_relation(n->create_table_as_stmt->into->rel)
+			   ? FINGERPRINT_SESSION
+			   : FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
+		*txn = txn_kind(n->transaction_stmt);
+		return n->transaction_stmt->kind ==
+				   PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED ||
+			       n->transaction_stmt->kind ==
+				   PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_PREPARED
+			   ? FINGERPRINT_TXN | FINGERPRINT_NO_TXN_BLOCK
+			   : FINGERPRINT_TXN;
+	case PG_QUERY__NODE__NODE_VACUUM_STMT:
+		return n->vacuum_stmt->is_vacuumcmd ? FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK
+						    : FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_INDEX_STMT:
+		return n->index_stmt->concurrent ? FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK
+						 : FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_DROP_STMT:
+		return n->drop_stmt->concurrent ? FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK
+						: FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_REINDEX_STMT:
+		return def_elem_named(n->reindex_stmt->params, n->reindex_stmt->n_params,
+				      "concurrently")
+			   ? FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK
+			   : FINGERPRINT_DDL;
+	case PG_QUERY__NODE__NODE_CLUSTER_STMT:
+		return n->cluster_stmt->relation ? FINGERPRINT_DDL
+						 : FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK;
+	case PG_QUERY__NODE__NODE_CREATEDB_STMT:
+	case PG_QUERY__NODE__NODE_DROPDB_STMT:
+	case PG_QUERY__NODE__NODE_CREATE_TABLE_SPACE_STMT:
+	case PG_QUERY__NODE__NODE_DROP_TABLE_SPACE_STMT:
+	case PG_QUERY__NODE__NODE_ALTER_SYSTEM_STMT:
+	case PG_QUERY__NODE__NODE_CREATE_SUBSCRIPTION_STMT:
+	case PG_QUERY__NODE__NODE_DROP_SUBSCRIPTION_STMT:
+	case PG_QUERY__NODE__NODE_ALTER_SUBSCRIPTION_STMT:
+		return FINGERPRINT_DDL | FINGERPRINT_NO_TXN_BLOCK;
+	default:
+		return FINGERPRINT_DDL; /* every other utility statement defines or alters */
+	}
+}
+
 /* Parses text and classifies each statement. Returns false when it does not parse. */
-static bool classify(const char *text, bool *read_only, uint16_t *statements)
+static bool classify(const char *text, struct fingerprint_info *out)
 {
 	PgQueryProtobufParseResult r = pg_query_parse_protobuf(text);
 	PgQuery__ParseResult *tree = NULL;
+	enum fingerprint_txn txn = FINGERPRINT_TXN_NONE;
 	bool ok = false;
 	size_t i;
 
-	*read_only = false;
-	*statements = 0;
 	if (r.error)
 		goto out;
 	tree = pg_query__parse_result__unpack(NULL, r.parse_tree.len,
@@ -112,11 +227,18 @@ static bool classify(const char *text, bool *read_only, uint16_t *statements)
 	if (!tree)
 		goto out;
 	ok = true;
-	*read_only = true;
-	*statements = tree->n_stmts > UINT16_MAX ? UINT16_MAX : tree->n_stmts;
-	for (i = 0; i < tree->n_stmts; i++)
-		if (!tree->stmts[i]->stmt || !node_is_read(tree->stmts[i]->stmt))
-			*read_only = false;
+	out->read_only = true;
+	out->statements = tree->n_stmts > UINT16_MAX ? UINT16_MAX : tree->n_stmts;
+	for (i = 0; i < tree->n_stmts; i++) {
+		const PgQuery__Node *n = tree->stmts[i]->stmt;
+
+		if (!n || !node_is_read(n))
+			out->read_only = false;
+		if (n)
+			out->classes |= stmt_classes(n, &txn);
+	}
+	if (tree->n_stmts == 1)
+		out->txn = txn;
 out:
 	if (tree)
 		pg_query__parse_result__free_unpacked(tree, NULL);
@@ -129,7 +251,7 @@ void fingerprint_compute(const char *text, struct fingerprint_info *out)
 	PgQueryFingerprintResult fp;
 
 	memset(out, 0, sizeof(*out));
-	out->parsed = classify(text, &out->read_only, &out->statements);
+	out->parsed = classify(text, out);
 	if (!out->parsed)
 		return;
 	fp = pg_query_fingerprint(text);
@@ -161,17 +283,164 @@ struct fingerprint_cache *fingerprint_cache_new(uint32_t max_entries)
 	return c;
 }
 
+#define SHAPE_MAX 8192 /* longer texts are keyed by their full text */
+
+static bool ident_char(unsigned char ch)
+{
+	return isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80;
+}
+
+/* Skips a quoted literal starting at t[i] == q ('' or "" doubles the quote; backslash
+ * escapes when bs). Returns the index after it, or 0 when it is unterminated. */
+static size_t skip_quoted(const char *t, size_t len, size_t i, char q, bool bs)
+{
+	for (i++; i < len; i++) {
+		if (bs && t[i] == '\\') {
+			i++;
+			continue;
+		}
+		if (t[i] == q) {
+			if (i + 1 < len && t[i + 1] == q) {
+				i++;
+				continue;
+			}
+			return i + 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Writes the shape of t[0..len) to out (SHAPE_MAX bytes): the text with comments
+ * and runs of white space made one space, every string, number and dollar-quoted literal replaced by one byte.
+ * Returns the shape's length, or 0 when the text must be keyed as it is (see
+ * fingerprint.h). Identifiers, quoted identifiers and $n parameters are kept.
+ */
+static size_t shape(const char *t, size_t len, char *out)
+{
+	size_t i = 0, o = 0, j, tag;
+	unsigned char ch;
+
+	while (i < len && (isspace((unsigned char)t[i]) || t[i] == '('))
+		i++;
+	if (len > SHAPE_MAX || (len - i >= 7 && !strncasecmp(t + i, "explain", 7)))
+		return 0;
+	i = 0;
+	while (i < len) {
+		ch = (unsigned char)t[i];
+		bool after_ident = i > 0 && ident_char((unsigned char)t[i - 1]);
+
+		if (isspace(ch)) { /* runs of white space and comments become one space */
+			if (o && out[o - 1] != ' ')
+				out[o++] = ' ';
+			i++;
+			continue;
+		}
+		if (ch == '-' && i + 1 < len && t[i + 1] == '-') {
+			while (i < len && t[i] != '\n')
+				i++;
+			if (o && out[o - 1] != ' ')
+				out[o++] = ' ';
+			continue;
+		}
+		if (ch == '/' && i + 1 < len && t[i + 1] == '*') {
+			int depth = 1;
+
+			for (i += 2; i < len && depth; i++) {
+				if (t[i] == '/' && i + 1 < len && t[i + 1] == '*')
+					depth++, i++;
+				else if (t[i] == '*' && i + 1 < len && t[i + 1] == '/')
+					depth--, i++;
+			}
+			if (depth)
+				return 0;
+			if (o && out[o - 1] != ' ')
+				out[o++] = ' ';
+			continue;
+		}
+		if (ch == '\'') {
+			bool e = i > 0 && (t[i - 1] == 'e' || t[i - 1] == 'E') &&
+				 !(i > 1 && ident_char((unsigned char)t[i - 2]));
+			bool special = after_ident && !e && !(t[i - 1] == 'n' || t[i - 1] == 'N');
+
+			if (special) /* U&'', B'', X'' or a typed literal's prefix: keep as is */
+				return 0;
+			j = skip_quoted(t, len, i, '\'', e);
+			if (!j)
+				return 0;
+			out[o++] = '\'';
+			i = j;
+			continue;
+		}
+		if (ch == '"') {
+			j = skip_quoted(t, len, i, '"', false);
+			if (!j)
+				return 0;
+			memcpy(out + o, t + i, j - i);
+			o += j - i;
+			i = j;
+			continue;
+		}
+		if (ch == '$' && !after_ident) {
+			for (j = i + 1; j < len && (isalnum((unsigned char)t[j]) || t[j] == '_' ||
+						    (unsigned char)t[j] >= 0x80);
+			     j++)
+				;
+			if (j < len && t[j] == '$' && !(j > i + 1 && isdigit((unsigned char)t[i + 1]))) {
+				const char *end;
+
+				tag = j + 1 - i; /* $tag$ */
+				end = memmem(t + j + 1, len - j - 1, t + i, tag);
+				if (!end)
+					return 0;
+				out[o++] = '$';
+				i = (size_t)(end - t) + tag;
+				continue;
+			}
+			/* $n parameter: kept */
+			memcpy(out + o, t + i, j - i);
+			o += j - i;
+			i = j;
+			continue;
+		}
+		if (!after_ident && (isdigit(ch) || (ch == '.' && i + 1 < len &&
+						     isdigit((unsigned char)t[i + 1])))) {
+			while (i < len && isdigit((unsigned char)t[i]))
+				i++;
+			if (i < len && t[i] == '.')
+				for (i++; i < len && isdigit((unsigned char)t[i]); i++)
+					;
+			if (i < len && (t[i] == 'e' || t[i] == 'E')) {
+				j = i + 1;
+				if (j < len && (t[j] == '+' || t[j] == '-'))
+					j++;
+				if (j < len && isdigit((unsigned char)t[j]))
+					for (i = j; i < len && isdigit((unsigned char)t[i]); i++)
+						;
+			}
+			out[o++] = '0';
+			continue;
+		}
+		out[o++] = (char)ch;
+		i++;
+	}
+	return o ? o : 0;
+}
+
 void fingerprint_lookup(struct fingerprint_cache *c, const char *text, size_t len,
 			struct fingerprint_info *out)
 {
-	uint64_t h = XXH3_64bits(text, len) | 1; /* never 0: 0 marks an empty slot */
+	char key[SHAPE_MAX];
+	size_t klen = shape(text, len, key);
+	uint64_t h = (klen ? XXH3_64bits(key, klen) : XXH3_64bits(text, len)) | 1;
+	/* never 0: 0 marks an empty slot */
 	struct entry *set = &c->sets[(h >> 1 & (c->n_sets - 1)) * WAYS], *victim = set;
 	char *copy;
 	int i;
 
 	c->clock++;
 	for (i = 0; i < WAYS; i++) {
-		if (set[i].hash == h && set[i].len == len) {
+		if (set[i].hash == h && set[i].len == (klen ? klen : len)) {
 			set[i].used = c->clock;
 			c->stats.hits++;
 			*out = set[i].info;
@@ -195,7 +464,7 @@ void fingerprint_lookup(struct fingerprint_cache *c, const char *text, size_t le
 	if (victim->hash)
 		c->stats.evictions++;
 	victim->hash = h;
-	victim->len = len;
+	victim->len = klen ? klen : len;
 	victim->used = c->clock;
 	victim->info = *out;
 }
