@@ -13,7 +13,7 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
-LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpthread
+LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lpthread
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
@@ -23,7 +23,8 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
 
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
-              $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o
+              $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o \
+              $(BUILD)/fingerprint.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf
@@ -57,11 +58,11 @@ $(BUILD)/test_pgwire: tests/unit/test_pgwire.c $(BUILD)/pgwire.o tests/unit/wire
 
 $(BUILD)/test_session: tests/unit/test_session.c $(BUILD)/session.o $(BUILD)/pgwire.o \
 		tests/unit/wire_script.h
-	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -o $@
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -lxxhash -o $@
 
 $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/tcpstream.o \
 		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lpthread -o $@
+	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -lpthread -o $@
 
 $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lpthread -o $@

@@ -79,6 +79,11 @@ struct session_request {
 	char sqlstate[6];  /* of the (first) ErrorResponse, "" if none or malformed */
 	char txn_status;   /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
 			    * or FunctionCall; 0 for an Execute */
+	char txn_before;   /* 'I', 'T' or 'E' from the last ReadyForQuery before the one that
+			    * completes it (for an Execute: the last one seen when it
+			    * completed); 0 before the first */
+	uint64_t rows_hash; /* keep_datarows: sum of XXH3 hashes of the DataRow bodies */
+	bool rows_unhashed; /* keep_datarows: a DataRow body was too long to hash */
 };
 
 struct session_param {

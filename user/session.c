@@ -44,6 +44,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <xxhash.h>
+
 #include "session.h"
 
 #define KIB	  1024U
@@ -672,10 +674,28 @@ static void req_complete(struct session *s, struct req *r, uint64_t ts_end)
 	if (!r->has_tag)
 		p->rows = p->datarows;
 	p->copy_data = r->copy;
+	if (p->kind == SESSION_REQ_EXECUTE)
+		p->txn_before = s->info.txn_status; /* its Sync's ReadyForQuery is still to come */
 	s->st->requests++;
 	if (s->h->request)
 		s->h->request(s->ctx, &s->info, p);
 	req_free(s, r);
+}
+
+/* A DataRow of the request: counted, and hashed when rows are compared (the sum of the
+ * bodies' hashes does not depend on the rows' order). */
+static void note_datarow(struct session *s, struct req *r, const struct pgwire_msg *m)
+{
+	if (!r)
+		return;
+	r->pub.datarows++;
+	r->stmt_rows++;
+	if (!s->cfg.wire.keep_datarows)
+		return;
+	if (m->body_kept)
+		r->pub.rows_hash += XXH3_64bits(m->body, m->len);
+	else
+		r->pub.rows_unhashed = true;
 }
 
 /* A request the server will never answer (or whose answer cannot be told apart). */
@@ -1506,10 +1526,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 	case EXP_EXECUTE:
 		switch (m->type) {
 		case 'D':
-			if (r) {
-				r->pub.datarows++;
-				r->stmt_rows++;
-			}
+			note_datarow(s, r, m);
 			return;
 		case 'C':
 			on_command_complete(s, r, m);
@@ -1552,6 +1569,8 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		switch (m->type) {
 		case 'Z':
 			fifo_pop(s);
+			if (r)
+				r->pub.txn_before = s->info.txn_status;
 			st = on_ready(s, m);
 			if (r)
 				r->pub.txn_status = st;
@@ -1573,10 +1592,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		}
 		switch (m->type) {
 		case 'D':
-			if (r) {
-				r->pub.datarows++;
-				r->stmt_rows++;
-			}
+			note_datarow(s, r, m);
 			return;
 		case 'C':
 			on_command_complete(s, r, m);
