@@ -13,7 +13,7 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
-LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lpthread
+LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lcjson -lm -lpthread
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
@@ -24,10 +24,10 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o \
-              $(BUILD)/fingerprint.o
+              $(BUILD)/fingerprint.o $(BUILD)/readiness.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
-              $(BUILD)/test_capture_bpf
+              $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -66,6 +66,10 @@ $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/
 
 $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lpthread -o $@
+
+$(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUILD)/stats.o \
+		$(BUILD)/buf.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -lm -lpthread -o $@
 
 $(BUILD)/test_fingerprint: tests/unit/test_fingerprint.c $(BUILD)/fingerprint.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@

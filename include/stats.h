@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "readiness.h"
 
 /* Latency histogram buckets (upper bounds, seconds): log-spaced, 50 µs to 30 s. */
 #define STATS_BUCKETS 18
@@ -47,7 +48,7 @@ enum stats_skip_reason {
 	STATS_SKIP_READ_ONLY,		 /* read_only: the mirror answered 25006 */
 	STATS_SKIP_LEVEL,		 /* filtered out by mirror_level */
 	STATS_SKIP_ABORTED,		 /* mirror_aborted = skip: the source rolled it back */
-	STATS_SKIP_NO_TRANSACTION, /* failed on the source; cannot run in BEGIN..ROLLBACK */
+	STATS_SKIP_NO_TRANSACTION,	 /* failed on the source; cannot run in BEGIN..ROLLBACK */
 	STATS_SKIP_MAX,
 };
 
@@ -87,7 +88,11 @@ struct stats_db {
 	_Atomic uint64_t mirror_skipped[STATS_SKIP_MAX];
 	_Atomic uint64_t mirror_compared; /* answers compared with the source's */
 	_Atomic uint64_t mirror_mismatches[STATS_MISMATCH_MAX];
+	_Atomic uint64_t mirror_mirrored;		       /* successes */
+	_Atomic uint64_t mirror_errors_by_type[STATS_ERR_MAX]; /* buffer_full = dropped */
+	_Atomic uint64_t mirror_mismatched;		       /* answers with any difference */
 	struct stats_histogram mirror_latency;
+	struct stats_histogram mirrored_source_latency; /* the mirrored requests, on the source */
 	struct stats_histogram replay_delay;
 	uint64_t win_latency_sum_ns, win_latency_count; /* guarded by the stats lock */
 };
@@ -130,7 +135,7 @@ struct stats_mirror_snapshot {
 	double latency_avg_ms, latency_max_ms; /* current window */
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
-	uint64_t compared, mismatched; /* answers compared; those with any difference */
+	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
 };
 
@@ -184,5 +189,58 @@ bool stats_render(struct stats *st, const struct stats_process *proc, const char
 
 /* Index of a SQLSTATE's class in source_errors (the last slot when it is malformed). */
 unsigned int stats_sqlstate_class(const char *sqlstate);
+
+/*
+ * Readiness. The readiness window starts at cfg->start_ns and restarts at
+ * stats_readiness_reset (RESET MIRROR STATS); inside it stats keeps the outcome counts,
+ * the run of successes (broken by connection, query and timeout errors; drops are
+ * judged by coverage instead), and histograms of the mirror latency and of the source
+ * latency of the same mirrored requests. The monotonic counters are never touched.
+ * Any thread.
+ */
+void stats_readiness_reset(struct stats *st, uint64_t now_ns);
+
+/* Fills in from the readiness window at now_ns (p99 from the window's histograms, see
+ * stats_quantile_ms; NaN latencies when nothing was mirrored). */
+void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_input *in);
+
+/* The alert inputs at now_ns: the current run of errors (drops included, as
+ * mirror_consecutive_errors) and the mirror p99 over the current reset interval (rolls
+ * the window when it expired; NaN when it has no sample yet). */
+void stats_alert_input(struct stats *st, uint64_t now_ns, struct readiness_alert_input *in);
+
+/* The last evaluated verdict and alert states, rendered (when mirror_enabled) as
+ * mirror_readiness_ready, mirror_readiness_confidence_score and
+ * mirror_alert_active{alert}. All 0 until first set. Any thread. */
+void stats_set_readiness(struct stats *st, bool ready, double score);
+void stats_set_alert(struct stats *st, enum readiness_alert a, bool active);
+
+/*
+ * The q-quantile (0..1), in milliseconds, of a histogram's bucket counts (the
+ * STATS_BUCKETS bounds, then the overflow bucket); NaN when it is empty. Interpolated
+ * linearly inside the bucket holding rank q x count, between its lower and upper bound
+ * (as Prometheus' histogram_quantile does), so the error is at most the bucket's width.
+ * max_ns, when not 0, is the largest observation: it tops the overflow bucket (else the
+ * result there is the largest bound, 30 s) and caps the result.
+ */
+double stats_quantile_ms(const uint64_t bucket[STATS_BUCKETS + 1], double q, uint64_t max_ns);
+
+/* One database's numbers since the agent started (monotonic counters), for the admin
+ * console (SHOW MIRROR STATS, SHOW MIRRORS). Latencies in ms; NaN without samples. */
+struct stats_db_row {
+	char name[STATS_DB_NAME_MAX];
+	uint64_t source_requests; /* everything the source completed */
+	uint64_t requests;	  /* submitted for mirroring (mirror_database_requests) */
+	uint64_t mirrored, not_sampled, skipped, dropped;
+	uint64_t errors[STATS_ERR_MAX]; /* errors[STATS_ERR_BUFFER_FULL] == dropped */
+	uint64_t in_flight;		/* requests minus every outcome: queued or running */
+	uint64_t compared, mismatched;
+	double source_avg_ms, source_p99_ms; /* the mirrored requests, on the source */
+	double mirror_avg_ms, mirror_p99_ms;
+};
+
+/* Copies up to cap databases' rows ("other" last, when used) into out; returns how many
+ * databases there are (more than cap: call again with room for that many). */
+size_t stats_db_rows(struct stats *st, struct stats_db_row *out, size_t cap);
 
 #endif /* PGSHADOW_STATS_H */

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /* stats.c — counters, histograms and their Prometheus rendering. See include/stats.h. */
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -52,6 +53,17 @@ const char *const stats_error_type_names[STATS_ERR_MAX] = {
     [STATS_ERR_BUFFER_FULL] = "buffer_full",
 };
 
+/* The readiness window (see stats_readiness_reset). Counters that are bumped under
+ * win_lock anyway are counted here; the others are the global atomics minus their value
+ * when the window started (base_*), so the capture path takes no lock for them. */
+struct readiness_window {
+	uint64_t start_ns;
+	uint64_t base_total, base_not_sampled, base_compared, base_mismatched;
+	uint64_t mirrored, errors[STATS_ERR_MAX], streak;
+	uint64_t mirror_hist[STATS_BUCKETS + 1], source_hist[STATS_BUCKETS + 1];
+	uint64_t mirror_sum_ns, source_sum_ns, mirror_max_ns, source_max_ns;
+};
+
 /* Global mirror numbers. Counters are atomics; the latency window, the streaks and the
  * time of the last success move together under win_lock. */
 struct mirror {
@@ -64,6 +76,11 @@ struct mirror {
 	uint64_t consecutive_errors, consecutive_successes;
 	uint64_t last_success_ns; /* 0 before the first */
 	uint64_t start_ns;
+	uint64_t win_hist[STATS_BUCKETS + 1]; /* mirror latency over the window (alert p99) */
+	struct readiness_window rd;	      /* under win_lock */
+	_Atomic bool ready;		      /* last verdict (stats_set_readiness) */
+	_Atomic double score;
+	_Atomic bool alert[READINESS_ALERTS];
 	bool enabled;
 };
 
@@ -105,6 +122,7 @@ struct stats *stats_new(const struct stats_config *cfg)
 	st->mirror.interval_ns =
 	    cfg->reset_interval_ns ? cfg->reset_interval_ns : 3600ULL * 1000000000ULL;
 	st->mirror.start_ns = cfg->start_ns;
+	st->mirror.rd.start_ns = cfg->start_ns;
 	st->mirror.enabled = cfg->mirror_enabled;
 	st->max_dbs = cfg->max_databases;
 	st->dbs = calloc(cfg->max_databases, sizeof(*st->dbs));
@@ -202,12 +220,19 @@ static void class_name(unsigned int idx, char out[8])
 	out[2] = '\0';
 }
 
-void stats_histogram_observe(struct stats_histogram *h, uint64_t ns)
+static unsigned int bucket_index(uint64_t ns)
 {
 	unsigned int i = 0;
 
 	while (i < STATS_BUCKETS && ns > bucket_ns[i])
 		i++;
+	return i;
+}
+
+void stats_histogram_observe(struct stats_histogram *h, uint64_t ns)
+{
+	unsigned int i = bucket_index(ns);
+
 	atomic_fetch_add_explicit(&h->bucket[i], 1, RELAXED);
 	atomic_fetch_add_explicit(&h->sum_ns, ns, RELAXED);
 }
@@ -240,6 +265,7 @@ static void roll_window(struct stats *st, uint64_t now_ns)
 	}
 	m->win_start_ns = now_ns;
 	m->win_sum_ns = m->win_count = m->win_max_ns = 0;
+	memset(m->win_hist, 0, sizeof(m->win_hist));
 	n = atomic_load(&st->n_dbs);
 	for (i = 0; i < n; i++)
 		st->dbs[i]->win_latency_sum_ns = st->dbs[i]->win_latency_count = 0;
@@ -273,10 +299,14 @@ static void count_error(struct stats *st, struct stats_db *db, enum stats_error_
 
 	atomic_fetch_add_explicit(&m->errors[type], 1, RELAXED);
 	atomic_fetch_add_explicit(&db->mirror_errors, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_errors_by_type[type], 1, RELAXED);
 	pthread_mutex_lock(&m->win_lock);
 	roll_window(st, now_ns);
 	m->consecutive_errors++;
 	m->consecutive_successes = 0;
+	m->rd.errors[type]++;
+	if (type != STATS_ERR_BUFFER_FULL)
+		m->rd.streak = 0; /* a drop was never attempted: coverage judges it */
 	pthread_mutex_unlock(&m->win_lock);
 }
 
@@ -296,11 +326,13 @@ void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_
 void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
 			  uint64_t source_latency_ns, uint64_t delay_ns, uint64_t now_ns)
 {
-	(void)source_latency_ns; /* readiness keeps it (source p99 over the same requests) */
 	struct mirror *m = &st->mirror;
+	struct readiness_window *rd = &m->rd;
 
 	atomic_fetch_add_explicit(&m->mirrored, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_mirrored, 1, RELAXED);
 	stats_histogram_observe(&db->mirror_latency, latency_ns);
+	stats_histogram_observe(&db->mirrored_source_latency, source_latency_ns);
 	stats_histogram_observe(&db->replay_delay, delay_ns);
 	pthread_mutex_lock(&m->win_lock);
 	roll_window(st, now_ns);
@@ -308,6 +340,18 @@ void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latenc
 	m->win_count++;
 	if (latency_ns > m->win_max_ns)
 		m->win_max_ns = latency_ns;
+	m->win_hist[bucket_index(latency_ns)]++;
+	/* readiness: the mirror and the source latency of the same request */
+	rd->mirrored++;
+	rd->streak++;
+	rd->mirror_hist[bucket_index(latency_ns)]++;
+	rd->source_hist[bucket_index(source_latency_ns)]++;
+	rd->mirror_sum_ns += latency_ns;
+	rd->source_sum_ns += source_latency_ns;
+	if (latency_ns > rd->mirror_max_ns)
+		rd->mirror_max_ns = latency_ns;
+	if (source_latency_ns > rd->source_max_ns)
+		rd->source_max_ns = source_latency_ns;
 	db->win_latency_sum_ns += latency_ns;
 	db->win_latency_count++;
 	m->consecutive_errors = 0;
@@ -325,6 +369,7 @@ void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int k
 	if (!kinds)
 		return;
 	atomic_fetch_add_explicit(&st->mirror.mismatched, 1, RELAXED);
+	atomic_fetch_add_explicit(&db->mirror_mismatched, 1, RELAXED);
 	for (k = 0; k < STATS_MISMATCH_MAX; k++)
 		if (kinds & (1u << k))
 			atomic_fetch_add_explicit(&db->mirror_mismatches[k], 1, RELAXED);
@@ -379,6 +424,161 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	pthread_mutex_unlock(&m->win_lock);
 }
 
+/* ---- readiness ---- */
+
+double stats_quantile_ms(const uint64_t bucket[STATS_BUCKETS + 1], double q, uint64_t max_ns)
+{
+	uint64_t total = 0, cum = 0;
+	double rank, lo, hi, v;
+	unsigned int i;
+
+	for (i = 0; i <= STATS_BUCKETS; i++)
+		total += bucket[i];
+	if (!total)
+		return NAN;
+	rank = q * total;
+	for (i = 0; i < STATS_BUCKETS; i++) {
+		if (bucket[i] && cum + bucket[i] >= rank)
+			break;
+		cum += bucket[i];
+	}
+	lo = i ? bucket_ns[i - 1] : 0;
+	hi = i < STATS_BUCKETS ? bucket_ns[i] : (max_ns > lo ? max_ns : lo);
+	v = bucket[i] ? lo + (hi - lo) * (rank - cum) / bucket[i] : hi;
+	if (max_ns && v > max_ns)
+		v = max_ns;
+	return v / 1e6;
+}
+
+static uint64_t load(const _Atomic uint64_t *a)
+{
+	return atomic_load_explicit(a, RELAXED);
+}
+
+/* Caller holds win_lock. */
+static void readiness_restart(struct mirror *m, uint64_t now_ns)
+{
+	struct readiness_window *rd = &m->rd;
+
+	memset(rd, 0, sizeof(*rd));
+	rd->start_ns = now_ns;
+	rd->base_total = load(&m->total);
+	rd->base_not_sampled = load(&m->not_sampled);
+	rd->base_compared = load(&m->compared);
+	rd->base_mismatched = load(&m->mismatched);
+}
+
+void stats_readiness_reset(struct stats *st, uint64_t now_ns)
+{
+	pthread_mutex_lock(&st->mirror.win_lock);
+	readiness_restart(&st->mirror, now_ns);
+	pthread_mutex_unlock(&st->mirror.win_lock);
+}
+
+/* a - b for counters read at different moments (never below 0). */
+static uint64_t since(uint64_t a, uint64_t b)
+{
+	return a > b ? a - b : 0;
+}
+
+void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_input *in)
+{
+	struct mirror *m = &st->mirror;
+	struct readiness_window rd;
+	uint64_t not_sampled;
+
+	pthread_mutex_lock(&m->win_lock);
+	rd = m->rd;
+	pthread_mutex_unlock(&m->win_lock);
+	memset(in, 0, sizeof(*in));
+	not_sampled = since(load(&m->not_sampled), rd.base_not_sampled);
+	in->total = since(load(&m->total), rd.base_total);
+	in->selected = since(in->total, not_sampled);
+	in->mirrored = rd.mirrored;
+	in->errors_connection = rd.errors[STATS_ERR_CONNECTION];
+	in->errors_query = rd.errors[STATS_ERR_QUERY];
+	in->errors_timeout = rd.errors[STATS_ERR_TIMEOUT];
+	in->dropped = rd.errors[STATS_ERR_BUFFER_FULL];
+	in->compared = since(load(&m->compared), rd.base_compared);
+	in->mismatched = since(load(&m->mismatched), rd.base_mismatched);
+	in->consecutive_successes = rd.streak;
+	in->runtime_seconds = since(now_ns, rd.start_ns) / 1e9;
+	in->uptime_seconds = since(now_ns, m->start_ns) / 1e9;
+	in->mirror_avg_ms = rd.mirrored ? rd.mirror_sum_ns / 1e6 / rd.mirrored : NAN;
+	in->source_avg_ms = rd.mirrored ? rd.source_sum_ns / 1e6 / rd.mirrored : NAN;
+	in->mirror_p99_ms = stats_quantile_ms(rd.mirror_hist, 0.99, rd.mirror_max_ns);
+	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
+}
+
+void stats_alert_input(struct stats *st, uint64_t now_ns, struct readiness_alert_input *in)
+{
+	struct mirror *m = &st->mirror;
+
+	pthread_mutex_lock(&m->win_lock);
+	roll_window(st, now_ns);
+	in->consecutive_errors = m->consecutive_errors;
+	in->window_p99_ms = stats_quantile_ms(m->win_hist, 0.99, m->win_max_ns);
+	pthread_mutex_unlock(&m->win_lock);
+}
+
+void stats_set_readiness(struct stats *st, bool ready, double score)
+{
+	atomic_store_explicit(&st->mirror.ready, ready, RELAXED);
+	atomic_store_explicit(&st->mirror.score, score, RELAXED);
+}
+
+void stats_set_alert(struct stats *st, enum readiness_alert a, bool active)
+{
+	if ((unsigned int)a < READINESS_ALERTS)
+		atomic_store_explicit(&st->mirror.alert[a], active, RELAXED);
+}
+
+/* Copies an atomic histogram's buckets; returns the sum of the observations. */
+static uint64_t hist_copy(const struct stats_histogram *h, uint64_t out[STATS_BUCKETS + 1],
+			  uint64_t *count)
+{
+	unsigned int i;
+
+	*count = 0;
+	for (i = 0; i <= STATS_BUCKETS; i++) {
+		out[i] = load(&h->bucket[i]);
+		*count += out[i];
+	}
+	return load(&h->sum_ns);
+}
+
+static void db_row(const struct stats_db *db, struct stats_db_row *r)
+{
+	uint64_t b[STATS_BUCKETS + 1], n, sum, done;
+	int i;
+
+	memset(r, 0, sizeof(*r));
+	snprintf(r->name, sizeof(r->name), "%s", db->name);
+	/* outcomes before requests, as in stats_mirror_snapshot: in_flight never < 0 */
+	r->mirrored = load(&db->mirror_mirrored);
+	r->not_sampled = load(&db->mirror_not_sampled);
+	for (i = 0; i < STATS_SKIP_MAX; i++)
+		r->skipped += load(&db->mirror_skipped[i]);
+	for (i = 0; i < STATS_ERR_MAX; i++)
+		r->errors[i] = load(&db->mirror_errors_by_type[i]);
+	r->dropped = r->errors[STATS_ERR_BUFFER_FULL];
+	atomic_thread_fence(memory_order_seq_cst);
+	r->requests = load(&db->mirror_requests);
+	r->source_requests = load(&db->source_requests);
+	done = r->mirrored + r->not_sampled + r->skipped;
+	for (i = 0; i < STATS_ERR_MAX; i++)
+		done += r->errors[i];
+	r->in_flight = since(r->requests, done);
+	r->compared = load(&db->mirror_compared);
+	r->mismatched = load(&db->mirror_mismatched);
+	sum = hist_copy(&db->mirror_latency, b, &n);
+	r->mirror_avg_ms = n ? sum / 1e6 / n : NAN;
+	r->mirror_p99_ms = stats_quantile_ms(b, 0.99, 0);
+	sum = hist_copy(&db->mirrored_source_latency, b, &n);
+	r->source_avg_ms = n ? sum / 1e6 / n : NAN;
+	r->source_p99_ms = stats_quantile_ms(b, 0.99, 0);
+}
+
 struct stats_capture *stats_capture(struct stats *st)
 {
 	return &st->capture;
@@ -401,6 +601,16 @@ static uint32_t db_snapshot(struct stats *st, struct stats_db **out, uint32_t ca
 			atomic_load_explicit(&st->db_overflow, RELAXED)))
 		out[i++] = st->other;
 	return i;
+}
+
+size_t stats_db_rows(struct stats *st, struct stats_db_row *out, size_t cap)
+{
+	struct stats_db *dbs[st->max_dbs + 1];
+	uint32_t n = db_snapshot(st, dbs, st->max_dbs + 1), i;
+
+	for (i = 0; i < n && i < cap; i++)
+		db_row(dbs[i], &out[i]);
+	return n;
 }
 
 static bool header(struct buf *b, const char *name, const char *type, const char *help)
@@ -661,6 +871,18 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_replay_order_waits_total", "counter",
 			       "Times a request waited for an earlier one (causal order).",
 			       m.order_waits);
+	ok &= gauge_or_counter(b, "mirror_readiness_ready", "gauge",
+			       "1 when the last readiness evaluation said READY, else 0.",
+			       atomic_load_explicit(&st->mirror.ready, RELAXED));
+	ok &= gauge_or_counter(b, "mirror_readiness_confidence_score", "gauge",
+			       "Confidence score (0-100) of the last readiness evaluation.",
+			       atomic_load_explicit(&st->mirror.score, RELAXED));
+	ok &= header(b, "mirror_alert_active", "gauge",
+		     "1 while a threshold alert is active (consecutive_errors, latency).");
+	for (i = 0; i < READINESS_ALERTS; i++)
+		ok &=
+		    buf_printf(b, "mirror_alert_active{alert=\"%s\"} %d\n", readiness_alert_name(i),
+			       atomic_load_explicit(&st->mirror.alert[i], RELAXED) ? 1 : 0);
 
 	ok &= db_counter(b, "mirror_database_requests",
 			 "Requests of the database submitted for mirroring.", dbs, n,
