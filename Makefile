@@ -14,20 +14,24 @@ CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/includ
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
 LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lcjson -lm -lpthread
+LDLIBS    += -linih
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
                 libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
+DEB_PACKAGES += libinih-dev libcjson-dev
 
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o \
-              $(BUILD)/fingerprint.o $(BUILD)/readiness.o
+              $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
+AGENT_OBJS += $(BUILD)/config.o
+UNIT_TESTS += $(BUILD)/test_config
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -71,11 +75,19 @@ $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUIL
 		$(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -lm -lpthread -o $@
 
+$(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o
+	$(CC) $(CFLAGS) -DSRCDIR='"$(CURDIR)"' $^ -lcmocka -linih -lm -lpthread -o $@
+
 $(BUILD)/test_fingerprint: tests/unit/test_fingerprint.c $(BUILD)/fingerprint.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@
+
+# deploy/pgshadow.ini is the agent's --print-config output (test_config checks it).
+.PHONY: config-example
+config-example: $(BUILD)/pgshadow
+	$(BUILD)/pgshadow --print-config > deploy/pgshadow.ini
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \

@@ -75,9 +75,13 @@
 
 #include <libpq-fe.h>
 
+#include <xxhash.h>
+
 #include "buf.h"
+#include "fingerprint.h"
 #include "ownconn.h"
 #include "replay.h"
+#include "sampler.h"
 
 #define CHANNEL_ITEMS_MAX  65536	  /* items submitted and not finished, all sessions */
 #define ITEM_BYTES_MAX	   (256ull << 20) /* their bytes */
@@ -94,6 +98,8 @@
 #define MS		   1000000ull
 #define LOCK_INVERSION_MS  20 /* see causal_blocked() */
 #define DEFAULT_PGPORT	   5432
+#define FP_CACHE_ENTRIES   4096 /* statement shapes classified (capture thread) */
+#define DB_MAP_MAX	   1000
 
 enum msg_kind {
 	MSG_OPEN,   /* a session handle exists (embedded in it) */
@@ -144,9 +150,24 @@ struct item {
 	size_t copy_len;
 	bool src_error;
 	char src_sqlstate[6];
+	/* the source's answer, for comparison */
+	char src_verb[16];   /* first word of its command tag ("" if none) */
+	uint64_t src_rows;   /* session_request.rows */
+	uint64_t src_hash;   /* session_request.rows_hash */
+	bool cmp_rowcount;   /* the row count is comparable (not cut by a row limit) */
+	bool cmp_rows;	     /* the rows' hash is comparable (hashed, one result format) */
+	uint64_t fingerprint; /* of the text (mismatch logs) */
+	/* how to replay it (sampler) */
+	bool read;	  /* waits only for writes */
+	bool wrap;	  /* inside BEGIN ... ROLLBACK */
+	bool as_rollback; /* send ROLLBACK instead of the text */
+	bool txn_start;	  /* first of a transaction (mirror_replay_timing) */
 	/* replay thread */
 	struct item *next; /* the session's queue */
-	uint32_t heap_idx;
+	uint32_t heap_idx[2]; /* HEAP_ALL, HEAP_WRITES */
+	uint8_t stage;	      /* STAGE_* */
+	uint8_t saved;	      /* enum outcome of the main stage (wrapped items) */
+	uint64_t done_ns;     /* when the main stage completed (wrapped items) */
 	bool waited;
 	uint64_t wait_until;
 	uint64_t sent_ns;
@@ -182,13 +203,26 @@ struct run {
 	int nulls;	   /* consecutive NULL results (pipeline mode) */
 	struct stmt *prep; /* being prepared: kept on success */
 	struct stmt *stmt; /* executed (to forget it on 26000) */
+	bool aux;	   /* BEGIN/ROLLBACK around a wrapped item: results ignored */
+	/* the mirror's answer, for comparison */
+	char verb[16];	    /* first word of the last command tag */
+	uint64_t rows;	    /* of the last command: its tag's count, else its rows */
+	uint64_t stmt_rows; /* rows since the last command tag */
+	uint64_t hash;	    /* sum of the rows' DataRow hashes (mirror_compare = rows) */
+	bool unhashed;	    /* a row too big to hash */
 };
+
+/* Stages of an item wrapped in BEGIN ... ROLLBACK. */
+enum { STAGE_MAIN = 0, STAGE_BEGIN, STAGE_ROLLBACK };
 
 struct replay_session {
 	struct replay *r;
 	/* capture thread only */
 	bool c_known; /* PARAMS posted: the database is known */
 	bool c_off;   /* a replication connection: never mirrored */
+	struct sampler_session c_ss;
+	int c_map;		      /* its [databases] entry, -1 if none */
+	struct item *c_held, *c_held_tail; /* mirror_aborted = skip: until the txn ends */
 	struct msg open_msg, close_msg;
 	/* both threads */
 	_Atomic uint32_t queued; /* items submitted and not finished */
@@ -213,8 +247,17 @@ struct replay_session {
 	struct run run;
 	bool susp; /* the last Execute of portal susp_key was suspended on the source */
 	uint64_t susp_key;
+	uint64_t last_sent, last_ts_start; /* mirror_replay_timing: the previous item */
 	struct replay_session *act_prev, *act_next, *all_prev, *all_next;
 };
+
+/* A [databases] line: its own exposure may change at run time. */
+struct db_map {
+	char *source_db, *mirror_dbname;
+	_Atomic uint64_t exposure; /* bits of a double; < 0: the global one */
+};
+
+enum { HEAP_ALL = 0, HEAP_WRITES };
 
 struct replay {
 	struct replay_config cfg;
@@ -230,9 +273,17 @@ struct replay {
 	_Atomic bool wake_pending;
 	_Atomic uint32_t items;	     /* submitted and not finished */
 	_Atomic uint64_t item_bytes; /* their allocations */
+	_Atomic uint64_t exposure; /* bits of the global mirror_exposure (a double) */
+	struct db_map *map;	   /* [databases], copied */
+	size_t n_map;
+	/* capture thread */
+	struct fingerprint_cache *fp;
+	uint64_t seed;
 	/* replay thread */
-	struct item **heap; /* outstanding items, min-heap on ts_end */
-	uint32_t heap_n;
+	struct item **heap[2]; /* outstanding items, min-heaps on ts_end: all, writes */
+	uint32_t heap_n[2];
+	struct buf row;		 /* a mirror row in DataRow layout, to hash it */
+	uint32_t mismatches_logged;
 	struct replay_session *active, *all;
 	uint32_t n_slots; /* sessions holding a mirror connection slot */
 	unsigned int last_util;
@@ -246,6 +297,8 @@ enum outcome {
 	OUT_SKIP_CAP,
 	OUT_SKIP_STATE,
 	OUT_SKIP_SHUTDOWN,
+	OUT_SKIP_READ_ONLY,
+	OUT_SKIP_ABORTED,
 };
 
 static uint64_t now_ns(void)
@@ -305,64 +358,78 @@ static struct msg *chan_take(struct replay *r)
 	return fifo;
 }
 
-/* ---- causal-order heap ---- */
+/* ---- causal-order heaps: every outstanding item, and the outstanding writes ---- */
 
-static void heap_set(struct replay *r, uint32_t i, struct item *it)
+static void heap_set(struct replay *r, int h, uint32_t i, struct item *it)
 {
-	r->heap[i] = it;
-	it->heap_idx = i;
+	r->heap[h][i] = it;
+	it->heap_idx[h] = i;
 }
 
-static void heap_up(struct replay *r, uint32_t i)
+static void heap_up(struct replay *r, int h, uint32_t i)
 {
-	struct item *it = r->heap[i];
+	struct item **v = r->heap[h], *it = v[i];
 
 	while (i) {
 		uint32_t p = (i - 1) / 2;
 
-		if (r->heap[p]->ts_end <= it->ts_end)
+		if (v[p]->ts_end <= it->ts_end)
 			break;
-		heap_set(r, i, r->heap[p]);
+		heap_set(r, h, i, v[p]);
 		i = p;
 	}
-	heap_set(r, i, it);
+	heap_set(r, h, i, it);
 }
 
-static void heap_down(struct replay *r, uint32_t i)
+static void heap_down(struct replay *r, int h, uint32_t i)
 {
-	struct item *it = r->heap[i];
+	struct item **v = r->heap[h], *it = v[i];
 
 	for (;;) {
 		uint32_t c = 2 * i + 1;
 
-		if (c >= r->heap_n)
+		if (c >= r->heap_n[h])
 			break;
-		if (c + 1 < r->heap_n && r->heap[c + 1]->ts_end < r->heap[c]->ts_end)
+		if (c + 1 < r->heap_n[h] && v[c + 1]->ts_end < v[c]->ts_end)
 			c++;
-		if (it->ts_end <= r->heap[c]->ts_end)
+		if (it->ts_end <= v[c]->ts_end)
 			break;
-		heap_set(r, i, r->heap[c]);
+		heap_set(r, h, i, v[c]);
 		i = c;
 	}
-	heap_set(r, i, it);
+	heap_set(r, h, i, it);
 }
 
-static void heap_push(struct replay *r, struct item *it)
+static void heap_push(struct replay *r, int h, struct item *it)
 {
-	heap_set(r, r->heap_n, it);
-	heap_up(r, r->heap_n++);
+	heap_set(r, h, r->heap_n[h], it);
+	heap_up(r, h, r->heap_n[h]++);
 }
 
-static void heap_remove(struct replay *r, struct item *it)
+static void heap_remove(struct replay *r, int h, struct item *it)
 {
-	uint32_t i = it->heap_idx;
-	struct item *last = r->heap[--r->heap_n];
+	uint32_t i = it->heap_idx[h];
+	struct item *last = r->heap[h][--r->heap_n[h]];
 
-	if (i == r->heap_n)
+	if (i == r->heap_n[h])
 		return;
-	heap_set(r, i, last);
-	heap_up(r, i);
-	heap_down(r, last->heap_idx);
+	heap_set(r, h, i, last);
+	heap_up(r, h, i);
+	heap_down(r, h, last->heap_idx[h]);
+}
+
+static void items_track(struct replay *r, struct item *it)
+{
+	heap_push(r, HEAP_ALL, it);
+	if (!it->read)
+		heap_push(r, HEAP_WRITES, it);
+}
+
+static void items_untrack(struct replay *r, struct item *it)
+{
+	heap_remove(r, HEAP_ALL, it);
+	if (!it->read)
+		heap_remove(r, HEAP_WRITES, it);
 }
 
 /*
@@ -382,7 +449,8 @@ static bool holds_locks(const struct replay_session *s)
 
 static bool causal_blocked(const struct replay *r, const struct item *b)
 {
-	const struct item *a = r->heap_n ? r->heap[0] : NULL;
+	int h = b->read ? HEAP_WRITES : HEAP_ALL; /* reads commute with reads */
+	const struct item *a = r->heap_n[h] ? r->heap[h][0] : NULL;
 
 	return a && a->m.rs != b->m.rs && a->ts_end < b->ts_start;
 }
@@ -450,7 +518,8 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 {
 	switch (o) {
 	case OUT_SUCCESS:
-		stats_mirror_success(r->st, it->db, now - it->sent_ns, it->ts_end - it->ts_start,
+		stats_mirror_success(r->st, it->db, (it->done_ns ? it->done_ns : now) - it->sent_ns,
+				     it->ts_end - it->ts_start,
 				     now > it->ts_end ? now - it->ts_end : 0, now);
 		break;
 	case OUT_QUERY:
@@ -471,8 +540,14 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 	case OUT_SKIP_SHUTDOWN:
 		stats_mirror_skipped(r->st, it->db, STATS_SKIP_SHUTDOWN);
 		break;
+	case OUT_SKIP_READ_ONLY:
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_READ_ONLY);
+		break;
+	case OUT_SKIP_ABORTED:
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_ABORTED);
+		break;
 	}
-	heap_remove(r, it);
+	items_untrack(r, it);
 	atomic_fetch_sub(&r->item_bytes, it->bytes);
 	atomic_fetch_sub(&r->items, 1);
 	atomic_fetch_sub(&s->queued, 1);
@@ -870,39 +945,44 @@ static bool send_execute(struct replay_session *s, struct item *it)
 	return true;
 }
 
-/*
- * Starts the session's head item on its idle connection. A resumption of a portal the
- * mirror already ran to completion finishes at once. When libpq refuses to send, the item
- * fails and the connection is reset (its state is unknown).
- */
-static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
+/* Sends BEGIN or ROLLBACK around a wrapped item; its result is ignored. */
+static bool send_aux(struct replay_session *s, const char *sql)
 {
-	struct item *it = queue_pop(s);
-	bool ok;
-
 	run_reset(s);
-	it->sent_ns = now;
+	s->run.aux = true;
+	return PQsendQuery(s->conn, sql);
+}
 
-	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
-		s->susp = it->suspended;
-		item_finish(r, s, it, OUT_SUCCESS, now);
-		return;
+/* Sends the item itself (after its BEGIN, when wrapped). */
+static bool send_main(struct replay *r, struct replay_session *s, struct item *it, uint64_t now)
+{
+	run_reset(s);
+	it->stage = STAGE_MAIN;
+	it->sent_ns = now;
+	if (it->as_rollback) { /* the source rolled this COMMIT back */
+		s->susp = false;
+		return PQsendQuery(s->conn, "ROLLBACK");
 	}
-	s->cur = it;
 	if (it->kind == SESSION_REQ_QUERY) {
 		s->susp = false;
 		if (drops_statements(it->text)) {
 			stmts_clear(s);
 			s->mangle_all = true;
 		}
-		ok = PQsendQuery(s->conn, it->text);
-		if (ok)
-			PQsetSingleRowMode(s->conn);
-	} else {
-		s->susp = it->suspended;
-		s->susp_key = it->portal_key;
-		ok = send_execute(s, it);
+		if (!PQsendQuery(s->conn, it->text))
+			return false;
+		PQsetSingleRowMode(s->conn);
+		return true;
 	}
+	(void)r;
+	s->susp = it->suspended;
+	s->susp_key = it->portal_key;
+	return send_execute(s, it);
+}
+
+/* After sending: the connection is busy until the answer, or lost if libpq refused. */
+static void sent(struct replay *r, struct replay_session *s, bool ok, uint64_t now)
+{
 	if (!ok || !conn_flush(s)) {
 		conn_lost(r, s, PQstatus(s->conn) == CONNECTION_BAD ? OUT_CONNECTION : OUT_QUERY,
 			  now);
@@ -911,6 +991,34 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 	s->state = CONN_BUSY;
 	s->deadline = reply_deadline(r, now);
 	conn_rewatch(r, s);
+}
+
+/*
+ * Starts the session's head item on its idle connection. A resumption of a portal the
+ * mirror already ran to completion finishes at once. When libpq refuses to send, the item
+ * fails and the connection is reset (its state is unknown).
+ */
+static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = queue_pop(s);
+
+	run_reset(s);
+	it->sent_ns = now;
+	s->last_sent = now;
+	s->last_ts_start = it->ts_start;
+
+	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
+		s->susp = it->suspended;
+		item_finish(r, s, it, OUT_SUCCESS, now);
+		return;
+	}
+	s->cur = it;
+	if (it->wrap) {
+		it->stage = STAGE_BEGIN;
+		sent(r, s, send_aux(s, "BEGIN"), now);
+		return;
+	}
+	sent(r, s, send_main(r, s, it, now), now);
 }
 
 /* Sends the item's COPY data, then CopyDone. 1 done, 0 blocked (wait for EPOLLOUT),
@@ -986,15 +1094,67 @@ static void run_prepared(struct replay_session *s, const PGresult *res)
 	s->run.prep = NULL;
 }
 
+/* Adds the rows of a result to the answer: counted, and hashed in the DataRow layout
+ * (int16 column count, then per column an int32 length, -1 for NULL, and the bytes, all
+ * big-endian) so that the sum equals the source's hash of the same rows. */
+static void note_rows(struct replay *r, struct replay_session *s, const PGresult *res)
+{
+	int n = PQntuples(res), nf = PQnfields(res), i, f;
+	struct buf *b = &r->row;
+	unsigned char hdr[4];
+
+	s->run.stmt_rows += (uint64_t)n;
+	if (r->cfg.compare != REPLAY_COMPARE_ROWS)
+		return;
+	for (i = 0; i < n; i++) {
+		b->len = 0;
+		b->overflow = false;
+		hdr[0] = (unsigned char)(nf >> 8);
+		hdr[1] = (unsigned char)nf;
+		buf_append(b, hdr, 2);
+		for (f = 0; f < nf; f++) {
+			int32_t len = PQgetisnull(res, i, f) ? -1 : PQgetlength(res, i, f);
+			uint32_t u = (uint32_t)len;
+
+			hdr[0] = (unsigned char)(u >> 24);
+			hdr[1] = (unsigned char)(u >> 16);
+			hdr[2] = (unsigned char)(u >> 8);
+			hdr[3] = (unsigned char)u;
+			buf_append(b, hdr, 4);
+			if (len > 0)
+				buf_append(b, PQgetvalue(res, i, f), (size_t)len);
+		}
+		if (b->overflow)
+			s->run.unhashed = true;
+		else
+			s->run.hash += XXH3_64bits(b->data, b->len);
+	}
+}
+
+/* A command's completion: its tag verb and row count (the tag's, else its rows). */
+static void note_command(struct replay_session *s, const PGresult *res)
+{
+	const char *tag = PQcmdStatus((PGresult *)res), *n = PQcmdTuples((PGresult *)res);
+	size_t len = strcspn(tag, " ");
+
+	if (len >= sizeof(s->run.verb))
+		len = sizeof(s->run.verb) - 1;
+	memcpy(s->run.verb, tag, len);
+	s->run.verb[len] = 0;
+	s->run.rows = n && *n ? strtoull(n, NULL, 10) : s->run.stmt_rows;
+	s->run.stmt_rows = 0;
+}
+
 /*
  * Reads what the mirror has answered to what is in flight (an item or SET ROLE),
  * pumping COPY data both ways. Returns true when it is complete (including on a broken
  * connection: the caller checks), false when more input or output room is needed.
  */
-static bool run_results(struct replay_session *s)
+static bool run_results(struct replay *r, struct replay_session *s)
 {
 	PGconn *c = s->conn;
 	PGresult *res;
+	bool was_prep;
 	int rc;
 
 	for (;;) {
@@ -1028,9 +1188,20 @@ static bool run_results(struct replay_session *s)
 			continue;
 		}
 		s->run.nulls = 0;
-		if (s->run.prep)
+		was_prep = s->run.prep != NULL;
+		if (was_prep)
 			run_prepared(s, res);
 		switch (PQresultStatus(res)) {
+		case PGRES_SINGLE_TUPLE:
+			note_rows(r, s, res);
+			break;
+		case PGRES_TUPLES_OK:
+		case PGRES_COMMAND_OK:
+			if (!was_prep && !s->run.aux && s->state == CONN_BUSY) {
+				note_rows(r, s, res);
+				note_command(s, res);
+			}
+			break;
 		case PGRES_COPY_IN:
 			s->run.copy_in = true;
 			break;
@@ -1060,7 +1231,8 @@ static bool run_results(struct replay_session *s)
 }
 
 /* What the mirror's answer means, given the source's. */
-static enum outcome run_outcome(const struct replay_session *s, const struct item *it)
+static enum outcome run_outcome(const struct replay *r, const struct replay_session *s,
+				const struct item *it)
 {
 	if (!s->run.error)
 		return OUT_SUCCESS;
@@ -1068,13 +1240,85 @@ static enum outcome run_outcome(const struct replay_session *s, const struct ite
 		return OUT_SUCCESS; /* the expected outcome */
 	if (!strcmp(s->run.sqlstate, "57014"))
 		return OUT_TIMEOUT;
+	if (r->cfg.mode == REPLAY_MODE_READ_ONLY && !strcmp(s->run.sqlstate, "25006"))
+		return OUT_SKIP_READ_ONLY; /* a write the parse tree did not reveal */
 	return OUT_QUERY;
+}
+
+/*
+ * How the mirror's answer differs from the source's (bits of 1 << enum
+ * stats_mismatch_kind). An error on either side compares only the SQLSTATE; otherwise the
+ * tag verb, the row count when it is comparable, and with mirror_compare = rows the
+ * rows' order-insensitive hash when both sides could hash them in the same format.
+ */
+static unsigned int compare(const struct replay *r, const struct replay_session *s,
+			    const struct item *it)
+{
+	unsigned int k = 0;
+
+	if (s->run.error || it->src_error) {
+		if (!s->run.error || !it->src_error || strcmp(s->run.sqlstate, it->src_sqlstate))
+			k |= 1u << STATS_MISMATCH_SQLSTATE;
+		return k;
+	}
+	if (strcmp(it->src_verb, s->run.verb))
+		k |= 1u << STATS_MISMATCH_TAG;
+	if (it->cmp_rowcount && it->src_rows != s->run.rows)
+		k |= 1u << STATS_MISMATCH_ROWCOUNT;
+	if (r->cfg.compare == REPLAY_COMPARE_ROWS && it->cmp_rows && !s->run.unhashed &&
+	    it->src_hash != s->run.hash)
+		k |= 1u << STATS_MISMATCH_ROWS;
+	return k;
+}
+
+/* Logs one mismatch (the first log_mismatches): fingerprint and both outcomes, never
+ * the text or parameter values. */
+static void log_mismatch(struct replay *r, const struct replay_session *s, const struct item *it,
+			 unsigned int kinds)
+{
+	char what[64] = "";
+	int k;
+
+	if (r->mismatches_logged >= r->cfg.log_mismatches)
+		return;
+	r->mismatches_logged++;
+	for (k = 0; k < STATS_MISMATCH_MAX; k++)
+		if (kinds & (1u << k))
+			snprintf(what + strlen(what), sizeof(what) - strlen(what), "%s%s",
+				 what[0] ? "," : "", stats_mismatch_kind_names[k]);
+	fprintf(stderr,
+		"pgshadow: mismatch %u/%u database=%s fingerprint=%016llx kind=%s source: %s "
+		"rows=%llu sqlstate=%s mirror: %s rows=%llu sqlstate=%s\n",
+		r->mismatches_logged, r->cfg.log_mismatches, it->db->name,
+		(unsigned long long)it->fingerprint, what, it->src_verb[0] ? it->src_verb : "-",
+		(unsigned long long)it->src_rows, it->src_error ? it->src_sqlstate : "-",
+		s->run.verb[0] ? s->run.verb : "-", (unsigned long long)s->run.rows,
+		s->run.error ? s->run.sqlstate : "-");
+}
+
+/* The aux statement of a wrapped item completed: run the item, or finish it. */
+static void aux_complete(struct replay *r, struct replay_session *s, struct item *it, uint64_t now)
+{
+	if (s->run.broken) { /* a reset connection ends its transaction too */
+		conn_lost(r, s, it->stage == STAGE_ROLLBACK ? it->saved : OUT_CONNECTION, now);
+		return;
+	}
+	if (it->stage == STAGE_BEGIN) {
+		sent(r, s, send_main(r, s, it, now), now);
+		return;
+	}
+	s->cur = NULL;
+	item_finish(r, s, it, it->saved, now);
+	run_reset(s);
+	s->state = CONN_IDLE;
+	s->deadline = NEVER;
 }
 
 /* What was in flight is complete: give the item its outcome, leave pipeline mode. */
 static void run_complete(struct replay *r, struct replay_session *s, uint64_t now)
 {
 	struct item *it = s->cur;
+	unsigned int kinds;
 	enum outcome o;
 
 	if (PQstatus(s->conn) == CONNECTION_BAD) {
@@ -1091,7 +1335,11 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		s->deadline = NEVER;
 		return;
 	}
-	o = run_outcome(s, it);
+	if (s->run.aux) {
+		aux_complete(r, s, it, now);
+		return;
+	}
+	o = run_outcome(r, s, it);
 	if (s->run.pipeline && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF &&
 	    !PQexitPipelineMode(s->conn))
 		s->run.broken = true;
@@ -1101,6 +1349,19 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	}
 	if (s->run.error && s->run.stmt && !strcmp(s->run.sqlstate, "26000"))
 		stmt_unlink(s, s->run.stmt); /* the mirror lost it: prepare it again */
+	if (r->cfg.compare != REPLAY_COMPARE_NONE && (o == OUT_SUCCESS || o == OUT_QUERY)) {
+		kinds = compare(r, s, it);
+		stats_mirror_compared(r->st, it->db, kinds);
+		if (kinds)
+			log_mismatch(r, s, it, kinds);
+	}
+	if (it->wrap) { /* roll back what the source did not keep */
+		it->saved = (uint8_t)o;
+		it->done_ns = now;
+		it->stage = STAGE_ROLLBACK;
+		sent(r, s, send_aux(s, "ROLLBACK"), now);
+		return;
+	}
 	s->cur = NULL;
 	item_finish(r, s, it, o, now);
 	run_reset(s);
@@ -1136,7 +1397,7 @@ static void conn_event(struct replay *r, struct replay_session *s, uint32_t even
 		conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	if ((s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(s))
+	if ((s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
 		run_complete(r, s, now);
 	if (!s->conn)
 		return;
@@ -1208,6 +1469,13 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 			it = s->head;
 			if (!it)
 				goto settled;
+			if (r->cfg.replay_timing && !it->txn_start && s->last_sent &&
+			    it->ts_start > s->last_ts_start) { /* keep the source's gap */
+				uint64_t due = s->last_sent + (it->ts_start - s->last_ts_start);
+
+				if (now < due)
+					return due;
+			}
 			if (causal_blocked(r, it)) {
 				if (!it->waited) {
 					it->waited = true;
@@ -1299,7 +1567,7 @@ static void drain(struct replay *r)
 			else
 				s->head = it;
 			s->tail = it;
-			heap_push(r, it);
+			items_track(r, it);
 			activate(r, s);
 			break;
 		case MSG_CLOSE:
@@ -1333,6 +1601,100 @@ static void *run(void *arg)
 		}
 	}
 	return NULL;
+}
+
+/* ---- [databases] and exposure ---- */
+
+static uint64_t double_bits(double d)
+{
+	uint64_t u;
+
+	memcpy(&u, &d, sizeof(u));
+	return u;
+}
+
+static double bits_double(uint64_t u)
+{
+	double d;
+
+	memcpy(&d, &u, sizeof(d));
+	return d;
+}
+
+static void map_free(struct replay *r)
+{
+	size_t i;
+
+	for (i = 0; i < r->n_map; i++) {
+		free(r->map[i].source_db);
+		free(r->map[i].mirror_dbname);
+	}
+	free(r->map);
+	r->map = NULL;
+	r->n_map = 0;
+}
+
+/* Copies the [databases] lines (at most DB_MAP_MAX). -ENOMEM on failure. */
+static int map_copy(struct replay *r, const struct replay_config *cfg)
+{
+	size_t i, n = cfg->n_databases > DB_MAP_MAX ? DB_MAP_MAX : cfg->n_databases;
+
+	if (!n || !cfg->databases)
+		return 0;
+	r->map = calloc(n, sizeof(*r->map));
+	if (!r->map)
+		return -ENOMEM;
+	r->n_map = n;
+	for (i = 0; i < n; i++) {
+		const struct replay_db_map *d = &cfg->databases[i];
+
+		r->map[i].source_db = strdup(d->source_db ? d->source_db : "");
+		r->map[i].mirror_dbname = d->mirror_dbname ? strdup(d->mirror_dbname) : NULL;
+		atomic_init(&r->map[i].exposure, double_bits(d->exposure));
+		if (!r->map[i].source_db || (d->mirror_dbname && !r->map[i].mirror_dbname))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int map_find(const struct replay *r, const char *db)
+{
+	size_t i;
+
+	for (i = 0; db && i < r->n_map; i++)
+		if (!strcmp(r->map[i].source_db, db))
+			return (int)i;
+	return -1;
+}
+
+void replay_set_exposure(struct replay *r, const char *db, double exposure)
+{
+	int i;
+
+	if (!r)
+		return;
+	if (!db) {
+		if (exposure < 0)
+			exposure = 0;
+		atomic_store(&r->exposure, double_bits(exposure > 1 ? 1 : exposure));
+		return;
+	}
+	i = map_find(r, db);
+	if (i >= 0)
+		atomic_store(&r->map[i].exposure, double_bits(exposure > 1 ? 1 : exposure));
+}
+
+/* The exposure of a session's database now. */
+static double exposure_of(const struct replay *r, const struct replay_session *rs)
+{
+	double e = -1;
+
+	if (rs->c_map >= 0)
+		e = bits_double(atomic_load_explicit(&r->map[rs->c_map].exposure,
+						     memory_order_relaxed));
+	if (e < 0)
+		e = bits_double(atomic_load_explicit(&r->exposure, memory_order_relaxed));
+	return e;
 }
 
 /* ---- capture thread ---- */
@@ -1386,7 +1748,10 @@ static struct params *params_new(const struct replay *r, const struct session_in
 {
 	static const char *const carried[] = {"DateStyle", "TimeZone", "extra_float_digits"};
 	const char *enc = param_get(si, "client_encoding"), *opts = param_get(si, "options");
-	const char *db = si->database, *user = si->user ? si->user : "";
+	int map = map_find(r, si->database);
+	const char *db = map >= 0 && r->map[map].mirror_dbname ? r->map[map].mirror_dbname
+								: si->database;
+	const char *user = si->user ? si->user : "";
 	const char *app = si->application_name ? si->application_name : "";
 	size_t ldb, luser, lenc, lapp, lopt;
 	struct params *p = NULL;
@@ -1402,6 +1767,8 @@ static struct params *params_new(const struct replay *r, const struct session_in
 	if (r->mirror_options[0])
 		buf_printf(&o, "%s%s", o.len ? " " : "", r->mirror_options);
 	buf_printf(&o, "%s-c statement_timeout=%u", o.len ? " " : "", r->cfg.timeout_ms);
+	if (r->cfg.mode == REPLAY_MODE_READ_ONLY)
+		buf_printf(&o, " -c default_transaction_read_only=on");
 	if (o.overflow || !o.data)
 		goto out;
 	enc = enc ? enc : "";
@@ -1446,10 +1813,39 @@ static void sess_learn(struct replay *r, struct replay_session *rs, const struct
 	p = params_new(r, si);
 	if (!p)
 		return; /* stays unknown: its items are skipped */
+	rs->c_map = map_find(r, si->database);
 	p->m.kind = MSG_PARAMS;
 	p->m.rs = rs;
 	rs->c_known = true;
 	chan_post(r, &p->m);
+}
+
+/* Gives an item that never reached the replay thread its outcome (capture thread). */
+static void item_unqueue(struct replay *r, struct replay_session *rs, struct item *it)
+{
+	stats_mirror_skipped(r->st, it->db, STATS_SKIP_ABORTED);
+	atomic_fetch_sub(&r->item_bytes, it->bytes);
+	atomic_fetch_sub(&r->items, 1);
+	atomic_fetch_sub(&rs->queued, 1);
+	free(it);
+}
+
+/* mirror_aborted = skip: the held transaction's outcome is known. */
+static void held_flush(struct replay *r, struct replay_session *rs, enum sampler_flush f)
+{
+	struct item *it, *next;
+
+	if (f == SAMPLER_KEEP)
+		return;
+	for (it = rs->c_held; it; it = next) {
+		next = it->next;
+		it->next = NULL;
+		if (f == SAMPLER_RELEASE)
+			chan_post(r, &it->m);
+		else
+			item_unqueue(r, rs, it);
+	}
+	rs->c_held = rs->c_held_tail = NULL;
 }
 
 struct replay_session *replay_session_open(struct replay *r, const struct session_info *s)
@@ -1463,6 +1859,9 @@ struct replay_session *replay_session_open(struct replay *r, const struct sessio
 	if (!rs)
 		return NULL;
 	rs->r = r;
+	rs->c_map = -1;
+	r->seed += 0x9e3779b97f4a7c15ull; /* a different sequence per session */
+	rs->c_ss.rng = r->seed | 1;
 	atomic_init(&rs->queued, 0);
 	atomic_init(&rs->capped, false);
 	rs->open_msg.kind = MSG_OPEN;
@@ -1483,8 +1882,13 @@ void replay_session_identified(struct replay *r, struct replay_session *rs,
 
 void replay_session_close(struct replay *r, struct replay_session *rs)
 {
-	if (r && rs)
-		chan_post(r, &rs->close_msg);
+	enum sampler_flush f;
+
+	if (!r || !rs)
+		return;
+	f = sampler_session_end(&rs->c_ss);
+	held_flush(r, rs, f == SAMPLER_RELEASE ? f : SAMPLER_DISCARD);
+	chan_post(r, &rs->close_msg);
 }
 
 /* Identifies a resumption of a suspended portal: same portal, text and parameters. */
@@ -1576,9 +1980,22 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 	it->lengths = lengths;
 	it->formats = q->n_param_formats ? formats : NULL;
 	it->result_format = q->n_result_formats ? q->result_formats[0] : 0;
-	for (i = 1; i < q->n_result_formats; i++)
-		if (q->result_formats[i] != q->result_formats[0])
+	it->cmp_rows = !q->rows_unhashed;
+	for (i = 1; i < q->n_result_formats; i++) {
+		if (q->result_formats[i] != q->result_formats[0]) {
 			it->result_format = 0; /* libpq has one format per query */
+			it->cmp_rows = false;  /* so only tag and row count compare */
+		}
+	}
+	i = (int)strcspn(q->tag, " ");
+	if (i >= (int)sizeof(it->src_verb))
+		i = sizeof(it->src_verb) - 1;
+	memcpy(it->src_verb, q->tag, (size_t)i);
+	it->src_verb[i] = 0;
+	it->src_rows = q->rows;
+	it->src_hash = q->rows_hash;
+	it->cmp_rowcount = !q->suspended && !q->max_rows;
+	it->cmp_rows = it->cmp_rows && it->cmp_rowcount;
 	if (q->copy_len)
 		memcpy(w, q->copy_data, q->copy_len);
 	it->copy = w;
@@ -1592,38 +2009,26 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 	return it;
 }
 
-void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
-		   const struct session_request *req)
+/* Why a request cannot be replayed at all (STATS_SKIP_MAX: it can). */
+static enum stats_skip_reason unreplayable(const struct session_request *req)
+{
+	if (req->kind == SESSION_REQ_FUNCTION)
+		return STATS_SKIP_FUNCTION_CALL;
+	if (!req->text)
+		return STATS_SKIP_NO_PARSE;
+	if (req->copy_truncated)
+		return STATS_SKIP_COPY_TOO_BIG;
+	return STATS_SKIP_MAX;
+}
+
+/* Copies the request into an item and queues it (or holds it); drops it when the
+ * session's queue or the global budget is full. */
+static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db *db,
+		    const struct session_request *req, const struct sampler_decision *d,
+		    uint64_t fingerprint)
 {
 	struct item *it;
 
-	if (!r || !db || !req)
-		return;
-	stats_mirror_request(r->st, db);
-	if (!rs || rs->c_off) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_SESSION_STATE);
-		return;
-	}
-	if (!rs->c_known) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_UNKNOWN_DATABASE);
-		return;
-	}
-	if (req->kind == SESSION_REQ_FUNCTION) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_FUNCTION_CALL);
-		return;
-	}
-	if (!req->text) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_NO_PARSE);
-		return;
-	}
-	if (req->copy_truncated) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_COPY_TOO_BIG);
-		return;
-	}
-	if (atomic_load_explicit(&rs->capped, memory_order_relaxed)) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
-		return;
-	}
 	if (atomic_load(&rs->queued) >= r->cfg.queue ||
 	    atomic_load(&r->items) >= CHANNEL_ITEMS_MAX) {
 		stats_mirror_dropped(r->st, db, now_ns());
@@ -1636,11 +2041,75 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 		return;
 	}
 	it->m.rs = rs;
+	it->read = d->read;
+	it->wrap = d->wrap;
+	it->as_rollback = d->as_rollback;
+	it->txn_start = d->txn_start;
+	it->fingerprint = fingerprint;
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);
 	atomic_fetch_add(&r->item_bytes, it->bytes);
+	if (d->hold) {
+		if (rs->c_held_tail)
+			rs->c_held_tail->next = it;
+		else
+			rs->c_held = it;
+		rs->c_held_tail = it;
+		return;
+	}
 	chan_post(r, &it->m);
+}
+
+void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
+		   const struct session_request *req)
+{
+	struct fingerprint_info fi = {0};
+	struct sampler_decision d;
+	struct sampler_config sc;
+	struct sampler_request sq;
+	enum stats_skip_reason why;
+
+	if (!r || !db || !req)
+		return;
+	stats_mirror_request(r->st, db);
+	if (!rs || rs->c_off) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_SESSION_STATE);
+		return;
+	}
+	if (!rs->c_known) {
+		stats_mirror_skipped(r->st, db, STATS_SKIP_UNKNOWN_DATABASE);
+		return;
+	}
+	if (req->text)
+		fingerprint_lookup(r->fp, req->text, req->text_len, &fi);
+	sc.exposure = exposure_of(r, rs);
+	sc.sampling = r->cfg.sampling;
+	sc.level = r->cfg.level;
+	sc.mode = r->cfg.mode;
+	sc.aborted = r->cfg.aborted;
+	sq.kind = req->kind;
+	sq.txn_before = req->txn_before;
+	sq.txn_after = req->kind == SESSION_REQ_EXECUTE ? 0 : req->txn_status;
+	sq.sync_group = req->sync_group;
+	sq.error = req->error;
+	sq.tag = req->tag;
+	sq.info = req->text ? &fi : NULL;
+	sampler_decide(&sc, &rs->c_ss, &sq, &d);
+	held_flush(r, rs, d.before);
+
+	why = unreplayable(req);
+	if (d.verdict == SAMPLER_NOT_SAMPLED)
+		stats_mirror_not_sampled(r->st, db);
+	else if (d.verdict == SAMPLER_SKIP)
+		stats_mirror_skipped(r->st, db, d.skip);
+	else if (why != STATS_SKIP_MAX)
+		stats_mirror_skipped(r->st, db, why);
+	else if (atomic_load_explicit(&rs->capped, memory_order_relaxed))
+		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
+	else
+		enqueue(r, rs, db, req, &d, fi.fingerprint);
+	held_flush(r, rs, d.after);
 }
 
 /* ---- lifecycle ---- */
@@ -1702,11 +2171,19 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	r->st = st;
 	r->cap = cap;
 	r->mirror = strdup(cfg->mirror ? cfg->mirror : "");
-	r->heap = calloc(CHANNEL_ITEMS_MAX, sizeof(*r->heap));
-	if (!r->mirror || !r->heap) {
+	r->heap[HEAP_ALL] = calloc(CHANNEL_ITEMS_MAX, sizeof(struct item *));
+	r->heap[HEAP_WRITES] = calloc(CHANNEL_ITEMS_MAX, sizeof(struct item *));
+	r->fp = fingerprint_cache_new(FP_CACHE_ENTRIES);
+	buf_init(&r->row, 16u << 20);
+	r->seed = now_ns() | 1;
+	r->cfg.databases = NULL;
+	r->cfg.n_databases = 0;
+	if (!r->mirror || !r->heap[HEAP_ALL] || !r->heap[HEAP_WRITES] || !r->fp ||
+	    map_copy(r, cfg)) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	replay_set_exposure(r, NULL, cfg->exposure);
 	if (!cfg->mirror || !*cfg->mirror) {
 		snprintf(err, errlen, "--mirror: empty conninfo");
 		goto fail;
@@ -1765,7 +2242,11 @@ void replay_stop(struct replay *r)
 		close(r->epfd);
 	if (r->efd >= 0)
 		close(r->efd);
-	free(r->heap);
+	free(r->heap[HEAP_ALL]);
+	free(r->heap[HEAP_WRITES]);
+	fingerprint_cache_free(r->fp);
+	buf_free(&r->row);
+	map_free(r);
 	free(r->mirror_options);
 	free(r->mirror);
 	free(r);
