@@ -4,8 +4,6 @@
  * pipeline (tcpstream -> session -> stats); the HTTP server reads stats on its thread.
  */
 #include <errno.h>
-#include <getopt.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,6 +14,7 @@
 #include <time.h>
 
 #include "capture.h"
+#include "config.h"
 #include "dump.h"
 #include "http.h"
 #include "pipeline.h"
@@ -35,84 +34,31 @@
 #define POLL_TIMEOUT_MS	 10
 #define TICK_INTERVAL_NS 100000000ULL /* hole timeouts and idle expiry every 100 ms */
 
-static volatile sig_atomic_t exiting;
+static volatile sig_atomic_t exiting, reload_requested;
 
-struct options {
-	unsigned long port;
-	const char *interfaces[CAPTURE_MAX_INTERFACES];
-	int n_interfaces;
-	enum capture_attach_mode attach;
-	const char *dump_dir;
-	unsigned long ringbuf_mb;
-	struct pipeline_config pipe;
-	struct stats_config stats;
-	const char *metrics_listen;
-	const char *source_dsn;
-	struct replay_config mirror;
-	int verbose;
+/*
+ * The running configuration. Owned by the main (capture) thread, which also reloads it
+ * on SIGHUP. Other threads get the reloadable numbers (readiness criteria, alert
+ * thresholds) from `shared` (config_shared_get), which every reload updates; restart-only
+ * values (admin_*, metrics_listen ...) are handed to their module at start.
+ */
+struct agent {
+	struct config_cmdline cl; /* the command line, re-applied on every reload */
+	struct pgshadow_config cfg;
+	struct config_shared *shared;
+	struct replay *replay; /* NULL without a mirror */
 };
-
-static const char usage_text[] =
-    "Usage: pgshadow --port PORT [OPTIONS]\n"
-    "\n"
-    "Passively captures the PostgreSQL traffic of a TCP port with an eBPF program,\n"
-    "rebuilds each connection's byte streams, decodes the wire protocol and serves\n"
-    "per-database request, error and latency metrics of the source on /metrics.\n"
-    "Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, and a kernel with BTF (tcx\n"
-    "attach needs Linux >= 6.6).\n"
-    "\n"
-    "Options:\n"
-    "  -p, --port PORT          server port to capture, 1-65535 (required)\n"
-    "  -i, --interface NAME     interface to attach to; repeat or comma-separate for\n"
-    "                           several (default: every interface that is up)\n"
-    "      --attach MODE        tcx (default; kernel >= 6.6) or tc (clsact filters, for\n"
-    "                           older kernels; stale filters of ours are replaced)\n"
-    "      --dump-streams DIR   write each reassembled half-stream to\n"
-    "                           DIR/<client>-<server>.c2s and .s2c (gaps in .gaps)\n"
-    "      --ringbuf-mb N       ring buffer size in MiB, a power of two 1-1024 (default 64)\n"
-    "      --max-flows N        connections tracked at once (default 65536)\n"
-    "      --flow-buffer-kb N   out-of-order bytes held per direction of a connection,\n"
-    "                           in KiB (default 4096)\n"
-    "      --hole-timeout-ms N  how long a missing segment is waited for before it is\n"
-    "                           reported as a gap (default 1000)\n"
-    "      --idle-timeout-s N   close connections silent for this long (default 600)\n"
-    "      --metrics-listen ADDR  serve /metrics and /healthz on ADDR, IPv4:PORT or\n"
-    "                           [IPv6]:PORT (default 127.0.0.1:9930)\n"
-    "      --max-databases N    distinct database labels before the rest are counted as\n"
-    "                           database=\"other\" (default 100)\n"
-    "      --max-message-kb N   largest protocol message body decoded, in KiB; longer\n"
-    "                           ones are counted and skipped (default 1024)\n"
-    "      --mirror CONNINFO    replay every request to this mirror (libpq conninfo or URI;\n"
-    "                           its dbname is replaced by each session's database).\n"
-    "                           Same as --mirror-of. Default: observe only\n"
-    "      --mirror-queue N     requests waiting per session before new ones are dropped\n"
-    "                           (default 100)\n"
-    "      --mirror-max-connections N  mirror connections at once; sessions beyond are\n"
-    "                           skipped (default 100)\n"
-    "      --mirror-timeout-ms N  statement_timeout of mirror sessions (default 30000)\n"
-    "      --mirror-set-role on|off  SET ROLE to the source session's user (default off)\n"
-    "      --mirror-metrics-reset-interval S  window of the windowed mirror gauges, in\n"
-    "                           seconds (default 3600); counters never reset\n"
-    "      --source-dsn DSN     libpq conninfo of the source, used to name the database\n"
-    "                           and user of sessions open before the agent started\n"
-    "                           (pg_stat_activity; needs pg_read_all_stats). Its own\n"
-    "                           connection is excluded from capture. Default: off, such\n"
-    "                           sessions are counted as database=\"unknown\"\n"
-    "  -v, --verbose            also print libbpf's messages\n"
-    "  -V, --version            print the version and exit\n"
-    "  -h, --help               print this help and exit\n"
-    "\n"
-    "Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 when it cannot start\n"
-    "(bad option, missing interface, not privileged, kernel without BPF/BTF).\n"
-    "\n"
-    "Examples:\n"
-    "  pgshadow --port 5432\n"
-    "  pgshadow --port 5432 --interface lo --dump-streams /tmp/streams\n";
 
 static void on_signal(int sig)
 {
 	(void)sig;
 	exiting = 1;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	reload_requested = 1;
 }
 
 static uint64_t monotonic_ns(void)
@@ -123,237 +69,92 @@ static uint64_t monotonic_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000ULL + t.tv_nsec;
 }
 
-/* Parses a decimal integer in [min, max]; prints one line naming the option if not. */
-static bool parse_ulong(const char *opt, const char *arg, unsigned long min, unsigned long max,
-			unsigned long *out)
-{
-	char *end;
-	unsigned long v;
+/* ---- the configuration, mapped onto each module's settings ---- */
 
-	errno = 0;
-	v = strtoul(arg, &end, 10);
-	if (errno || end == arg || *end || arg[0] == '-' || v < min || v > max) {
-		fprintf(stderr,
-			"pgshadow: invalid value '%s' for %s: expected an integer from %lu "
-			"to %lu\n",
-			arg, opt, min, max);
-		return false;
-	}
-	*out = v;
-	return true;
+static void pipeline_settings(const struct pgshadow_config *c, struct pipeline_config *p)
+{
+	pipeline_config_default(p);
+	p->tcp.max_flows = c->max_flows;
+	p->tcp.max_flow_buffer = c->flow_buffer_kb * 1024;
+	p->tcp.hole_timeout_ns = c->hole_timeout_ms * 1000000ULL;
+	p->tcp.idle_timeout_ns = c->idle_timeout_s * 1000000000ULL;
+	p->session.wire.max_body = c->max_message_kb * 1024;
 }
 
-static bool add_interfaces(struct options *o, char *arg)
+static void stats_settings(const struct pgshadow_config *c, struct stats_config *s)
 {
-	char *save = NULL, *name;
-
-	for (name = strtok_r(arg, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
-		if (o->n_interfaces == CAPTURE_MAX_INTERFACES) {
-			fprintf(stderr, "pgshadow: too many interfaces (at most %d)\n",
-				CAPTURE_MAX_INTERFACES);
-			return false;
-		}
-		o->interfaces[o->n_interfaces++] = name;
-	}
-	return true;
+	memset(s, 0, sizeof(*s));
+	s->max_databases = c->max_databases;
+	s->reset_interval_ns = c->mirror_metrics_reset_interval * 1000000000ULL;
+	s->mirror_enabled = c->mirror_of && c->mirror_metrics_enabled;
 }
 
-/* Returns 0 to run, or an exit status (0 for --help/--version). -1 means run. */
-static int parse_args(int argc, char **argv, struct options *o)
+static void replay_settings(const struct pgshadow_config *c, struct replay_config *r)
 {
-	enum {
-		OPT_ATTACH = 256,
-		OPT_DUMP,
-		OPT_RINGBUF,
-		OPT_MAX_FLOWS,
-		OPT_FLOW_BUF,
-		OPT_HOLE,
-		OPT_IDLE,
-		OPT_METRICS,
-		OPT_MAX_DBS,
-		OPT_MAX_MSG,
-		OPT_SOURCE_DSN,
-		OPT_MIRROR,
-		OPT_MQUEUE,
-		OPT_MMAXCONN,
-		OPT_MTIMEOUT,
-		OPT_MROLE,
-		OPT_MRESET
-	};
-	static const struct option longopts[] = {
-	    {"port", required_argument, NULL, 'p'},
-	    {"interface", required_argument, NULL, 'i'},
-	    {"attach", required_argument, NULL, OPT_ATTACH},
-	    {"dump-streams", required_argument, NULL, OPT_DUMP},
-	    {"ringbuf-mb", required_argument, NULL, OPT_RINGBUF},
-	    {"max-flows", required_argument, NULL, OPT_MAX_FLOWS},
-	    {"flow-buffer-kb", required_argument, NULL, OPT_FLOW_BUF},
-	    {"hole-timeout-ms", required_argument, NULL, OPT_HOLE},
-	    {"idle-timeout-s", required_argument, NULL, OPT_IDLE},
-	    {"metrics-listen", required_argument, NULL, OPT_METRICS},
-	    {"max-databases", required_argument, NULL, OPT_MAX_DBS},
-	    {"max-message-kb", required_argument, NULL, OPT_MAX_MSG},
-	    {"source-dsn", required_argument, NULL, OPT_SOURCE_DSN},
-	    {"mirror", required_argument, NULL, OPT_MIRROR},
-	    {"mirror-of", required_argument, NULL, OPT_MIRROR},
-	    {"mirror-queue", required_argument, NULL, OPT_MQUEUE},
-	    {"mirror-max-connections", required_argument, NULL, OPT_MMAXCONN},
-	    {"mirror-timeout-ms", required_argument, NULL, OPT_MTIMEOUT},
-	    {"mirror-set-role", required_argument, NULL, OPT_MROLE},
-	    {"mirror-metrics-reset-interval", required_argument, NULL, OPT_MRESET},
-	    {"verbose", no_argument, NULL, 'v'},
-	    {"version", no_argument, NULL, 'V'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
-	unsigned long v;
-	int c;
+	replay_config_default(r);
+	r->mirror = c->mirror_of;
+	r->queue = c->mirror_queue;
+	r->max_connections = c->mirror_max_connections;
+	r->timeout_ms = c->mirror_timeout_ms;
+	r->set_role = c->mirror_set_role;
+	r->capture_port = c->port;
+	r->exposure = c->live.mirror_exposure;
+	r->sampling = c->mirror_sampling;
+	r->aborted = c->mirror_aborted;
+	r->level = c->mirror_level;
+	r->replay_timing = c->mirror_replay_timing;
+	r->mode = c->mirror_mode;
+	r->compare = c->mirror_compare;
+	r->log_mismatches = c->live.log_mismatches;
+	r->databases = c->databases;
+	r->n_databases = c->n_databases;
+}
 
-	pipeline_config_default(&o->pipe);
-	o->stats.max_databases = 100;
-	o->stats.reset_interval_ns = 3600ULL * 1000000000ULL;
-	replay_config_default(&o->mirror);
-	o->metrics_listen = "127.0.0.1:9930";
-	o->ringbuf_mb = 64;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":p:i:vVh", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'p':
-			if (!parse_ulong("--port", optarg, 1, 65535, &o->port))
-				return EXIT_USAGE;
-			break;
-		case 'i':
-			if (!add_interfaces(o, optarg))
-				return EXIT_USAGE;
-			break;
-		case OPT_ATTACH:
-			if (!strcmp(optarg, "tcx")) {
-				o->attach = CAPTURE_ATTACH_TCX;
-			} else if (!strcmp(optarg, "tc")) {
-				o->attach = CAPTURE_ATTACH_TC;
-			} else {
-				fprintf(stderr,
-					"pgshadow: invalid value '%s' for --attach: expected "
-					"tcx or tc\n",
-					optarg);
-				return EXIT_USAGE;
-			}
-			break;
-		case OPT_DUMP:
-			o->dump_dir = optarg;
-			break;
-		case OPT_RINGBUF:
-			if (!parse_ulong("--ringbuf-mb", optarg, 1, 1024, &o->ringbuf_mb))
-				return EXIT_USAGE;
-			if (o->ringbuf_mb & (o->ringbuf_mb - 1)) {
-				fprintf(stderr,
-					"pgshadow: invalid value '%s' for --ringbuf-mb: "
-					"expected a power of two from 1 to 1024\n",
-					optarg);
-				return EXIT_USAGE;
-			}
-			break;
-		case OPT_MAX_FLOWS:
-			if (!parse_ulong("--max-flows", optarg, 1, 4000000, &v))
-				return EXIT_USAGE;
-			o->pipe.tcp.max_flows = v;
-			break;
-		case OPT_FLOW_BUF:
-			if (!parse_ulong("--flow-buffer-kb", optarg, 1, 1048576, &v))
-				return EXIT_USAGE;
-			o->pipe.tcp.max_flow_buffer = v * 1024;
-			break;
-		case OPT_HOLE:
-			if (!parse_ulong("--hole-timeout-ms", optarg, 1, 3600000, &v))
-				return EXIT_USAGE;
-			o->pipe.tcp.hole_timeout_ns = v * 1000000ULL;
-			break;
-		case OPT_IDLE:
-			if (!parse_ulong("--idle-timeout-s", optarg, 1, 86400 * 30, &v))
-				return EXIT_USAGE;
-			o->pipe.tcp.idle_timeout_ns = v * 1000000000ULL;
-			break;
-		case OPT_METRICS:
-			o->metrics_listen = optarg;
-			break;
-		case OPT_MAX_DBS:
-			if (!parse_ulong("--max-databases", optarg, 1, 10000, &v))
-				return EXIT_USAGE;
-			o->stats.max_databases = v;
-			break;
-		case OPT_MAX_MSG:
-			if (!parse_ulong("--max-message-kb", optarg, 1, 1048576, &v))
-				return EXIT_USAGE;
-			o->pipe.session.wire.max_body = v * 1024;
-			break;
-		case OPT_SOURCE_DSN:
-			o->source_dsn = optarg;
-			break;
-		case OPT_MIRROR:
-			o->mirror.mirror = optarg;
-			break;
-		case OPT_MQUEUE:
-			if (!parse_ulong("--mirror-queue", optarg, 1, 1000000, &v))
-				return EXIT_USAGE;
-			o->mirror.queue = v;
-			break;
-		case OPT_MMAXCONN:
-			if (!parse_ulong("--mirror-max-connections", optarg, 1, 10000, &v))
-				return EXIT_USAGE;
-			o->mirror.max_connections = v;
-			break;
-		case OPT_MTIMEOUT:
-			if (!parse_ulong("--mirror-timeout-ms", optarg, 1, 86400000, &v))
-				return EXIT_USAGE;
-			o->mirror.timeout_ms = v;
-			break;
-		case OPT_MROLE:
-			if (!strcmp(optarg, "on") || !strcmp(optarg, "true")) {
-				o->mirror.set_role = true;
-			} else if (!strcmp(optarg, "off") || !strcmp(optarg, "false")) {
-				o->mirror.set_role = false;
-			} else {
-				fprintf(stderr,
-					"pgshadow: invalid value '%s' for --mirror-set-role: "
-					"expected on or off\n",
-					optarg);
-				return EXIT_USAGE;
-			}
-			break;
-		case OPT_MRESET:
-			if (!parse_ulong("--mirror-metrics-reset-interval", optarg, 1, 86400 * 365,
-					 &v))
-				return EXIT_USAGE;
-			o->stats.reset_interval_ns = v * 1000000000ULL;
-			break;
-		case 'v':
-			o->verbose = 1;
-			break;
-		case 'V':
-			printf("pgshadow %s\n", PGSHADOW_VERSION);
-			return 0;
-		case 'h':
-			fputs(usage_text, stdout);
-			return 0;
-		case ':':
-			fprintf(stderr, "pgshadow: option %s needs a value (see --help)\n",
-				argv[optind - 1]);
-			return EXIT_USAGE;
-		default:
-			fprintf(stderr, "pgshadow: unknown option '%s' (see --help)\n",
-				argv[optind - 1]);
-			return EXIT_USAGE;
-		}
+static void capture_settings(const struct pgshadow_config *c, struct capture_config *cc)
+{
+	memset(cc, 0, sizeof(*cc));
+	cc->port = c->port;
+	cc->interfaces = c->n_interfaces ? (const char *const *)c->interfaces : NULL;
+	cc->n_interfaces = c->n_interfaces;
+	cc->mode = c->attach;
+	cc->ringbuf_bytes = c->ringbuf_mb << 20;
+	cc->wakeup_bytes = cc->ringbuf_bytes / 8;
+	cc->verbose = c->verbose;
+}
+
+/* ---- SIGHUP ---- */
+
+static void on_config_change(void *ctx, const struct config_change *c)
+{
+	struct agent *a = ctx;
+	char line[1024];
+
+	if (c->is_exposure && c->applied && a->replay)
+		replay_set_exposure(a->replay, c->db, c->exposure);
+	config_change_describe(c, line, sizeof(line));
+	fprintf(stderr, "pgshadow: reload: %s\n", line);
+}
+
+/* Re-reads the file with the same flags on top, applies what can change at run time and
+ * logs one line per difference. A bad file changes nothing. Main thread. */
+static void reload(struct agent *a)
+{
+	struct pgshadow_config next;
+	char err[1024];
+
+	if (!a->cl.config_file) {
+		fprintf(stderr, "pgshadow: reload: no configuration file (--config), nothing to "
+				"reload\n");
+		return;
 	}
-	if (optind < argc) {
-		fprintf(stderr, "pgshadow: unexpected argument '%s' (see --help)\n", argv[optind]);
-		return EXIT_USAGE;
+	if (config_load(&next, &a->cl, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow: reload failed, nothing changed: %s\n", err);
+		return;
 	}
-	if (!o->port) {
-		fprintf(stderr, "pgshadow: --port is required (see --help)\n");
-		return EXIT_USAGE;
-	}
-	return -1;
+	if (!config_reload(&a->cfg, &next, on_config_change, a))
+		fprintf(stderr, "pgshadow: reload: %s: no changes\n", a->cl.config_file);
+	config_shared_set(a->shared, &a->cfg.live);
+	config_free(&next);
 }
 
 static void on_record(void *ctx, const struct capture_event *ev, const uint8_t *data)
@@ -440,13 +241,17 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 
 /* Polls until a signal; ticks the pipeline on capture time while records flow and on
  * the clock when the ring is empty (then nothing older is still on its way). */
-static int run(struct capture *c, struct pipeline *p, struct resolver *r)
+static int run(struct agent *a, struct capture *c, struct pipeline *p, struct resolver *r)
 {
 	uint64_t k[CAPTURE_COUNTERS] = {};
 	uint64_t last_tick = 0, now;
 	int n;
 
 	while (!exiting) {
+		if (reload_requested) {
+			reload_requested = 0;
+			reload(a);
+		}
 		n = capture_poll(c, POLL_TIMEOUT_MS);
 		if (n == -EINTR)
 			continue;
@@ -465,10 +270,48 @@ static int run(struct capture *c, struct pipeline *p, struct resolver *r)
 	return 0;
 }
 
+/* The command line and the configuration; returns -1 to run, else an exit status. */
+static int configure(struct agent *a, int argc, char **argv)
+{
+	char err[1024];
+
+	if (config_parse_args(argc, argv, &a->cl, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow: %s\n", err);
+		return EXIT_USAGE;
+	}
+	switch (a->cl.action) {
+	case CONFIG_HELP:
+		config_usage(stdout);
+		return 0;
+	case CONFIG_VERSION:
+		printf("pgshadow %s\n", PGSHADOW_VERSION);
+		return 0;
+	default:
+		break;
+	}
+	if (config_load(&a->cfg, &a->cl, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow: %s\n", err);
+		return EXIT_USAGE;
+	}
+	if (a->cl.action == CONFIG_PRINT_CONFIG) {
+		config_print(stdout, &a->cfg);
+		return 0;
+	}
+	a->shared = config_shared_new(&a->cfg.live);
+	if (!a->shared) {
+		fprintf(stderr, "pgshadow: %s\n", strerror(errno));
+		return EXIT_RUNTIME;
+	}
+	return -1;
+}
+
 int main(int argc, char **argv)
 {
-	struct options o = {};
-	struct capture_config cc = {};
+	static struct agent a; /* the command line is large (every flag) */
+	struct pipeline_config pc;
+	struct stats_config sc;
+	struct replay_config rc;
+	struct capture_config cc;
 	struct capture_error cerr = {};
 	uint64_t k[CAPTURE_COUNTERS] = {};
 	struct capture *c = NULL;
@@ -477,31 +320,36 @@ int main(int argc, char **argv)
 	struct pipeline *pipe = NULL;
 	struct http *http = NULL;
 	struct resolver *resolver = NULL;
-	struct replay *replay = NULL;
 	struct pipeline_hooks hooks = {};
-	struct sigaction sa = {.sa_handler = on_signal};
+	struct sigaction sa = {.sa_handler = on_signal}, hup = {.sa_handler = on_hup};
 	struct rlimit rl;
 	char herr[256];
 	uint64_t now;
 	int err;
 
-	err = parse_args(argc, argv, &o);
-	if (err >= 0)
-		return err;
+	/* at once: a SIGHUP's default action would end the agent */
+	sigemptyset(&hup.sa_mask);
+	sigaction(SIGHUP, &hup, NULL);
 
-	if (o.dump_dir) {
+	err = configure(&a, argc, argv);
+	if (err >= 0)
+		goto cleanup;
+
+	if (a.cfg.dump_streams) {
 		struct stat sb;
 
-		if (stat(o.dump_dir, &sb) || !S_ISDIR(sb.st_mode)) {
+		if (stat(a.cfg.dump_streams, &sb) || !S_ISDIR(sb.st_mode)) {
 			fprintf(stderr, "pgshadow: --dump-streams %s: not a directory\n",
-				o.dump_dir);
-			return EXIT_USAGE;
+				a.cfg.dump_streams);
+			err = EXIT_USAGE;
+			goto cleanup;
 		}
-		dump = dump_open(o.dump_dir);
+		dump = dump_open(a.cfg.dump_streams);
 		if (!dump) {
-			fprintf(stderr, "pgshadow: --dump-streams %s: %s\n", o.dump_dir,
+			fprintf(stderr, "pgshadow: --dump-streams %s: %s\n", a.cfg.dump_streams,
 				strerror(errno));
-			return EXIT_USAGE;
+			err = EXIT_USAGE;
+			goto cleanup;
 		}
 		/* two files per open connection */
 		if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
@@ -510,19 +358,20 @@ int main(int argc, char **argv)
 		}
 	}
 	err = EXIT_USAGE;
-	o.stats.start_ns = monotonic_ns();
-	o.stats.mirror_enabled = o.mirror.mirror != NULL;
-	st = stats_new(&o.stats);
+	stats_settings(&a.cfg, &sc);
+	sc.start_ns = monotonic_ns();
+	st = stats_new(&sc);
 	if (!st) {
 		fprintf(stderr, "pgshadow: cannot create stats: %s\n", strerror(errno));
 		goto cleanup;
 	}
-	pipe = pipeline_new(&o.pipe, st, dump);
+	pipeline_settings(&a.cfg, &pc);
+	pipe = pipeline_new(&pc, st, dump);
 	if (!pipe) {
 		fprintf(stderr, "pgshadow: cannot create the flow table: %s\n", strerror(errno));
 		goto cleanup;
 	}
-	http = http_start(o.metrics_listen, st, PGSHADOW_VERSION, herr, sizeof(herr));
+	http = http_start(a.cfg.metrics_listen, st, PGSHADOW_VERSION, herr, sizeof(herr));
 	if (!http) {
 		fprintf(stderr, "pgshadow: --metrics-listen: %s\n", herr);
 		goto cleanup;
@@ -533,20 +382,14 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	cc.port = o.port;
-	cc.interfaces = o.n_interfaces ? o.interfaces : NULL;
-	cc.n_interfaces = o.n_interfaces;
-	cc.mode = o.attach;
-	cc.ringbuf_bytes = o.ringbuf_mb << 20;
-	cc.wakeup_bytes = cc.ringbuf_bytes / 8;
-	cc.verbose = o.verbose;
+	capture_settings(&a.cfg, &cc);
 	c = capture_open(&cc, on_record, pipe, &cerr);
 	if (!c) {
 		fprintf(stderr, "pgshadow: %s\n", cerr.msg);
 		goto cleanup;
 	}
-	if (o.source_dsn) {
-		resolver = resolver_start(o.source_dsn, c, herr, sizeof(herr));
+	if (a.cfg.source_dsn) {
+		resolver = resolver_start(a.cfg.source_dsn, c, herr, sizeof(herr));
 		if (!resolver) {
 			fprintf(stderr, "pgshadow: %s\n", herr);
 			goto cleanup;
@@ -554,10 +397,10 @@ int main(int argc, char **argv)
 		hooks.want_identity = want_identity;
 		hooks.ctx = resolver;
 	}
-	if (o.mirror.mirror) {
-		o.mirror.capture_port = o.port;
-		replay = replay_start(&o.mirror, st, c, herr, sizeof(herr));
-		if (!replay) {
+	if (a.cfg.mirror_of) {
+		replay_settings(&a.cfg, &rc);
+		a.replay = replay_start(&rc, st, c, herr, sizeof(herr));
+		if (!a.replay) {
 			fprintf(stderr, "pgshadow: --mirror: %s\n", herr);
 			goto cleanup;
 		}
@@ -565,14 +408,14 @@ int main(int argc, char **argv)
 		hooks.session_identified = mirror_session_identified;
 		hooks.request = mirror_request;
 		hooks.session_close = mirror_session_close;
-		hooks.sink = replay;
+		hooks.sink = a.replay;
 	}
 	pipeline_set_hooks(pipe, &hooks);
-	fprintf(stderr, "pgshadow: capturing port %lu on %s (%s), metrics on http://%s/metrics\n",
-		o.port, capture_interfaces(c), o.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc",
-		o.metrics_listen);
+	fprintf(stderr, "pgshadow: capturing port %llu on %s (%s), metrics on http://%s/metrics\n",
+		(unsigned long long)a.cfg.port, capture_interfaces(c),
+		a.cfg.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc", a.cfg.metrics_listen);
 
-	err = run(c, pipe, resolver);
+	err = run(&a, c, pipe, resolver);
 	capture_detach_and_drain(c);
 	capture_read_counters(c, k);
 	now = monotonic_ns();
@@ -580,12 +423,14 @@ int main(int argc, char **argv)
 	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
 		    dump ? dump_errors(dump) : 0);
 cleanup:
-	replay_stop(replay); /* after close_all: sessions closed, queues counted */
+	replay_stop(a.replay); /* after close_all: sessions closed, queues counted */
 	resolver_stop(resolver);
 	http_stop(http);
 	capture_close(c);
 	pipeline_free(pipe);
 	stats_free(st);
 	dump_close(dump);
+	config_shared_free(a.shared);
+	config_free(&a.cfg);
 	return err;
 }
