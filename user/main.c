@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /*
- * main.c — command line, signals, and the capture loop: records from capture go to the
- * pipeline (tcpstream -> session -> stats); the HTTP server reads stats on its thread.
+ * main.c — configuration (config.c: defaults, --config file, flags), signals, and the
+ * capture loop: records from capture go to the pipeline (tcpstream -> session -> stats);
+ * the HTTP server reads stats on its thread. SIGHUP sets a flag; the loop then reloads
+ * the configuration (reload()).
  */
 #include <errno.h>
 #include <signal.h>
