@@ -980,9 +980,15 @@ static void unknown_option(const struct option *opts, const char *arg, char *err
 		return;
 	}
 	len = strcspn(arg + 2, "=");
-	for (i = 0; opts[i].name; i++)
+	for (i = 0; opts[i].name; i++) {
 		if (len && !strncmp(opts[i].name, arg + 2, len))
 			n++;
+		if (arg[2 + len] && opts[i].has_arg == no_argument &&
+		    !strncmp(opts[i].name, arg + 2, len) && !opts[i].name[len]) {
+			snprintf(err, errlen, "option --%s takes no value", opts[i].name);
+			return;
+		}
+	}
 	if (n > 1) {
 		text_add(&t, "ambiguous option '%.*s': could be", (int)len + 2, arg);
 		for (i = 0, n = 0; opts[i].name; i++)

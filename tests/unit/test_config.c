@@ -611,6 +611,7 @@ static void test_flag_messages(void **state)
 	const char *stray[] = {"-p", "1", "extra", NULL};
 	const char *noport[] = {"--mirror-exposure", "0.5", NULL};
 	const char *twice[] = {"--config", "a", NULL};
+	const char *novalue[] = {"--verbose=off", NULL};
 
 	(void)state;
 	assert_int_equal(load_args(&c, NULL, short_port, err, sizeof(err)), -EINVAL);
@@ -641,6 +642,8 @@ static void test_flag_messages(void **state)
 	assert_string_equal(err, "--port is required (see --help)");
 	assert_int_equal(load_args(&c, "[general]\n", twice, err, sizeof(err)), -EINVAL);
 	assert_string_equal(err, "--config is given twice");
+	assert_int_equal(load_args(&c, NULL, novalue, err, sizeof(err)), -EINVAL);
+	assert_string_equal(err, "option --verbose takes no value");
 }
 
 static void test_too_many_interfaces(void **state)
