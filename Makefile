@@ -32,6 +32,8 @@ UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
 AGENT_OBJS += $(BUILD)/config.o
 UNIT_TESTS += $(BUILD)/test_config
+AGENT_OBJS += $(BUILD)/admin.o
+UNIT_TESTS += $(BUILD)/test_admin
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -74,6 +76,10 @@ $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(B
 $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUILD)/stats.o \
 		$(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -lm -lpthread -o $@
+
+$(BUILD)/test_admin: tests/unit/test_admin.c $(BUILD)/admin.o $(BUILD)/buf.o $(BUILD)/http.o \
+		$(BUILD)/stats.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lm -lpthread -o $@
 
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o
 	$(CC) $(CFLAGS) -DSRCDIR='"$(CURDIR)"' $^ -lcmocka -linih -lm -lpthread -o $@
