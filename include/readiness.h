@@ -29,6 +29,21 @@
  * "Moderate", >= 40 "Low", else "Very Low" — a fractional score never rounds up into a
  * better band (94.9 is "Confident"). With the fixed integer deductions the score is
  * always a whole number; the rule is there so the bands stay total over [0, 100].
+ *
+ * Wiring (the shell, e.g. main's once-a-second tick; all calls are thread-safe on the
+ * stats side, the alert state belongs to the tick's thread):
+ *	stats_readiness_input(st, now, &in);
+ *	readiness_evaluate(&in, &criteria, &report);
+ *	stats_set_readiness(st, report.ready, report.score);
+ *	stats_alert_input(st, now, &ain);
+ *	n = readiness_alerts_update(&alerts, &alert_cfg, &ain, ev);
+ *	for each ev[i]: log ev[i].message (WARN when FIRED, INFO when CLEARED) and
+ *		stats_set_alert(st, ev[i].alert, ev[i].change == READINESS_ALERT_FIRED);
+ * GET /readiness evaluates afresh the same way and answers readiness_render_text
+ * (text/plain; charset=utf-8) or, for Accept: application/json or ?format=json,
+ * readiness_render_json (application/json); status 200 either way (the verdict is in
+ * the body: "Status: READY" / "ready": true), so `pgshadow readiness` can tell "NOT
+ * READY" (exit 1) from "cannot reach the agent" (exit 2).
  */
 #ifndef PGSHADOW_READINESS_H
 #define PGSHADOW_READINESS_H
