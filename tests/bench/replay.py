@@ -26,7 +26,8 @@ errors (connection, query, timeout; drops are their own target), the outcome inv
 agent exit 0 after SIGINT. Exit status 0 when every line passes, 1 otherwise.
 Needs root. Environment: PGSHADOW_BENCH_SECONDS (maximum-rate run, default 10),
 PGSHADOW_BENCH_RATE_SECONDS (mirrored run, default 30), PGSHADOW_BENCH_SCALE (default 10),
-PGSHADOW_BENCH_MODE (pgbench -M, default simple), PGSHADOW_BIN. Takes about a minute.
+PGSHADOW_BENCH_MODE (pgbench -M, default simple), PGSHADOW_BENCH_AGENT_ARGS (more agent
+flags, for experiments), PGSHADOW_BIN. Takes about a minute.
 """
 
 import os
@@ -45,6 +46,7 @@ SECONDS = int(os.environ.get("PGSHADOW_BENCH_SECONDS", 10))
 RATE_SECONDS = int(os.environ.get("PGSHADOW_BENCH_RATE_SECONDS", 30))
 SCALE = int(os.environ.get("PGSHADOW_BENCH_SCALE", 10))
 MODE = os.environ.get("PGSHADOW_BENCH_MODE", "simple")
+AGENT_ARGS = os.environ.get("PGSHADOW_BENCH_AGENT_ARGS", "").split()
 CLIENTS, JOBS = 4, 2
 RATE_FRACTION = 0.25
 DB = "bench"
@@ -147,7 +149,7 @@ def main():
         addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}"
         conninfo = f"host={mir.host} port={mir.port} user=postgres"
         agent = h.Agent(binary, src.port, ["lo"], logdir=src.dir, name="replay-agent",
-                        extra=["--metrics-listen", addr, "--mirror", conninfo])
+                        extra=["--metrics-listen", addr, "--mirror", conninfo] + AGENT_ARGS)
         samples = []
         stop_sampling = threading.Event()
 
