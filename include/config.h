@@ -98,7 +98,8 @@ struct pgshadow_config {
 	/* reloadable */
 	struct config_live live;
 
-	/* [databases]: exposure reloadable, dbname needs a restart. Strings owned. */
+	/* [databases]: the exposure of a line present at start is reloadable; dbname, and
+	 * lines added later, need a restart. Strings owned. */
 	struct replay_db_map *databases;
 	size_t n_databases;
 
@@ -182,10 +183,11 @@ typedef void (*config_change_fn)(void *ctx, const struct config_change *c);
 /*
  * Compares running with next (both loaded by config_load), calls fn once per difference
  * (keys in table order, then [databases] lines in next's order, then removed ones), and
- * copies the reloadable ones into running: struct config_live and the exposure of
- * [databases] lines (a new line's exposure is added; a removed line's goes back to the
- * global one). Everything else in running stays as it was. The strings of a change are
- * valid during the call only. Returns the number of differences.
+ * copies the reloadable ones into running: struct config_live and the exposure of the
+ * [databases] lines the agent started with (a removed line's exposure goes back to the
+ * global one, -1). A line added after the start needs a restart (replay copied the lines
+ * at start), and so does a dbname. Everything else in running stays as it was. The
+ * strings of a change are valid during the call only. Returns the number of differences.
  */
 size_t config_reload(struct pgshadow_config *running, const struct pgshadow_config *next,
 		     config_change_fn fn, void *ctx);

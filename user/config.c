@@ -1406,28 +1406,18 @@ static void fmt_exposure(char *buf, size_t len, double x)
 		fmt_double(buf, len, x);
 }
 
-/* Sets the running exposure of db (adding a line without dbname when it has none).
- * Returns false when it cannot be recorded (ENOMEM). */
+/* Sets the running exposure of db. Only lines the agent started with can change: replay
+ * copied the [databases] lines at start, and a line added later needs a restart. */
 static bool set_db_exposure(struct pgshadow_config *running, const char *db, double x)
 {
-	struct replay_db_map *m = (struct replay_db_map *)find_db(running, db), *grown;
+	size_t i;
 
-	if (m) {
-		m->exposure = x;
-		return true;
-	}
-	if (x < 0)
-		return true;
-	grown = realloc(running->databases, (running->n_databases + 1) * sizeof(*grown));
-	if (!grown)
-		return false;
-	running->databases = grown;
-	m = &grown[running->n_databases];
-	*m = (struct replay_db_map){.source_db = strdup(db), .exposure = x};
-	if (!m->source_db)
-		return false;
-	running->n_databases++;
-	return true;
+	for (i = 0; i < running->n_databases; i++)
+		if (!strcmp(running->databases[i].source_db, db)) {
+			running->databases[i].exposure = x;
+			return true;
+		}
+	return false;
 }
 
 static size_t reload_db(struct pgshadow_config *running, const char *db,
@@ -1495,9 +1485,8 @@ size_t config_reload(struct pgshadow_config *running, const struct pgshadow_conf
 		fn(ctx, &c);
 		n++;
 	}
-	/* [databases]: next's lines in order, then the running lines next no longer has.
-	 * set_db_exposure only appends to running's array (it may move, its first n_old
-	 * entries keep their index and strings), so entries are copied before each call. */
+	/* [databases]: next's lines in order, then the running lines next no longer has
+	 * (entries are copied: set_db_exposure changes them) */
 	for (i = 0; i < next->n_databases; i++) {
 		om = find_db(running, next->databases[i].source_db);
 		if (om)
@@ -1515,9 +1504,7 @@ size_t config_reload(struct pgshadow_config *running, const struct pgshadow_conf
 
 void config_change_describe(const struct config_change *c, char *buf, size_t len)
 {
-	const char *verdict = c->applied       ? "applied"
-			      : c->is_exposure ? "not applied (out of memory)"
-					       : "needs a restart (ignored)";
+	const char *verdict = c->applied ? "applied" : "needs a restart (ignored)";
 
 	if (c->old_value && c->new_value)
 		snprintf(buf, len, "%s %s -> %s %s", c->what, c->old_value, c->new_value, verdict);

@@ -233,7 +233,7 @@ def test_sighup_applies_reloadable_keys_and_reports_restart_ones(agents, tmp_pat
     write(path, head.replace(f"port = {port}", f"port = {other}") +
           "mirror_exposure = 0.5\nmirror_queue = 5\nmirror_min_requests = 500\n"
           "mirror_max_error_rate = 0.5\n"
-          "[databases]\napp = dbname=app_v3 exposure=0.75\n")
+          "[databases]\napp = dbname=app_v3 exposure=0.75\nnew = exposure=0.1\n")
     mark = len(agent.stderr())
     agent.proc.send_signal(signal.SIGHUP)
     expected = [
@@ -243,6 +243,8 @@ def test_sighup_applies_reloadable_keys_and_reports_restart_ones(agents, tmp_pat
         "pgshadow: reload: mirror_min_requests 100000 -> 500 applied",
         "pgshadow: reload: [databases] app exposure 0.25 -> 0.75 applied",
         "pgshadow: reload: [databases] app dbname app_v2 -> app_v3 needs a restart (ignored)",
+        "pgshadow: reload: [databases] new exposure (mirror_exposure) -> 0.1 needs a restart "
+        "(ignored)",
     ]
     wait_log(agent, re.escape(expected[-1]), since=mark)
     lines = [ln for ln in agent.stderr()[mark:].splitlines() if "reload" in ln]
