@@ -60,23 +60,23 @@ struct replay_db_map {
 };
 
 struct replay_config {
-	const char *mirror;	  /* libpq conninfo or URI (mirror_of); dbname is replaced */
-	uint32_t queue;		  /* items waiting per session (mirror_queue, default 100) */
-	uint32_t max_connections; /* mirror connections at once (default 100) */
-	uint32_t timeout_ms;	  /* mirror statement_timeout (default 30000) */
-	bool set_role;		  /* SET ROLE to the source user after connecting */
-	uint32_t order_wait_ms;	  /* longest causal-order wait (default 1000) */
-	uint32_t backoff_max_ms;  /* reconnect backoff cap (default 30000) */
-	uint16_t capture_port;	  /* mirror connections to this port are excluded
-				   * (default 5432: set it to the captured port) */
-	double exposure;			 /* mirror_exposure 0.0-1.0 (default 1.0) */
-	enum replay_sampling sampling;		 /* mirror_sampling (default transaction) */
-	enum replay_aborted aborted;		 /* mirror_aborted (default replay) */
-	enum replay_level level;		 /* mirror_level (default all) */
-	bool replay_timing;			 /* mirror_replay_timing (default off) */
-	enum replay_mode mode;			 /* mirror_mode (default all) */
-	enum replay_compare compare;		 /* mirror_compare (default status) */
-	uint32_t log_mismatches;		 /* log the first N mismatches (default 0) */
+	const char *mirror;	       /* libpq conninfo or URI (mirror_of); dbname is replaced */
+	uint32_t queue;		       /* items waiting per session (mirror_queue, default 100) */
+	uint32_t max_connections;      /* mirror connections at once (default 100) */
+	uint32_t timeout_ms;	       /* mirror statement_timeout (default 30000) */
+	bool set_role;		       /* SET ROLE to the source user after connecting */
+	uint32_t order_wait_ms;	       /* longest causal-order wait (default 1000) */
+	uint32_t backoff_max_ms;       /* reconnect backoff cap (default 30000) */
+	uint16_t capture_port;	       /* mirror connections to this port are excluded
+					* (default 5432: set it to the captured port) */
+	double exposure;	       /* mirror_exposure 0.0-1.0 (default 1.0) */
+	enum replay_sampling sampling; /* mirror_sampling (default transaction) */
+	enum replay_aborted aborted;   /* mirror_aborted (default replay) */
+	enum replay_level level;       /* mirror_level (default all) */
+	bool replay_timing;	       /* mirror_replay_timing (default off) */
+	enum replay_mode mode;	       /* mirror_mode (default all) */
+	enum replay_compare compare;   /* mirror_compare (default status) */
+	uint32_t log_mismatches;       /* log the first N mismatches (default 0) */
 	const struct replay_db_map *databases; /* [databases]; copied by replay_start */
 	size_t n_databases;
 };
@@ -92,6 +92,22 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 /* Changes the exposure at run time (SIGHUP): db NULL sets the global one, else that
  * database's own (< 0 returns it to the global one). Any thread. */
 void replay_set_exposure(struct replay *r, const char *db, double exposure);
+
+/* Changes mirror_log_mismatches at run time (SIGHUP). Any thread. */
+void replay_set_log_mismatches(struct replay *r, uint32_t n);
+
+/* One mirrored session, for SHOW MIRROR SESSIONS. */
+struct replay_session_row {
+	uint64_t id; /* the source connection's flow id */
+	char database[64], user[64];
+	const char *state; /* idle, connecting, setup, ready, busy, backoff, capped */
+	uint32_t queued;   /* items waiting or in flight */
+	uint64_t mirrored, errors, dropped, skipped;
+};
+
+/* Copies up to cap sessions into out; returns how many there are (call again with a
+ * larger array when that exceeds cap). Any thread (takes the session list's lock). */
+size_t replay_sessions(struct replay *r, struct replay_session_row *out, size_t cap);
 
 /* A source session (capture thread). Returns the replay's handle for it, or NULL when
  * it is not mirrored (encrypted, replication or cancel sessions; ENOMEM): its items are

@@ -66,22 +66,22 @@ struct session_request {
 	bool copy_truncated; /* more than max_copy_bytes: copy_data holds only a prefix */
 
 	/* What the source answered. */
-	char tag[64];	   /* last CommandComplete tag ("SELECT 3"), "" if none */
-	uint64_t rows;	   /* row count of that tag (INSERT/UPDATE/DELETE/SELECT/MOVE/FETCH/
-			    * COPY/MERGE), else the DataRows of its statement; without any
-			    * tag (PortalSuspended, error) the DataRows seen */
-	uint64_t datarows; /* DataRow messages seen */
-	uint32_t commands; /* CommandCompletes (a multi-statement Query has several) */
-	bool empty;	   /* EmptyQueryResponse */
-	bool suspended;	   /* PortalSuspended (row limit reached) */
-	bool error;	   /* an ErrorResponse ended it (an Execute also takes the error of
-			    * the Parse/Bind/Describe of its batch: it never ran) */
-	char sqlstate[6];  /* of the (first) ErrorResponse, "" if none or malformed */
-	char txn_status;   /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
-			    * or FunctionCall; 0 for an Execute */
-	char txn_before;   /* 'I', 'T' or 'E' from the last ReadyForQuery before the one that
-			    * completes it (for an Execute: the last one seen when it
-			    * completed); 0 before the first */
+	char tag[64];	    /* last CommandComplete tag ("SELECT 3"), "" if none */
+	uint64_t rows;	    /* row count of that tag (INSERT/UPDATE/DELETE/SELECT/MOVE/FETCH/
+			     * COPY/MERGE), else the DataRows of its statement; without any
+			     * tag (PortalSuspended, error) the DataRows seen */
+	uint64_t datarows;  /* DataRow messages seen */
+	uint32_t commands;  /* CommandCompletes (a multi-statement Query has several) */
+	bool empty;	    /* EmptyQueryResponse */
+	bool suspended;	    /* PortalSuspended (row limit reached) */
+	bool error;	    /* an ErrorResponse ended it (an Execute also takes the error of
+			     * the Parse/Bind/Describe of its batch: it never ran) */
+	char sqlstate[6];   /* of the (first) ErrorResponse, "" if none or malformed */
+	char txn_status;    /* 'I', 'T' or 'E' from the ReadyForQuery that completed a Query
+			     * or FunctionCall; 0 for an Execute */
+	char txn_before;    /* 'I', 'T' or 'E' from the last ReadyForQuery before the one that
+			     * completes it (for an Execute: the last one seen when it
+			     * completed); 0 before the first */
 	uint64_t rows_hash; /* keep_datarows: sum of XXH3 hashes of the DataRow bodies */
 	bool rows_unhashed; /* keep_datarows: a DataRow body was too long to hash */
 };

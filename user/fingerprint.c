@@ -312,8 +312,8 @@ static size_t skip_quoted(const char *t, size_t len, size_t i, char q, bool bs)
 
 /*
  * Writes the shape of t[0..len) to out (SHAPE_MAX bytes): the text with comments
- * and runs of white space made one space, every string, number and dollar-quoted literal replaced by one byte.
- * Returns the shape's length, or 0 when the text must be keyed as it is (see
+ * and runs of white space made one space, every string, number and dollar-quoted literal replaced
+ * by one byte. Returns the shape's length, or 0 when the text must be keyed as it is (see
  * fingerprint.h). Identifiers, quoted identifiers and $n parameters are kept.
  */
 static size_t shape(const char *t, size_t len, char *out)
@@ -386,7 +386,8 @@ static size_t shape(const char *t, size_t len, char *out)
 						    (unsigned char)t[j] >= 0x80);
 			     j++)
 				;
-			if (j < len && t[j] == '$' && !(j > i + 1 && isdigit((unsigned char)t[i + 1]))) {
+			if (j < len && t[j] == '$' &&
+			    !(j > i + 1 && isdigit((unsigned char)t[i + 1]))) {
 				const char *end;
 
 				tag = j + 1 - i; /* $tag$ */

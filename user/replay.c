@@ -151,11 +151,11 @@ struct item {
 	bool src_error;
 	char src_sqlstate[6];
 	/* the source's answer, for comparison */
-	char src_verb[16];   /* first word of its command tag ("" if none) */
-	uint64_t src_rows;   /* session_request.rows */
-	uint64_t src_hash;   /* session_request.rows_hash */
-	bool cmp_rowcount;   /* the row count is comparable (not cut by a row limit) */
-	bool cmp_rows;	     /* the rows' hash is comparable (hashed, one result format) */
+	char src_verb[16];    /* first word of its command tag ("" if none) */
+	uint64_t src_rows;    /* session_request.rows */
+	uint64_t src_hash;    /* session_request.rows_hash */
+	bool cmp_rowcount;    /* the row count is comparable (not cut by a row limit) */
+	bool cmp_rows;	      /* the rows' hash is comparable (hashed, one result format) */
 	uint64_t fingerprint; /* of the text (mismatch logs) */
 	/* how to replay it (sampler) */
 	bool read;	  /* waits only for writes */
@@ -163,7 +163,7 @@ struct item {
 	bool as_rollback; /* send ROLLBACK instead of the text */
 	bool txn_start;	  /* first of a transaction (mirror_replay_timing) */
 	/* replay thread */
-	struct item *next; /* the session's queue */
+	struct item *next;    /* the session's queue */
 	uint32_t heap_idx[2]; /* HEAP_ALL, HEAP_WRITES */
 	uint8_t stage;	      /* STAGE_* */
 	uint8_t saved;	      /* enum outcome of the main stage (wrapped items) */
@@ -221,12 +221,16 @@ struct replay_session {
 	bool c_known; /* PARAMS posted: the database is known */
 	bool c_off;   /* a replication connection: never mirrored */
 	struct sampler_session c_ss;
-	int c_map;		      /* its [databases] entry, -1 if none */
+	int c_map;			   /* its [databases] entry, -1 if none */
 	struct item *c_held, *c_held_tail; /* mirror_aborted = skip: until the txn ends */
 	struct msg open_msg, close_msg;
 	/* both threads */
 	_Atomic uint32_t queued; /* items submitted and not finished */
 	_Atomic bool capped;	 /* no mirror connection slot (set once, replay thread) */
+	/* for replay_sessions (SHOW MIRROR SESSIONS) */
+	_Atomic uint64_t n_mirrored, n_errors, n_dropped, n_skipped;
+	_Atomic int pub_state; /* enum conn_state, published by the replay thread */
+	uint64_t id;	       /* the source session's flow id */
 	/* replay thread only */
 	struct params *params;
 	struct item *head, *tail; /* waiting, in source order */
@@ -271,10 +275,13 @@ struct replay {
 	_Atomic bool stop;
 	_Atomic(struct msg *) chan; /* newest first */
 	_Atomic bool wake_pending;
-	_Atomic uint32_t items;	     /* submitted and not finished */
+	_Atomic uint32_t items;	   /* submitted and not finished */
+	pthread_mutex_t list_lock; /* the list of all sessions and their params, for
+				    * replay_sessions (the replay thread changes them) */
+	bool lock_init;
 	_Atomic uint64_t item_bytes; /* their allocations */
-	_Atomic uint64_t exposure; /* bits of the global mirror_exposure (a double) */
-	struct db_map *map;	   /* [databases], copied */
+	_Atomic uint64_t exposure;   /* bits of the global mirror_exposure (a double) */
+	struct db_map *map;	     /* [databases], copied */
 	size_t n_map;
 	/* capture thread */
 	struct fingerprint_cache *fp;
@@ -282,8 +289,9 @@ struct replay {
 	/* replay thread */
 	struct item **heap[2]; /* outstanding items, min-heaps on ts_end: all, writes */
 	uint32_t heap_n[2];
-	struct buf row;		 /* a mirror row in DataRow layout, to hash it */
+	struct buf row; /* a mirror row in DataRow layout, to hash it */
 	uint32_t mismatches_logged;
+	_Atomic uint32_t log_mismatches; /* reloadable */
 	struct replay_session *active, *all;
 	uint32_t n_slots; /* sessions holding a mirror connection slot */
 	unsigned int last_util;
@@ -516,6 +524,12 @@ static struct item *queue_pop(struct replay_session *s)
 static void item_finish(struct replay *r, struct replay_session *s, struct item *it, enum outcome o,
 			uint64_t now)
 {
+	if (o == OUT_SUCCESS)
+		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
+	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
+		atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+	else
+		atomic_fetch_add_explicit(&s->n_skipped, 1, memory_order_relaxed);
 	switch (o) {
 	case OUT_SUCCESS:
 		stats_mirror_success(r->st, it->db, (it->done_ns ? it->done_ns : now) - it->sent_ns,
@@ -1279,7 +1293,9 @@ static void log_mismatch(struct replay *r, const struct replay_session *s, const
 	char what[64] = "";
 	int k;
 
-	if (r->mismatches_logged >= r->cfg.log_mismatches)
+	uint32_t limit = atomic_load_explicit(&r->log_mismatches, memory_order_relaxed);
+
+	if (r->mismatches_logged >= limit)
 		return;
 	r->mismatches_logged++;
 	for (k = 0; k < STATS_MISMATCH_MAX; k++)
@@ -1289,11 +1305,10 @@ static void log_mismatch(struct replay *r, const struct replay_session *s, const
 	fprintf(stderr,
 		"pgshadow: mismatch %u/%u database=%s fingerprint=%016llx kind=%s source: %s "
 		"rows=%llu sqlstate=%s mirror: %s rows=%llu sqlstate=%s\n",
-		r->mismatches_logged, r->cfg.log_mismatches, it->db->name,
-		(unsigned long long)it->fingerprint, what, it->src_verb[0] ? it->src_verb : "-",
-		(unsigned long long)it->src_rows, it->src_error ? it->src_sqlstate : "-",
-		s->run.verb[0] ? s->run.verb : "-", (unsigned long long)s->run.rows,
-		s->run.error ? s->run.sqlstate : "-");
+		r->mismatches_logged, limit, it->db->name, (unsigned long long)it->fingerprint,
+		what, it->src_verb[0] ? it->src_verb : "-", (unsigned long long)it->src_rows,
+		it->src_error ? it->src_sqlstate : "-", s->run.verb[0] ? s->run.verb : "-",
+		(unsigned long long)s->run.rows, s->run.error ? s->run.sqlstate : "-");
 }
 
 /* The aux statement of a wrapped item completed: run the item, or finish it. */
@@ -1415,15 +1430,17 @@ static void sess_free(struct replay *r, struct replay_session *s)
 {
 	conn_close(r, s);
 	deactivate(r, s);
+	pthread_mutex_lock(&r->list_lock);
 	if (s->all_prev)
 		s->all_prev->all_next = s->all_next;
 	else if (r->all == s)
 		r->all = s->all_next;
 	if (s->all_next)
 		s->all_next->all_prev = s->all_prev;
+	free(s->params);
+	pthread_mutex_unlock(&r->list_lock);
 	if (s->has_slot)
 		r->n_slots--;
-	free(s->params);
 	free(s);
 }
 
@@ -1514,6 +1531,7 @@ static int step_all(struct replay *r, uint64_t now)
 			wake = d;
 		if (freed)
 			continue;
+		atomic_store_explicit(&s->pub_state, (int)s->state, memory_order_relaxed);
 		u = (unsigned int)((uint64_t)atomic_load_explicit(&s->queued,
 								  memory_order_relaxed) *
 				   100 / r->cfg.queue);
@@ -1549,15 +1567,19 @@ static void drain(struct replay *r)
 			s->fd = -1;
 			s->deadline = NEVER;
 			s->backoff_ms = BACKOFF_MIN_MS;
+			pthread_mutex_lock(&r->list_lock);
 			s->all_prev = NULL;
 			s->all_next = r->all;
 			if (r->all)
 				r->all->all_prev = s;
 			r->all = s;
+			pthread_mutex_unlock(&r->list_lock);
 			break;
 		case MSG_PARAMS:
+			pthread_mutex_lock(&r->list_lock);
 			free(s->params);
 			s->params = (struct params *)m;
+			pthread_mutex_unlock(&r->list_lock);
 			break;
 		case MSG_ITEM:
 			it = (struct item *)m;
@@ -1690,8 +1712,8 @@ static double exposure_of(const struct replay *r, const struct replay_session *r
 	double e = -1;
 
 	if (rs->c_map >= 0)
-		e = bits_double(atomic_load_explicit(&r->map[rs->c_map].exposure,
-						     memory_order_relaxed));
+		e = bits_double(
+		    atomic_load_explicit(&r->map[rs->c_map].exposure, memory_order_relaxed));
 	if (e < 0)
 		e = bits_double(atomic_load_explicit(&r->exposure, memory_order_relaxed));
 	return e;
@@ -1749,8 +1771,8 @@ static struct params *params_new(const struct replay *r, const struct session_in
 	static const char *const carried[] = {"DateStyle", "TimeZone", "extra_float_digits"};
 	const char *enc = param_get(si, "client_encoding"), *opts = param_get(si, "options");
 	int map = map_find(r, si->database);
-	const char *db = map >= 0 && r->map[map].mirror_dbname ? r->map[map].mirror_dbname
-								: si->database;
+	const char *db =
+	    map >= 0 && r->map[map].mirror_dbname ? r->map[map].mirror_dbname : si->database;
 	const char *user = si->user ? si->user : "";
 	const char *app = si->application_name ? si->application_name : "";
 	size_t ldb, luser, lenc, lapp, lopt;
@@ -1859,6 +1881,7 @@ struct replay_session *replay_session_open(struct replay *r, const struct sessio
 	if (!rs)
 		return NULL;
 	rs->r = r;
+	rs->id = s->id;
 	rs->c_map = -1;
 	r->seed += 0x9e3779b97f4a7c15ull; /* a different sequence per session */
 	rs->c_ss.rng = r->seed | 1;
@@ -2031,12 +2054,14 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 
 	if (atomic_load(&rs->queued) >= r->cfg.queue ||
 	    atomic_load(&r->items) >= CHANNEL_ITEMS_MAX) {
+		atomic_fetch_add_explicit(&rs->n_dropped, 1, memory_order_relaxed);
 		stats_mirror_dropped(r->st, db, now_ns());
 		return;
 	}
 	it = item_new(db, req);
 	if (!it || atomic_load(&r->item_bytes) + it->bytes > ITEM_BYTES_MAX) {
 		free(it);
+		atomic_fetch_add_explicit(&rs->n_dropped, 1, memory_order_relaxed);
 		stats_mirror_dropped(r->st, db, now_ns());
 		return;
 	}
@@ -2112,6 +2137,52 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 	held_flush(r, rs, d.after);
 }
 
+/* ---- SHOW MIRROR SESSIONS ---- */
+
+static const char *const state_names[] = {
+    [CONN_NONE] = "idle",     [CONN_CONNECTING] = "connecting",
+    [CONN_SETUP] = "setup",   [CONN_IDLE] = "ready",
+    [CONN_BUSY] = "busy",     [CONN_BACKOFF] = "backoff",
+    [CONN_CAPPED] = "capped",
+};
+
+size_t replay_sessions(struct replay *r, struct replay_session_row *out, size_t cap)
+{
+	struct replay_session *s;
+	size_t n = 0;
+	int st;
+
+	if (!r)
+		return 0;
+	pthread_mutex_lock(&r->list_lock);
+	for (s = r->all; s; s = s->all_next, n++) {
+		struct replay_session_row *row = &out[n];
+
+		if (n >= cap)
+			continue;
+		memset(row, 0, sizeof(*row));
+		row->id = s->id;
+		snprintf(row->database, sizeof(row->database), "%s",
+			 s->params ? s->params->database : "");
+		snprintf(row->user, sizeof(row->user), "%s", s->params ? s->params->user : "");
+		st = atomic_load_explicit(&s->pub_state, memory_order_relaxed);
+		row->state = st >= 0 && st <= CONN_CAPPED ? state_names[st] : "?";
+		row->queued = atomic_load_explicit(&s->queued, memory_order_relaxed);
+		row->mirrored = atomic_load_explicit(&s->n_mirrored, memory_order_relaxed);
+		row->errors = atomic_load_explicit(&s->n_errors, memory_order_relaxed);
+		row->dropped = atomic_load_explicit(&s->n_dropped, memory_order_relaxed);
+		row->skipped = atomic_load_explicit(&s->n_skipped, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&r->list_lock);
+	return n;
+}
+
+void replay_set_log_mismatches(struct replay *r, uint32_t n)
+{
+	if (r)
+		atomic_store(&r->log_mismatches, n);
+}
+
 /* ---- lifecycle ---- */
 
 void replay_config_default(struct replay_config *cfg)
@@ -2163,6 +2234,8 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		return NULL;
 	}
 	r->epfd = r->efd = -1;
+	pthread_mutex_init(&r->list_lock, NULL);
+	r->lock_init = true;
 	r->cfg = *cfg;
 	if (!r->cfg.queue)
 		r->cfg.queue = 1;
@@ -2184,6 +2257,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		goto fail;
 	}
 	replay_set_exposure(r, NULL, cfg->exposure);
+	replay_set_log_mismatches(r, cfg->log_mismatches);
 	if (!cfg->mirror || !*cfg->mirror) {
 		snprintf(err, errlen, "--mirror: empty conninfo");
 		goto fail;
@@ -2242,6 +2316,8 @@ void replay_stop(struct replay *r)
 		close(r->epfd);
 	if (r->efd >= 0)
 		close(r->efd);
+	if (r->lock_init)
+		pthread_mutex_destroy(&r->list_lock);
 	free(r->heap[HEAP_ALL]);
 	free(r->heap[HEAP_WRITES]);
 	fingerprint_cache_free(r->fp);

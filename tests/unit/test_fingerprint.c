@@ -161,7 +161,8 @@ static void test_cache_by_shape(void **state)
 	static const char *const same[][2] = {
 	    {"SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
 	     "SELECT abalance FROM pgbench_accounts WHERE aid = 987654;"},
-	    {"SELECT * FROM t WHERE s = 'a''b' AND x = 1.5e3", "SELECT * FROM t WHERE s = 'zz' AND x = .5"},
+	    {"SELECT * FROM t WHERE s = 'a''b' AND x = 1.5e3",
+	     "SELECT * FROM t WHERE s = 'zz' AND x = .5"},
 	    {"SELECT E'\\'' -- c\n, $$x$$", "SELECT E'y' /* a /* nested */ b */, $q$it's$q$"},
 	    {"INSERT INTO t VALUES (1, 'x')", "INSERT INTO t VALUES (22, 'yyy')"},
 	};
