@@ -34,6 +34,7 @@ AGENT_OBJS += $(BUILD)/config.o
 UNIT_TESTS += $(BUILD)/test_config
 AGENT_OBJS += $(BUILD)/admin.o
 UNIT_TESTS += $(BUILD)/test_admin
+UNIT_TESTS += $(BUILD)/test_sampler
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -85,6 +86,9 @@ $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o
 	$(CC) $(CFLAGS) -DSRCDIR='"$(CURDIR)"' $^ -lcmocka -linih -lm -lpthread -o $@
 
 $(BUILD)/test_fingerprint: tests/unit/test_fingerprint.c $(BUILD)/fingerprint.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@
+
+$(BUILD)/test_sampler: tests/unit/test_sampler.c $(BUILD)/sampler.o $(BUILD)/fingerprint.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h

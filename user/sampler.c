@@ -36,7 +36,8 @@ static bool passes_filters(const struct sampler_config *cfg, const struct finger
 	unsigned int always = FINGERPRINT_TXN | FINGERPRINT_SESSION;
 
 	if (cfg->level != REPLAY_LEVEL_ALL) {
-		unsigned int want = cfg->level == REPLAY_LEVEL_DML ? FINGERPRINT_DML : FINGERPRINT_DDL;
+		unsigned int want =
+		    cfg->level == REPLAY_LEVEL_DML ? FINGERPRINT_DML : FINGERPRINT_DDL;
 
 		if (!fi->parsed || !(fi->classes & (want | always))) {
 			*why = STATS_SKIP_LEVEL;
@@ -57,15 +58,16 @@ void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss
 	static const struct fingerprint_info unparsed;
 	const struct fingerprint_info *fi = q->info ? q->info : &unparsed;
 	bool idle_before = q->txn_before == 'I' || q->txn_before == 0;
-	bool same_group = q->kind == SESSION_REQ_EXECUTE && ss->group_open &&
-			  q->sync_group == ss->group;
+	bool same_group =
+	    q->kind == SESSION_REQ_EXECUTE && ss->group_open && q->sync_group == ss->group;
 	bool start = (idle_before && !same_group) || !ss->in_txn;
-	bool ok;
+	bool ok, rolled_back;
 
 	memset(d, 0, sizeof(*d));
 	if (start) {
+		/* an Execute's transaction ended at its Sync */
 		if (ss->in_txn)
-			d->before = txn_outcome(ss); /* an Execute's transaction ended at its Sync */
+			d->before = txn_outcome(ss);
 		ss->in_txn = true;
 		ss->txn_explicit = false;
 		ss->txn_failed = false;
@@ -80,8 +82,11 @@ void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss
 	ss->group_open = q->kind == SESSION_REQ_EXECUTE && idle_before;
 	ss->group = q->sync_group;
 
-	ok = !q->error && fi->txn != FINGERPRINT_TXN_ROLLBACK &&
-	     !(fi->txn == FINGERPRINT_TXN_COMMIT && starts_with(q->tag, "ROLLBACK"));
+	/* a COMMIT that failed (a deferred constraint) rolled back as surely as one answered
+	 * ROLLBACK */
+	rolled_back =
+	    fi->txn == FINGERPRINT_TXN_COMMIT && (q->error || starts_with(q->tag, "ROLLBACK"));
+	ok = !q->error && fi->txn != FINGERPRINT_TXN_ROLLBACK && !rolled_back;
 	ss->last_ok = ok;
 	if (q->error)
 		ss->txn_failed = true;
@@ -91,9 +96,10 @@ void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss
 	} else if (!passes_filters(cfg, fi, &d->skip)) {
 		d->verdict = SAMPLER_SKIP;
 	} else {
-		d->as_rollback = fi->txn == FINGERPRINT_TXN_COMMIT && starts_with(q->tag, "ROLLBACK");
-		/* a failed statement that was its own (implicit) transaction */
-		if (q->error && fi->txn == FINGERPRINT_TXN_NONE && !ss->txn_explicit &&
+		d->as_rollback = rolled_back;
+		/* a failed statement that was its own (implicit) transaction; one that
+		 * controls transactions itself (SAVEPOINT, COMMIT PREPARED) cannot be wrapped */
+		if (q->error && !ss->txn_explicit &&
 		    (q->kind == SESSION_REQ_EXECUTE || q->txn_after == 'I' || q->txn_after == 0)) {
 			if (fi->classes & (FINGERPRINT_NO_TXN_BLOCK | FINGERPRINT_TXN)) {
 				d->verdict = SAMPLER_SKIP;
