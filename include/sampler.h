@@ -16,8 +16,9 @@
  * of context. Named prepared statements need nothing here: the replay prepares them
  * lazily from the captured Parse.
  *
- * Write safety (DESIGN.md "Replay"): a COMMIT the source answered with ROLLBACK is
- * replayed as ROLLBACK; a standalone statement (its own transaction) that failed on the
+ * Write safety (DESIGN.md "Replay"): a COMMIT the source answered with ROLLBACK (or
+ * with an error: a deferred constraint, a serialization failure) is replayed as ROLLBACK
+ * and not compared; a standalone statement (its own transaction) that failed on the
  * source is replayed inside BEGIN ... ROLLBACK, unless it cannot run in a transaction
  * block (skipped, reason no_transaction) or controls transactions itself (skipped too).
  * mirror_aborted = skip holds a transaction's requests until its end is seen: released
@@ -50,14 +51,14 @@ struct sampler_config {
 /* Per source session. Zero it, then set rng to a nonzero seed. */
 struct sampler_session {
 	uint64_t rng;
-	bool decided;	     /* a decision exists (sampling = session: for good) */
-	bool sampled;	     /* of the current transaction (or the session) */
-	bool group_open;     /* the last request was an Execute in an implicit transaction */
-	uint64_t group;	     /* its sync group */
-	bool in_txn;	     /* inside a transaction (held items belong to it) */
-	bool txn_explicit;   /* it began with BEGIN or the source reported it open */
-	bool txn_failed;     /* implicit transaction: an error in it */
-	bool last_ok;	     /* the last request did not roll back or fail */
+	bool decided;	   /* a decision exists (sampling = session: for good) */
+	bool sampled;	   /* of the current transaction (or the session) */
+	bool group_open;   /* the last request was an Execute in an implicit transaction */
+	uint64_t group;	   /* its sync group */
+	bool in_txn;	   /* inside a transaction (held items belong to it) */
+	bool txn_explicit; /* it began with BEGIN or the source reported it open */
+	bool txn_failed;   /* implicit transaction: an error in it */
+	bool last_ok;	   /* the last request did not roll back or fail */
 };
 
 /* What the sampler needs of one request. */
@@ -67,7 +68,7 @@ struct sampler_request {
 	char txn_after;	     /* Query: session_request.txn_status; 0 for an Execute */
 	uint64_t sync_group; /* Execute */
 	bool error;
-	const char *tag;			/* the source's last command tag ("" if none) */
+	const char *tag;		     /* the source's last command tag ("" if none) */
 	const struct fingerprint_info *info; /* of the request's text */
 };
 

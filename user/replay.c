@@ -1364,7 +1364,9 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	}
 	if (s->run.error && s->run.stmt && !strcmp(s->run.sqlstate, "26000"))
 		stmt_unlink(s, s->run.stmt); /* the mirror lost it: prepare it again */
-	if (r->cfg.compare != REPLAY_COMPARE_NONE && (o == OUT_SUCCESS || o == OUT_QUERY)) {
+	/* a COMMIT replayed as ROLLBACK has no answer of its own to compare */
+	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback &&
+	    (o == OUT_SUCCESS || o == OUT_QUERY)) {
 		kinds = compare(r, s, it);
 		stats_mirror_compared(r->st, it->db, kinds);
 		if (kinds)
