@@ -169,6 +169,10 @@ def print_mirror(m, source, mirror):
         f"{g('mirror_errors_query'):.0f}/{g('mirror_errors_timeout'):.0f}, in flight "
         f"{g('mirror_requests_in_flight'):.0f}, order waits "
         f"{g('mirror_replay_order_waits_total'):.0f}")
+    kinds = {k: int(v) for k, v in m.by_label("mirror_mismatches_total", "kind").items()}
+    compared = sum(v for _, v in m.select("mirror_compared_total"))
+    say(f"  answers compared with the source's (tag, row count, SQLSTATE): {compared:.0f}, "
+        f"mismatches {sum(kinds.values())} {kinds if any(kinds.values()) else ''}".rstrip())
     for db in DATABASES:
         buckets, _, count = m.histogram("mirror_replay_delay_seconds", database=db)
         if count:
