@@ -49,6 +49,7 @@
 #define PGSHADOW_READINESS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -153,6 +154,15 @@ bool readiness_render_text(const struct readiness_report *r, struct buf *out);
 /* Appends the report as one JSON object (cJSON; every number and reason; "no data"
  * numbers are null). Returns false on ENOMEM or when out refused to grow. */
 bool readiness_render_json(const struct readiness_report *r, struct buf *out);
+
+/*
+ * Reads a report readiness_render_json wrote back into *out (every field
+ * readiness_render_text uses: verdict, score, recommendation, metrics, each criterion's
+ * verdict, numbers and reason), so a client can print the text report of the very
+ * answer it judged (`pgshadow readiness`). Strings point to static text or into out.
+ * Returns false, with a one-line reason in err, when text is not such a report.
+ */
+bool readiness_parse_json(const char *text, struct readiness_report *out, char *err, size_t errlen);
 
 /*
  * Threshold alerts (issue 6 item 5). The shell samples stats every tick, calls

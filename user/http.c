@@ -1,12 +1,18 @@
 // SPDX-License-Identifier: BSD-2-Clause
-/* http.c — /metrics and /healthz on libmicrohttpd. See include/http.h. */
+/* http.c — /metrics, /readiness and /healthz on libmicrohttpd, and the small HTTP/1.0
+ * client of `pgshadow readiness`. See include/http.h. */
+#define _GNU_SOURCE /* strcasestr */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,7 +22,10 @@
 #include "http.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define TEXT_CONTENT_TYPE    "text/plain; charset=utf-8"
+#define JSON_CONTENT_TYPE    "application/json"
 #define MAX_RESPONSE	     (64u << 20)
+#define MAX_REPORT	     (1u << 20) /* a readiness report is a few KiB */
 #define CONNECTION_LIMIT     64
 #define CONNECTION_TIMEOUT_S 10
 
@@ -24,6 +33,8 @@ struct http {
 	struct MHD_Daemon *daemon;
 	struct stats *stats;
 	const char *version;
+	http_readiness_fn readiness;
+	void *readiness_ctx;
 };
 
 int http_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
@@ -171,6 +182,51 @@ static enum MHD_Result get_metrics(struct http *h, struct MHD_Connection *conn)
 	return ret;
 }
 
+static enum MHD_Result respond_text(struct MHD_Connection *conn, unsigned int status,
+				    const char *text)
+{
+	return respond(conn, status, "text/plain", text, strlen(text));
+}
+
+/* JSON when ?format=json, or when the Accept header names application/json and no
+ * format is given; text otherwise. Returns -1 for an unknown ?format. */
+static int wants_json(struct MHD_Connection *conn)
+{
+	const char *format = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
+	const char *accept;
+
+	if (format)
+		return !strcmp(format, "json") ? 1 : !strcmp(format, "text") ? 0 : -1;
+	accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+	return accept && strcasestr(accept, "application/json") ? 1 : 0;
+}
+
+/* The readiness report, evaluated afresh; 200 whatever the verdict (it is in the body). */
+static enum MHD_Result get_readiness(struct http *h, struct MHD_Connection *conn)
+{
+	enum MHD_Result ret;
+	struct buf b;
+	int json = wants_json(conn), rc;
+
+	if (!h->readiness)
+		return respond_text(conn, MHD_HTTP_NOT_FOUND,
+				    "no readiness report: this agent only observes (start it "
+				    "with --mirror)\n");
+	if (json < 0)
+		return respond_text(conn, MHD_HTTP_BAD_REQUEST, "format must be text or json\n");
+	buf_init(&b, MAX_REPORT);
+	rc = h->readiness(h->readiness_ctx, json, &b);
+	if (rc || b.overflow) {
+		buf_free(&b);
+		return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				    "cannot render the readiness report\n");
+	}
+	ret = respond(conn, MHD_HTTP_OK, json ? JSON_CONTENT_TYPE : TEXT_CONTENT_TYPE,
+		      b.data ? b.data : "", b.len);
+	buf_free(&b);
+	return ret;
+}
+
 static enum MHD_Result get_healthz(struct http *h, struct MHD_Connection *conn)
 {
 	(void)h;
@@ -182,6 +238,7 @@ static const struct route {
 	enum MHD_Result (*fn)(struct http *h, struct MHD_Connection *conn);
 } routes[] = {
     {"/metrics", get_metrics},
+    {"/readiness", get_readiness},
     {"/healthz", get_healthz},
     {NULL, NULL},
 };
@@ -205,13 +262,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				       "only GET\n", 9);
 		return r->fn(cls, conn);
 	}
-	return respond(conn, MHD_HTTP_NOT_FOUND, "text/plain",
-		       "not found: try /metrics or /healthz\n", 36);
+	return respond_text(conn, MHD_HTTP_NOT_FOUND,
+			    "not found: try /metrics, /readiness or /healthz\n");
 }
 
-struct http *http_start(const char *listen, struct stats *st, const char *version, char *err,
-			size_t errlen)
+struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
 {
+	const char *listen = cfg->listen;
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	struct http *h;
@@ -226,8 +283,10 @@ struct http *http_start(const char *listen, struct stats *st, const char *versio
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	h->stats = st;
-	h->version = version;
+	h->stats = cfg->stats;
+	h->version = cfg->version;
+	h->readiness = cfg->readiness;
+	h->readiness_ctx = cfg->readiness_ctx;
 	errno = 0;
 	h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
 				     (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
@@ -248,4 +307,262 @@ void http_stop(struct http *h)
 		return;
 	MHD_stop_daemon(h->daemon);
 	free(h);
+}
+
+/* ---- the client (`pgshadow readiness`) ---- */
+
+static uint64_t mono_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Milliseconds left until deadline (mono_ms), at least 0. */
+static int ms_left(uint64_t deadline)
+{
+	uint64_t now = mono_ms();
+
+	return now >= deadline ? 0 : (int)(deadline - now);
+}
+
+/* Splits "http://HOST[:PORT][/PATH]" into host, port and path (path points into url; ""
+ * when absent). Returns 0 or -EINVAL with a reason. */
+static int parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
+		     const char **path, char *err, size_t errlen)
+{
+	const char *auth, *end, *h, *hend, *p = NULL;
+	size_t n;
+
+	if (strncasecmp(url, "http://", 7))
+		goto bad;
+	auth = url + 7;
+	end = auth + strcspn(auth, "/?#");
+	if (*end == '#')
+		goto bad;
+	*path = end;
+	if (auth[0] == '[') {
+		h = auth + 1;
+		hend = memchr(h, ']', end - h);
+		if (!hend)
+			goto bad;
+		if (hend + 1 < end) {
+			if (hend[1] != ':')
+				goto bad;
+			p = hend + 2;
+		}
+	} else {
+		h = auth;
+		hend = memchr(auth, ':', end - auth);
+		if (hend)
+			p = hend + 1;
+		else
+			hend = end;
+	}
+	n = hend - h;
+	if (n == 0 || n >= hostlen)
+		goto bad;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	if (!p) {
+		snprintf(port, portlen, "80");
+	} else {
+		n = end - p;
+		if (n == 0 || n >= portlen || strspn(p, "0123456789") < n)
+			goto bad;
+		memcpy(port, p, n);
+		port[n] = '\0';
+		if (atoi(port) < 1 || atoi(port) > 65535)
+			goto bad;
+	}
+	return 0;
+bad:
+	snprintf(err, errlen,
+		 "not an http://HOST[:PORT][/PATH] URL (HOST a name, an IPv4 address or [IPv6], "
+		 "PORT 1-65535)");
+	return -EINVAL;
+}
+
+/* Connects to host:port before the deadline. Returns the socket or a negative errno. */
+static int dial(const char *host, const char *port, uint64_t deadline, char *err, size_t errlen)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
+	struct pollfd pfd;
+	socklen_t sl;
+	int fd = -1, rc, soerr = 0;
+
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+		return -EHOSTUNREACH;
+	}
+	rc = -ECONNREFUSED;
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			rc = -errno;
+			continue;
+		}
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS) {
+			rc = -errno;
+		} else {
+			pfd = (struct pollfd){.fd = fd, .events = POLLOUT};
+			rc = poll(&pfd, 1, ms_left(deadline));
+			sl = sizeof(soerr);
+			if (rc == 0)
+				rc = -ETIMEDOUT;
+			else if (rc < 0)
+				rc = -errno;
+			else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) || soerr)
+				rc = -(soerr ? soerr : errno);
+			else
+				break; /* connected */
+		}
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot connect to %s port %s: %s", host, port,
+			 strerror(-rc));
+		return rc;
+	}
+	return fd;
+}
+
+/* Sends all of data before the deadline. */
+static int send_all(int fd, const char *data, size_t len, uint64_t deadline)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+	ssize_t n;
+	int rc;
+
+	while (len) {
+		n = send(fd, data, len, MSG_NOSIGNAL);
+		if (n > 0) {
+			data += n;
+			len -= n;
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		rc = poll(&pfd, 1, ms_left(deadline));
+		if (rc == 0)
+			return -ETIMEDOUT;
+		if (rc < 0 && errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Reads until the peer closes, at most max bytes, before the deadline. */
+static int recv_all(int fd, struct buf *in, size_t max, uint64_t deadline)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	char chunk[16384];
+	ssize_t n;
+	int rc;
+
+	for (;;) {
+		n = recv(fd, chunk, sizeof(chunk), 0);
+		if (n == 0)
+			return 0;
+		if (n > 0) {
+			if (in->len + n > max || !buf_append(in, chunk, n))
+				return -EPROTO;
+			continue;
+		}
+		if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+		rc = poll(&pfd, 1, ms_left(deadline));
+		if (rc == 0)
+			return -ETIMEDOUT;
+		if (rc < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Splits a whole HTTP/1.x answer into status and body (Content-Length honoured). */
+static int parse_answer(const struct buf *in, unsigned int *status, struct buf *body, char *err,
+			size_t errlen)
+{
+	const char *data = in->data ? in->data : "", *hdr_end, *cl;
+	unsigned int code;
+	size_t blen;
+	char *end;
+
+	if (in->len < 12 || strncmp(data, "HTTP/1.", 7) || data[8] != ' ' ||
+	    sscanf(data + 9, "%3u", &code) != 1 || code < 100 || code > 599) {
+		snprintf(err, errlen, "the answer is not HTTP");
+		return -EPROTO;
+	}
+	hdr_end = strstr(data, "\r\n\r\n");
+	if (!hdr_end) {
+		snprintf(err, errlen, "the HTTP answer ends inside its headers");
+		return -EPROTO;
+	}
+	blen = in->len - (hdr_end + 4 - data);
+	cl = strcasestr(data, "\r\nContent-Length:");
+	if (cl && cl < hdr_end) {
+		unsigned long long v = strtoull(cl + 17, &end, 10);
+
+		if (v > blen) {
+			snprintf(err, errlen, "the HTTP answer is shorter than its Content-Length");
+			return -EPROTO;
+		}
+		blen = v;
+	}
+	if (!buf_append(body, hdr_end + 4, blen) || !buf_append(body, "", 1)) {
+		snprintf(err, errlen, "the HTTP answer is too large");
+		return -EPROTO;
+	}
+	body->len--; /* the NUL stays after the data */
+	*status = code;
+	return 0;
+}
+
+int http_get(const char *url, const char *accept, int timeout_ms, unsigned int *status,
+	     struct buf *body, char *err, size_t errlen)
+{
+	char host[256], port[8], hostport[300];
+	const char *path;
+	uint64_t deadline;
+	struct buf req, in;
+	int fd, rc;
+
+	rc = parse_url(url, host, sizeof(host), port, sizeof(port), &path, err, errlen);
+	if (rc)
+		return rc;
+	deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	fd = dial(host, port, deadline, err, errlen);
+	if (fd < 0)
+		return fd;
+	snprintf(hostport, sizeof(hostport), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+	buf_init(&req, 64 * 1024);
+	buf_init(&in, HTTP_GET_MAX_BODY + 64 * 1024);
+	if (!buf_printf(&req, "GET %s%s HTTP/1.0\r\nHost: %s\r\nUser-Agent: pgshadow\r\n",
+			*path == '/' ? "" : "/", path, hostport) ||
+	    (accept && !buf_printf(&req, "Accept: %s\r\n", accept)) ||
+	    !buf_printf(&req, "Connection: close\r\n\r\n")) {
+		snprintf(err, errlen, "URL too long");
+		rc = -EINVAL;
+		goto cleanup;
+	}
+	rc = send_all(fd, req.data, req.len, deadline);
+	if (!rc) /* HTTP/1.0: the server closes when it has answered */
+		rc = recv_all(fd, &in, HTTP_GET_MAX_BODY + 64 * 1024, deadline);
+	if (rc == -EPROTO)
+		snprintf(err, errlen, "the answer from %s is larger than %u bytes", hostport,
+			 HTTP_GET_MAX_BODY);
+	else if (rc)
+		snprintf(err, errlen, "no answer from %s: %s", hostport, strerror(-rc));
+	else
+		rc = parse_answer(&in, status, body, err, errlen);
+cleanup:
+	close(fd);
+	buf_free(&req);
+	buf_free(&in);
+	return rc;
 }

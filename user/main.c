@@ -2,24 +2,34 @@
 /*
  * main.c — configuration (config.c: defaults, --config file, flags), signals, and the
  * capture loop: records from capture go to the pipeline (tcpstream -> session -> stats);
- * the HTTP server reads stats on its thread. SIGHUP sets a flag; the loop then reloads
- * the configuration (reload()).
+ * the HTTP server (/metrics, /readiness) and the admin console read stats on their
+ * threads. SIGHUP sets a flag; the loop then reloads the configuration (reload()). With
+ * --mirror the loop also ticks readiness and the threshold alerts once a second.
+ *
+ * `pgshadow readiness [--url URL]` is a client of a running agent's GET /readiness
+ * (readiness_command): no BPF, no root.
  */
 #include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "admin.h"
 #include "capture.h"
 #include "config.h"
 #include "dump.h"
 #include "http.h"
 #include "pipeline.h"
+#include "readiness.h"
 #include "replay.h"
 #include "resolver.h"
 #include "stats.h"
@@ -33,22 +43,45 @@
 
 /* The reader polls on this timeout when no wakeup comes (records are submitted without
  * one until the ring holds wakeup_bytes, see bpf/capture.bpf.c). */
-#define POLL_TIMEOUT_MS	 10
-#define TICK_INTERVAL_NS 100000000ULL /* hole timeouts and idle expiry every 100 ms */
+#define POLL_TIMEOUT_MS	      10
+#define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
+#define READINESS_INTERVAL_NS 1000000000ULL /* readiness gauges and alerts every second */
+
+/* `pgshadow readiness` */
+#define READINESS_DEFAULT_URL "http://127.0.0.1:9930/readiness"
+#define READINESS_TIMEOUT_MS  10000
+#define EXIT_READY	      0
+#define EXIT_NOT_READY	      1
+#define EXIT_NO_ANSWER	      2
 
 static volatile sig_atomic_t exiting, reload_requested;
 
+/* One [databases] line as SHOW MIRROR DATABASES shows it. */
+struct db_line {
+	char source[CONFIG_NAME_MAX + 1], mirror[CONFIG_NAME_MAX + 1];
+	double exposure; /* < 0: the global mirror_exposure */
+};
+
 /*
- * The running configuration. Owned by the main (capture) thread, which also reloads it
- * on SIGHUP. Other threads get the reloadable numbers (readiness criteria, alert
- * thresholds) from `shared` (config_shared_get), which every reload updates; restart-only
- * values (admin_*, metrics_listen ...) are handed to their module at start.
+ * The running agent. `cl`, `cfg` and `alerts` are owned by the main (capture) thread,
+ * which also reloads the configuration on SIGHUP. Other threads (HTTP, admin console)
+ * get the reloadable numbers (readiness criteria, alert thresholds, exposure) from
+ * `shared` (config_shared_get) and the [databases] lines from `dbs` under `dbs_lock`,
+ * both of which every reload updates; restart-only values (admin_*, metrics_listen ...)
+ * are handed to their module at start. `st` is set before any other thread starts;
+ * `replay` is published once replay runs (the console may already be serving).
  */
 struct agent {
 	struct config_cmdline cl; /* the command line, re-applied on every reload */
 	struct pgshadow_config cfg;
 	struct config_shared *shared;
-	struct replay *replay; /* NULL without a mirror */
+	struct stats *st;
+	struct replay *_Atomic replay; /* NULL without a mirror */
+	struct readiness_alert_state alerts;
+	uint64_t last_readiness_ns;
+	pthread_mutex_t dbs_lock;
+	struct db_line *dbs; /* cfg.databases, copied (the main thread refreshes it) */
+	size_t n_dbs;
 };
 
 static void on_signal(int sig)
@@ -126,6 +159,242 @@ static void capture_settings(const struct pgshadow_config *c, struct capture_con
 	cc->verbose = c->verbose;
 }
 
+static void admin_settings(const struct pgshadow_config *c, struct admin_config *ac)
+{
+	admin_config_default(ac);
+	ac->unix_dir = c->admin_socket_dir;
+	ac->port = c->admin_port;
+	ac->listen = c->admin_listen;
+}
+
+/* ---- readiness and alerts ---- */
+
+static void readiness_settings(const struct config_live *l, struct readiness_criteria *c)
+{
+	readiness_criteria_default(c);
+	c->max_error_rate = l->mirror_max_error_rate;
+	c->max_latency_ms = (double)l->mirror_max_latency_ms;
+	c->min_runtime_hours = l->mirror_min_runtime_hours;
+	c->min_requests = l->mirror_min_requests;
+	c->consecutive_success = l->mirror_consecutive_success;
+	c->max_p99_ratio = l->mirror_max_p99_ratio;
+	c->latency_floor_ms = l->mirror_latency_floor_ms;
+	c->max_drop_rate = l->mirror_max_drop_rate;
+	c->max_mismatch_rate = l->mirror_max_mismatch_rate;
+}
+
+/* The verdict now, from the readiness window and the current criteria. Any thread. */
+static void evaluate(struct agent *a, uint64_t now, struct readiness_report *r)
+{
+	struct readiness_criteria c;
+	struct readiness_input in;
+	struct config_live live;
+
+	config_shared_get(a->shared, &live);
+	readiness_settings(&live, &c);
+	stats_readiness_input(a->st, now, &in);
+	readiness_evaluate(&in, &c, r);
+}
+
+/*
+ * Once a second on the main thread (with --mirror): the readiness gauges, and the
+ * threshold alerts — one WARN line when an alert fires, one line when it clears, never
+ * one per request (readiness_alerts_update keeps the state).
+ */
+static void readiness_tick(struct agent *a, uint64_t now)
+{
+	struct readiness_alert_event ev[READINESS_ALERTS];
+	struct readiness_alert_config acfg;
+	struct readiness_alert_input ain;
+	struct readiness_report r;
+	struct config_live live;
+	int n, i;
+
+	evaluate(a, now, &r);
+	stats_set_readiness(a->st, r.ready, r.score);
+	config_shared_get(a->shared, &live);
+	acfg.error_threshold = live.mirror_error_threshold;
+	acfg.latency_threshold_ms = (double)live.mirror_latency_threshold_ms;
+	stats_alert_input(a->st, now, &ain);
+	n = readiness_alerts_update(&a->alerts, &acfg, &ain, ev);
+	for (i = 0; i < n; i++) {
+		bool fired = ev[i].change == READINESS_ALERT_FIRED;
+
+		fprintf(stderr, "pgshadow: %s: %s\n", fired ? "WARN" : "INFO", ev[i].message);
+		stats_set_alert(a->st, ev[i].alert, fired);
+	}
+}
+
+/* GET /readiness (the HTTP thread). */
+static int http_readiness(void *ctx, bool json, struct buf *out)
+{
+	struct readiness_report r;
+
+	evaluate(ctx, monotonic_ns(), &r);
+	if (json ? !readiness_render_json(&r, out) : !readiness_render_text(&r, out))
+		return -ENOMEM;
+	return 0;
+}
+
+/* ---- the admin console's provider (the console's thread) ---- */
+
+static int console_readiness(void *ctx, struct buf *text)
+{
+	return http_readiness(ctx, false, text);
+}
+
+static size_t console_db_rows(void *ctx, struct stats_db_row *out, size_t cap)
+{
+	struct agent *a = ctx;
+
+	return stats_db_rows(a->st, out, cap);
+}
+
+static bool add_database_row(struct admin_rows *rows, const char *db, const char *mirror_db,
+			     double exposure)
+{
+	const char *v[3];
+	char e[32];
+
+	snprintf(e, sizeof(e), "%g", exposure);
+	v[0] = db;
+	v[1] = mirror_db;
+	v[2] = e;
+	return admin_rows_add(rows, v, 3);
+}
+
+/* The [databases] lines (their mirror database and effective exposure), then "*": every
+ * other database, replayed to the database of the same name at mirror_exposure. */
+static int console_databases(void *ctx, struct admin_rows *rows)
+{
+	struct agent *a = ctx;
+	struct config_live live;
+	bool ok = true;
+	size_t i;
+
+	config_shared_get(a->shared, &live);
+	pthread_mutex_lock(&a->dbs_lock);
+	for (i = 0; ok && i < a->n_dbs; i++) {
+		const struct db_line *d = &a->dbs[i];
+
+		ok = add_database_row(rows, d->source, d->mirror,
+				      d->exposure < 0 ? live.mirror_exposure : d->exposure);
+	}
+	pthread_mutex_unlock(&a->dbs_lock);
+	if (ok)
+		add_database_row(rows, "*", "*", live.mirror_exposure);
+	return 0;
+}
+
+static int console_sessions(void *ctx, struct admin_rows *rows)
+{
+	struct agent *a = ctx;
+	struct replay *r = a->replay;
+	struct replay_session_row *s = NULL;
+	size_t cap = 256, n = 0, i;
+
+	while (r) {
+		free(s);
+		s = calloc(cap, sizeof(*s));
+		if (!s)
+			return -ENOMEM;
+		n = replay_sessions(r, s, cap);
+		if (n <= cap)
+			break;
+		if (cap >= (1u << 20)) {
+			n = cap; /* bounded: the first million */
+			break;
+		}
+		cap = n + n / 4;
+	}
+	for (i = 0; i < n; i++) {
+		char num[5][24];
+		const char *v[8] = {num[0], s[i].database, s[i].user, s[i].state,
+				    num[1], num[2],	   num[3],    num[4]};
+
+		snprintf(num[0], sizeof(num[0]), "%llu", (unsigned long long)s[i].id);
+		snprintf(num[1], sizeof(num[1]), "%u", s[i].queued);
+		snprintf(num[2], sizeof(num[2]), "%llu", (unsigned long long)s[i].mirrored);
+		snprintf(num[3], sizeof(num[3]), "%llu", (unsigned long long)s[i].errors);
+		snprintf(num[4], sizeof(num[4]), "%llu", (unsigned long long)s[i].dropped);
+		if (!admin_rows_add(rows, v, 8))
+			break;
+	}
+	free(s);
+	return 0;
+}
+
+static int console_reset(void *ctx)
+{
+	struct agent *a = ctx;
+
+	stats_readiness_reset(a->st, monotonic_ns());
+	fprintf(stderr, "pgshadow: RESET MIRROR STATS: the readiness window restarts\n");
+	return 0;
+}
+
+/* Copies cfg.databases for the console (main thread; at start and after a reload). */
+static int publish_databases(struct agent *a)
+{
+	struct db_line *dbs = NULL;
+	size_t i, n = a->cfg.n_databases;
+
+	if (n) {
+		dbs = calloc(n, sizeof(*dbs));
+		if (!dbs)
+			return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		const struct replay_db_map *m = &a->cfg.databases[i];
+
+		snprintf(dbs[i].source, sizeof(dbs[i].source), "%s", m->source_db);
+		snprintf(dbs[i].mirror, sizeof(dbs[i].mirror), "%s",
+			 m->mirror_dbname ? m->mirror_dbname : m->source_db);
+		dbs[i].exposure = m->exposure;
+	}
+	pthread_mutex_lock(&a->dbs_lock);
+	free(a->dbs);
+	a->dbs = dbs;
+	a->n_dbs = n;
+	pthread_mutex_unlock(&a->dbs_lock);
+	return 0;
+}
+
+/* Starts the console unless neither a socket directory nor a TCP address is set. A
+ * failure stops the agent at start (exit 2, before anything is attached): an operator
+ * who configured a console expects it, and a second agent must choose its own port. */
+static int start_console(struct agent *a, struct admin **out)
+{
+	static const char version[] = "pgshadow " PGSHADOW_VERSION;
+	struct admin_provider p = {
+	    .ctx = a,
+	    .version = version,
+	    .db_rows = console_db_rows,
+	};
+	struct admin_config ac;
+	char err[512];
+
+	*out = NULL;
+	admin_settings(&a->cfg, &ac);
+	if (!ac.unix_dir && !ac.listen)
+		return 0;
+	if (a->cfg.mirror_of) {
+		p.readiness = console_readiness;
+		p.databases = console_databases;
+		p.sessions = console_sessions;
+		p.reset = console_reset;
+	}
+	*out = admin_start(&ac, &p, err, sizeof(err));
+	if (!*out) {
+		fprintf(stderr,
+			"pgshadow: %s (see --admin-socket-dir, --admin-port and --admin-listen; "
+			"an empty --admin-socket-dir turns the socket off)\n",
+			err);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- SIGHUP ---- */
 
 static void on_config_change(void *ctx, const struct config_change *c)
@@ -144,6 +413,7 @@ static void on_config_change(void *ctx, const struct config_change *c)
 static void reload(struct agent *a)
 {
 	struct pgshadow_config next;
+	uint64_t log_mismatches = a->cfg.live.log_mismatches;
 	char err[1024];
 
 	if (!a->cl.config_file) {
@@ -158,6 +428,11 @@ static void reload(struct agent *a)
 	if (!config_reload(&a->cfg, &next, on_config_change, a))
 		fprintf(stderr, "pgshadow: reload: %s: no changes\n", a->cl.config_file);
 	config_shared_set(a->shared, &a->cfg.live);
+	if (a->replay && a->cfg.live.log_mismatches != log_mismatches)
+		replay_set_log_mismatches(a->replay, (uint32_t)a->cfg.live.log_mismatches);
+	if (publish_databases(a))
+		fprintf(stderr, "pgshadow: reload: SHOW MIRROR DATABASES keeps the old lines: "
+				"out of memory\n");
 	config_free(&next);
 }
 
@@ -248,7 +523,7 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 static int run(struct agent *a, struct capture *c, struct pipeline *p, struct resolver *r)
 {
 	uint64_t k[CAPTURE_COUNTERS] = {};
-	uint64_t last_tick = 0, now;
+	uint64_t last_tick = 0, now, clock;
 	int n;
 
 	while (!exiting) {
@@ -263,7 +538,12 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			fprintf(stderr, "pgshadow: ring buffer poll failed: %s\n", strerror(-n));
 			return EXIT_RUNTIME;
 		}
-		now = n > 0 ? pipeline_last_ts(p) : monotonic_ns();
+		clock = monotonic_ns();
+		if (a->replay && clock - a->last_readiness_ns >= READINESS_INTERVAL_NS) {
+			readiness_tick(a, clock);
+			a->last_readiness_ns = clock;
+		}
+		now = n > 0 ? pipeline_last_ts(p) : clock;
 		if (now - last_tick >= TICK_INTERVAL_NS || now < last_tick) {
 			capture_read_counters(c, k);
 			apply_identities(r, p, now);
@@ -302,11 +582,154 @@ static int configure(struct agent *a, int argc, char **argv)
 		return 0;
 	}
 	a->shared = config_shared_new(&a->cfg.live);
-	if (!a->shared) {
-		fprintf(stderr, "pgshadow: %s\n", strerror(errno));
+	if (!a->shared || publish_databases(a)) {
+		fprintf(stderr, "pgshadow: %s\n", strerror(errno ? errno : ENOMEM));
 		return EXIT_RUNTIME;
 	}
 	return -1;
+}
+
+/* ---- `pgshadow readiness`: a client of a running agent ---- */
+
+static const char readiness_usage[] =
+    "Usage: pgshadow readiness [--url URL | --config FILE] [--json]\n"
+    "\n"
+    "Prints the migration-readiness report of a running agent (its GET /readiness) and\n"
+    "exits with its verdict, so a cut-over script can gate on it. Needs no privileges.\n"
+    "\n"
+    "      --url URL       the agent's readiness URL (default " READINESS_DEFAULT_URL ")\n"
+    "      --config FILE   the agent's configuration file: use its metrics_listen\n"
+    "      --json          print the report as JSON instead of text\n"
+    "  -h, --help          print this help and exit\n"
+    "\n"
+    "Exit status: 0 READY, 1 NOT READY, 2 cannot tell: the agent cannot be reached,\n"
+    "answered something that is not a readiness report, or runs without --mirror (also\n"
+    "for a bad option), with one line on stderr saying why.\n"
+    "\n"
+    "Examples:\n"
+    "  pgshadow readiness && ./cut-over.sh\n"
+    "  pgshadow readiness --url http://10.0.0.5:9930/readiness --json\n";
+
+/* The agent's URL from its configuration file (metrics_listen). */
+static int url_from_config(const char *file, char *url, size_t len)
+{
+	static struct config_cmdline cl; /* large: every flag */
+	struct pgshadow_config cfg;
+	char err[1024];
+
+	memset(&cl, 0, sizeof(cl));
+	cl.action = CONFIG_PRINT_CONFIG; /* the port is not needed to find the agent */
+	cl.config_file = file;
+	if (config_load(&cfg, &cl, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow readiness: %s\n", err);
+		return -1;
+	}
+	snprintf(url, len, "http://%s/readiness", cfg.metrics_listen);
+	config_free(&cfg);
+	return 0;
+}
+
+/* Fetches url?format=json, prints the report (text rendered from that very answer, or the
+ * JSON) and returns the exit status. */
+static int readiness_command(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"url", required_argument, NULL, 'u'},
+	    {"config", required_argument, NULL, 'c'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct readiness_report r;
+	const char *url = READINESS_DEFAULT_URL, *config = NULL, *host;
+	char from_config[320], fetch[2048], err[512];
+	struct buf body, text;
+	unsigned int status = 0;
+	bool json = false;
+	int c, rc = EXIT_NO_ANSWER;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'u':
+			url = optarg;
+			break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(readiness_usage, stdout);
+			return 0;
+		case ':':
+			fprintf(stderr, "pgshadow readiness: %s needs a value (see --help)\n",
+				argv[optind - 1]);
+			return EXIT_NO_ANSWER;
+		default:
+			fprintf(stderr, "pgshadow readiness: unknown option '%s' (see --help)\n",
+				argv[optind - 1]);
+			return EXIT_NO_ANSWER;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "pgshadow readiness: unexpected argument '%s' (see --help)\n",
+			argv[optind]);
+		return EXIT_NO_ANSWER;
+	}
+	if (config) {
+		if (url_from_config(config, from_config, sizeof(from_config)))
+			return EXIT_NO_ANSWER;
+		url = from_config;
+	}
+	/* no path: the agent's /readiness; always ask for JSON (the verdict is read from it) */
+	host = strncasecmp(url, "http://", 7) ? url : url + 7;
+	if ((size_t)snprintf(fetch, sizeof(fetch), "%s%s%sformat=json", url,
+			     host[strcspn(host, "/?")] ? "" : "/readiness",
+			     strchr(url, '?') ? "&" : "?") >= sizeof(fetch)) {
+		fprintf(stderr, "pgshadow readiness: URL too long\n");
+		return EXIT_NO_ANSWER;
+	}
+	buf_init(&body, HTTP_GET_MAX_BODY + 1);
+	buf_init(&text, 1u << 20);
+	c = http_get(fetch, "application/json", READINESS_TIMEOUT_MS, &status, &body, err,
+		     sizeof(err));
+	if (c == -EINVAL) {
+		fprintf(stderr, "pgshadow readiness: %s: %s\n", url, err);
+		goto cleanup;
+	}
+	if (c) {
+		fprintf(stderr, "pgshadow readiness: cannot reach the agent at %s: %s\n", url, err);
+		goto cleanup;
+	}
+	if (status != 200) {
+		const char *b = body.data ? body.data : "";
+
+		fprintf(stderr, "pgshadow readiness: %s answered HTTP %u: %.*s\n", url, status,
+			(int)strcspn(b, "\r\n"), b);
+		goto cleanup;
+	}
+	if (!readiness_parse_json(body.data ? body.data : "", &r, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow readiness: %s did not answer a readiness report: %s\n",
+			url, err);
+		goto cleanup;
+	}
+	if (json)
+		fwrite(body.data, 1, body.len, stdout);
+	else if (readiness_render_text(&r, &text))
+		fwrite(text.data, 1, text.len, stdout);
+	if (fflush(stdout)) {
+		fprintf(stderr, "pgshadow readiness: cannot write the report: %s\n",
+			strerror(errno));
+		goto cleanup;
+	}
+	rc = r.ready ? EXIT_READY : EXIT_NOT_READY;
+cleanup:
+	buf_free(&body);
+	buf_free(&text);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -323,6 +746,8 @@ int main(int argc, char **argv)
 	struct stats *st = NULL;
 	struct pipeline *pipe = NULL;
 	struct http *http = NULL;
+	struct http_config hc = {};
+	struct admin *console = NULL;
 	struct resolver *resolver = NULL;
 	struct pipeline_hooks hooks = {};
 	struct sigaction sa = {.sa_handler = on_signal}, hup = {.sa_handler = on_hup};
@@ -331,9 +756,14 @@ int main(int argc, char **argv)
 	uint64_t now;
 	int err;
 
+	/* a client of a running agent: no BPF, no root, no configuration of its own */
+	if (argc >= 2 && !strcmp(argv[1], "readiness"))
+		return readiness_command(argc - 1, argv + 1);
+
 	/* at once: a SIGHUP's default action would end the agent */
 	sigemptyset(&hup.sa_mask);
 	sigaction(SIGHUP, &hup, NULL);
+	pthread_mutex_init(&a.dbs_lock, NULL);
 
 	err = configure(&a, argc, argv);
 	if (err >= 0)
@@ -369,17 +799,28 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pgshadow: cannot create stats: %s\n", strerror(errno));
 		goto cleanup;
 	}
+	a.st = st;
 	pipeline_settings(&a.cfg, &pc);
 	pipe = pipeline_new(&pc, st, dump);
 	if (!pipe) {
 		fprintf(stderr, "pgshadow: cannot create the flow table: %s\n", strerror(errno));
 		goto cleanup;
 	}
-	http = http_start(a.cfg.metrics_listen, st, PGSHADOW_VERSION, herr, sizeof(herr));
+	hc.listen = a.cfg.metrics_listen;
+	hc.stats = st;
+	hc.version = PGSHADOW_VERSION;
+	if (a.cfg.mirror_of) {
+		hc.readiness = http_readiness;
+		hc.readiness_ctx = &a;
+	}
+	http = http_start(&hc, herr, sizeof(herr));
 	if (!http) {
 		fprintf(stderr, "pgshadow: --metrics-listen: %s\n", herr);
 		goto cleanup;
 	}
+	/* before anything is attached: a console that cannot start stops the agent here */
+	if (start_console(&a, &console))
+		goto cleanup;
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
@@ -418,6 +859,11 @@ int main(int argc, char **argv)
 	fprintf(stderr, "pgshadow: capturing port %llu on %s (%s), metrics on http://%s/metrics\n",
 		(unsigned long long)a.cfg.port, capture_interfaces(c),
 		a.cfg.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc", a.cfg.metrics_listen);
+	if (console && a.cfg.admin_socket_dir)
+		fprintf(stderr, "pgshadow: admin console: psql -h %s -p %llu pgshadow\n",
+			a.cfg.admin_socket_dir, (unsigned long long)a.cfg.admin_port);
+	if (console && a.cfg.admin_listen)
+		fprintf(stderr, "pgshadow: admin console on TCP %s\n", a.cfg.admin_listen);
 
 	err = run(&a, c, pipe, resolver);
 	capture_detach_and_drain(c);
@@ -427,6 +873,7 @@ int main(int argc, char **argv)
 	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
 		    dump ? dump_errors(dump) : 0);
 cleanup:
+	admin_stop(console);   /* first: SHOW MIRROR SESSIONS reads the replay engine */
 	replay_stop(a.replay); /* after close_all: sessions closed, queues counted */
 	resolver_stop(resolver);
 	http_stop(http);
@@ -436,5 +883,7 @@ cleanup:
 	dump_close(dump);
 	config_shared_free(a.shared);
 	config_free(&a.cfg);
+	free(a.dbs);
+	pthread_mutex_destroy(&a.dbs_lock);
 	return err;
 }

@@ -431,6 +431,160 @@ bool readiness_render_json(const struct readiness_report *r, struct buf *out)
 	return ok;
 }
 
+/* ---- reading a JSON report back (the client side) ---- */
+
+/* The number named name in o: NaN for null; false when absent or not a number. */
+static bool get_num(const cJSON *o, const char *name, double *v)
+{
+	const cJSON *i = cJSON_GetObjectItemCaseSensitive(o, name);
+
+	if (cJSON_IsNull(i)) {
+		*v = NAN;
+		return true;
+	}
+	if (!cJSON_IsNumber(i))
+		return false;
+	*v = i->valuedouble;
+	return true;
+}
+
+/* A count: a number >= 0 (no data is not a count). */
+static bool get_count(const cJSON *o, const char *name, uint64_t *v)
+{
+	double d;
+
+	if (!get_num(o, name, &d) || !(d >= 0) || d > 1.8e19)
+		return false;
+	*v = (uint64_t)d;
+	return true;
+}
+
+static bool parse_metrics(const cJSON *o, struct readiness_report *r)
+{
+	struct readiness_input *in = &r->input;
+	struct readiness_metrics *m = &r->metrics;
+	bool ok = cJSON_IsObject(o);
+
+	ok = ok && get_num(o, "error_rate", &m->error_rate) &&
+	     get_num(o, "success_rate", &m->success_rate) &&
+	     get_num(o, "mirror_avg_latency_ms", &in->mirror_avg_ms) &&
+	     get_num(o, "mirror_p99_latency_ms", &in->mirror_p99_ms) &&
+	     get_num(o, "source_avg_latency_ms", &in->source_avg_ms) &&
+	     get_num(o, "source_p99_latency_ms", &in->source_p99_ms) &&
+	     get_num(o, "uptime_hours", &m->uptime_hours) &&
+	     get_num(o, "runtime_hours", &m->runtime_hours) &&
+	     get_count(o, "total_requests", &in->total) &&
+	     get_count(o, "selected_requests", &in->selected) &&
+	     get_count(o, "attempted_requests", &m->attempted) &&
+	     get_count(o, "mirrored", &in->mirrored) &&
+	     get_count(o, "errors_connection", &in->errors_connection) &&
+	     get_count(o, "errors_query", &in->errors_query) &&
+	     get_count(o, "errors_timeout", &in->errors_timeout) &&
+	     get_count(o, "dropped", &in->dropped) && get_count(o, "compared", &in->compared) &&
+	     get_count(o, "mismatched", &in->mismatched) &&
+	     get_count(o, "consecutive_successes", &in->consecutive_successes) &&
+	     get_num(o, "drop_rate", &m->drop_rate) &&
+	     get_num(o, "mismatch_rate", &m->mismatch_rate);
+	in->runtime_seconds = m->runtime_hours * 3600;
+	in->uptime_seconds = m->uptime_hours * 3600;
+	return ok;
+}
+
+static bool parse_thresholds(const cJSON *o, struct readiness_criteria *c)
+{
+	return cJSON_IsObject(o) && get_num(o, "max_error_rate", &c->max_error_rate) &&
+	       get_num(o, "max_latency_ms", &c->max_latency_ms) &&
+	       get_num(o, "min_runtime_hours", &c->min_runtime_hours) &&
+	       get_count(o, "min_requests", &c->min_requests) &&
+	       get_count(o, "consecutive_success", &c->consecutive_success) &&
+	       get_num(o, "max_p99_ratio", &c->max_p99_ratio) &&
+	       get_num(o, "latency_floor_ms", &c->latency_floor_ms) &&
+	       get_num(o, "max_drop_rate", &c->max_drop_rate) &&
+	       get_num(o, "max_mismatch_rate", &c->max_mismatch_rate);
+}
+
+/* The criteria array: every criterion once, in order. Returns the failing index or -1. */
+static int parse_criteria(const cJSON *a, struct readiness_report *r)
+{
+	const cJSON *o, *name, *result, *reason;
+	int i;
+
+	if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != READINESS_CRITERIA)
+		return 0;
+	for (i = 0; i < READINESS_CRITERIA; i++) {
+		struct readiness_criterion *k = &r->criterion[i];
+
+		o = cJSON_GetArrayItem(a, i);
+		name = cJSON_GetObjectItemCaseSensitive(o, "name");
+		result = cJSON_GetObjectItemCaseSensitive(o, "result");
+		reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+		if (!cJSON_IsString(name) || strcmp(name->valuestring, criterion_names[i]) ||
+		    !cJSON_IsString(result) || !cJSON_IsString(reason) ||
+		    !get_num(o, "deduction", &k->deduction) || !get_num(o, "value", &k->value) ||
+		    !get_num(o, "threshold", &k->threshold))
+			return i;
+		k->name = criterion_names[i];
+		if (!strcmp(result->valuestring, "pass"))
+			k->verdict = READINESS_PASS;
+		else if (!strcmp(result->valuestring, "fail"))
+			k->verdict = READINESS_FAIL;
+		else if (!strcmp(result->valuestring, "no_data"))
+			k->verdict = READINESS_NO_DATA;
+		else
+			return i;
+		snprintf(k->reason, sizeof(k->reason), "%s", reason->valuestring);
+	}
+	return -1;
+}
+
+bool readiness_parse_json(const char *text, struct readiness_report *out, char *err, size_t errlen)
+{
+	cJSON *root = cJSON_Parse(text);
+	const cJSON *ready, *rec;
+	bool ok = false;
+	int bad;
+
+	memset(out, 0, sizeof(*out));
+	if (!cJSON_IsObject(root)) {
+		snprintf(err, errlen, "not a JSON object");
+		goto cleanup;
+	}
+	ready = cJSON_GetObjectItemCaseSensitive(root, "ready");
+	rec = cJSON_GetObjectItemCaseSensitive(root, "recommendation");
+	if (!cJSON_IsBool(ready) || !get_num(root, "confidence_score", &out->score) ||
+	    !(out->score >= 0 && out->score <= 100) || !cJSON_IsString(rec)) {
+		snprintf(err, errlen, "no ready, confidence_score or recommendation");
+		goto cleanup;
+	}
+	out->ready = cJSON_IsTrue(ready);
+	/* the static strings of the band the score is in; the answer must agree */
+	readiness_recommendation(out->score, &out->recommendation, &out->action);
+	if (strcmp(rec->valuestring, out->recommendation)) {
+		snprintf(err, errlen, "recommendation '%.64s' does not match the score %g",
+			 rec->valuestring, out->score);
+		goto cleanup;
+	}
+	if (!parse_metrics(cJSON_GetObjectItemCaseSensitive(root, "metrics"), out)) {
+		snprintf(err, errlen, "metrics missing or malformed");
+		goto cleanup;
+	}
+	if (!parse_thresholds(cJSON_GetObjectItemCaseSensitive(root, "thresholds"),
+			      &out->criteria)) {
+		snprintf(err, errlen, "thresholds missing or malformed");
+		goto cleanup;
+	}
+	bad = parse_criteria(cJSON_GetObjectItemCaseSensitive(root, "criteria"), out);
+	if (bad >= 0) {
+		snprintf(err, errlen, "criteria: entry %d (%s) missing or malformed", bad,
+			 criterion_names[bad]);
+		goto cleanup;
+	}
+	ok = true;
+cleanup:
+	cJSON_Delete(root);
+	return ok;
+}
+
 /* ---- alerts ---- */
 
 /* Records a change of one alert in events[*n]. */

@@ -571,6 +571,106 @@ static void test_json_report(void **state)
 	buf_free(&b);
 }
 
+/* readiness_parse_json reads back what readiness_render_json wrote: the text report
+ * rendered from the parsed JSON equals the one rendered from the original report
+ * (`pgshadow readiness` prints the text of the very answer it judged). */
+static void test_json_round_trip(void **state)
+{
+	struct readiness_report r, back;
+	struct readiness_criteria c;
+	struct readiness_input in[4];
+	char err[256], *want, *got;
+	struct buf b;
+	int i, k;
+
+	(void)state;
+	good_input(&in[0]); /* READY */
+	good_input(&in[1]);
+	in[1].errors_query = 3000; /* error rate fails */
+	in[1].dropped = 123;
+	in[1].runtime_seconds = 1234.5678;
+	in[1].mirror_p99_ms = 1e-3 / 3;
+	memset(&in[2], 0, sizeof(in[2])); /* no data at all */
+	in[2].mirror_avg_ms = in[2].mirror_p99_ms = NAN;
+	in[2].source_avg_ms = in[2].source_p99_ms = NAN;
+	good_input(&in[3]);
+	in[3].mismatched = 77777; /* parity fails; fractional rates */
+	in[3].uptime_seconds = 1.0 / 7;
+	readiness_criteria_default(&c);
+	c.max_error_rate = 0.0123;
+	for (i = 0; i < 4; i++) {
+		readiness_evaluate(&in[i], &c, &r);
+		buf_init(&b, 1 << 20);
+		assert_true(readiness_render_json(&r, &b));
+		if (!readiness_parse_json(b.data, &back, err, sizeof(err)))
+			fail_msg("input %d: %s\n%s", i, err, b.data);
+		assert_int_equal(back.ready, r.ready);
+		assert_true(back.score == r.score);
+		assert_ptr_equal(back.recommendation, r.recommendation);
+		assert_ptr_equal(back.action, r.action);
+		assert_int_equal(back.metrics.attempted, r.metrics.attempted);
+		assert_int_equal(back.input.total, r.input.total);
+		assert_int_equal(back.criteria.min_requests, r.criteria.min_requests);
+		for (k = 0; k < READINESS_CRITERIA; k++) {
+			assert_int_equal(back.criterion[k].verdict, r.criterion[k].verdict);
+			assert_string_equal(back.criterion[k].name, r.criterion[k].name);
+		}
+		want = render_text(&r);
+		got = render_text(&back);
+		assert_string_equal(got, want);
+		free(want);
+		free(got);
+		buf_free(&b);
+	}
+}
+
+/* Anything that is not such a report is refused with a reason. */
+static void test_json_parse_refuses(void **state)
+{
+	static const char *const bad[] = {
+	    "",
+	    "not json",
+	    "[]",
+	    "{\"ready\": \"yes\"}",
+	    "{\"ready\": true, \"confidence_score\": 100}",
+	    "{\"ready\": true, \"confidence_score\": 100, \"recommendation\": \"Low\"}",
+	    "{\"ready\": true, \"confidence_score\": 101, \"recommendation\": \"Highly "
+	    "Confident\"}",
+	};
+	struct readiness_criteria c;
+	struct readiness_input in;
+	struct readiness_report r;
+	char err[256], *p;
+	struct buf b;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		assert_false(readiness_parse_json(bad[i], &r, err, sizeof(err)));
+		assert_true(err[0] != '\0');
+	}
+	/* a valid report with one criterion renamed, one count missing */
+	good_input(&in);
+	readiness_criteria_default(&c);
+	readiness_evaluate(&in, &c, &r);
+	buf_init(&b, 1 << 20);
+	assert_true(readiness_render_json(&r, &b));
+	assert_true(readiness_parse_json(b.data, &r, err, sizeof(err)));
+	p = strstr(b.data, "\"streak\"");
+	assert_non_null(p);
+	memcpy(p + 1, "strike", 6);
+	assert_false(readiness_parse_json(b.data, &r, err, sizeof(err)));
+	assert_string_equal(err, "criteria: entry 4 (streak) missing or malformed");
+	memcpy(p + 1, "streak", 6);
+	p = strstr(b.data, "\"dropped\":");
+	assert_non_null(p);
+	memcpy(p + 1, "dropper", 7);
+	assert_false(readiness_parse_json(b.data, &r, err, sizeof(err)));
+	assert_string_equal(err, "metrics missing or malformed");
+	buf_free(&b);
+}
+
 static void test_alerts_fire_and_clear_once(void **state)
 {
 	struct readiness_alert_config cfg = {.error_threshold = 100, .latency_threshold_ms = 5000};
@@ -848,6 +948,8 @@ int main(void)
 	    cmocka_unit_test(test_readiness_calculation),
 	    cmocka_unit_test(test_text_report),
 	    cmocka_unit_test(test_json_report),
+	    cmocka_unit_test(test_json_round_trip),
+	    cmocka_unit_test(test_json_parse_refuses),
 	    cmocka_unit_test(test_alerts_fire_and_clear_once),
 	    cmocka_unit_test(test_quantile),
 	    cmocka_unit_test(test_stats_readiness_window_reset),
