@@ -61,6 +61,8 @@ struct session_request {
 	uint32_t function_oid;	  /* FunctionCall: the function called; else 0 */
 	uint32_t max_rows;	  /* Execute's row limit (0 = all) */
 	uint64_t sync_group;	  /* Executes before the same Sync share it (implicit txn) */
+	bool group_more;	  /* Execute: the client sent another Execute before the Sync
+				   * of this one (known when it completed; false if not yet) */
 	const uint8_t *copy_data; /* COPY FROM STDIN payload (CopyData bodies joined) */
 	size_t copy_len;
 	bool copy_truncated; /* more than max_copy_bytes: copy_data holds only a prefix */

@@ -42,9 +42,15 @@
  * order_wait_ms, and the wait is counted once. Waits only point at items with an earlier
  * source completion, so they cannot form a cycle.
  *
+ * Sync groups. Executes the source sent before one Sync (session_request.group_more)
+ * are one implicit transaction there, and here: they go into one pipeline, each
+ * followed by a Flush (the server answers it at once) instead of a Sync; the group ends
+ * with PQpipelineSync after its last Execute, after a failed one, or when the next item
+ * is not of the group or does not come within GROUP_WAIT_MS. An Execute that failed on
+ * the source is followed by a forced error before its Sync, so its implicit transaction
+ * (the whole group) rolls back on the mirror too.
+ *
  * Known limitations (documented, deliberate):
- * - Each Execute ends in its own PQpipelineSync: Executes the source sent before one Sync
- *   (an implicit transaction) each commit on their own on the mirror.
  * - libpq cannot express an Execute row limit: a suspended portal runs to completion on
  *   the mirror, and the Executes that resume it on the source (same portal, statement text
  *   and parameters, right after a suspended one) are counted as mirrored without running.
@@ -96,7 +102,11 @@
 #define IDLE_WAKE_MS	   1000
 #define NEVER		   UINT64_MAX
 #define MS		   1000000ull
-#define LOCK_INVERSION_MS  20 /* see causal_blocked() */
+#define LOCK_INVERSION_MS  20	/* see causal_blocked() */
+#define GROUP_WAIT_MS	   1000 /* for the next Execute of an open Sync group */
+/* Forces an error after an Execute that failed on the source, so that its implicit
+ * transaction (and every Execute of its Sync) rolls back on the mirror too. */
+#define FORCE_ROLLBACK_SQL "SELECT 1/0 AS pgshadow_rollback"
 #define DEFAULT_PGPORT	   5432
 #define FP_CACHE_ENTRIES   4096 /* statement shapes classified (capture thread) */
 #define DB_MAP_MAX	   1000
@@ -158,10 +168,12 @@ struct item {
 	bool cmp_rows;	      /* the rows' hash is comparable (hashed, one result format) */
 	uint64_t fingerprint; /* of the text (mismatch logs) */
 	/* how to replay it (sampler) */
-	bool read;	  /* waits only for writes */
-	bool wrap;	  /* inside BEGIN ... ROLLBACK */
-	bool as_rollback; /* send ROLLBACK instead of the text */
-	bool txn_start;	  /* first of a transaction (mirror_replay_timing) */
+	bool read;	     /* waits only for writes */
+	bool wrap;	     /* inside BEGIN ... ROLLBACK */
+	bool as_rollback;    /* send ROLLBACK instead of the text */
+	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
+	uint64_t sync_group; /* Execute: its Sync's group */
+	bool group_more;     /* Execute: more Executes of its Sync follow */
 	/* replay thread */
 	struct item *next;    /* the session's queue */
 	uint32_t heap_idx[2]; /* HEAP_ALL, HEAP_WRITES */
@@ -201,6 +213,10 @@ struct run {
 	char sqlstate[6];  /* of the first one */
 	size_t copy_off;   /* COPY data sent so far */
 	int nulls;	   /* consecutive NULL results (pipeline mode) */
+	bool synced;	   /* pipeline mode: PQpipelineSync sent after it */
+	int sets;	   /* its result sets (Prepare, execution): results after them
+			    * belong to the trailer */
+	int ends;	   /* result sets ended so far */
 	struct stmt *prep; /* being prepared: kept on success */
 	struct stmt *stmt; /* executed (to forget it on 26000) */
 	bool aux;	   /* BEGIN/ROLLBACK around a wrapped item: results ignored */
@@ -252,6 +268,9 @@ struct replay_session {
 	bool susp; /* the last Execute of portal susp_key was suspended on the source */
 	uint64_t susp_key;
 	uint64_t last_sent, last_ts_start; /* mirror_replay_timing: the previous item */
+	bool group_open;	 /* in pipeline mode, Executes of one Sync sent, no Sync yet */
+	uint64_t group_id;	 /* their sync group */
+	uint64_t group_deadline; /* the rest of the group is waited for until then */
 	struct replay_session *act_prev, *act_next, *all_prev, *all_next;
 };
 
@@ -452,7 +471,7 @@ static bool holds_locks(const struct replay_session *s)
 {
 	PGTransactionStatusType ts = s->conn ? PQtransactionStatus(s->conn) : PQTRANS_UNKNOWN;
 
-	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+	return s->group_open || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
 
 static bool causal_blocked(const struct replay *r, const struct item *b)
@@ -723,6 +742,7 @@ static void conn_close(struct replay *r, struct replay_session *s)
 	stmts_clear(s);
 	s->mangle_all = false;
 	s->susp = false;
+	s->group_open = false;
 	run_reset(s);
 }
 
@@ -931,9 +951,10 @@ static bool send_execute(struct replay_session *s, struct item *it)
 		PQsetSingleRowMode(c);
 		return true;
 	}
-	if (!PQenterPipelineMode(c))
+	if (!s->group_open && !PQenterPipelineMode(c))
 		return false;
 	s->run.pipeline = true;
+	s->run.sets = 1;
 	if (it->stmt_name[0]) {
 		st = stmt_find(s, it->stmt_name, it->text_hash, &name_used);
 		if (!st) {
@@ -941,6 +962,8 @@ static bool send_execute(struct replay_session *s, struct item *it)
 			if (s->run.prep &&
 			    !PQsendPrepare(c, s->run.prep->mname, it->text, it->n_types, it->types))
 				return false;
+			if (s->run.prep)
+				s->run.sets = 2;
 		}
 	}
 	if (st || s->run.prep) {
@@ -952,8 +975,12 @@ static bool send_execute(struct replay_session *s, struct item *it)
 				      it->formats, it->result_format)) {
 		return false;
 	}
-	if (!PQpipelineSync(c))
+	if (it->wrap && !PQsendQueryParams(c, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL, 0))
 		return false;
+	/* more Executes of this Sync follow: leave the implicit transaction open */
+	s->run.synced = !(it->group_more && !it->src_error && !it->wrap);
+	if (s->run.synced ? !PQpipelineSync(c) : !PQsendFlushRequest(c))
+		return false; /* without Sync, only a Flush makes the server answer now */
 	if (!s->run.prep)
 		PQsetSingleRowMode(c);
 	return true;
@@ -1027,7 +1054,7 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 		return;
 	}
 	s->cur = it;
-	if (it->wrap) {
+	if (it->wrap && it->kind == SESSION_REQ_QUERY) {
 		it->stage = STAGE_BEGIN;
 		sent(r, s, send_aux(s, "BEGIN"), now);
 		return;
@@ -1196,12 +1223,22 @@ static bool run_results(struct replay *r, struct replay_session *s)
 		res = PQgetResult(c);
 		if (!res) {
 			/* pipeline mode: the end of one query's results */
-			if (!s->run.pipeline || ++s->run.nulls > 1)
+			if (!s->run.pipeline)
+				return true;
+			s->run.ends++;
+			if (!s->run.synced && s->run.ends >= s->run.sets)
+				return true; /* the group stays open */
+			if (++s->run.nulls > 1)
 				return true;
 			PQsetSingleRowMode(c);
 			continue;
 		}
 		s->run.nulls = 0;
+		if (s->run.pipeline && s->run.ends >= s->run.sets &&
+		    PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+			PQclear(res); /* the forced rollback's own (error) result */
+			continue;
+		}
 		was_prep = s->run.prep != NULL;
 		if (was_prep)
 			run_prepared(s, res);
@@ -1340,7 +1377,12 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	if (s->state == CONN_SETUP) { /* SET ROLE: not a source request, result ignored */
+	if (s->state == CONN_SETUP) { /* SET ROLE or a group's Sync: result ignored */
+		if (s->group_open) {
+			s->group_open = false;
+			if (!PQexitPipelineMode(s->conn))
+				s->run.broken = true;
+		}
 		if (s->run.broken) {
 			conn_lost(r, s, OUT_CONNECTION, now);
 			return;
@@ -1354,10 +1396,25 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		aux_complete(r, s, it, now);
 		return;
 	}
+	if (s->run.pipeline && !s->run.synced && (s->run.error || s->run.broken)) {
+		/* the group failed on the mirror: end it now (the server skips to the Sync) */
+		s->run.synced = true;
+		s->run.nulls = 0;
+		if (!PQpipelineSync(s->conn) || !conn_flush(s))
+			s->run.broken = true;
+		else
+			return; /* complete at the sync */
+	}
 	o = run_outcome(r, s, it);
-	if (s->run.pipeline && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF &&
-	    !PQexitPipelineMode(s->conn))
-		s->run.broken = true;
+	if (s->run.pipeline && !s->run.synced) {
+		s->group_open = true;
+		s->group_id = it->sync_group;
+		s->group_deadline = now + GROUP_WAIT_MS * MS;
+	} else if (s->run.pipeline) {
+		s->group_open = false;
+		if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(s->conn))
+			s->run.broken = true;
+	}
 	if (s->run.broken) {
 		conn_lost(r, s, o, now);
 		return;
@@ -1372,7 +1429,8 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		if (kinds)
 			log_mismatch(r, s, it, kinds);
 	}
-	if (it->wrap) { /* roll back what the source did not keep */
+	if (it->wrap &&
+	    it->kind == SESSION_REQ_QUERY) { /* roll back what the source did not keep */
 		it->saved = (uint8_t)o;
 		it->done_ns = now;
 		it->stage = STAGE_ROLLBACK;
@@ -1446,6 +1504,28 @@ static void sess_free(struct replay *r, struct replay_session *s)
 	free(s);
 }
 
+/* Does the item belong to the Sync group left open on the connection? */
+static bool group_continues(const struct replay_session *s, const struct item *it)
+{
+	return it && it->kind == SESSION_REQ_EXECUTE && it->sync_group == s->group_id &&
+	       !it->as_rollback && !is_copy(it) && !(s->susp && it->portal_key == s->susp_key);
+}
+
+/* Ends an open Sync group (its implicit transaction commits, as on the source). */
+static void group_close(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	run_reset(s);
+	s->run.pipeline = true;
+	s->run.synced = true;
+	if (!PQpipelineSync(s->conn) || !conn_flush(s)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	s->state = CONN_SETUP;
+	s->deadline = reply_deadline(r, now);
+	conn_rewatch(r, s);
+}
+
 /*
  * Moves one session as far as it can go now: fails or skips what its connection state
  * dictates, connects, starts its head item when causal order allows. Returns the next
@@ -1486,6 +1566,13 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 			continue;
 		case CONN_IDLE:
 			it = s->head;
+			if (s->group_open && !group_continues(s, it)) {
+				if (!it && !s->closed && now < s->group_deadline)
+					return s
+					    ->group_deadline; /* the rest of the group may come */
+				group_close(r, s, now);
+				continue;
+			}
 			if (!it)
 				goto settled;
 			if (r->cfg.replay_timing && !it->txn_start && s->last_sent &&
@@ -2025,8 +2112,11 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 		memcpy(w, q->copy_data, q->copy_len);
 	it->copy = w;
 	it->copy_len = q->copy_len;
-	if (q->kind == SESSION_REQ_EXECUTE)
+	if (q->kind == SESSION_REQ_EXECUTE) {
 		it->portal_key = portal_key(q);
+		it->sync_group = q->sync_group;
+		it->group_more = q->group_more;
+	}
 	it->suspended = q->suspended;
 	it->src_error = q->error;
 	memcpy(it->src_sqlstate, q->sqlstate, sizeof(it->src_sqlstate));

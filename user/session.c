@@ -773,6 +773,23 @@ static struct expect fifo_pop(struct session *s)
 	return e;
 }
 
+/* Has the client already sent another Execute before its next Sync (several Executes in
+ * one implicit transaction)? Looks at what is owed, at most 64 entries ahead. */
+static bool execute_follows(struct session *s)
+{
+	uint32_t i;
+
+	for (i = 0; i < s->fifo_len && i < 64; i++) {
+		enum exp_kind k = fifo_at(s, i)->kind;
+
+		if (k == EXP_EXECUTE)
+			return true;
+		if (k == EXP_SYNC || k == EXP_QUERY || k == EXP_FUNCTION)
+			return false;
+	}
+	return i == 64;
+}
+
 static void lose_alignment(struct session *s);
 
 /* Queues what the server owes for one client message; on overflow alignment is lost. */
@@ -1554,6 +1571,8 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 			return;
 		}
 		fifo_pop(s);
+		if (r)
+			r->pub.group_more = execute_follows(s);
 		req_complete(s, r, m->ts_end);
 		return;
 	case EXP_SYNC:

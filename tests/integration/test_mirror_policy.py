@@ -330,3 +330,46 @@ def test_compare_rows_identical_mirror(pair, mirror_agent):
     assert o["query"] == 0 and o["skipped"] == 0 and o["dropped"] == 0, o
     assert compared(m) == o["mirrored"], (compared(m), o)
     assert not any(mismatches(m).values()), mismatches(m)
+
+
+# --------------------------------------------------------------------------- Sync groups
+
+GROUP_OK = """\\startpipeline
+INSERT INTO u VALUES (10, 'group a');
+INSERT INTO u VALUES (11, 'group b');
+\\endpipeline
+"""
+GROUP_FAILS = """\\startpipeline
+INSERT INTO u VALUES (20, 'rolled back with its group');
+INSERT INTO u VALUES (1, 'duplicate');
+\\endpipeline
+"""
+
+
+@pytest.mark.parametrize("mode", ["extended", "prepared"])
+def test_sync_group_is_one_transaction(pair, mirror_agent, tmp_path, mode):
+    """Several Executes before one Sync (pgbench \\startpipeline, -M extended/prepared)
+    are one implicit transaction on the source, and are replayed as one on the mirror:
+    a group whose second INSERT fails on the source (unique violation; the mirror lacks
+    the constraint) leaves neither row on the mirror; a group that succeeds leaves both."""
+    src, mir = pair
+    for pg, ddl in ((src, UNIQUE_SETUP_SOURCE), (mir, UNIQUE_SETUP_MIRROR)):
+        pg.createdb(DB)
+        pg.psql([ddl, "INSERT INTO u VALUES (1, 'seed')"], db=DB)
+    agent = mirror_agent(src, mir)
+    ok, bad = tmp_path / "ok.sql", tmp_path / "bad.sql"
+    ok.write_text(GROUP_OK)
+    bad.write_text(GROUP_FAILS)
+    src.pgbench(["-n", "-M", mode, "-t", 1, "-f", ok], DB)
+    res = src.pgbench(["-n", "-M", mode, "-t", 1, "-f", bad], DB, check=False)
+    assert "duplicate key" in res.stderr, res.stderr
+    m, _ = finish(agent)
+    o = check_invariant(m)
+    rows = mir.query("SELECT id, note FROM u ORDER BY id, note", DB)
+    print(f"{mode}: mirror rows {rows}; outcomes {o}; mismatches {mismatches(m)}")
+    assert src.query("SELECT id, note FROM u ORDER BY id", DB) == \
+        [["1", "seed"], ["10", "group a"], ["11", "group b"]]
+    assert rows == [["1", "seed"], ["10", "group a"], ["11", "group b"]], \
+        f"the mirror's rows differ from what the source kept: {rows}"
+    assert o["mirrored"] == 4 and o["query"] == 0 and o["skipped"] == 0, o
+    assert mismatches(m)["sqlstate"] == 1, mismatches(m)
