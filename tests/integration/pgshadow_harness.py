@@ -24,6 +24,7 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -146,8 +147,21 @@ class Agent:
         else:
             self.metrics_addr = f"127.0.0.1:{free_port(hosts=('127.0.0.1',))}"
             argv += ["--metrics-listen", self.metrics_addr]
-        self.argv = netns_prefix(netns) + argv + extra
         logdir = Path(logdir or "/tmp")
+        # ... and its own admin console socket (default /run/pgshadow/.s.PGSQL.6433, which
+        # a second agent, or an operator's agent on this host, would refuse to share).
+        self.admin_dir = self.admin_port = None
+        if "--admin-socket-dir" in extra:
+            self.admin_dir = extra[extra.index("--admin-socket-dir") + 1]
+        else:
+            self.admin_dir = str(admin_socket_dir(logdir, name))
+            argv += ["--admin-socket-dir", self.admin_dir]
+        if "--admin-port" in extra:
+            self.admin_port = int(extra[extra.index("--admin-port") + 1])
+        else:
+            self.admin_port = free_port(hosts=("127.0.0.1",))
+            argv += ["--admin-port", str(self.admin_port)]
+        self.argv = netns_prefix(netns) + argv + extra
         self.stderr_path = logdir / f"{name}.stderr"
         self.stdout_path = logdir / f"{name}.stdout"
         self.proc = None
@@ -226,6 +240,15 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def admin_socket_dir(logdir, name):
+    """A directory for one agent's admin console socket: under logdir, or a new one under
+    /tmp when that path would be too long for a Unix socket (108 bytes with the name)."""
+    path = Path(logdir) / f"{name}.admin"
+    if len(str(path)) + len("/.s.PGSQL.65535") >= 100:
+        return Path(tempfile.mkdtemp(prefix="pgshadow-admin-"))
+    return path
 
 
 def run_agent_to_exit(binary, args, user=None, timeout=15):
