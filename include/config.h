@@ -78,6 +78,7 @@ struct pgshadow_config {
 	/* mirror (restart) */
 	char *mirror_of; /* libpq conninfo or URI; NULL: observe only */
 	uint64_t mirror_queue;
+	uint64_t mirror_pipeline;
 	uint64_t mirror_max_connections;
 	uint64_t mirror_timeout_ms;
 	bool mirror_set_role;

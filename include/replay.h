@@ -62,6 +62,7 @@ struct replay_db_map {
 struct replay_config {
 	const char *mirror;	       /* libpq conninfo or URI (mirror_of); dbname is replaced */
 	uint32_t queue;		       /* items waiting per session (mirror_queue, default 100) */
+	uint32_t pipeline;	       /* items in flight per connection (mirror_pipeline, 16) */
 	uint32_t max_connections;      /* mirror connections at once (default 100) */
 	uint32_t timeout_ms;	       /* mirror statement_timeout (default 30000) */
 	bool set_role;		       /* SET ROLE to the source user after connecting */

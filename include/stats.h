@@ -135,6 +135,7 @@ struct stats_mirror_snapshot {
 	double latency_avg_ms, latency_max_ms; /* current window */
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
+	uint64_t pipelined, converted;	 /* sent behind another; simple reads sent extended */
 	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
 };
@@ -178,6 +179,9 @@ void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int k
 void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
 			uint64_t now_ns);
 void stats_mirror_order_wait(struct stats *st);
+/* A request sent behind another in flight on its mirror connection; converted: a
+ * simple-protocol read sent as an unnamed extended-protocol statement. */
+void stats_mirror_pipelined(struct stats *st, bool converted);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);
 
 /* Snapshot of the global mirror numbers at now_ns (rolls the window if it expired). */

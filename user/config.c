@@ -134,6 +134,9 @@ const struct config_key config_keys[] = {
      "SET ROLE to the source session's user after connecting to the mirror."},
     {"mirror_queue", CONFIG_UINT, OFF(mirror_queue), 1, 1000000, 0, NULL, "100", false, "N",
      "Requests waiting per session; a full queue drops the new one (buffer_full)."},
+    {"mirror_pipeline", CONFIG_UINT, OFF(mirror_pipeline), 1, 1000, 0, NULL, "16", false, "N",
+     "Requests one mirror connection may have in flight while its session has a backlog "
+     "(pipelined); 1 replays strictly one at a time."},
     {"mirror_max_connections", CONFIG_UINT, OFF(mirror_max_connections), 1, 10000, 0, NULL, "100",
      false, "N", "Mirror connections at once; sessions beyond are skipped (connection_cap)."},
     {"mirror_timeout_ms", CONFIG_UINT, OFF(mirror_timeout_ms), 1, 86400000, 0, NULL, "30000", false,

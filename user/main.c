@@ -43,7 +43,7 @@
 
 /* The reader polls on this timeout when no wakeup comes (records are submitted without
  * one until the ring holds wakeup_bytes, see bpf/capture.bpf.c). */
-#define POLL_TIMEOUT_MS	      10
+#define POLL_TIMEOUT_MS	      2
 #define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
 #define READINESS_INTERVAL_NS 1000000000ULL /* readiness gauges and alerts every second */
 
@@ -131,6 +131,7 @@ static void replay_settings(const struct pgshadow_config *c, struct replay_confi
 	replay_config_default(r);
 	r->mirror = c->mirror_of;
 	r->queue = c->mirror_queue;
+	r->pipeline = (uint32_t)c->mirror_pipeline;
 	r->max_connections = c->mirror_max_connections;
 	r->timeout_ms = c->mirror_timeout_ms;
 	r->set_role = c->mirror_set_role;

@@ -31,10 +31,24 @@
  * connection being made, an item in flight, or a pending close) and sleeps until the
  * nearest deadline (connect timeout, item timeout, backoff end, causal-order wait end).
  *
- * Per session, strictly one item at a time, in source order. An Execute runs in libpq
- * pipeline mode (Prepare if needed, then the execution, then PQpipelineSync; pipeline
- * mode is left again once the sync result is read), a Query outside it. Results are read
- * in single-row mode where libpq allows it, so a huge result never sits in memory.
+ * Per session, in source order. An Execute runs in libpq pipeline mode (Prepare if
+ * needed, then the execution, then PQpipelineSync; pipeline mode is left again once the
+ * sync result is read), a Query outside it. Results are read in single-row mode where
+ * libpq allows it, so a huge result never sits in memory.
+ *
+ * Backlog pipelining. One request at a time bounds a session's replay rate by the
+ * mirror's round trip. When a session has a backlog (another item queued behind the
+ * head), plain items (pipelinable()) go into the pipeline one after another, each with
+ * its own Sync, up to mirror_pipeline in flight: the mirror's backend still runs them
+ * one by one in source order, each in its own implicit transaction as on the source, and
+ * an error ends only its own Sync segment. Plain: an Execute of the unnamed statement or
+ * of one already prepared on this connection, not part of a Sync group, not suspended,
+ * not wrapped, not COPY; or a simple Query holding one read statement (fingerprint.h),
+ * which libpq can pipeline only as an unnamed extended-protocol statement without
+ * parameters (text results, the same answer; counted in mirror_replay_converted_total).
+ * The first non-plain item waits until the pipeline is empty. A pipelined item's mirror
+ * latency is measured from when the mirror could start it: the later of its sending and
+ * its predecessor's answer.
  *
  * Causal order: every item not yet finished is in a min-heap on its source completion
  * time (ts_end). The head item B of a session may start when the smallest outstanding
@@ -172,6 +186,7 @@ struct item {
 	bool wrap;	     /* inside BEGIN ... ROLLBACK */
 	bool as_rollback;    /* send ROLLBACK instead of the text */
 	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
+	bool pipe_ok;	     /* an Execute, or a Query of one read statement */
 	uint64_t sync_group; /* Execute: its Sync's group */
 	bool group_more;     /* Execute: more Executes of its Sync follow */
 	/* replay thread */
@@ -249,8 +264,11 @@ struct replay_session {
 	uint64_t id;	       /* the source session's flow id */
 	/* replay thread only */
 	struct params *params;
-	struct item *head, *tail; /* waiting, in source order */
-	struct item *cur;	  /* in flight */
+	struct item *head, *tail;	    /* waiting, in source order */
+	struct item *cur;		    /* in flight: the one whose answer is read now */
+	struct item *sent_head, *sent_tail; /* pipelined behind cur, in order */
+	uint32_t n_sent;
+	bool piping; /* cur was pipelined: more may follow it (pipelinable()) */
 	enum conn_state state;
 	bool closed, active, has_slot;
 	PGconn *conn;
@@ -746,14 +764,31 @@ static void conn_close(struct replay *r, struct replay_session *s)
 	run_reset(s);
 }
 
+/* Everything in flight ends: cur gets o, the items pipelined behind it never got an
+ * answer (connection errors, or skipped at shutdown). */
+static void inflight_finish(struct replay *r, struct replay_session *s, enum outcome o,
+			    uint64_t now)
+{
+	struct item *it;
+
+	if (s->cur) {
+		item_finish(r, s, s->cur, o, now);
+		s->cur = NULL;
+	}
+	while ((it = s->sent_head)) {
+		s->sent_head = it->next;
+		item_finish(r, s, it, o == OUT_SKIP_SHUTDOWN ? o : OUT_CONNECTION, now);
+	}
+	s->sent_tail = NULL;
+	s->n_sent = 0;
+	s->piping = false;
+}
+
 /* Connecting failed: the item in flight (if any) is a connection error; the items that
  * come due before the backoff ends are too. */
 static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now)
 {
-	if (s->cur) {
-		item_finish(r, s, s->cur, OUT_CONNECTION, now);
-		s->cur = NULL;
-	}
+	inflight_finish(r, s, OUT_CONNECTION, now);
 	conn_close(r, s);
 	s->state = CONN_BACKOFF;
 	s->deadline = now + s->backoff_ms * MS;
@@ -766,10 +801,7 @@ static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now
  * next item connects again (at once: only failing to connect backs off). */
 static void conn_lost(struct replay *r, struct replay_session *s, enum outcome o, uint64_t now)
 {
-	if (s->cur) {
-		item_finish(r, s, s->cur, o, now);
-		s->cur = NULL;
-	}
+	inflight_finish(r, s, o, now);
 	conn_close(r, s);
 	s->state = CONN_NONE;
 	s->deadline = NEVER;
@@ -1034,6 +1066,100 @@ static void sent(struct replay *r, struct replay_session *s, bool ok, uint64_t n
 	conn_rewatch(r, s);
 }
 
+/* May it be sent behind another item in flight (see "Backlog pipelining" above)? */
+static bool pipelinable(const struct replay *r, const struct replay_session *s,
+			const struct item *it)
+{
+	bool used;
+
+	if (!it || r->cfg.pipeline < 2 || r->cfg.replay_timing || !it->pipe_ok || it->wrap ||
+	    it->as_rollback || s->group_open || s->susp)
+		return false;
+	if (it->kind == SESSION_REQ_QUERY)
+		return true;
+	if (it->kind != SESSION_REQ_EXECUTE || it->group_more || it->suspended || is_copy(it))
+		return false;
+	return !it->stmt_name[0] ||
+	       stmt_find((struct replay_session *)s, it->stmt_name, it->text_hash, &used);
+}
+
+/* Sends a pipelinable item in pipeline mode, with its own Sync. */
+static bool send_piped(struct replay_session *s, const struct item *it)
+{
+	PGconn *c = s->conn;
+	struct stmt *st = NULL;
+	bool used;
+
+	if (PQpipelineStatus(c) == PQ_PIPELINE_OFF && !PQenterPipelineMode(c))
+		return false;
+	s->susp = false;
+	if (it->kind == SESSION_REQ_QUERY) {
+		if (!PQsendQueryParams(c, it->text, 0, NULL, NULL, NULL, NULL, 0))
+			return false;
+	} else if (it->stmt_name[0]) {
+		st = stmt_find(s, it->stmt_name, it->text_hash, &used);
+		if (!st || !PQsendQueryPrepared(c, st->mname, it->n_params, it->values, it->lengths,
+						it->formats, it->result_format))
+			return false;
+	} else if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values, it->lengths,
+				      it->formats, it->result_format)) {
+		return false;
+	}
+	return PQpipelineSync(c);
+}
+
+/* Results of the item at the head of the pipeline: one result set, then the sync. */
+static void run_piped(struct replay_session *s)
+{
+	run_reset(s);
+	s->run.pipeline = true;
+	s->run.synced = true;
+	s->run.sets = 1;
+}
+
+/* Sends the session's head item behind what is in flight. */
+static void pipe_append(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = queue_pop(s);
+
+	it->stage = STAGE_MAIN;
+	it->sent_ns = now;
+	s->last_sent = now;
+	s->last_ts_start = it->ts_start;
+	if (s->sent_tail)
+		s->sent_tail->next = it;
+	else
+		s->sent_head = it;
+	s->sent_tail = it;
+	s->n_sent++;
+	if (!send_piped(s, it) || !conn_flush(s)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	stats_mirror_pipelined(r->st, it->kind == SESSION_REQ_QUERY);
+	s->deadline = reply_deadline(r, now);
+	conn_rewatch(r, s);
+}
+
+/* The next pipelined item's answer is read now. Its service on the mirror began when
+ * its predecessor's ended, if that was after it was sent. */
+static void pipe_advance(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = s->sent_head;
+
+	s->sent_head = it->next;
+	if (!s->sent_head)
+		s->sent_tail = NULL;
+	it->next = NULL;
+	s->n_sent--;
+	if (it->sent_ns < now)
+		it->sent_ns = now;
+	s->cur = it;
+	run_piped(s);
+	PQsetSingleRowMode(s->conn); /* refused once its rows arrived: still correct */
+	s->deadline = reply_deadline(r, now);
+}
+
 /*
  * Starts the session's head item on its idle connection. A resumption of a portal the
  * mirror already ran to completion finishes at once. When libpq refuses to send, the item
@@ -1054,6 +1180,17 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 		return;
 	}
 	s->cur = it;
+	if (s->head && pipelinable(r, s, it)) { /* a backlog: the first of a pipeline */
+		it->stage = STAGE_MAIN;
+		run_piped(s);
+		s->piping = true;
+		if (send_piped(s, it))
+			PQsetSingleRowMode(s->conn);
+		else
+			s->piping = false;
+		sent(r, s, s->piping, now);
+		return;
+	}
 	if (it->wrap && it->kind == SESSION_REQ_QUERY) {
 		it->stage = STAGE_BEGIN;
 		sent(r, s, send_aux(s, "BEGIN"), now);
@@ -1410,7 +1547,7 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		s->group_open = true;
 		s->group_id = it->sync_group;
 		s->group_deadline = now + GROUP_WAIT_MS * MS;
-	} else if (s->run.pipeline) {
+	} else if (s->run.pipeline && !s->n_sent) {
 		s->group_open = false;
 		if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(s->conn))
 			s->run.broken = true;
@@ -1419,8 +1556,14 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		conn_lost(r, s, o, now);
 		return;
 	}
-	if (s->run.error && s->run.stmt && !strcmp(s->run.sqlstate, "26000"))
-		stmt_unlink(s, s->run.stmt); /* the mirror lost it: prepare it again */
+	if (s->run.error && !strcmp(s->run.sqlstate, "26000") && it->kind == SESSION_REQ_EXECUTE &&
+	    it->stmt_name[0]) { /* the mirror lost it: prepare it again */
+		bool used;
+		struct stmt *st = stmt_find(s, it->stmt_name, it->text_hash, &used);
+
+		if (st)
+			stmt_unlink(s, st);
+	}
 	/* a COMMIT replayed as ROLLBACK has no answer of its own to compare */
 	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback &&
 	    (o == OUT_SUCCESS || o == OUT_QUERY)) {
@@ -1440,6 +1583,11 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	s->cur = NULL;
 	item_finish(r, s, it, o, now);
 	run_reset(s);
+	if (s->n_sent) {
+		pipe_advance(r, s, now);
+		return;
+	}
+	s->piping = false;
 	s->state = CONN_IDLE;
 	s->deadline = NEVER;
 }
@@ -1472,7 +1620,8 @@ static void conn_event(struct replay *r, struct replay_session *s, uint32_t even
 		conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	if ((s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
+	/* a pipeline may have several answers in: each completes in turn */
+	while (s->conn && (s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
 		run_complete(r, s, now);
 	if (!s->conn)
 		return;
@@ -1557,6 +1706,11 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 		case CONN_CONNECTING:
 		case CONN_SETUP:
 		case CONN_BUSY:
+			if (s->state == CONN_BUSY && s->piping && s->n_sent + 1 < r->cfg.pipeline &&
+			    pipelinable(r, s, s->head) && !causal_blocked(r, s->head)) {
+				pipe_append(r, s, now);
+				continue;
+			}
 			if (now < s->deadline)
 				return s->deadline;
 			if (s->state == CONN_CONNECTING)
@@ -2140,7 +2294,7 @@ static enum stats_skip_reason unreplayable(const struct session_request *req)
  * session's queue or the global budget is full. */
 static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db *db,
 		    const struct session_request *req, const struct sampler_decision *d,
-		    uint64_t fingerprint)
+		    const struct fingerprint_info *fi)
 {
 	struct item *it;
 
@@ -2162,7 +2316,10 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	it->wrap = d->wrap;
 	it->as_rollback = d->as_rollback;
 	it->txn_start = d->txn_start;
-	it->fingerprint = fingerprint;
+	it->fingerprint = fi->fingerprint;
+	it->pipe_ok =
+	    req->kind == SESSION_REQ_EXECUTE ||
+	    (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->read_only && fi->statements == 1);
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);
@@ -2225,7 +2382,7 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 	else if (atomic_load_explicit(&rs->capped, memory_order_relaxed))
 		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
 	else
-		enqueue(r, rs, db, req, &d, fi.fingerprint);
+		enqueue(r, rs, db, req, &d, &fi);
 	held_flush(r, rs, d.after);
 }
 
@@ -2281,6 +2438,7 @@ void replay_config_default(struct replay_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->queue = 100;
+	cfg->pipeline = 16;
 	cfg->max_connections = 100;
 	cfg->timeout_ms = 30000;
 	cfg->order_wait_ms = 1000;
@@ -2377,7 +2535,6 @@ fail:
 void replay_stop(struct replay *r)
 {
 	uint64_t one = 1, now;
-	struct item *it;
 
 	if (!r)
 		return;
@@ -2395,10 +2552,7 @@ void replay_stop(struct replay *r)
 	while (r->all) {
 		struct replay_session *s = r->all;
 
-		if ((it = s->cur)) {
-			s->cur = NULL;
-			item_finish(r, s, it, OUT_SKIP_SHUTDOWN, now);
-		}
+		inflight_finish(r, s, OUT_SKIP_SHUTDOWN, now);
 		queue_finish_all(r, s, OUT_SKIP_SHUTDOWN, now);
 		sess_free(r, s);
 	}

@@ -68,6 +68,7 @@ struct readiness_window {
  * time of the last success move together under win_lock. */
 struct mirror {
 	_Atomic uint64_t total, mirrored, not_sampled, skipped, order_waits;
+	_Atomic uint64_t pipelined, converted;
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
 	_Atomic unsigned int buffer_utilization;
@@ -380,6 +381,13 @@ void stats_mirror_order_wait(struct stats *st)
 	atomic_fetch_add_explicit(&st->mirror.order_waits, 1, RELAXED);
 }
 
+void stats_mirror_pipelined(struct stats *st, bool converted)
+{
+	atomic_fetch_add_explicit(&st->mirror.pipelined, 1, RELAXED);
+	if (converted)
+		atomic_fetch_add_explicit(&st->mirror.converted, 1, RELAXED);
+}
+
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent)
 {
 	atomic_store_explicit(&st->mirror.buffer_utilization, percent > 100 ? 100 : percent,
@@ -408,6 +416,8 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	       out->errors[STATS_ERR_TIMEOUT];
 	out->in_flight = out->total > done ? out->total - done : 0;
 	out->order_waits = atomic_load_explicit(&m->order_waits, RELAXED);
+	out->pipelined = atomic_load_explicit(&m->pipelined, RELAXED);
+	out->converted = atomic_load_explicit(&m->converted, RELAXED);
 	out->compared = atomic_load_explicit(&m->compared, RELAXED);
 	out->mismatched = atomic_load_explicit(&m->mismatched, RELAXED);
 	out->buffer_utilization = atomic_load_explicit(&m->buffer_utilization, RELAXED);
@@ -871,6 +881,14 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_replay_order_waits_total", "counter",
 			       "Times a request waited for an earlier one (causal order).",
 			       m.order_waits);
+	ok &= gauge_or_counter(b, "mirror_replay_pipelined_total", "counter",
+			       "Requests sent to the mirror behind another one still in flight on "
+			       "the same connection (a session's backlog, pipelined).",
+			       m.pipelined);
+	ok &= gauge_or_counter(b, "mirror_replay_converted_total", "counter",
+			       "Pipelined simple-protocol reads sent as unnamed extended-protocol "
+			       "statements (libpq pipelines only the extended protocol).",
+			       m.converted);
 	ok &= gauge_or_counter(b, "mirror_readiness_ready", "gauge",
 			       "1 when the last readiness evaluation said READY, else 0.",
 			       atomic_load_explicit(&st->mirror.ready, RELAXED));

@@ -27,7 +27,14 @@ agent exit 0 after SIGINT. Exit status 0 when every line passes, 1 otherwise.
 Needs root. Environment: PGSHADOW_BENCH_SECONDS (maximum-rate run, default 10),
 PGSHADOW_BENCH_RATE_SECONDS (mirrored run, default 30), PGSHADOW_BENCH_SCALE (default 10),
 PGSHADOW_BENCH_MODE (pgbench -M, default simple), PGSHADOW_BENCH_AGENT_ARGS (more agent
-flags, for experiments), PGSHADOW_BIN. Takes about a minute.
+flags, for experiments), PGSHADOW_BENCH_CLIENTS (pgbench -c, default 4),
+PGSHADOW_BENCH_TIMELINE=1 (print the per-second samples: requests, mirrored, dropped, queue
+fill, in flight), PGSHADOW_BIN. Takes about a minute.
+
+Also printed: how much was pipelined (mirror_replay_pipelined_total, and of it the simple
+reads sent as extended protocol) and how busy the machine's CPUs were during the mirrored
+run: the local mirror shares them with the source, so at 25% of the source's maximum the
+machine is far from idle and the mirror's share of it decides whether replay keeps up.
 """
 
 import os
@@ -48,6 +55,7 @@ SCALE = int(os.environ.get("PGSHADOW_BENCH_SCALE", 10))
 MODE = os.environ.get("PGSHADOW_BENCH_MODE", "simple")
 AGENT_ARGS = os.environ.get("PGSHADOW_BENCH_AGENT_ARGS", "").split()
 CLIENTS = int(os.environ.get("PGSHADOW_BENCH_CLIENTS", 4))
+TIMELINE = os.environ.get("PGSHADOW_BENCH_TIMELINE") == "1"
 JOBS = 2
 RATE_FRACTION = 0.25
 DB = "bench"
@@ -57,6 +65,13 @@ TARGET_MIRRORED = 0.999
 TARGET_DROPS = 0
 
 SERVER_SETTINGS = {"log_statement": "'none'", "max_connections": "50"}
+
+
+def cpu_times():
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def pgbench_args(seconds, rate=None):
@@ -178,7 +193,9 @@ def main():
             thread = threading.Thread(target=sampler, daemon=True)
             thread.start()
             cpu_before = agent.cpu_seconds()
+            machine_before = cpu_times()
             run = src.pgbench(pgbench_args(RATE_SECONDS, rate), DB)
+            machine_after = cpu_times()
             t_end = time.monotonic()
             try:
                 m = wait_settled(addr)
@@ -224,7 +241,24 @@ def main():
           f"{not_sampled}, in flight {in_flight}")
     print(f"replay delay p50 {fmt_s(delay[0])}, p99 {fmt_s(delay[1])}; mirror latency p50 "
           f"{fmt_s(mlat[0])}, p99 {fmt_s(mlat[1])}; source latency p50 {fmt_s(slat[0])}, "
-          f"p99 {fmt_s(slat[1])}; order waits {int(m.get('mirror_replay_order_waits_total'))}")
+          f"p99 {fmt_s(slat[1])}; order waits {int(m.get('mirror_replay_order_waits_total'))}; "
+          f"pipelined {int(m.get('mirror_replay_pipelined_total'))} (simple reads sent as "
+          f"extended protocol {int(m.get('mirror_replay_converted_total'))})")
+    if TIMELINE:
+        prev = None
+        for i, s in enumerate(samples):
+            cur = (s.get("mirror_requests_total"), s.get("mirror_requests_mirrored"),
+                   s.get("mirror_requests_dropped"))
+            if prev and None not in cur:
+                print(f"  t={i:3d}s requests +{cur[0] - prev[0]:.0f} mirrored "
+                      f"+{cur[1] - prev[1]:.0f} dropped +{cur[2] - prev[2]:.0f} queue fill "
+                      f"{s.get('mirror_buffer_utilization'):.0f}% in flight "
+                      f"{s.get('mirror_requests_in_flight'):.0f}")
+            prev = cur
+    busy = machine_after[0] - machine_before[0]
+    total_j = machine_after[1] - machine_before[1]
+    print(f"machine: {busy / max(total_j, 1):.0%} of its {os.cpu_count()} CPUs busy during the "
+          f"mirrored run (source, mirror, pgbench and agent share them)")
     print(f"agent: RSS {rss[-1] / 2 ** 20:.1f} MiB at the end, {max(rss) / 2 ** 20:.1f} MiB "
           f"largest of {len(rss)} samples; CPU {cpu_s:.2f} s "
           f"({cpu_s * 1e6 / max(source_n, 1):.1f} µs per request); largest queue fill "

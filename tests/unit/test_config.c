@@ -174,6 +174,7 @@ static void test_defaults(void **state)
 	assert_false(c.verbose);
 	assert_null(c.mirror_of);
 	assert_int_equal(c.mirror_queue, 100);
+	assert_int_equal(c.mirror_pipeline, 16);
 	assert_int_equal(c.mirror_max_connections, 100);
 	assert_int_equal(c.mirror_timeout_ms, 30000);
 	assert_false(c.mirror_set_role);
@@ -235,6 +236,7 @@ static const char every_key[] = "; every key\n"
 				"mirror_replay_timing = yes\n"
 				"mirror_set_role = TRUE\n"
 				"mirror_queue = 1000000\n"
+				"mirror_pipeline = 1\n"
 				"mirror_max_connections = 10000\n"
 				"mirror_timeout_ms = 1\n"
 				"log_mismatches = 1000000\n"
@@ -290,6 +292,7 @@ static void check_every_key(const struct pgshadow_config *c)
 	assert_true(c->mirror_replay_timing);
 	assert_true(c->mirror_set_role);
 	assert_int_equal(c->mirror_queue, 1000000);
+	assert_int_equal(c->mirror_pipeline, 1);
 	assert_int_equal(c->mirror_max_connections, 10000);
 	assert_int_equal(c->mirror_timeout_ms, 1);
 	assert_int_equal(c->live.log_mismatches, 1000000);
@@ -408,6 +411,8 @@ static void test_every_key_from_flags(void **state)
 			      "TRUE",
 			      "--mirror-queue",
 			      "1000000",
+			      "--mirror-pipeline",
+			      "1",
 			      "--mirror-max-connections",
 			      "10000",
 			      "--mirror-timeout-ms",
@@ -511,6 +516,7 @@ static const struct bad_value bad_values[] = {
     {"mirror_replay_timing", "maybe", "on, off, true, false, yes, no, 1 or 0"},
     {"mirror_set_role", "2", "on, off, true, false, yes, no, 1 or 0"},
     {"mirror_queue", "0", "an integer from 1 to 1000000"},
+    {"mirror_pipeline", "1001", "an integer from 1 to 1000"},
     {"mirror_max_connections", "10001", "an integer from 1 to 10000"},
     {"mirror_timeout_ms", "86400001", "an integer from 1 to 86400000"},
     {"log_mismatches", "1000001", "an integer from 0 to 1000000"},
