@@ -94,6 +94,11 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
  * database's own (< 0 returns it to the global one). Any thread. */
 void replay_set_exposure(struct replay *r, const char *db, double exposure);
 
+/* Wakes the replay thread for what the capture thread submitted since the last call
+ * (sessions, requests, closes are posted without a system call). Call it from the capture
+ * thread after each batch of records; NULL-safe. */
+void replay_wake(struct replay *r);
+
 /* Changes mirror_log_mismatches at run time (SIGHUP). Any thread. */
 void replay_set_log_mismatches(struct replay *r, uint32_t n);
 

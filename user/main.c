@@ -554,6 +554,7 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			pipeline_tick(p, now, k);
 			last_tick = now;
 		}
+		replay_wake(a->replay); /* once per batch: what the records above submitted */
 	}
 	return 0;
 }

@@ -321,6 +321,7 @@ struct replay {
 	struct db_map *map;	     /* [databases], copied */
 	size_t n_map;
 	/* capture thread */
+	bool c_posted; /* messages posted since the last replay_wake */
 	struct fingerprint_cache *fp;
 	uint64_t seed;
 	/* replay thread */
@@ -370,19 +371,30 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 /* ---- channel (capture thread -> replay thread) ---- */
 
 /*
- * Posts a message (capture thread). Lock-free; writes the eventfd only when the replay
- * thread has taken everything posted before (it clears wake_pending before it takes the
- * list, so a message pushed after that point either sees the flag cleared and wakes it,
- * or is taken by the take that follows the clearing).
+ * Posts a message (capture thread). Lock-free and without a system call: replay_wake
+ * wakes the replay thread once per batch of capture records, not once per message. It
+ * writes the eventfd only when the replay thread has taken everything posted before (that
+ * thread clears wake_pending before it takes the list, so a message pushed after that
+ * point either sees the flag cleared and wakes it, or is taken by the take that follows
+ * the clearing).
  */
 static void chan_post(struct replay *r, struct msg *m)
 {
 	struct msg *head = atomic_load(&r->chan);
-	uint64_t one = 1;
 
 	do {
 		m->next = head;
 	} while (!atomic_compare_exchange_weak(&r->chan, &head, m));
+	r->c_posted = true;
+}
+
+void replay_wake(struct replay *r)
+{
+	uint64_t one = 1;
+
+	if (!r || !r->c_posted)
+		return;
+	r->c_posted = false;
 	if (!atomic_exchange(&r->wake_pending, true) && write(r->efd, &one, sizeof(one)) < 0) {
 		/* EAGAIN: the counter is full, so the thread is awake anyway */
 	}
