@@ -1066,3 +1066,51 @@ def test_backlog_pipelining(pair, mirror_agent, tmp_path, mode, depth):
             f"pipelined, and each is converted"
     else:
         assert pipelined > 0 and converted == 0, (pipelined, converted)
+
+
+ERR_TRANSACTIONS = 1000
+ERR_SCRIPT = f"""\\set k random(1, {PIPE_ROWS})
+SELECT v FROM pipe WHERE id = :k;
+SELECT v FROM only_source WHERE id = :k;
+SELECT id, v FROM pipe WHERE id <= :k ORDER BY id;
+"""
+
+
+def test_pipelined_error_ends_only_its_request(pair, mirror_agent, tmp_path):
+    """A pipelined read that fails only on the mirror (its table exists only on the
+    source) ends only its own Sync segment: one unthrottled pgbench -M simple client, 1000
+    x (read, read of the missing table, read), pipelined behind each other. Exactly the
+    1000 reads of the missing table are query errors (the mirror's csvlog has 1000
+    42P01 errors, the agent 1000 sqlstate mismatches), the 2000 others are mirrored and
+    return the source's rows; nothing else fails."""
+    src, mir = pair
+    db = "pipe"
+    for pg in (src, mir):
+        pg.createdb(db)
+        pg.psql(f"CREATE TABLE pipe (id int PRIMARY KEY, v bigint NOT NULL); "
+                f"INSERT INTO pipe SELECT g, g FROM generate_series(1, {PIPE_ROWS}) g", db=db)
+    src.psql("CREATE TABLE only_source (id int PRIMARY KEY, v int)", db=db)
+    since, msince = mark(src), mark(mir)
+    script = tmp_path / "err.sql"
+    script.write_text(ERR_SCRIPT)
+    script.chmod(0o644)
+    agent = mirror_agent(src, mir, extra=["--mirror-queue", UNTHROTTLED_QUEUE,
+                                          "--mirror-compare", "rows"])
+    res = src.pgbench(["-n", "-M", "simple", "-c", 1, "-t", ERR_TRANSACTIONS, "-f", script],
+                      db)
+    assert res.transactions == ERR_TRANSACTIONS, res.stdout
+
+    m, _ = finish(agent)
+    expected = check_source_clean(src, m, db, since)
+    assert expected == 3 * ERR_TRANSACTIONS
+    o = check_invariant(m)
+    pipelined = int(m.get("mirror_replay_pipelined_total"))
+    print(f"outcomes {o}; pipelined {pipelined}")
+    assert pipelined > 0, "nothing was pipelined: the test did not test pipelining"
+    assert o["query"] == ERR_TRANSACTIONS and o["mirrored"] == 2 * ERR_TRANSACTIONS, o
+    assert o["connection"] == o["timeout"] == o["dropped"] == o["skipped"] == 0, o
+    mism = {k: int(v) for k, v in m.by_label("mirror_mismatches_total", "kind").items() if v}
+    assert mism == {"sqlstate": ERR_TRANSACTIONS}, mism
+    merr = mirror_errors(mir, db, msince)
+    assert merr == {"42": ERR_TRANSACTIONS}, \
+        f"the mirror logged {merr}: {mirror_error_messages(mir, db, msince)}"
