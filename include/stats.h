@@ -179,9 +179,10 @@ void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int k
 void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
 			uint64_t now_ns);
 void stats_mirror_order_wait(struct stats *st);
-/* A request sent behind another in flight on its mirror connection; converted: a
- * simple-protocol read sent as an unnamed extended-protocol statement. */
-void stats_mirror_pipelined(struct stats *st, bool converted);
+/* A request sent in pipeline mode for a backlog: behind another in flight on its mirror
+ * connection (or the first of the pipeline); converted: a simple-protocol read sent as an
+ * unnamed extended-protocol statement. */
+void stats_mirror_piped(struct stats *st, bool behind, bool converted);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);
 
 /* Snapshot of the global mirror numbers at now_ns (rolls the window if it expired). */

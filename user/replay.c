@@ -489,11 +489,6 @@ static void items_untrack(struct replay *r, struct item *it)
 		heap_remove(r, HEAP_WRITES, it);
 }
 
-/*
- * True when an outstanding item completed on the source before b started there. b is the
- * head of its session, so an item of its own session is behind it and cannot be waited
- * for (that only happens if the source's timestamps were not in session order).
- */
 /* True when the session's mirror connection is inside a transaction block, so it may
  * hold row locks between its statements (the only way it can block another session's
  * earlier request). */
@@ -504,12 +499,33 @@ static bool holds_locks(const struct replay_session *s)
 	return s->group_open || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
 
+/* Does the subtree of heap h at i hold another session's item that completed on the
+ * source before b started there? Only items that precede b are descended into. */
+static bool blocked_below(const struct replay *r, int h, uint32_t i, const struct item *b)
+{
+	const struct item *a;
+
+	if (i >= r->heap_n[h])
+		return false;
+	a = r->heap[h][i];
+	if (a->ts_end >= b->ts_start) /* the heap orders on ts_end: nothing below precedes */
+		return false;
+	if (a->m.rs != b->m.rs)
+		return true;
+	return blocked_below(r, h, 2 * i + 1, b) || blocked_below(r, h, 2 * i + 2, b);
+}
+
+/*
+ * True when an outstanding item of another session completed on the source before b
+ * started there. The session's own outstanding items are skipped, not waited for: they
+ * are in flight ahead of b on its own connection (pipelined, see above), so the mirror's
+ * backend runs them before b anyway. They may hide another session's earlier item in the
+ * heap, so the walk goes past them: at most the session's items in flight plus what lies
+ * directly below them.
+ */
 static bool causal_blocked(const struct replay *r, const struct item *b)
 {
-	int h = b->read ? HEAP_WRITES : HEAP_ALL; /* reads commute with reads */
-	const struct item *a = r->heap_n[h] ? r->heap[h][0] : NULL;
-
-	return a && a->m.rs != b->m.rs && a->ts_end < b->ts_start;
+	return blocked_below(r, b->read ? HEAP_WRITES : HEAP_ALL, 0, b); /* reads commute */
 }
 
 /*
@@ -1148,9 +1164,8 @@ static void pipe_append(struct replay *r, struct replay_session *s, uint64_t now
 		conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	stats_mirror_pipelined(r->st, it->kind == SESSION_REQ_QUERY);
-	s->deadline = reply_deadline(r, now);
-	conn_rewatch(r, s);
+	stats_mirror_piped(r->st, true, it->kind == SESSION_REQ_QUERY);
+	conn_rewatch(r, s); /* the deadline stays cur's: pipe_advance sets the next one */
 }
 
 /* The next pipelined item's answer is read now. Its service on the mirror began when
@@ -1196,10 +1211,12 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 		it->stage = STAGE_MAIN;
 		run_piped(s);
 		s->piping = true;
-		if (send_piped(s, it))
+		if (send_piped(s, it)) {
 			PQsetSingleRowMode(s->conn);
-		else
+			stats_mirror_piped(r->st, false, it->kind == SESSION_REQ_QUERY);
+		} else {
 			s->piping = false;
+		}
 		sent(r, s, s->piping, now);
 		return;
 	}

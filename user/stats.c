@@ -381,9 +381,10 @@ void stats_mirror_order_wait(struct stats *st)
 	atomic_fetch_add_explicit(&st->mirror.order_waits, 1, RELAXED);
 }
 
-void stats_mirror_pipelined(struct stats *st, bool converted)
+void stats_mirror_piped(struct stats *st, bool behind, bool converted)
 {
-	atomic_fetch_add_explicit(&st->mirror.pipelined, 1, RELAXED);
+	if (behind)
+		atomic_fetch_add_explicit(&st->mirror.pipelined, 1, RELAXED);
 	if (converted)
 		atomic_fetch_add_explicit(&st->mirror.converted, 1, RELAXED);
 }
@@ -885,10 +886,11 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			       "Requests sent to the mirror behind another one still in flight on "
 			       "the same connection (a session's backlog, pipelined).",
 			       m.pipelined);
-	ok &= gauge_or_counter(b, "mirror_replay_converted_total", "counter",
-			       "Pipelined simple-protocol reads sent as unnamed extended-protocol "
-			       "statements (libpq pipelines only the extended protocol).",
-			       m.converted);
+	ok &= gauge_or_counter(
+	    b, "mirror_replay_converted_total", "counter",
+	    "Simple-protocol reads sent as unnamed extended-protocol statements to "
+	    "pipeline a backlog (libpq pipelines only the extended protocol).",
+	    m.converted);
 	ok &= gauge_or_counter(b, "mirror_readiness_ready", "gauge",
 			       "1 when the last readiness evaluation said READY, else 0.",
 			       atomic_load_explicit(&st->mirror.ready, RELAXED));
