@@ -233,7 +233,6 @@ struct run {
 			    * belong to the trailer */
 	int ends;	   /* result sets ended so far */
 	struct stmt *prep; /* being prepared: kept on success */
-	struct stmt *stmt; /* executed (to forget it on 26000) */
 	bool aux;	   /* BEGIN/ROLLBACK around a wrapped item: results ignored */
 	/* the mirror's answer, for comparison */
 	char verb[16];	    /* first word of the last command tag */
@@ -1027,7 +1026,6 @@ static bool send_execute(struct replay_session *s, struct item *it)
 		}
 	}
 	if (st || s->run.prep) {
-		s->run.stmt = st;
 		if (!PQsendQueryPrepared(c, st ? st->mname : s->run.prep->mname, it->n_params,
 					 it->values, it->lengths, it->formats, it->result_format))
 			return false;
@@ -1145,6 +1143,16 @@ static void run_piped(struct replay_session *s)
 	s->run.sets = 1;
 }
 
+/* Sends a pipelinable item and counts it: behind another in flight, or the first. */
+static bool pipe_send(struct replay *r, struct replay_session *s, const struct item *it,
+		      bool behind)
+{
+	if (!send_piped(s, it))
+		return false;
+	stats_mirror_piped(r->st, behind, it->kind == SESSION_REQ_QUERY);
+	return true;
+}
+
 /* Sends the session's head item behind what is in flight. */
 static void pipe_append(struct replay *r, struct replay_session *s, uint64_t now)
 {
@@ -1160,11 +1168,10 @@ static void pipe_append(struct replay *r, struct replay_session *s, uint64_t now
 		s->sent_head = it;
 	s->sent_tail = it;
 	s->n_sent++;
-	if (!send_piped(s, it) || !conn_flush(s)) {
+	if (!pipe_send(r, s, it, true) || !conn_flush(s)) {
 		conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	stats_mirror_piped(r->st, true, it->kind == SESSION_REQ_QUERY);
 	conn_rewatch(r, s); /* the deadline stays cur's: pipe_advance sets the next one */
 }
 
@@ -1210,13 +1217,9 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 	if (s->head && pipelinable(r, s, it)) { /* a backlog: the first of a pipeline */
 		it->stage = STAGE_MAIN;
 		run_piped(s);
-		s->piping = true;
-		if (send_piped(s, it)) {
+		s->piping = pipe_send(r, s, it, false);
+		if (s->piping)
 			PQsetSingleRowMode(s->conn);
-			stats_mirror_piped(r->st, false, it->kind == SESSION_REQ_QUERY);
-		} else {
-			s->piping = false;
-		}
 		sent(r, s, s->piping, now);
 		return;
 	}
@@ -1291,7 +1294,6 @@ static void run_prepared(struct replay_session *s, const PGresult *res)
 
 	if (PQresultStatus(res) == PGRES_COMMAND_OK) {
 		stmt_link(s, s->run.prep);
-		s->run.stmt = s->run.prep;
 	} else {
 		code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 		if (code && !strcmp(code, "42P05"))

@@ -1007,6 +1007,22 @@ SELECT id, v FROM pipe WHERE id <= :k ORDER BY id;
 """
 
 
+def create_pipe_db(pgs, db):
+    """Database db on each server with table pipe (id, v = id) of PIPE_ROWS rows."""
+    for pg in pgs:
+        pg.createdb(db)
+        pg.psql(f"CREATE TABLE pipe (id int PRIMARY KEY, v bigint NOT NULL); "
+                f"INSERT INTO pipe SELECT g, g FROM generate_series(1, {PIPE_ROWS}) g", db=db)
+
+
+def script_file(tmp_path, name, text):
+    """A pgbench script readable by the client."""
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
 @pytest.mark.parametrize("mode,depth", [("simple", 16), ("prepared", 16), ("simple", 1)],
                          ids=["simple", "prepared", "off"])
 def test_backlog_pipelining(pair, mirror_agent, tmp_path, mode, depth):
@@ -1023,15 +1039,11 @@ def test_backlog_pipelining(pair, mirror_agent, tmp_path, mode, depth):
     -M simple: every pipelined one, and the first of each pipeline), 0 at depth 1."""
     src, mir = pair
     db = "pipe"
-    for pg in (src, mir):
-        pg.createdb(db)
-        pg.psql(f"CREATE TABLE pipe (id int PRIMARY KEY, v bigint NOT NULL); "
-                f"INSERT INTO pipe SELECT g, g FROM generate_series(1, {PIPE_ROWS}) g", db=db)
+    create_pipe_db(pair, db)
+    for pg in pair:
         pg.pgss_reset()
     since = mark(src)
-    script = tmp_path / "pipe.sql"
-    script.write_text(PIPE_SCRIPT)
-    script.chmod(0o644)
+    script = script_file(tmp_path, "pipe.sql", PIPE_SCRIPT)
     agent = mirror_agent(src, mir, extra=["--mirror-queue", UNTHROTTLED_QUEUE,
                                           "--mirror-pipeline", depth,
                                           "--mirror-compare", "rows"])
@@ -1087,15 +1099,10 @@ def test_pipelined_error_ends_only_its_request(pair, mirror_agent, tmp_path):
     return the source's rows; nothing else fails."""
     src, mir = pair
     db = "pipe"
-    for pg in (src, mir):
-        pg.createdb(db)
-        pg.psql(f"CREATE TABLE pipe (id int PRIMARY KEY, v bigint NOT NULL); "
-                f"INSERT INTO pipe SELECT g, g FROM generate_series(1, {PIPE_ROWS}) g", db=db)
+    create_pipe_db(pair, db)
     src.psql("CREATE TABLE only_source (id int PRIMARY KEY, v int)", db=db)
     since, msince = mark(src), mark(mir)
-    script = tmp_path / "err.sql"
-    script.write_text(ERR_SCRIPT)
-    script.chmod(0o644)
+    script = script_file(tmp_path, "err.sql", ERR_SCRIPT)
     agent = mirror_agent(src, mir, extra=["--mirror-queue", UNTHROTTLED_QUEUE,
                                           "--mirror-compare", "rows"])
     res = src.pgbench(["-n", "-M", "simple", "-c", 1, "-t", ERR_TRANSACTIONS, "-f", script],
@@ -1140,13 +1147,11 @@ def test_pipelining_keeps_causal_order(pair, mirror_agent, tmp_path):
     since = mark(src)
     agent = mirror_agent(src, mir)
     for k in range(1, CAUSAL_PIPE_ROUNDS + 1):
-        a = tmp_path / f"a{k}.sql"
-        a.write_text(f"SELECT pg_sleep(0.3);\nSELECT 1;\n\\sleep 200 ms\n"
-                     f"UPDATE t SET v = v * 2 WHERE id = {k};\n")
-        b = tmp_path / f"b{k}.sql"
-        b.write_text(f"\\sleep 400 ms\nUPDATE t SET v = v + 1 WHERE id = {k};\n")
-        for f in (a, b):
-            f.chmod(0o644)
+        a = script_file(tmp_path, f"a{k}.sql",
+                        f"SELECT pg_sleep(0.3);\nSELECT 1;\n\\sleep 200 ms\n"
+                        f"UPDATE t SET v = v * 2 WHERE id = {k};\n")
+        b = script_file(tmp_path, f"b{k}.sql",
+                        f"\\sleep 400 ms\nUPDATE t SET v = v + 1 WHERE id = {k};\n")
         run_threads([lambda f=f: src.pgbench(["-n", "-M", "extended", "-c", 1, "-t", 1,
                                                "-f", f], db) for f in (a, b)])
 
