@@ -81,6 +81,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -274,6 +275,7 @@ struct replay_session {
 	int fd;
 	uint32_t events;
 	bool watched;	   /* fd is in the epoll set */
+	bool corked;	   /* TCP_CORK set for this step's sends (cork()) */
 	bool want_write;   /* libpq has unsent output */
 	uint64_t deadline; /* connect / reply timeout, backoff end (NEVER = none) */
 	uint32_t backoff_ms;
@@ -1712,7 +1714,50 @@ static void group_close(struct replay *r, struct replay_session *s, uint64_t now
  * time it needs a step without an event (NEVER if none); frees the session once it is
  * closed and has nothing left (then *freed is set).
  */
+/*
+ * Corking. libpq 15's PQpipelineSync flushes, so every pipelined request is a send() of
+ * its own, and on loopback each send also runs the mirror's receive path and wakes its
+ * backend: a third of the replay thread's time when a backlog is pipelined. When this
+ * step is about to send a request with another pipelinable one queued behind it, the
+ * socket is corked (TCP_CORK): the sends only copy into the socket, and uncork() at the
+ * end of the step transmits them as one segment. The bytes on the wire are the same; the
+ * mirror's backend reads them in one go, as it would from a client that pipelines.
+ */
+static void cork(const struct replay *r, struct replay_session *s)
+{
+	const struct item *it = s->head;
+	int one = 1;
+
+	if (s->corked || !it || !it->next || s->n_sent + 2 >= r->cfg.pipeline ||
+	    !pipelinable(r, s, it) || !pipelinable(r, s, it->next))
+		return;
+	s->corked = !setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+}
+
+static void uncork(struct replay_session *s)
+{
+	int zero = 0;
+
+	if (!s->corked)
+		return;
+	s->corked = false;
+	if (s->conn && PQsocket(s->conn) >= 0) /* else closed in this step: nothing to send */
+		setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+}
+
+static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed);
+
+/* Advances a session as far as it can go now; returns its next deadline (NEVER: none). */
 static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
+{
+	uint64_t d = sess_run(r, s, now, freed);
+
+	if (!*freed)
+		uncork(s);
+	return d;
+}
+
+static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
 	struct item *it;
 
@@ -1739,6 +1784,7 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 		case CONN_BUSY:
 			if (s->state == CONN_BUSY && s->piping && s->n_sent + 1 < r->cfg.pipeline &&
 			    pipelinable(r, s, s->head) && !causal_blocked(r, s->head)) {
+				cork(r, s);
 				pipe_append(r, s, now);
 				continue;
 			}
@@ -1776,6 +1822,7 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 				if (now < it->wait_until)
 					return it->wait_until;
 			}
+			cork(r, s);
 			item_start(r, s, now);
 			continue;
 		}
