@@ -31,6 +31,19 @@ flags, for experiments), PGSHADOW_BENCH_CLIENTS (pgbench -c, default 4),
 PGSHADOW_BENCH_TIMELINE=1 (print the per-second samples: requests, mirrored, dropped, queue
 fill, in flight), PGSHADOW_BIN. Takes about a minute.
 
+CPU placement (PGSHADOW_BENCH_PLACEMENT). In production the mirror cluster runs on its
+own host; on one machine a local mirror takes its CPU from the source it mirrors. With
+`split` (the default on 2 or more CPUs) the first half of the CPUs are the source host
+(the source cluster, pgbench, the agent and this script) and the second half the mirror
+host (the mirror cluster), set with sched_setaffinity on each cluster's postmaster and
+processes (backends inherit it); the maximum is then the source host's. With `shared`
+everything runs on every CPU: the mirror competes with the source and pgbench for the
+same CPUs, and when pgbench's Poisson arrivals saturate them the mirror's backends get
+no more CPU than the source's, so a backlog beyond a session's queue can build up
+without any fault of the agent. Both are printed as measured; the targets apply to both.
+Before each timed run both clusters checkpoint and the kernel writes back dirty pages
+(`pgbench -i` leaves ~300 MB of them), so writeback does not land in the measurement.
+
 Also printed: how much was pipelined (mirror_replay_pipelined_total, and of it the simple
 reads sent as extended protocol) and how busy the machine's CPUs were during the mirrored
 run: the local mirror shares them with the source, so at 25% of the source's maximum the
@@ -66,12 +79,77 @@ TARGET_DROPS = 0
 
 SERVER_SETTINGS = {"log_statement": "'none'", "max_connections": "50"}
 
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+PLACEMENT = os.environ.get("PGSHADOW_BENCH_PLACEMENT",
+                           "split" if len(ALL_CPUS) >= 2 else "shared")
+if PLACEMENT == "split":
+    SOURCE_CPUS = set(ALL_CPUS[:len(ALL_CPUS) // 2])
+    MIRROR_CPUS = set(ALL_CPUS[len(ALL_CPUS) // 2:])
+elif PLACEMENT == "shared":
+    SOURCE_CPUS = MIRROR_CPUS = set(ALL_CPUS)
+else:
+    sys.exit(f"PGSHADOW_BENCH_PLACEMENT={PLACEMENT!r}: split or shared")
 
-def cpu_times():
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+
+def cpu_times(cpus):
+    """(busy, total) jiffies of the CPUs in cpus, from /proc/stat."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().split("\n"):
+        name = line.split(" ", 1)[0]
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        fields = [int(x) for x in line.split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        busy += sum(fields) - idle
+        total += sum(fields)
+    return busy, total
+
+
+def cluster_pids(pg):
+    """The postmaster of pg and its processes."""
+    master = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    pids = [master]
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text() if d.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat[stat.rindex(")") + 2:].split()[1]) == master:
+            pids.append(int(d.name))
+    return master, pids
+
+
+def pin(pg, cpus):
+    """Puts a cluster on cpus: its postmaster (backends forked later inherit it) and
+    the processes it has."""
+    for pid in cluster_pids(pg)[1]:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:
+            pass  # exited meanwhile
+
+
+def cluster_cpu_seconds(pg):
+    """CPU seconds of a cluster: its live processes and (cutime, cstime) the ones its
+    postmaster has reaped."""
+    tck = os.sysconf("SC_CLK_TCK")
+    master, pids = cluster_pids(pg)
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        total += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if pid == master else 0)
+    return total / tck
+
+
+def quiesce(*pgs):
+    """Checkpoints the clusters and writes back dirty pages before a timed run."""
+    for pg in pgs:
+        pg.psql("CHECKPOINT")
+    os.sync()
 
 
 def pgbench_args(seconds, rate=None):
@@ -148,14 +226,27 @@ def main():
     print(f"load average {Path('/proc/loadavg').read_text().split()[:3]} on "
           f"{os.cpu_count()} CPUs")
 
+    cpus = lambda c: ",".join(map(str, sorted(c)))  # noqa: E731
+    if PLACEMENT == "split":
+        print(f"placement: split — source cluster, pgbench and agent on CPU "
+              f"{cpus(SOURCE_CPUS)}; mirror cluster on CPU {cpus(MIRROR_CPUS)} (as on "
+              f"their own hosts; PGSHADOW_BENCH_PLACEMENT=shared to share them)")
+    else:
+        print(f"placement: shared — source, mirror, pgbench and agent on CPU "
+              f"{cpus(SOURCE_CPUS)}")
+
+    os.sched_setaffinity(0, SOURCE_CPUS)  # pgbench and the agent start from here
     with pgh.pg_server(name="bench-src", settings=SERVER_SETTINGS) as src, \
             pgh.pg_server(name="bench-mir", settings=SERVER_SETTINGS) as mir:
+        pin(src, SOURCE_CPUS)
+        pin(mir, MIRROR_CPUS)
         for pg in (src, mir):
             pg.createdb(DB)
             pg.pgbench_init(DB, scale=SCALE)
             pg.psql("VACUUM ANALYZE", db=DB)
         src.pgbench(pgbench_args(3), DB)  # warm the caches
         mir.pgbench(pgbench_args(3), DB)
+        quiesce(src, mir)
 
         res = src.pgbench(pgbench_args(SECONDS), DB)
         max_tps = res.tps
@@ -192,10 +283,13 @@ def main():
                     time.sleep(0.1)
             thread = threading.Thread(target=sampler, daemon=True)
             thread.start()
+            quiesce(src, mir)
             cpu_before = agent.cpu_seconds()
-            machine_before = cpu_times()
+            side_before = [cpu_times(SOURCE_CPUS), cpu_times(MIRROR_CPUS)]
+            mirror_before = cluster_cpu_seconds(mir)
+            source_before = cluster_cpu_seconds(src)
             run = src.pgbench(pgbench_args(RATE_SECONDS, rate), DB)
-            machine_after = cpu_times()
+            side_after = [cpu_times(SOURCE_CPUS), cpu_times(MIRROR_CPUS)]
             t_end = time.monotonic()
             try:
                 m = wait_settled(addr)
@@ -204,6 +298,8 @@ def main():
                 thread.join(10)
             settle_s = time.monotonic() - t_end
             cpu_s = agent.cpu_seconds() - cpu_before
+            mirror_cpu_s = cluster_cpu_seconds(mir) - mirror_before
+            source_cpu_s = cluster_cpu_seconds(src) - source_before  # pgbench's reaped
             result = agent.stop(signal.SIGINT)
         finally:
             agent.kill()
@@ -255,10 +351,18 @@ def main():
                       f"{s.get('mirror_buffer_utilization'):.0f}% in flight "
                       f"{s.get('mirror_requests_in_flight'):.0f}")
             prev = cur
-    busy = machine_after[0] - machine_before[0]
-    total_j = machine_after[1] - machine_before[1]
-    print(f"machine: {busy / max(total_j, 1):.0%} of its {os.cpu_count()} CPUs busy during the "
-          f"mirrored run (source, mirror, pgbench and agent share them)")
+    busy = [a[0] - b[0] for a, b in zip(side_after, side_before)]
+    total_j = [a[1] - b[1] for a, b in zip(side_after, side_before)]
+    if PLACEMENT == "split":
+        print(f"CPUs busy during the mirrored run: source host (CPU {cpus(SOURCE_CPUS)}) "
+              f"{busy[0] / max(total_j[0], 1):.0%}, mirror host (CPU {cpus(MIRROR_CPUS)}) "
+              f"{busy[1] / max(total_j[1], 1):.0%}")
+    else:
+        print(f"machine: {busy[0] / max(total_j[0], 1):.0%} of its CPUs busy during the "
+              f"mirrored run (source, mirror, pgbench and agent share them)")
+    print(f"clusters: source CPU {source_cpu_s:.2f} s "
+          f"({source_cpu_s * 1e6 / max(source_n, 1):.1f} µs per request), mirror CPU "
+          f"{mirror_cpu_s:.2f} s ({mirror_cpu_s * 1e6 / max(source_n, 1):.1f} µs per request)")
     print(f"agent: RSS {rss[-1] / 2 ** 20:.1f} MiB at the end, {max(rss) / 2 ** 20:.1f} MiB "
           f"largest of {len(rss)} samples; CPU {cpu_s:.2f} s "
           f"({cpu_s * 1e6 / max(source_n, 1):.1f} µs per request); largest queue fill "
