@@ -145,6 +145,15 @@ def cluster_cpu_seconds(pg):
     return total / tck
 
 
+def rss_anon_bytes(pid):
+    """The agent's anonymous resident memory (heap, stacks): its RSS without the ring
+    buffer, whose pages the kernel maps twice (a wrapped record reads contiguously)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def quiesce(*pgs):
     """Checkpoints the clusters and writes back dirty pages before a timed run."""
     for pg in pgs:
@@ -298,6 +307,7 @@ def main():
                 thread.join(10)
             settle_s = time.monotonic() - t_end
             cpu_s = agent.cpu_seconds() - cpu_before
+            rss_anon = rss_anon_bytes(agent.pid)
             mirror_cpu_s = cluster_cpu_seconds(mir) - mirror_before
             source_cpu_s = cluster_cpu_seconds(src) - source_before  # pgbench's reaped
             result = agent.stop(signal.SIGINT)
@@ -364,7 +374,8 @@ def main():
           f"({source_cpu_s * 1e6 / max(source_n, 1):.1f} µs per request), mirror CPU "
           f"{mirror_cpu_s:.2f} s ({mirror_cpu_s * 1e6 / max(source_n, 1):.1f} µs per request)")
     print(f"agent: RSS {rss[-1] / 2 ** 20:.1f} MiB at the end, {max(rss) / 2 ** 20:.1f} MiB "
-          f"largest of {len(rss)} samples; CPU {cpu_s:.2f} s "
+          f"largest of {len(rss)} samples (the ring buffer twice, anonymous memory "
+          f"{rss_anon / 2 ** 20:.1f} MiB); CPU {cpu_s:.2f} s "
           f"({cpu_s * 1e6 / max(source_n, 1):.1f} µs per request); largest queue fill "
           f"{max(util, default=0):.0f}%, largest in flight {max(inflight, default=0):.0f}")
 
