@@ -115,7 +115,7 @@ unit: $(UNIT_TESTS)
 integration: $(BUILD)/pgshadow
 	$(PYTHON) -m pytest -v -rs tests/integration
 
-test: all unit integration
+test: deps all unit integration
 
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py

@@ -144,7 +144,9 @@ const struct config_key config_keys[] = {
     {"log_mismatches", CONFIG_UINT, LIVE(log_mismatches), 0, 1000000, 0, NULL, "0", true, "N",
      "Log the first N mismatches between source and mirror answers."},
     {"mirror_metrics_enabled", CONFIG_BOOL, OFF(mirror_metrics_enabled), 0, 0, 0, NULL, "on", false,
-     "on|off", "Serve the mirror_* metrics (when mirror_of is set)."},
+     "on|off",
+     "Serve the mirror outcome metrics (README: Metrics, \"With --mirror\") when mirror_of is set; "
+     "source, capture, build and process metrics are always served."},
     {"mirror_metrics_reset_interval", CONFIG_UINT, OFF(mirror_metrics_reset_interval), 1,
      86400 * 365, 0, NULL, "3600", false, "S",
      "Window, in seconds, of the windowed gauges (mirror_latency_avg_ms, "
