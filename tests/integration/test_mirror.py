@@ -1162,3 +1162,83 @@ def test_pipelining_keeps_causal_order(pair, mirror_agent, tmp_path):
     rows = compare_queries(src, mir, db, {"t": "SELECT id, v FROM t ORDER BY id"})
     assert all(v == "4" for _, v in rows["t"]), \
         f"the source did not run (1 + 1) * 2 on every row: {rows['t']}"
+
+
+CORK_READS = 60
+
+
+def mirror_data_segments(agent, mirror):
+    """{local port: data_segs_out} of the agent's established TCP connections to the
+    mirror, from the kernel (ss -tinp): segments that carried data, the connection's
+    startup included."""
+    res = h.run(["ss", "-tinpH", "state", "established", "dst", f"{mirror.host}",
+                 "dport", f"= :{mirror.port}"])
+    out, lines = {}, res.stdout.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if f"pid={agent.pid}," in line:
+            segs = re.search(r"\bdata_segs_out:(\d+)", lines[i + 1])
+            out[line.split()[2]] = int(segs.group(1)) if segs else 0
+    return out
+
+
+def test_pipelined_backlog_leaves_in_one_segment(pair, mirror_agent):
+    """The requests the replay loop pipelines in one pass leave in one TCP segment
+    (TCP_CORK around the pass; libpq 15 flushes at every PQpipelineSync). A session's
+    first read blocks on the mirror behind an ACCESS EXCLUSIVE lock held there; the
+    source answers CORK_READS - 1 more reads meanwhile, which queue up behind it. When
+    the lock goes, they are pipelined in one pass. The kernel's count of data segments
+    on the agent's mirror connection (ss data_segs_out) grows by a handful, not by one
+    per request — it would be CORK_READS - 1 without the cork. All reads are mirrored
+    and return the source's rows."""
+    src, mir = pair
+    db = "cork"
+    create_pipe_db(pair, db)
+    agent = mirror_agent(src, mir, extra=["--mirror-queue", UNTHROTTLED_QUEUE,
+                                          "--mirror-pipeline", 1000,
+                                          "--mirror-compare", "rows"])
+    locker = psycopg2.connect(mir.conninfo(db))  # the mirror's port: never captured
+    watcher = connect(mir, db)
+    client = connect(src, db)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE pipe IN ACCESS EXCLUSIVE MODE")  # until rollback
+        with client.cursor() as cur:
+            cur.execute("SELECT v FROM pipe WHERE id = 1")
+            deadline = time.monotonic() + 10
+            while True:  # the first read waiting for the lock on the mirror
+                with watcher.cursor() as lcur:  # autocommit: a fresh view each time
+                    lcur.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                 "wait_event_type = 'Lock' AND query LIKE 'SELECT v FROM pipe%%'")
+                    waiting = lcur.fetchone()[0]
+                if waiting == 1:
+                    break
+                assert time.monotonic() < deadline, "the first read never reached the mirror"
+                time.sleep(0.05)
+            segs = mirror_data_segments(agent, mir)
+            assert len(segs) == 1, f"the agent's connections to the mirror: {segs}"
+            (port, before), = segs.items()
+            for k in range(2, CORK_READS + 1):
+                cur.execute("SELECT v FROM pipe WHERE id = %s", ((k - 1) % PIPE_ROWS + 1,))
+            deadline = time.monotonic() + 10
+            while scrape(agent).get("mirror_requests_in_flight") != CORK_READS:
+                assert time.monotonic() < deadline, "the reads did not all queue up"
+                time.sleep(0.05)
+            assert mirror_data_segments(agent, mir) == {port: before}, \
+                "something was sent behind the blocked read"
+            locker.rollback()
+            m = wait_settled(agent)
+            after = mirror_data_segments(agent, mir)
+    finally:
+        for conn in (locker, watcher, client):
+            conn.close()
+    sent = after[port] - before
+    pipelined = int(m.get("mirror_replay_pipelined_total"))
+    print(f"{CORK_READS - 1} queued reads: pipelined {pipelined}, data segments {sent}")
+    assert pipelined == CORK_READS - 2, \
+        f"pipelined {pipelined}: the first of the pipeline and the {CORK_READS - 2} " \
+        f"behind it expected"
+    assert sent <= 4, \
+        f"{CORK_READS - 1} pipelined reads left in {sent} segments: not batched"
+    m, _ = finish(agent)
+    o = check_all_mirrored(m, db, CORK_READS)  # mismatches included: none
+    assert int(m.get("mirror_compared_total", database=db)) == o["mirrored"]
