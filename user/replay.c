@@ -1145,10 +1145,40 @@ static void run_piped(struct replay_session *s)
 	s->run.sets = 1;
 }
 
+/*
+ * Corking. libpq 15's PQpipelineSync flushes, so every pipelined request is a send() of
+ * its own, and on loopback each send also runs the mirror's receive path and wakes its
+ * backend. When a pipelined request is sent and the next one queued may follow it in
+ * the same step (pipelinable, room in the pipeline), the socket is corked (TCP_CORK):
+ * the sends only copy into the socket, and uncork() at the end of the step (sess_step)
+ * transmits them as one segment. The bytes on the wire are the same.
+ */
+static void cork(const struct replay *r, struct replay_session *s)
+{
+	int one = 1;
+
+	if (s->corked || !s->head || s->n_sent + 1 >= r->cfg.pipeline ||
+	    !pipelinable(r, s, s->head))
+		return;
+	s->corked = !setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+}
+
+static void uncork(struct replay_session *s)
+{
+	int zero = 0;
+
+	if (!s->corked)
+		return;
+	s->corked = false;
+	if (s->conn && PQsocket(s->conn) >= 0) /* else closed in this step: nothing to send */
+		setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+}
+
 /* Sends a pipelinable item and counts it: behind another in flight, or the first. */
 static bool pipe_send(struct replay *r, struct replay_session *s, const struct item *it,
 		      bool behind)
 {
+	cork(r, s);
 	if (!send_piped(s, it))
 		return false;
 	stats_mirror_piped(r->st, behind, it->kind == SESSION_REQ_QUERY);
@@ -1708,46 +1738,9 @@ static void group_close(struct replay *r, struct replay_session *s, uint64_t now
 	conn_rewatch(r, s);
 }
 
-/*
- * Moves one session as far as it can go now: fails or skips what its connection state
- * dictates, connects, starts its head item when causal order allows. Returns the next
- * time it needs a step without an event (NEVER if none); frees the session once it is
- * closed and has nothing left (then *freed is set).
- */
-/*
- * Corking. libpq 15's PQpipelineSync flushes, so every pipelined request is a send() of
- * its own, and on loopback each send also runs the mirror's receive path and wakes its
- * backend: a third of the replay thread's time when a backlog is pipelined. When this
- * step is about to send a request with another pipelinable one queued behind it, the
- * socket is corked (TCP_CORK): the sends only copy into the socket, and uncork() at the
- * end of the step transmits them as one segment. The bytes on the wire are the same; the
- * mirror's backend reads them in one go, as it would from a client that pipelines.
- */
-static void cork(const struct replay *r, struct replay_session *s)
-{
-	const struct item *it = s->head;
-	int one = 1;
-
-	if (s->corked || !it || !it->next || s->n_sent + 2 >= r->cfg.pipeline ||
-	    !pipelinable(r, s, it) || !pipelinable(r, s, it->next))
-		return;
-	s->corked = !setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
-}
-
-static void uncork(struct replay_session *s)
-{
-	int zero = 0;
-
-	if (!s->corked)
-		return;
-	s->corked = false;
-	if (s->conn && PQsocket(s->conn) >= 0) /* else closed in this step: nothing to send */
-		setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
-}
-
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed);
 
-/* Advances a session as far as it can go now; returns its next deadline (NEVER: none). */
+/* sess_run, then the step's pipelined sends leave (uncork). */
 static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
 	uint64_t d = sess_run(r, s, now, freed);
@@ -1757,6 +1750,12 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
 	return d;
 }
 
+/*
+ * Moves one session as far as it can go now: fails or skips what its connection state
+ * dictates, connects, starts its head item when causal order allows. Returns the next
+ * time it needs a step without an event (NEVER if none); frees the session once it is
+ * closed and has nothing left (then *freed is set).
+ */
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
 	struct item *it;
@@ -1784,7 +1783,6 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 		case CONN_BUSY:
 			if (s->state == CONN_BUSY && s->piping && s->n_sent + 1 < r->cfg.pipeline &&
 			    pipelinable(r, s, s->head) && !causal_blocked(r, s->head)) {
-				cork(r, s);
 				pipe_append(r, s, now);
 				continue;
 			}
@@ -1822,7 +1820,6 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 				if (now < it->wait_until)
 					return it->wait_until;
 			}
-			cork(r, s);
 			item_start(r, s, now);
 			continue;
 		}

@@ -111,11 +111,10 @@ def cluster_pids(pg):
     pids = [master]
     for d in Path("/proc").iterdir():
         try:
-            stat = (d / "stat").read_text() if d.name.isdigit() else ""
+            if d.name.isdigit() and h.proc_stat(d.name).ppid == master:
+                pids.append(int(d.name))
         except OSError:
-            continue
-        if stat and int(stat[stat.rindex(")") + 2:].split()[1]) == master:
-            pids.append(int(d.name))
+            continue  # exited meanwhile
     return master, pids
 
 
@@ -132,17 +131,15 @@ def pin(pg, cpus):
 def cluster_cpu_seconds(pg):
     """CPU seconds of a cluster: its live processes and (cutime, cstime) the ones its
     postmaster has reaped."""
-    tck = os.sysconf("SC_CLK_TCK")
     master, pids = cluster_pids(pg)
     total = 0
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            st = h.proc_stat(pid)
         except OSError:
             continue
-        f = stat[stat.rindex(")") + 2:].split()
-        total += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if pid == master else 0)
-    return total / tck
+        total += st.utime + st.stime + (st.cutime + st.cstime if pid == master else 0)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_anon_bytes(pid):

@@ -13,6 +13,7 @@ Failures are raised as AssertionError (pytest reports them as test failures); no
 imports pytest, so tests/bench/capture.py can use it too.
 """
 
+import collections
 import dataclasses
 import hashlib
 import ipaddress
@@ -212,10 +213,8 @@ class Agent:
 
     def cpu_seconds(self):
         """utime+stime of the running agent, from /proc/PID/stat."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        st = proc_stat(self.pid)
+        return (st.utime + st.stime) / os.sysconf("SC_CLK_TCK")
 
     def wait(self, timeout):
         try:
@@ -240,6 +239,17 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+ProcStat = collections.namedtuple("ProcStat", "ppid utime stime cutime cstime")
+
+
+def proc_stat(pid):
+    """ppid and CPU clock ticks (utime, stime; cutime, cstime: of its reaped children)
+    from /proc/PID/stat. Raises OSError when the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2:].split()  # f[0] is field 3 (state)
+    return ProcStat(int(f[1]), int(f[11]), int(f[12]), int(f[13]), int(f[14]))
 
 
 def admin_socket_dir(logdir, name):
