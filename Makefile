@@ -22,11 +22,17 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
 DEB_PACKAGES += libinih-dev libcjson-dev
+# the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
+# Debian's npm only when no npm is on PATH: NodeSource's nodejs ships npm and conflicts
+# with the npm package.
+DEB_PACKAGES += python3-psycopg python3-asyncpg libpostgresql-jdbc-java default-jdk-headless \
+                nodejs $(if $(shell command -v npm 2>/dev/null),,npm)
 
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o \
-              $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o
+              $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
+              $(BUILD)/compare.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -35,6 +41,9 @@ UNIT_TESTS += $(BUILD)/test_config
 AGENT_OBJS += $(BUILD)/admin.o
 UNIT_TESTS += $(BUILD)/test_admin
 UNIT_TESTS += $(BUILD)/test_sampler
+UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare
+AGENT_OBJS += $(BUILD)/selfcheck.o
+UNIT_TESTS += $(BUILD)/test_selfcheck
 
 .PHONY: all deps test unit integration bench demo format format-check clean
 
@@ -91,6 +100,15 @@ $(BUILD)/test_fingerprint: tests/unit/test_fingerprint.c $(BUILD)/fingerprint.o
 $(BUILD)/test_sampler: tests/unit/test_sampler.c $(BUILD)/sampler.o $(BUILD)/fingerprint.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lxxhash -o $@
 
+$(BUILD)/test_selfcheck: tests/unit/test_selfcheck.c $(BUILD)/selfcheck.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpq -o $@
+
+$(BUILD)/test_order: tests/unit/test_order.c $(BUILD)/order.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_compare: tests/unit/test_compare.c $(BUILD)/compare.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@
 
@@ -108,6 +126,9 @@ deps:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/integration/clients/node --no-audit --no-fund --loglevel=error \
+			>/dev/null; fi
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
@@ -121,6 +142,7 @@ bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
 	$(PYTHON) tests/bench/overhead.py
 	$(PYTHON) tests/bench/replay.py
+	$(PYTHON) tests/bench/contention.py
 
 demo: deps all
 	$(PYTHON) tests/demo.py

@@ -78,6 +78,8 @@ struct pgshadow_config {
 	/* mirror (restart) */
 	char *mirror_of; /* libpq conninfo or URI; NULL: observe only */
 	uint64_t mirror_queue;
+	uint64_t mirror_queue_mb;    /* MiB (64) */
+	char *mirror_compare_ignore; /* fingerprints, comma-separated, or NULL */
 	uint64_t mirror_pipeline;
 	uint64_t mirror_max_connections;
 	uint64_t mirror_timeout_ms;

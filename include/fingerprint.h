@@ -21,10 +21,38 @@
  * REINDEX CONCURRENTLY, CREATE/DROP DATABASE or TABLESPACE, ALTER SYSTEM, CLUSTER without
  * a table, COMMIT/ROLLBACK PREPARED, subscriptions).
  *
+ * Non-determinism (nondet, enum fingerprint_nondet bits; several statements: the union):
+ * whether the ANSWER may differ between two clusters holding the same data, so comparing
+ * the returned rows would report a false mismatch. Read from the same parse tree, by a walk
+ * over every node:
+ * - FINGERPRINT_NONDET_VOLATILE: a call of now(), random(), setseed, nextval, currval,
+ *   lastval, setval, clock_timestamp, statement_timestamp, transaction_timestamp,
+ *   timeofday, gen_random_uuid, uuid_generate_v1/v1mc/v4, txid_current[_if_assigned],
+ *   txid_current_snapshot, pg_current_xact_id[_if_assigned], pg_current_snapshot,
+ *   pg_backend_pid, inet_{server,client}_{addr,port}, pg_postmaster_start_time,
+ *   pg_conf_load_time, pg_current_wal_{,insert_,flush_}lsn, version, random_normal, or
+ *   age() with one argument (any schema; the last name component, any case); any SQL
+ *   value function (CURRENT_TIMESTAMP, CURRENT_DATE, LOCALTIME, ... and also CURRENT_USER,
+ *   CURRENT_SCHEMA, CURRENT_CATALOG, SESSION_USER); a string constant the date/time input
+ *   reads as the current moment or day ('now', 'today', 'tomorrow', 'yesterday', e.g.
+ *   'now'::timestamptz). A column DEFAULT, a function's body and a prepared statement
+ *   run by EXECUTE are not in the text and are not seen.
+ * - FINGERPRINT_NONDET_ORDER: a SELECT at any level (set operations, subqueries, CTEs,
+ *   INSERT ... SELECT) with LIMIT, OFFSET or FETCH FIRST, or with DISTINCT ON, and no ORDER
+ *   BY of its own: which rows it keeps is not determined. LIMIT ALL/NULL is no limit; the
+ *   SELECT of an EXISTS is exempt (its rows do not matter). An ORDER BY that does not
+ *   decide ties, ARRAY(SELECT ...) and array_agg/string_agg/json_agg without ORDER BY are
+ *   not detected.
+ * - FINGERPRINT_NONDET_TABLESAMPLE: TABLESAMPLE (even REPEATABLE: the pages differ).
+ * - FINGERPRINT_NONDET_UNKNOWN: the tree is nested too deep to walk (> 1000 messages,
+ *   about 500 levels of expressions); treat as non-deterministic.
+ * A text that does not parse has no bits.
+ *
  * The cache is keyed by the text's shape: the text with the contents of its string,
  * number and dollar-quoted literals left out (comments too), so `... WHERE aid = 1` and
  * `... WHERE aid = 2` are parsed once. A literal's value cannot change a statement's
- * kind, with one exception handled by not normalising: EXPLAIN's options. Texts the
+ * kind, with two exceptions handled by not normalising: EXPLAIN's options, and string
+ * literals such as 'now' that read as the current time (nondet). Texts the
  * shape lexer does not know well enough (U&'', B'', X'' literals, unterminated quotes)
  * and texts longer than 8 KiB are keyed by their full text.
  *
@@ -54,6 +82,14 @@ enum fingerprint_txn {
 	FINGERPRINT_TXN_OTHER,	  /* SAVEPOINT, RELEASE, ROLLBACK TO, PREPARE TRANSACTION... */
 };
 
+/* Why an answer may differ between two clusters with the same data (see above). */
+enum fingerprint_nondet {
+	FINGERPRINT_NONDET_VOLATILE = 1 << 0,	 /* now(), nextval(), CURRENT_TIMESTAMP, ... */
+	FINGERPRINT_NONDET_ORDER = 1 << 1,	 /* LIMIT/OFFSET/DISTINCT ON without ORDER BY */
+	FINGERPRINT_NONDET_TABLESAMPLE = 1 << 2, /* TABLESAMPLE */
+	FINGERPRINT_NONDET_UNKNOWN = 1 << 3,	 /* too deep to inspect */
+};
+
 struct fingerprint_info {
 	uint64_t fingerprint; /* libpg_query's fingerprint; 0 when it did not parse */
 	bool parsed;	      /* the text parsed */
@@ -61,6 +97,7 @@ struct fingerprint_info {
 	uint16_t statements;  /* statements in the text */
 	uint8_t classes;      /* enum fingerprint_class bits */
 	uint8_t txn;	      /* enum fingerprint_txn */
+	uint8_t nondet;	      /* enum fingerprint_nondet bits; 0 when it did not parse */
 };
 
 struct fingerprint_stats {

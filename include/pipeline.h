@@ -45,7 +45,8 @@ void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *ker
  *   (--source-dsn);
  * - session_open/identified/close and request: the mirror (--mirror). session_open
  *   returns the sink's per-session handle (NULL: not mirrored), given back to the others.
- *   request receives every completed source request with its stats entry.
+ *   request receives every completed source request with its stats entry; session_event
+ *   the Syncs answered and the resynchronisations after a gap.
  */
 struct pipeline_hooks {
 	void (*want_identity)(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client);
@@ -55,6 +56,9 @@ struct pipeline_hooks {
 	void (*request)(void *sink, void *handle, struct stats_db *db,
 			const struct session_request *r);
 	void (*session_close)(void *sink, void *handle);
+	/* SESSION_EV_SYNC and SESSION_EV_RESYNC of a session with a handle */
+	void (*session_event)(void *sink, void *handle, const struct session_info *s,
+			      enum session_event ev);
 	void *sink;
 };
 

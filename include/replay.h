@@ -61,7 +61,12 @@ struct replay_db_map {
 
 struct replay_config {
 	const char *mirror;	       /* libpq conninfo or URI (mirror_of); dbname is replaced */
-	uint32_t queue;		       /* items waiting per session (mirror_queue, default 100) */
+	uint32_t queue;		       /* a transaction is admitted while fewer requests of its
+					* session wait (mirror_queue, default 100) */
+	uint64_t queue_bytes;	       /* bytes of requests waiting, all sessions (mirror_queue_mb,
+					* default 64 MiB) */
+	const char *compare_ignore;    /* mirror_compare_ignore: fingerprints (hex), comma-
+					* separated, whose answers are not compared */
 	uint32_t pipeline;	       /* items in flight per connection (mirror_pipeline, 16) */
 	uint32_t max_connections;      /* mirror connections at once (default 100) */
 	uint32_t timeout_ms;	       /* mirror statement_timeout (default 30000) */
@@ -128,6 +133,11 @@ void replay_session_identified(struct replay *r, struct replay_session *rs,
 /* One completed source request (capture thread). db is the request's stats entry. */
 void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
 		   const struct session_request *req);
+
+/* SESSION_EV_SYNC (a Sync answered: an open Sync group may commit) and SESSION_EV_RESYNC
+ * (bytes were lost: a transaction in progress is cut) of a session (capture thread). */
+void replay_session_event(struct replay *r, struct replay_session *rs, const struct session_info *s,
+			  enum session_event ev);
 
 /* The source session ended; its mirror connection is closed after its queue drains. */
 void replay_session_close(struct replay *r, struct replay_session *rs);

@@ -63,6 +63,9 @@ struct session_request {
 	uint64_t sync_group;	  /* Executes before the same Sync share it (implicit txn) */
 	bool group_more;	  /* Execute: the client sent another Execute before the Sync
 				   * of this one (known when it completed; false if not yet) */
+	bool group_end;		  /* Execute: the client's Sync came right after it (seen when
+				   * it completed): the last Execute of its Sync group. False
+				   * when not known yet: SESSION_EV_SYNC then tells */
 	const uint8_t *copy_data; /* COPY FROM STDIN payload (CopyData bodies joined) */
 	size_t copy_len;
 	bool copy_truncated; /* more than max_copy_bytes: copy_data holds only a prefix */
@@ -124,6 +127,9 @@ enum session_event {
 				 * waits for a point where nothing can be outstanding) */
 	SESSION_EV_ENCRYPTED,	/* SSL/GSS accepted by the server */
 	SESSION_EV_REPLICATION, /* a replication connection (never decoded) */
+	SESSION_EV_SYNC,	/* the ReadyForQuery answering a Sync (extended protocol): the
+				 * Sync group's implicit transaction, if any, ended; txn_status
+				 * is its status */
 	SESSION_EV_CLOSE,	/* the connection ended */
 };
 

@@ -54,6 +54,32 @@ enum stats_skip_reason {
 
 extern const char *const stats_skip_reason_names[STATS_SKIP_MAX];
 
+/* Why a request was dropped (mirror_dropped_requests_total{reason}); every drop is also
+ * a buffer_full error, the seed's mirror_errors_buffer_full = mirror_requests_dropped. */
+enum stats_drop_reason {
+	STATS_DROP_BUFFER_FULL = 0, /* its session's queue or the byte budget was full */
+	STATS_DROP_UNIT_ABORTED,    /* the rest of a transaction cut by a fault (queue full,
+				     * capture gap): its mirror transaction was rolled back */
+	STATS_DROP_PARTIAL,	    /* its transaction began before the agent saw it (agent
+				     * start, capture gap): it cannot be replayed whole */
+	STATS_DROP_MAX,
+};
+
+extern const char *const stats_drop_reason_names[STATS_DROP_MAX];
+
+/* Why a mirror transaction was rolled back by the agent (mirror_units_aborted_total). */
+enum stats_abort_reason {
+	STATS_ABORT_QUEUE_FULL = 0, /* a request of it did not fit in the queue */
+	STATS_ABORT_CAPTURE_GAP,    /* the capture lost bytes of its session */
+	STATS_ABORT_CONNECTION,	    /* the mirror connection was lost inside it */
+	STATS_ABORT_SESSION_END,    /* the source session ended inside it */
+	STATS_ABORT_UNREPLAYABLE,   /* a request of it cannot be replayed (no_parse,
+				     * function_call, copy_too_big) */
+	STATS_ABORT_MAX,
+};
+
+extern const char *const stats_abort_reason_names[STATS_ABORT_MAX];
+
 /* Mirror error types (mirror_errors_total{error_type}). */
 enum stats_error_type {
 	STATS_ERR_CONNECTION = 0,
@@ -91,6 +117,7 @@ struct stats_db {
 	_Atomic uint64_t mirror_mirrored;		       /* successes */
 	_Atomic uint64_t mirror_errors_by_type[STATS_ERR_MAX]; /* buffer_full = dropped */
 	_Atomic uint64_t mirror_mismatched;		       /* answers with any difference */
+	_Atomic uint64_t mirror_dropped[STATS_DROP_MAX];
 	struct stats_histogram mirror_latency;
 	struct stats_histogram mirrored_source_latency; /* the mirrored requests, on the source */
 	struct stats_histogram replay_delay;
@@ -138,6 +165,10 @@ struct stats_mirror_snapshot {
 	uint64_t pipelined, converted;	 /* sent behind another; simple reads sent extended */
 	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
+	uint64_t lock_waits;		 /* of order_waits, for lock order */
+	uint64_t order_timeouts;	 /* waits given up (order not kept) */
+	uint64_t queue_bytes, queue_bytes_peak;
+	uint64_t aborted[STATS_ABORT_MAX];
 };
 
 struct stats *stats_new(const struct stats_config *cfg);
@@ -169,6 +200,13 @@ void stats_mirror_request(struct stats *st, struct stats_db *db);
 void stats_mirror_not_sampled(struct stats *st, struct stats_db *db);
 void stats_mirror_skipped(struct stats *st, struct stats_db *db, enum stats_skip_reason why);
 void stats_mirror_dropped(struct stats *st, struct stats_db *db, uint64_t now_ns);
+void stats_mirror_dropped_why(struct stats *st, struct stats_db *db, enum stats_drop_reason why,
+			      uint64_t now_ns);
+/* The agent rolled a mirror transaction back (its source transaction was not replayed
+ * whole). */
+void stats_mirror_unit_aborted(struct stats *st, enum stats_abort_reason why);
+/* Bytes of requests waiting for the mirror (all sessions), and their peak. */
+void stats_mirror_set_queue_bytes(struct stats *st, uint64_t bytes, uint64_t peak);
 /* source_latency_ns: the same request's latency on the source (readiness compares the
  * two over the same requests). */
 void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latency_ns,
@@ -179,6 +217,9 @@ void stats_mirror_compared(struct stats *st, struct stats_db *db, unsigned int k
 void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
 			uint64_t now_ns);
 void stats_mirror_order_wait(struct stats *st);
+/* Of those, a wait for lock order (order.h rule 2); a wait given up at its bound. */
+void stats_mirror_lock_wait(struct stats *st);
+void stats_mirror_order_timeout(struct stats *st);
 /* A request sent in pipeline mode for a backlog: behind another in flight on its mirror
  * connection (or the first of the pipeline); converted: a simple-protocol read sent as an
  * unnamed extended-protocol statement. */

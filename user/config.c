@@ -133,7 +133,12 @@ const struct config_key config_keys[] = {
     {"mirror_set_role", CONFIG_BOOL, OFF(mirror_set_role), 0, 0, 0, NULL, "off", false, "on|off",
      "SET ROLE to the source session's user after connecting to the mirror."},
     {"mirror_queue", CONFIG_UINT, OFF(mirror_queue), 1, 1000000, 0, NULL, "100", false, "N",
-     "Requests waiting per session; a full queue drops the new one (buffer_full)."},
+     "A transaction is admitted for replay only while fewer than N requests of its session "
+     "wait; otherwise it is dropped whole (buffer_full). An admitted transaction is never "
+     "cut by this count."},
+    {"mirror_queue_mb", CONFIG_UINT, OFF(mirror_queue_mb), 1, 65536, 0, NULL, "64", false, "N",
+     "MiB of requests waiting for the mirror, all sessions together. A transaction that "
+     "does not fit is rolled back on the mirror and the rest of it dropped (unit_aborted)."},
     {"mirror_pipeline", CONFIG_UINT, OFF(mirror_pipeline), 1, 1000, 0, NULL, "16", false, "N",
      "Requests one mirror connection may have in flight while its session has a backlog "
      "(pipelined); 1 replays strictly one at a time."},
@@ -141,6 +146,10 @@ const struct config_key config_keys[] = {
      false, "N", "Mirror connections at once; sessions beyond are skipped (connection_cap)."},
     {"mirror_timeout_ms", CONFIG_UINT, OFF(mirror_timeout_ms), 1, 86400000, 0, NULL, "30000", false,
      "N", "statement_timeout of every mirror session; 57014 counts as a timeout."},
+    {"mirror_compare_ignore", CONFIG_STRING, OFF(mirror_compare_ignore), 0, 0, 0, NULL, NULL, false,
+     "FPS",
+     "Statements expected to answer differently: comma-separated fingerprints (hex, as "
+     "--log-mismatches prints them) whose answers are not compared."},
     {"log_mismatches", CONFIG_UINT, LIVE(log_mismatches), 0, 1000000, 0, NULL, "0", true, "N",
      "Log the first N mismatches between source and mirror answers."},
     {"mirror_metrics_enabled", CONFIG_BOOL, OFF(mirror_metrics_enabled), 0, 0, 0, NULL, "on", false,

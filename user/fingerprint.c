@@ -211,6 +211,229 @@ static unsigned int stmt_classes(const PgQuery__Node *n, enum fingerprint_txn *t
 	}
 }
 
+/*
+ * Non-determinism (fingerprint.h): one generic walk over the unpacked parse tree, driven by
+ * protobuf-c's descriptors so every node type is covered without listing them; the nodes
+ * that matter are recognised by their descriptor.
+ */
+#define NONDET_MAX_DEPTH 1000 /* messages; about 500 levels of SQL nesting */
+
+/* Functions whose result differs between two runs or two clusters, matched on the last
+ * component of the name (pg_catalog.now, public.uuid_generate_v4). */
+static const char *const volatile_funcs[] = {
+    "now",
+    "random",
+    "random_normal",
+    "setseed",
+    "nextval",
+    "currval",
+    "lastval",
+    "setval",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "txid_current",
+    "txid_current_if_assigned",
+    "txid_current_snapshot",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_current_snapshot",
+    "pg_backend_pid",
+    "inet_server_addr",
+    "inet_server_port",
+    "inet_client_addr",
+    "inet_client_port",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "version",
+    NULL,
+};
+
+static bool volatile_func(const PgQuery__FuncCall *f)
+{
+	const PgQuery__Node *last;
+	size_t i;
+
+	if (!f->n_funcname)
+		return false;
+	last = f->funcname[f->n_funcname - 1];
+	if (last->node_case != PG_QUERY__NODE__NODE_STRING || !last->string->sval)
+		return false;
+	for (i = 0; volatile_funcs[i]; i++)
+		if (!strcasecmp(last->string->sval, volatile_funcs[i]))
+			return true;
+	/* age(x) with one argument counts from today (or, for an xid, from the next xid) */
+	return f->n_args == 1 && !strcasecmp(last->string->sval, "age");
+}
+
+/*
+ * Whether s[0..len) is a string PostgreSQL's date/time input reads as the current moment
+ * or day: 'now', 'today', 'tomorrow' or 'yesterday' (any case, blanks around), optionally
+ * followed by a time ('today 10:00'). Also used by shape() on a literal's raw text, so such
+ * literals keep their value in the cache key; an E'' string that spells a word through
+ * backslash escapes is seen here but not by shape(), and shares its shape's entry.
+ */
+static bool time_word(const char *s, size_t len)
+{
+	static const char *const words[] = {"now", "today", "tomorrow", "yesterday", NULL};
+	size_t i = 0, j, k;
+
+	while (i < len && isspace((unsigned char)s[i]))
+		i++;
+	for (j = i; j < len && isalpha((unsigned char)s[j]); j++)
+		;
+	for (k = j; k < len; k++)
+		if (!isspace((unsigned char)s[k]) && !isdigit((unsigned char)s[k]) &&
+		    !strchr(":.+-", s[k]))
+			return false;
+	for (k = 0; words[k]; k++)
+		if (j - i == strlen(words[k]) && !strncasecmp(s + i, words[k], j - i))
+			return true;
+	return false;
+}
+
+/* A LIMIT or OFFSET that is there: LIMIT ALL and LIMIT NULL are a null constant. */
+static bool limits(const PgQuery__Node *n)
+{
+	return n && !(n->node_case == PG_QUERY__NODE__NODE_A_CONST && n->a_const->isnull);
+}
+
+struct nondet_walk {
+	unsigned int bits;
+	/* an EXISTS subquery's SELECT: which rows its LIMIT keeps does not change the answer */
+	const ProtobufCMessage *exists_select;
+};
+
+/* The bits one message contributes by itself, children aside. */
+static unsigned int message_nondet(const ProtobufCMessage *m, struct nondet_walk *w)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+
+	if (d == &pg_query__func_call__descriptor)
+		return volatile_func((const PgQuery__FuncCall *)m) ? FINGERPRINT_NONDET_VOLATILE
+								   : 0;
+	if (d == &pg_query__sqlvalue_function__descriptor)
+		return FINGERPRINT_NONDET_VOLATILE; /* CURRENT_TIMESTAMP, CURRENT_USER, ... */
+	if (d == &pg_query__a__const__descriptor) {
+		const PgQuery__AConst *c = (const PgQuery__AConst *)m;
+
+		return c->val_case == PG_QUERY__A__CONST__VAL_SVAL && c->sval->sval &&
+			       time_word(c->sval->sval, strlen(c->sval->sval))
+			   ? FINGERPRINT_NONDET_VOLATILE
+			   : 0;
+	}
+	if (d == &pg_query__range_table_sample__descriptor)
+		return FINGERPRINT_NONDET_TABLESAMPLE;
+	if (d == &pg_query__sub_link__descriptor) {
+		const PgQuery__SubLink *l = (const PgQuery__SubLink *)m;
+
+		if (l->sub_link_type == PG_QUERY__SUB_LINK_TYPE__EXISTS_SUBLINK && l->subselect &&
+		    l->subselect->node_case == PG_QUERY__NODE__NODE_SELECT_STMT)
+			w->exists_select = &l->subselect->select_stmt->base;
+		return 0;
+	}
+	if (d == &pg_query__select_stmt__descriptor) {
+		const PgQuery__SelectStmt *s = (const PgQuery__SelectStmt *)m;
+		bool distinct_on =
+		    s->n_distinct_clause && s->distinct_clause[0] &&
+		    s->distinct_clause[0]->node_case != PG_QUERY__NODE__NODE__NOT_SET;
+
+		if (m == w->exists_select || s->n_sort_clause)
+			return 0;
+		return limits(s->limit_count) || limits(s->limit_offset) || distinct_on
+			   ? FINGERPRINT_NONDET_ORDER
+			   : 0;
+	}
+	return 0;
+}
+
+/* The member of a oneof that is set: fields[first..end) are its members, sorted by id as
+ * protobuf-c keeps every message's fields. NULL when none is. */
+static const ProtobufCFieldDescriptor *
+oneof_member(const ProtobufCMessageDescriptor *d, unsigned int first, unsigned int end, uint32_t id)
+{
+	while (id && first < end) {
+		unsigned int mid = first + (end - first) / 2;
+
+		if (d->fields[mid].id == id)
+			return &d->fields[mid];
+		if (d->fields[mid].id < id)
+			first = mid + 1;
+		else
+			end = mid;
+	}
+	return NULL;
+}
+
+/* ORs into w->bits what m and everything under it contribute. */
+static void walk_nondet(const ProtobufCMessage *m, struct nondet_walk *w, unsigned int depth)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	const char *base = (const char *)m;
+	const ProtobufCFieldDescriptor *f;
+	unsigned int i, end;
+	size_t k;
+
+	if (depth > NONDET_MAX_DEPTH) {
+		w->bits |= FINGERPRINT_NONDET_UNKNOWN;
+		return;
+	}
+	w->bits |= message_nondet(m, w);
+	if (d == &pg_query__node__descriptor) {
+		/* fast path: a Node is one oneof of ~250 members; finding its end by the scan
+		 * below would cost more than the rest of the walk */
+		f = oneof_member(d, 0, d->n_fields, ((const PgQuery__Node *)m)->node_case);
+		if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    f->label != PROTOBUF_C_LABEL_REPEATED &&
+		    *(const ProtobufCMessage *const *)(base + f->offset))
+			walk_nondet(*(const ProtobufCMessage *const *)(base + f->offset), w,
+				    depth + 1);
+		return;
+	}
+	for (i = 0; i < d->n_fields; i++) {
+		f = &d->fields[i];
+		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+			/* a oneof's members (A_Const's val) are adjacent and share the case's
+			 * offset and one pointer: only the set member may be read */
+			for (end = i + 1; end < d->n_fields &&
+					  (d->fields[end].flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+					  d->fields[end].quantifier_offset == f->quantifier_offset;
+			     end++)
+				;
+			f = oneof_member(d, i, end,
+					 *(const uint32_t *)(base + f->quantifier_offset));
+			i = end - 1;
+			if (!f)
+				continue;
+		}
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(base + f->quantifier_offset);
+			const ProtobufCMessage *const *v =
+			    *(const ProtobufCMessage *const *const *)(base + f->offset);
+
+			for (k = 0; k < n; k++)
+				if (v[k])
+					walk_nondet(v[k], w, depth + 1);
+		} else {
+			const ProtobufCMessage *c =
+			    *(const ProtobufCMessage *const *)(base + f->offset);
+
+			if (c)
+				walk_nondet(c, w, depth + 1);
+		}
+	}
+}
+
 /* Parses text and classifies each statement. Returns false when it does not parse. */
 static bool classify(const char *text, struct fingerprint_info *out)
 {
@@ -234,8 +457,13 @@ static bool classify(const char *text, struct fingerprint_info *out)
 
 		if (!n || !node_is_read(n))
 			out->read_only = false;
-		if (n)
+		if (n) {
+			struct nondet_walk w = {0};
+
 			out->classes |= stmt_classes(n, &txn);
+			walk_nondet(&n->base, &w, 0);
+			out->nondet |= w.bits;
+		}
 	}
 	if (tree->n_stmts == 1)
 		out->txn = txn;
@@ -314,7 +542,9 @@ static size_t skip_quoted(const char *t, size_t len, size_t i, char q, bool bs)
  * Writes the shape of t[0..len) to out (SHAPE_MAX bytes): the text with comments
  * and runs of white space made one space, every string, number and dollar-quoted literal replaced
  * by one byte. Returns the shape's length, or 0 when the text must be keyed as it is (see
- * fingerprint.h). Identifiers, quoted identifiers and $n parameters are kept.
+ * fingerprint.h). Identifiers, quoted identifiers and $n parameters are kept, and so are
+ * string literals that read as the current time ('now', see time_word): their value changes
+ * nondet. Never longer than the text.
  */
 static size_t shape(const char *t, size_t len, char *out)
 {
@@ -368,7 +598,12 @@ static size_t shape(const char *t, size_t len, char *out)
 			j = skip_quoted(t, len, i, '\'', e);
 			if (!j)
 				return 0;
-			out[o++] = '\'';
+			if (time_word(t + i + 1, j - i - 2)) { /* 'now' is not a constant */
+				memcpy(out + o, t + i, j - i);
+				o += j - i;
+			} else {
+				out[o++] = '\'';
+			}
 			i = j;
 			continue;
 		}
@@ -394,7 +629,12 @@ static size_t shape(const char *t, size_t len, char *out)
 				end = memmem(t + j + 1, len - j - 1, t + i, tag);
 				if (!end)
 					return 0;
-				out[o++] = '$';
+				if (time_word(t + j + 1, (size_t)(end - t) - j - 1)) {
+					memcpy(out + o, t + i, (size_t)(end - t) + tag - i);
+					o += (size_t)(end - t) + tag - i;
+				} else {
+					out[o++] = '$';
+				}
 				i = (size_t)(end - t) + tag;
 				continue;
 			}

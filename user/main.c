@@ -32,6 +32,7 @@
 #include "readiness.h"
 #include "replay.h"
 #include "resolver.h"
+#include "selfcheck.h"
 #include "stats.h"
 
 #ifndef PGSHADOW_VERSION
@@ -135,6 +136,8 @@ static void replay_settings(const struct pgshadow_config *c, struct replay_confi
 	replay_config_default(r);
 	r->mirror = c->mirror_of;
 	r->queue = c->mirror_queue;
+	r->queue_bytes = c->mirror_queue_mb << 20;
+	r->compare_ignore = c->mirror_compare_ignore;
 	r->pipeline = (uint32_t)c->mirror_pipeline;
 	r->max_connections = c->mirror_max_connections;
 	r->timeout_ms = c->mirror_timeout_ms;
@@ -467,9 +470,33 @@ static void mirror_session_close(void *sink, void *handle)
 	replay_session_close(sink, handle);
 }
 
+static void mirror_session_event(void *sink, void *handle, const struct session_info *s,
+				 enum session_event ev)
+{
+	replay_session_event(sink, handle, s, ev);
+}
+
 static void want_identity(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
 {
 	resolver_request(ctx, flow_id, client);
+}
+
+/* Whether --mirror is another cluster than the source (selfcheck.c): false refuses to
+ * start. A check that cannot be made is logged, not fatal. Before capture attaches: the
+ * check's connections are not source traffic. */
+static bool mirror_not_source(const struct agent *a)
+{
+	struct selfcheck_config sc = {
+	    .mirror = a->cfg.mirror_of,
+	    .source_dsn = a->cfg.source_dsn,
+	    .port = (uint16_t)a->cfg.port,
+	};
+	char msg[1024];
+	enum selfcheck_verdict v = selfcheck_mirror(&sc, msg, sizeof(msg));
+
+	if (msg[0])
+		fprintf(stderr, "pgshadow: %s\n", msg);
+	return v != SELFCHECK_SOURCE;
 }
 
 /* Hands finished pg_stat_activity lookups to their sessions (capture thread). */
@@ -833,6 +860,9 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* exit 2 when --mirror is the source: replay would apply every write twice */
+	if (a.cfg.mirror_of && !mirror_not_source(&a))
+		goto cleanup;
 	capture_settings(&a.cfg, &cc);
 	c = capture_open(&cc, on_record, pipe, &cerr);
 	if (!c) {
@@ -859,6 +889,7 @@ int main(int argc, char **argv)
 		hooks.session_identified = mirror_session_identified;
 		hooks.request = mirror_request;
 		hooks.session_close = mirror_session_close;
+		hooks.session_event = mirror_session_event;
 		hooks.sink = a.replay;
 	}
 	pipeline_set_hooks(pipe, &hooks);

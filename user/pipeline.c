@@ -80,6 +80,11 @@ static void on_session_event(void *ctx, struct session_info *s, enum session_eve
 		if (c->sink_open && p->hooks.session_identified)
 			p->hooks.session_identified(p->hooks.sink, c->sink_handle, s);
 		break;
+	case SESSION_EV_SYNC:
+	case SESSION_EV_RESYNC:
+		if (c && c->sink_open && p->hooks.session_event)
+			p->hooks.session_event(p->hooks.sink, c->sink_handle, s, ev);
+		break;
 	default:
 		break;
 	}

@@ -99,17 +99,18 @@
 #include <xxhash.h>
 
 #include "buf.h"
+#include "compare.h"
 #include "fingerprint.h"
+#include "order.h"
 #include "ownconn.h"
 #include "replay.h"
 #include "sampler.h"
 
-#define CHANNEL_ITEMS_MAX  65536	  /* items submitted and not finished, all sessions */
-#define ITEM_BYTES_MAX	   (256ull << 20) /* their bytes */
-#define BACKOFF_MIN_MS	   100		  /* first reconnect delay */
-#define CONNECT_TIMEOUT_MS 10000	  /* libpq ignores connect_timeout in PQconnectPoll */
-#define REPLY_GRACE_MS	   5000		  /* past statement_timeout: the mirror went silent */
-#define STMTS_MAX	   1024		  /* prepared statements kept per mirror connection */
+#define CHANNEL_ITEMS_MAX  (1u << 20) /* items submitted and not finished, all sessions */
+#define BACKOFF_MIN_MS	   100	      /* first reconnect delay */
+#define CONNECT_TIMEOUT_MS 10000      /* libpq ignores connect_timeout in PQconnectPoll */
+#define REPLY_GRACE_MS	   5000	      /* past statement_timeout: the mirror went silent */
+#define STMTS_MAX	   1024	      /* prepared statements kept per mirror connection */
 #define STMT_BUCKETS	   64
 #define COPY_CHUNK	   65536 /* bytes per PQputCopyData */
 #define OPTIONS_MAX	   65536 /* the mirror connection's options string */
@@ -117,8 +118,6 @@
 #define IDLE_WAKE_MS	   1000
 #define NEVER		   UINT64_MAX
 #define MS		   1000000ull
-#define LOCK_INVERSION_MS  20	/* see causal_blocked() */
-#define GROUP_WAIT_MS	   1000 /* for the next Execute of an open Sync group */
 /* Forces an error after an Execute that failed on the source, so that its implicit
  * transaction (and every Execute of its Sync) rolls back on the mirror too. */
 #define FORCE_ROLLBACK_SQL "SELECT 1/0 AS pgshadow_rollback"
@@ -157,8 +156,12 @@ struct item {
 	struct msg m;
 	struct stats_db *db;
 	enum session_req_kind kind;
-	uint64_t ts_start, ts_end; /* source capture times, CLOCK_MONOTONIC */
-	size_t bytes;		   /* the allocation, for the global byte budget */
+	struct order_item ord; /* source capture times (CLOCK_MONOTONIC), ordering (order.h) */
+	size_t bytes;	       /* the allocation, for the global byte budget */
+	uint64_t unit;	       /* its transaction on the source (per session, from 1) */
+	uint8_t ctl;	       /* CTL_*: a control message, not a request */
+	uint8_t ctl_reason;    /* CTL_ABORT: enum stats_abort_reason */
+	bool unit_last;	       /* ends its transaction (as far as known when submitted) */
 	const char *text;
 	const char *stmt_name; /* "" = unnamed */
 	uint64_t text_hash;
@@ -173,14 +176,10 @@ struct item {
 	int result_format;
 	const char *copy;
 	size_t copy_len;
-	bool src_error;
-	char src_sqlstate[6];
 	/* the source's answer, for comparison */
-	char src_verb[16];    /* first word of its command tag ("" if none) */
-	uint64_t src_rows;    /* session_request.rows */
-	uint64_t src_hash;    /* session_request.rows_hash */
-	bool cmp_rowcount;    /* the row count is comparable (not cut by a row limit) */
-	bool cmp_rows;	      /* the rows' hash is comparable (hashed, one result format) */
+	struct compare_answer src;
+	struct compare_scope scope;
+	bool no_compare;      /* mirror_compare_ignore lists its fingerprint */
 	uint64_t fingerprint; /* of the text (mismatch logs) */
 	/* how to replay it (sampler) */
 	bool read;	     /* waits only for writes */
@@ -188,17 +187,30 @@ struct item {
 	bool as_rollback;    /* send ROLLBACK instead of the text */
 	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
 	bool pipe_ok;	     /* an Execute, or a Query of one read statement */
-	uint64_t sync_group; /* Execute: its Sync's group */
+	uint64_t sync_group; /* Execute: its Sync's group (CTL_SYNC: the group synced) */
 	bool group_more;     /* Execute: more Executes of its Sync follow */
+	bool group_end;	     /* Execute: the last of its Sync (else the group stays open) */
 	/* replay thread */
-	struct item *next;    /* the session's queue */
-	uint32_t heap_idx[2]; /* HEAP_ALL, HEAP_WRITES */
-	uint8_t stage;	      /* STAGE_* */
-	uint8_t saved;	      /* enum outcome of the main stage (wrapped items) */
-	uint64_t done_ns;     /* when the main stage completed (wrapped items) */
+	struct item *next; /* the session's queue */
+	uint8_t stage;	   /* STAGE_* */
+	uint8_t saved;	   /* enum outcome of the main stage (wrapped items) */
+	uint64_t done_ns;  /* when the main stage completed (wrapped items) */
 	bool waited;
-	uint64_t wait_until;
 	uint64_t sent_ns;
+};
+
+/* Control messages that travel in a session's queue, in order with its requests. */
+enum {
+	CTL_NONE = 0,
+	CTL_ABORT, /* roll back the mirror's transaction of unit (it was cut by a fault) */
+	CTL_SYNC,  /* the source answered the Sync of group sync_group: commit it here */
+};
+
+/* A source transaction's admission (capture thread). */
+enum {
+	UNIT_OK = 0, /* replayed */
+	UNIT_DROP,   /* dropped whole: nothing of it was posted */
+	UNIT_CUT,    /* a fault cut it: CTL_ABORT posted, the rest is dropped */
 };
 
 /* A statement prepared on a mirror connection: source name + text -> mirror name. */
@@ -254,6 +266,13 @@ struct replay_session {
 	struct sampler_session c_ss;
 	int c_map;			   /* its [databases] entry, -1 if none */
 	struct item *c_held, *c_held_tail; /* mirror_aborted = skip: until the txn ends */
+	uint64_t c_unit;		   /* the current transaction (unit), from 1 */
+	uint8_t c_unit_state;		   /* UNIT_* */
+	uint8_t c_unit_drop;		   /* UNIT_DROP: enum stats_drop_reason */
+	bool c_unit_open;		   /* its end not seen yet */
+	uint32_t c_unit_posted;		   /* its items posted to the replay thread */
+	bool c_group_pending;		   /* an Execute posted whose Sync is not known */
+	uint64_t c_group;		   /* its sync group */
 	struct msg open_msg, close_msg;
 	/* both threads */
 	_Atomic uint32_t queued; /* items submitted and not finished */
@@ -287,9 +306,11 @@ struct replay_session {
 	bool susp; /* the last Execute of portal susp_key was suspended on the source */
 	uint64_t susp_key;
 	uint64_t last_sent, last_ts_start; /* mirror_replay_timing: the previous item */
-	bool group_open;	 /* in pipeline mode, Executes of one Sync sent, no Sync yet */
-	uint64_t group_id;	 /* their sync group */
-	uint64_t group_deadline; /* the rest of the group is waited for until then */
+	bool group_open;    /* in pipeline mode, Executes of one Sync sent, no Sync yet */
+	uint64_t group_id;  /* their sync group */
+	uint64_t last_unit; /* of the last item started */
+	bool unit_open;	    /* that item did not end its unit */
+	uint64_t dead_unit; /* a unit whose mirror transaction was lost: its rest fails */
 	struct replay_session *act_prev, *act_next, *all_prev, *all_next;
 };
 
@@ -298,8 +319,6 @@ struct db_map {
 	char *source_db, *mirror_dbname;
 	_Atomic uint64_t exposure; /* bits of a double; < 0: the global one */
 };
-
-enum { HEAP_ALL = 0, HEAP_WRITES };
 
 struct replay {
 	struct replay_config cfg;
@@ -318,23 +337,31 @@ struct replay {
 				    * replay_sessions (the replay thread changes them) */
 	bool lock_init;
 	_Atomic uint64_t item_bytes; /* their allocations */
-	_Atomic uint64_t exposure;   /* bits of the global mirror_exposure (a double) */
-	struct db_map *map;	     /* [databases], copied */
+	_Atomic uint64_t bytes_peak; /* the largest item_bytes */
+	uint64_t *ignore;	     /* mirror_compare_ignore: fingerprints, sorted */
+	size_t n_ignore;
+	_Atomic uint64_t exposure; /* bits of the global mirror_exposure (a double) */
+	struct db_map *map;	   /* [databases], copied */
 	size_t n_map;
 	/* capture thread */
 	bool c_posted; /* messages posted since the last replay_wake */
 	struct fingerprint_cache *fp;
 	uint64_t seed;
 	/* replay thread */
-	struct item **heap[2]; /* outstanding items, min-heaps on ts_end: all, writes */
-	uint32_t heap_n[2];
-	struct buf row; /* a mirror row in DataRow layout, to hash it */
+	struct order order; /* outstanding items (order.h) */
+	struct buf row;	    /* a mirror row in DataRow layout, to hash it */
 	uint32_t mismatches_logged;
 	_Atomic uint32_t log_mismatches; /* reloadable */
 	struct replay_session *active, *all;
 	uint32_t n_slots; /* sessions holding a mirror connection slot */
 	unsigned int last_util;
 };
+
+_Static_assert((int)COMPARE_TAG == (int)STATS_MISMATCH_TAG &&
+		   (int)COMPARE_ROWCOUNT == (int)STATS_MISMATCH_ROWCOUNT &&
+		   (int)COMPARE_SQLSTATE == (int)STATS_MISMATCH_SQLSTATE &&
+		   (int)COMPARE_ROWS == (int)STATS_MISMATCH_ROWS,
+	       "compare.h kinds are stats' mismatch kinds");
 
 enum outcome {
 	OUT_SUCCESS,
@@ -416,130 +443,18 @@ static struct msg *chan_take(struct replay *r)
 	return fifo;
 }
 
-/* ---- causal-order heaps: every outstanding item, and the outstanding writes ---- */
-
-static void heap_set(struct replay *r, int h, uint32_t i, struct item *it)
-{
-	r->heap[h][i] = it;
-	it->heap_idx[h] = i;
-}
-
-static void heap_up(struct replay *r, int h, uint32_t i)
-{
-	struct item **v = r->heap[h], *it = v[i];
-
-	while (i) {
-		uint32_t p = (i - 1) / 2;
-
-		if (v[p]->ts_end <= it->ts_end)
-			break;
-		heap_set(r, h, i, v[p]);
-		i = p;
-	}
-	heap_set(r, h, i, it);
-}
-
-static void heap_down(struct replay *r, int h, uint32_t i)
-{
-	struct item **v = r->heap[h], *it = v[i];
-
-	for (;;) {
-		uint32_t c = 2 * i + 1;
-
-		if (c >= r->heap_n[h])
-			break;
-		if (c + 1 < r->heap_n[h] && v[c + 1]->ts_end < v[c]->ts_end)
-			c++;
-		if (it->ts_end <= v[c]->ts_end)
-			break;
-		heap_set(r, h, i, v[c]);
-		i = c;
-	}
-	heap_set(r, h, i, it);
-}
-
-static void heap_push(struct replay *r, int h, struct item *it)
-{
-	heap_set(r, h, r->heap_n[h], it);
-	heap_up(r, h, r->heap_n[h]++);
-}
-
-static void heap_remove(struct replay *r, int h, struct item *it)
-{
-	uint32_t i = it->heap_idx[h];
-	struct item *last = r->heap[h][--r->heap_n[h]];
-
-	if (i == r->heap_n[h])
-		return;
-	heap_set(r, h, i, last);
-	heap_up(r, h, i);
-	heap_down(r, h, last->heap_idx[h]);
-}
+/* ---- ordering (order.h): every outstanding request is tracked ---- */
 
 static void items_track(struct replay *r, struct item *it)
 {
-	heap_push(r, HEAP_ALL, it);
-	if (!it->read)
-		heap_push(r, HEAP_WRITES, it);
+	if (!it->ctl)
+		order_track(&r->order, &it->ord); /* room: items are bounded by the same cap */
 }
 
 static void items_untrack(struct replay *r, struct item *it)
 {
-	heap_remove(r, HEAP_ALL, it);
-	if (!it->read)
-		heap_remove(r, HEAP_WRITES, it);
-}
-
-/* True when the session's mirror connection is inside a transaction block, so it may
- * hold row locks between its statements (the only way it can block another session's
- * earlier request). */
-static bool holds_locks(const struct replay_session *s)
-{
-	PGTransactionStatusType ts = s->conn ? PQtransactionStatus(s->conn) : PQTRANS_UNKNOWN;
-
-	return s->group_open || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
-}
-
-/* Does the subtree of heap h at i hold another session's item that completed on the
- * source before b started there? Only items that precede b are descended into. */
-static bool blocked_below(const struct replay *r, int h, uint32_t i, const struct item *b)
-{
-	const struct item *a;
-
-	if (i >= r->heap_n[h])
-		return false;
-	a = r->heap[h][i];
-	if (a->ts_end >= b->ts_start) /* the heap orders on ts_end: nothing below precedes */
-		return false;
-	if (a->m.rs != b->m.rs)
-		return true;
-	return blocked_below(r, h, 2 * i + 1, b) || blocked_below(r, h, 2 * i + 2, b);
-}
-
-/*
- * True when an outstanding item of another session completed on the source before b
- * started there. The session's own outstanding items are skipped, not waited for: they
- * are in flight ahead of b on its own connection (pipelined, see above), so the mirror's
- * backend runs them before b anyway. They may hide another session's earlier item in the
- * heap, so the walk goes past them: at most the session's items in flight plus what lies
- * directly below them.
- */
-static bool causal_blocked(const struct replay *r, const struct item *b)
-{
-	return blocked_below(r, b->read ? HEAP_WRITES : HEAP_ALL, 0, b); /* reads commute */
-}
-
-/*
- * How long b may wait for causal order. A session inside a transaction block may hold
- * row locks the request it waits for needs: capture times order the clients' packets,
- * not the order in which the server's backends took their locks (they are scheduled,
- * and a request sent first can lose the race), so the two sessions can take a lock in
- * the other order on the mirror and each wait for the other. Such a session waits only
- * LOCK_INVERSION_MS; an autocommit session holds nothing and waits up to order_wait_ms.
- */
-static uint64_t causal_wait_ns(const struct replay *r, const struct replay_session *s)
-{
-	return (holds_locks(s) ? LOCK_INVERSION_MS : r->cfg.order_wait_ms) * MS;
+	if (!it->ctl)
+		order_untrack(&r->order, &it->ord);
 }
 
 /* ---- session lists (replay thread) ---- */
@@ -590,6 +505,10 @@ static struct item *queue_pop(struct replay_session *s)
 static void item_finish(struct replay *r, struct replay_session *s, struct item *it, enum outcome o,
 			uint64_t now)
 {
+	if (it->ctl)
+		goto release;
+	if (o == OUT_CONNECTION && !it->unit_last)
+		s->dead_unit = it->unit; /* never run the rest of it on another connection */
 	if (o == OUT_SUCCESS)
 		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
 	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
@@ -599,8 +518,8 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 	switch (o) {
 	case OUT_SUCCESS:
 		stats_mirror_success(r->st, it->db, (it->done_ns ? it->done_ns : now) - it->sent_ns,
-				     it->ts_end - it->ts_start,
-				     now > it->ts_end ? now - it->ts_end : 0, now);
+				     it->ord.ts_end - it->ord.ts_start,
+				     now > it->ord.ts_end ? now - it->ord.ts_end : 0, now);
 		break;
 	case OUT_QUERY:
 		stats_mirror_error(r->st, it->db, STATS_ERR_QUERY, now);
@@ -627,6 +546,7 @@ static void item_finish(struct replay *r, struct replay_session *s, struct item 
 		stats_mirror_skipped(r->st, it->db, STATS_SKIP_ABORTED);
 		break;
 	}
+release:
 	items_untrack(r, it);
 	atomic_fetch_sub(&r->item_bytes, it->bytes);
 	atomic_fetch_sub(&r->items, 1);
@@ -815,8 +735,20 @@ static void inflight_finish(struct replay *r, struct replay_session *s, enum out
 
 /* Connecting failed: the item in flight (if any) is a connection error; the items that
  * come due before the backoff ends are too. */
+/* The connection (and with it the mirror's open transaction, if any) is gone: the rest of
+ * the unit it was running must not run elsewhere. */
+static void unit_lost(struct replay *r, struct replay_session *s)
+{
+	if (s->unit_open || s->group_open) {
+		s->dead_unit = s->last_unit;
+		stats_mirror_unit_aborted(r->st, STATS_ABORT_CONNECTION);
+	}
+	s->unit_open = false;
+}
+
 static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now)
 {
+	unit_lost(r, s);
 	inflight_finish(r, s, OUT_CONNECTION, now);
 	conn_close(r, s);
 	s->state = CONN_BACKOFF;
@@ -830,6 +762,7 @@ static void conn_failed(struct replay *r, struct replay_session *s, uint64_t now
  * next item connects again (at once: only failing to connect backs off). */
 static void conn_lost(struct replay *r, struct replay_session *s, enum outcome o, uint64_t now)
 {
+	unit_lost(r, s);
 	inflight_finish(r, s, o, now);
 	conn_close(r, s);
 	s->state = CONN_NONE;
@@ -1038,7 +971,7 @@ static bool send_execute(struct replay_session *s, struct item *it)
 	if (it->wrap && !PQsendQueryParams(c, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL, 0))
 		return false;
 	/* more Executes of this Sync follow: leave the implicit transaction open */
-	s->run.synced = !(it->group_more && !it->src_error && !it->wrap);
+	s->run.synced = it->group_end || it->src.error || it->wrap;
 	if (s->run.synced ? !PQpipelineSync(c) : !PQsendFlushRequest(c))
 		return false; /* without Sync, only a Flush makes the server answer now */
 	if (!s->run.prep)
@@ -1105,7 +1038,7 @@ static bool pipelinable(const struct replay *r, const struct replay_session *s,
 		return false;
 	if (it->kind == SESSION_REQ_QUERY)
 		return true;
-	if (it->kind != SESSION_REQ_EXECUTE || it->group_more || it->suspended || is_copy(it))
+	if (it->kind != SESSION_REQ_EXECUTE || !it->group_end || it->suspended || is_copy(it))
 		return false;
 	return !it->stmt_name[0] ||
 	       stmt_find((struct replay_session *)s, it->stmt_name, it->text_hash, &used);
@@ -1193,7 +1126,9 @@ static void pipe_append(struct replay *r, struct replay_session *s, uint64_t now
 	it->stage = STAGE_MAIN;
 	it->sent_ns = now;
 	s->last_sent = now;
-	s->last_ts_start = it->ts_start;
+	s->last_ts_start = it->ord.ts_start;
+	s->last_unit = it->unit;
+	s->unit_open = !it->unit_last;
 	if (s->sent_tail)
 		s->sent_tail->next = it;
 	else
@@ -1238,7 +1173,9 @@ static void item_start(struct replay *r, struct replay_session *s, uint64_t now)
 	run_reset(s);
 	it->sent_ns = now;
 	s->last_sent = now;
-	s->last_ts_start = it->ts_start;
+	s->last_ts_start = it->ord.ts_start;
+	s->last_unit = it->unit;
+	s->unit_open = !it->unit_last;
 
 	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
 		s->susp = it->suspended;
@@ -1487,7 +1424,7 @@ static enum outcome run_outcome(const struct replay *r, const struct replay_sess
 {
 	if (!s->run.error)
 		return OUT_SUCCESS;
-	if (it->src_error && s->run.sqlstate[0] && !strcmp(s->run.sqlstate, it->src_sqlstate))
+	if (it->src.error && s->run.sqlstate[0] && !strcmp(s->run.sqlstate, it->src.sqlstate))
 		return OUT_SUCCESS; /* the expected outcome */
 	if (!strcmp(s->run.sqlstate, "57014"))
 		return OUT_TIMEOUT;
@@ -1498,28 +1435,20 @@ static enum outcome run_outcome(const struct replay *r, const struct replay_sess
 
 /*
  * How the mirror's answer differs from the source's (bits of 1 << enum
- * stats_mismatch_kind). An error on either side compares only the SQLSTATE; otherwise the
- * tag verb, the row count when it is comparable, and with mirror_compare = rows the
- * rows' order-insensitive hash when both sides could hash them in the same format.
+ * stats_mismatch_kind, the same as compare.h's kinds), within the item's scope.
  */
 static unsigned int compare(const struct replay *r, const struct replay_session *s,
 			    const struct item *it)
 {
-	unsigned int k = 0;
+	struct compare_answer m = {.error = s->run.error,
+				   .rows = s->run.rows,
+				   .hash = s->run.hash,
+				   .hashed = !s->run.unhashed};
 
-	if (s->run.error || it->src_error) {
-		if (!s->run.error || !it->src_error || strcmp(s->run.sqlstate, it->src_sqlstate))
-			k |= 1u << STATS_MISMATCH_SQLSTATE;
-		return k;
-	}
-	if (strcmp(it->src_verb, s->run.verb))
-		k |= 1u << STATS_MISMATCH_TAG;
-	if (it->cmp_rowcount && it->src_rows != s->run.rows)
-		k |= 1u << STATS_MISMATCH_ROWCOUNT;
-	if (r->cfg.compare == REPLAY_COMPARE_ROWS && it->cmp_rows && !s->run.unhashed &&
-	    it->src_hash != s->run.hash)
-		k |= 1u << STATS_MISMATCH_ROWS;
-	return k;
+	(void)r;
+	memcpy(m.sqlstate, s->run.sqlstate, sizeof(m.sqlstate));
+	memcpy(m.verb, s->run.verb, sizeof(m.verb));
+	return compare_answers(&it->scope, &it->src, &m);
 }
 
 /* Logs one mismatch (the first log_mismatches): fingerprint and both outcomes, never
@@ -1543,8 +1472,8 @@ static void log_mismatch(struct replay *r, const struct replay_session *s, const
 		"pgshadow: mismatch %u/%u database=%s fingerprint=%016llx kind=%s source: %s "
 		"rows=%llu sqlstate=%s mirror: %s rows=%llu sqlstate=%s\n",
 		r->mismatches_logged, limit, it->db->name, (unsigned long long)it->fingerprint,
-		what, it->src_verb[0] ? it->src_verb : "-", (unsigned long long)it->src_rows,
-		it->src_error ? it->src_sqlstate : "-", s->run.verb[0] ? s->run.verb : "-",
+		what, it->src.verb[0] ? it->src.verb : "-", (unsigned long long)it->src.rows,
+		it->src.error ? it->src.sqlstate : "-", s->run.verb[0] ? s->run.verb : "-",
 		(unsigned long long)s->run.rows, s->run.error ? s->run.sqlstate : "-");
 }
 
@@ -1609,7 +1538,6 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	if (s->run.pipeline && !s->run.synced) {
 		s->group_open = true;
 		s->group_id = it->sync_group;
-		s->group_deadline = now + GROUP_WAIT_MS * MS;
 	} else if (s->run.pipeline && !s->n_sent) {
 		s->group_open = false;
 		if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(s->conn))
@@ -1628,7 +1556,7 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 			stmt_unlink(s, st);
 	}
 	/* a COMMIT replayed as ROLLBACK has no answer of its own to compare */
-	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback &&
+	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback && !it->no_compare &&
 	    (o == OUT_SUCCESS || o == OUT_QUERY)) {
 		kinds = compare(r, s, it);
 		stats_mirror_compared(r->st, it->db, kinds);
@@ -1735,7 +1663,122 @@ static void group_close(struct replay *r, struct replay_session *s, uint64_t now
 	}
 	s->state = CONN_SETUP;
 	s->deadline = reply_deadline(r, now);
+	s->unit_open = false;
 	conn_rewatch(r, s);
+}
+
+/* Is the mirror connection inside a transaction block? */
+static bool in_txn(const struct replay_session *s)
+{
+	PGTransactionStatusType ts = s->conn ? PQtransactionStatus(s->conn) : PQTRANS_UNKNOWN;
+
+	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+}
+
+/*
+ * Rolls back the mirror's transaction of a unit the source did not (or could not be
+ * seen to) run whole: an open Sync group gets a forced error before its Sync (the
+ * server then rolls the implicit transaction back), a transaction block a ROLLBACK.
+ * Results are ignored (CONN_SETUP).
+ */
+static void txn_abort(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	bool ok;
+
+	s->unit_open = false;
+	run_reset(s);
+	if (s->group_open) {
+		s->run.pipeline = true;
+		s->run.synced = true;
+		ok = PQsendQueryParams(s->conn, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
+		     PQpipelineSync(s->conn);
+	} else if (in_txn(s)) {
+		ok = PQsendQuery(s->conn, "ROLLBACK");
+	} else {
+		return; /* nothing open here */
+	}
+	if (!ok || !conn_flush(s)) {
+		conn_lost(r, s, OUT_CONNECTION, now);
+		return;
+	}
+	s->state = CONN_SETUP;
+	s->deadline = reply_deadline(r, now);
+	conn_rewatch(r, s);
+}
+
+/* A control message at the head of an idle connection's queue. */
+static void ctl_run(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	struct item *it = queue_pop(s);
+	uint8_t ctl = it->ctl;
+	uint64_t unit = it->unit, group = it->sync_group;
+
+	item_finish(r, s, it, OUT_SUCCESS, now); /* counts nothing: not a request */
+	if (ctl == CTL_SYNC) {
+		if (s->group_open && s->group_id == group)
+			group_close(r, s, now);
+	} else if (unit == s->last_unit && unit != s->dead_unit) {
+		txn_abort(r, s, now);
+	}
+}
+
+static const struct item *item_of(const struct order_item *a)
+{
+	return (const struct item *)((const char *)a - offsetof(struct item, ord));
+}
+
+struct stuck {
+	uint64_t bound_ns, until; /* the latest end of a started blocker's bound */
+};
+
+/* Keeps looking while every blocker seen has started on the mirror. */
+static bool blocker_started(void *ctx, const struct order_item *a)
+{
+	struct stuck *k = ctx;
+	const struct item *it = item_of(a);
+
+	if (!it->sent_ns) {
+		k->until = NEVER;
+		return false;
+	}
+	if (it->sent_ns + k->bound_ns > k->until)
+		k->until = it->sent_ns + k->bound_ns;
+	return true;
+}
+
+/*
+ * Must it wait for ordering (order.h) now? Until when (*until; NEVER: until an item
+ * finishes)? The first wait is counted. While any item it waits for has not started on
+ * the mirror, it waits: that item's own waits point at still earlier ones, so it will
+ * start. When every one of them has been running on the mirror for order_wait_ms, the
+ * wait is given up (counted): the mirror's own lock waits are invisible here, and a
+ * workload the replay cannot reproduce exactly (unsampled transactions, skipped
+ * statements) could otherwise stall a session behind a mirror lock its own transaction
+ * holds.
+ */
+static bool must_wait(struct replay *r, struct item *it, uint64_t now, uint64_t *until)
+{
+	enum order_wait w;
+	const struct order_item *a = order_blocker(&r->order, &it->ord, &w);
+	struct stuck k = {.bound_ns = r->cfg.order_wait_ms * MS};
+
+	*until = NEVER;
+	if (!a)
+		return false;
+	if (!it->waited) {
+		it->waited = true;
+		stats_mirror_order_wait(r->st);
+		if (w == ORDER_WAIT_LOCK)
+			stats_mirror_lock_wait(r->st);
+	}
+	if (!item_of(a)->sent_ns) /* the common case, without a walk */
+		return true;
+	order_each_blocker(&r->order, &it->ord, blocker_started, &k);
+	*until = k.until;
+	if (now < k.until)
+		return true;
+	stats_mirror_order_timeout(r->st);
+	return false;
 }
 
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed);
@@ -1758,10 +1801,18 @@ static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t n
  */
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
+	uint64_t until;
 	struct item *it;
 
 	*freed = false;
 	for (;;) {
+		while ((it = s->head) && !it->ctl && s->dead_unit && it->unit == s->dead_unit)
+			item_finish(r, s, queue_pop(s), OUT_CONNECTION, now); /* its txn is lost */
+		if (it && it->ctl && s->state != CONN_IDLE && s->state != CONN_BUSY &&
+		    s->state != CONN_SETUP && s->state != CONN_CONNECTING) {
+			item_finish(r, s, queue_pop(s), OUT_SUCCESS, now); /* no transaction here */
+			continue;
+		}
 		switch (s->state) {
 		case CONN_CAPPED:
 			queue_finish_all(r, s, OUT_SKIP_CAP, now);
@@ -1782,7 +1833,7 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 		case CONN_SETUP:
 		case CONN_BUSY:
 			if (s->state == CONN_BUSY && s->piping && s->n_sent + 1 < r->cfg.pipeline &&
-			    pipelinable(r, s, s->head) && !causal_blocked(r, s->head)) {
+			    pipelinable(r, s, s->head) && !must_wait(r, s->head, now, &until)) {
 				pipe_append(r, s, now);
 				continue;
 			}
@@ -1795,31 +1846,31 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 			continue;
 		case CONN_IDLE:
 			it = s->head;
+			if (it && it->ctl) {
+				ctl_run(r, s, now);
+				continue;
+			}
 			if (s->group_open && !group_continues(s, it)) {
-				if (!it && !s->closed && now < s->group_deadline)
-					return s
-					    ->group_deadline; /* the rest of the group may come */
-				group_close(r, s, now);
+				if (!it && !s->closed)
+					goto settled; /* its rest, or its Sync (CTL_SYNC), will come
+						       */
+				if (it)
+					group_close(r, s, now); /* the client sent the Sync */
+				else
+					txn_abort(r, s, now); /* the client left before the Sync */
 				continue;
 			}
 			if (!it)
 				goto settled;
 			if (r->cfg.replay_timing && !it->txn_start && s->last_sent &&
-			    it->ts_start > s->last_ts_start) { /* keep the source's gap */
-				uint64_t due = s->last_sent + (it->ts_start - s->last_ts_start);
+			    it->ord.ts_start > s->last_ts_start) { /* keep the source's gap */
+				uint64_t due = s->last_sent + (it->ord.ts_start - s->last_ts_start);
 
 				if (now < due)
 					return due;
 			}
-			if (causal_blocked(r, it)) {
-				if (!it->waited) {
-					it->waited = true;
-					it->wait_until = now + causal_wait_ns(r, s);
-					stats_mirror_order_wait(r->st);
-				}
-				if (now < it->wait_until)
-					return it->wait_until;
-			}
+			if (must_wait(r, it, now, &until))
+				return until;
 			item_start(r, s, now);
 			continue;
 		}
@@ -1862,6 +1913,8 @@ static int step_all(struct replay *r, uint64_t now)
 		stats_mirror_set_buffer_utilization(r->st, util);
 		r->last_util = util;
 	}
+	stats_mirror_set_queue_bytes(r->st, atomic_load(&r->item_bytes),
+				     atomic_load(&r->bytes_peak));
 	if (wake == NEVER)
 		return IDLE_WAKE_MS;
 	if (wake <= now)
@@ -2160,14 +2213,45 @@ static void sess_learn(struct replay *r, struct replay_session *rs, const struct
 	chan_post(r, &p->m);
 }
 
-/* Gives an item that never reached the replay thread its outcome (capture thread). */
+/* Frees an item that never reached the replay thread (capture thread); its outcome is
+ * the caller's. */
 static void item_unqueue(struct replay *r, struct replay_session *rs, struct item *it)
 {
-	stats_mirror_skipped(r->st, it->db, STATS_SKIP_ABORTED);
 	atomic_fetch_sub(&r->item_bytes, it->bytes);
 	atomic_fetch_sub(&r->items, 1);
 	atomic_fetch_sub(&rs->queued, 1);
 	free(it);
+}
+
+/* Posts a control message in the session's queue (capture thread). It is not a request:
+ * it counts in no outcome and takes no room in the session's queue limits. */
+static void post_ctl(struct replay *r, struct replay_session *rs, uint8_t ctl, uint64_t unit,
+		     uint64_t group, uint8_t reason)
+{
+	struct item *it = calloc(1, sizeof(*it));
+
+	if (!it)
+		return; /* ENOMEM: the session's close rolls the mirror back anyway */
+	it->m.kind = MSG_ITEM;
+	it->m.rs = rs;
+	it->ctl = ctl;
+	it->ctl_reason = reason;
+	it->unit = unit;
+	it->sync_group = group;
+	it->bytes = sizeof(*it);
+	atomic_fetch_add(&rs->queued, 1);
+	atomic_fetch_add(&r->items, 1);
+	atomic_fetch_add(&r->item_bytes, it->bytes);
+	chan_post(r, &it->m);
+}
+
+/* Posts an item of the current unit. */
+static void post_item(struct replay *r, struct replay_session *rs, struct item *it)
+{
+	rs->c_unit_posted++;
+	rs->c_group_pending = it->kind == SESSION_REQ_EXECUTE && !it->group_end && !it->src.error;
+	rs->c_group = it->sync_group;
+	chan_post(r, &it->m);
 }
 
 /* mirror_aborted = skip: the held transaction's outcome is known. */
@@ -2180,12 +2264,46 @@ static void held_flush(struct replay *r, struct replay_session *rs, enum sampler
 	for (it = rs->c_held; it; it = next) {
 		next = it->next;
 		it->next = NULL;
-		if (f == SAMPLER_RELEASE)
-			chan_post(r, &it->m);
-		else
-			item_unqueue(r, rs, it);
+		if (f == SAMPLER_RELEASE) {
+			post_item(r, rs, it);
+			continue;
+		}
+		stats_mirror_skipped(r->st, it->db, STATS_SKIP_ABORTED);
+		item_unqueue(r, rs, it);
 	}
 	rs->c_held = rs->c_held_tail = NULL;
+	if (f == SAMPLER_RELEASE && rs->c_group_pending) { /* it committed: its Sync came */
+		post_ctl(r, rs, CTL_SYNC, rs->c_unit, rs->c_group, 0);
+		rs->c_group_pending = false;
+	}
+}
+
+/*
+ * A fault cut the current unit (capture thread): what of it was posted is rolled back
+ * on the mirror (CTL_ABORT, after it in the queue), what is held is dropped, and the
+ * rest of it will be dropped as it completes on the source.
+ */
+static void unit_cut(struct replay *r, struct replay_session *rs, enum stats_abort_reason why)
+{
+	struct item *it, *next;
+
+	if (rs->c_unit_state != UNIT_OK)
+		return;
+	for (it = rs->c_held; it; it = next) {
+		next = it->next;
+		stats_mirror_dropped_why(r->st, it->db, STATS_DROP_UNIT_ABORTED, now_ns());
+		item_unqueue(r, rs, it);
+	}
+	rs->c_held = rs->c_held_tail = NULL;
+	if (rs->c_unit_posted) {
+		post_ctl(r, rs, CTL_ABORT, rs->c_unit, 0, (uint8_t)why);
+		stats_mirror_unit_aborted(r->st, why);
+		rs->c_unit_state = UNIT_CUT;
+	} else {
+		rs->c_unit_state = UNIT_DROP;
+		rs->c_unit_drop = STATS_DROP_UNIT_ABORTED;
+	}
+	rs->c_group_pending = false;
 }
 
 struct replay_session *replay_session_open(struct replay *r, const struct session_info *s)
@@ -2229,6 +2347,8 @@ void replay_session_close(struct replay *r, struct replay_session *rs)
 		return;
 	f = sampler_session_end(&rs->c_ss);
 	held_flush(r, rs, f == SAMPLER_RELEASE ? f : SAMPLER_DISCARD);
+	if (rs->c_unit_open || rs->c_group_pending) /* the server rolled it back */
+		unit_cut(r, rs, STATS_ABORT_SESSION_END);
 	chan_post(r, &rs->close_msg);
 }
 
@@ -2284,8 +2404,8 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 	it->m.kind = MSG_ITEM;
 	it->db = db;
 	it->kind = q->kind;
-	it->ts_start = q->ts_start;
-	it->ts_end = q->ts_end;
+	it->ord.ts_start = q->ts_start;
+	it->ord.ts_end = q->ts_end;
 	it->bytes = size;
 	it->text = memcpy(w, q->text, q->text_len);
 	w[q->text_len] = 0;
@@ -2321,22 +2441,20 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 	it->lengths = lengths;
 	it->formats = q->n_param_formats ? formats : NULL;
 	it->result_format = q->n_result_formats ? q->result_formats[0] : 0;
-	it->cmp_rows = !q->rows_unhashed;
+	it->src.hashed = !q->rows_unhashed;
 	for (i = 1; i < q->n_result_formats; i++) {
 		if (q->result_formats[i] != q->result_formats[0]) {
-			it->result_format = 0; /* libpq has one format per query */
-			it->cmp_rows = false;  /* so only tag and row count compare */
+			it->result_format = 0;	/* libpq has one format per query */
+			it->src.hashed = false; /* so only tag and row count compare */
 		}
 	}
 	i = (int)strcspn(q->tag, " ");
-	if (i >= (int)sizeof(it->src_verb))
-		i = sizeof(it->src_verb) - 1;
-	memcpy(it->src_verb, q->tag, (size_t)i);
-	it->src_verb[i] = 0;
-	it->src_rows = q->rows;
-	it->src_hash = q->rows_hash;
-	it->cmp_rowcount = !q->suspended && !q->max_rows;
-	it->cmp_rows = it->cmp_rows && it->cmp_rowcount;
+	if (i >= (int)sizeof(it->src.verb))
+		i = sizeof(it->src.verb) - 1;
+	memcpy(it->src.verb, q->tag, (size_t)i);
+	it->src.verb[i] = 0;
+	it->src.rows = q->rows;
+	it->src.hash = q->rows_hash;
 	if (q->copy_len)
 		memcpy(w, q->copy_data, q->copy_len);
 	it->copy = w;
@@ -2345,11 +2463,12 @@ static struct item *item_new(struct stats_db *db, const struct session_request *
 		it->portal_key = portal_key(q);
 		it->sync_group = q->sync_group;
 		it->group_more = q->group_more;
+		it->group_end = q->group_end;
 	}
 	it->suspended = q->suspended;
-	it->src_error = q->error;
-	memcpy(it->src_sqlstate, q->sqlstate, sizeof(it->src_sqlstate));
-	it->src_sqlstate[sizeof(it->src_sqlstate) - 1] = 0;
+	it->src.error = q->error;
+	memcpy(it->src.sqlstate, q->sqlstate, sizeof(it->src.sqlstate));
+	it->src.sqlstate[sizeof(it->src.sqlstate) - 1] = 0;
 	return it;
 }
 
@@ -2365,40 +2484,134 @@ static enum stats_skip_reason unreplayable(const struct session_request *req)
 	return STATS_SKIP_MAX;
 }
 
-/* Copies the request into an item and queues it (or holds it); drops it when the
- * session's queue or the global budget is full. */
+/* Does the request end its transaction on the source (as far as known now)? */
+static bool ends_unit(const struct session_request *req, const struct fingerprint_info *fi)
+{
+	bool idle_before = req->txn_before == 'I' || !req->txn_before;
+
+	if (req->kind != SESSION_REQ_EXECUTE)
+		return req->txn_status == 'I';
+	return req->group_end &&
+	       (fi->txn == FINGERPRINT_TXN_COMMIT || fi->txn == FINGERPRINT_TXN_ROLLBACK ||
+		(idle_before && fi->txn != FINGERPRINT_TXN_BEGIN));
+}
+
+/*
+ * A transaction's first request (capture thread): admission of the whole unit. It is
+ * dropped whole when it began before the agent saw it (the source was already inside a
+ * transaction: agent start, a capture gap), or when its session already has `queue`
+ * requests waiting or the byte budget is half spent: what is admitted is rarely cut
+ * later by the budget.
+ */
+static void unit_begin(struct replay *r, struct replay_session *rs,
+		       const struct session_request *req)
+{
+	bool partial = req->txn_before == 'T' || req->txn_before == 'E' ||
+		       (req->kind == SESSION_REQ_QUERY && !req->txn_before && req->txn_status &&
+			req->txn_status != 'I');
+
+	rs->c_unit++;
+	rs->c_unit_state = UNIT_OK;
+	rs->c_unit_posted = 0;
+	rs->c_unit_open = true;
+	if (partial) {
+		rs->c_unit_state = UNIT_DROP;
+		rs->c_unit_drop = STATS_DROP_PARTIAL;
+	} else if (atomic_load(&rs->queued) >= r->cfg.queue ||
+		   (atomic_load(&rs->queued) &&
+		    (atomic_load(&r->item_bytes) > r->cfg.queue_bytes / 2 ||
+		     atomic_load(&r->items) > CHANNEL_ITEMS_MAX / 2))) {
+		rs->c_unit_state = UNIT_DROP;
+		rs->c_unit_drop = STATS_DROP_BUFFER_FULL;
+	}
+}
+
+static void drop(struct replay *r, struct replay_session *rs, struct stats_db *db,
+		 enum stats_drop_reason why)
+{
+	atomic_fetch_add_explicit(&rs->n_dropped, 1, memory_order_relaxed);
+	stats_mirror_dropped_why(r->st, db, why, now_ns());
+}
+
+static bool ignored(const struct replay *r, uint64_t fingerprint)
+{
+	size_t lo = 0, hi = r->n_ignore;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (r->ignore[mid] == fingerprint)
+			return true;
+		if (r->ignore[mid] < fingerprint)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/* Counts an item's bytes in the budget and its peak. */
+static void bytes_add(struct replay *r, size_t bytes)
+{
+	uint64_t now = atomic_fetch_add(&r->item_bytes, bytes) + bytes;
+	uint64_t peak = atomic_load_explicit(&r->bytes_peak, memory_order_relaxed);
+
+	while (now > peak && !atomic_compare_exchange_weak(&r->bytes_peak, &peak, now))
+		;
+}
+
+/*
+ * Copies the request into an item of the current unit and queues it (or holds it).
+ * When it does not fit in the budget the unit is cut (unit_cut): it is never replayed
+ * in part.
+ */
 static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db *db,
 		    const struct session_request *req, const struct sampler_decision *d,
 		    const struct fingerprint_info *fi)
 {
 	struct item *it;
 
-	if (atomic_load(&rs->queued) >= r->cfg.queue ||
-	    atomic_load(&r->items) >= CHANNEL_ITEMS_MAX) {
-		atomic_fetch_add_explicit(&rs->n_dropped, 1, memory_order_relaxed);
-		stats_mirror_dropped(r->st, db, now_ns());
+	if (rs->c_unit_state != UNIT_OK) {
+		drop(r, rs, db,
+		     rs->c_unit_state == UNIT_CUT ? STATS_DROP_UNIT_ABORTED
+						  : (enum stats_drop_reason)rs->c_unit_drop);
 		return;
 	}
 	it = item_new(db, req);
-	if (!it || atomic_load(&r->item_bytes) + it->bytes > ITEM_BYTES_MAX) {
+	if (!it || atomic_load(&r->items) >= CHANNEL_ITEMS_MAX ||
+	    atomic_load(&r->item_bytes) + it->bytes > r->cfg.queue_bytes) {
 		free(it);
-		atomic_fetch_add_explicit(&rs->n_dropped, 1, memory_order_relaxed);
-		stats_mirror_dropped(r->st, db, now_ns());
+		unit_cut(r, rs, STATS_ABORT_QUEUE_FULL);
+		if (rs->c_unit_state == UNIT_DROP)
+			rs->c_unit_drop = STATS_DROP_BUFFER_FULL;
+		drop(r, rs, db, STATS_DROP_BUFFER_FULL);
 		return;
 	}
 	it->m.rs = rs;
+	it->unit = rs->c_unit;
+	it->unit_last = ends_unit(req, fi);
 	it->read = d->read;
+	it->ord.read = d->read;
+	it->ord.owner = rs;
+	it->ord.ends_txn = it->unit_last && !d->read;
+	it->ord.key = it->unit_last && (fi->txn == FINGERPRINT_TXN_COMMIT ||
+					fi->txn == FINGERPRINT_TXN_ROLLBACK)
+			  ? it->ord.ts_start
+			  : it->ord.ts_end;
 	it->wrap = d->wrap;
 	it->as_rollback = d->as_rollback;
 	it->txn_start = d->txn_start;
 	it->fingerprint = fi->fingerprint;
+	it->no_compare = r->n_ignore && ignored(r, fi->fingerprint);
+	compare_scope_of(&it->scope, r->cfg.compare == REPLAY_COMPARE_ROWS, req->suspended,
+			 req->max_rows, fi->nondet != 0);
 	it->pipe_ok =
 	    req->kind == SESSION_REQ_EXECUTE ||
 	    (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->read_only && fi->statements == 1);
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);
-	atomic_fetch_add(&r->item_bytes, it->bytes);
+	bytes_add(r, it->bytes);
 	if (d->hold) {
 		if (rs->c_held_tail)
 			rs->c_held_tail->next = it;
@@ -2407,7 +2620,7 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 		rs->c_held_tail = it;
 		return;
 	}
-	chan_post(r, &it->m);
+	post_item(r, rs, it);
 }
 
 void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db *db,
@@ -2446,19 +2659,42 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 	sq.info = req->text ? &fi : NULL;
 	sampler_decide(&sc, &rs->c_ss, &sq, &d);
 	held_flush(r, rs, d.before);
+	if (d.txn_start)
+		unit_begin(r, rs, req);
 
 	why = unreplayable(req);
-	if (d.verdict == SAMPLER_NOT_SAMPLED)
+	if (d.verdict == SAMPLER_NOT_SAMPLED) {
 		stats_mirror_not_sampled(r->st, db);
-	else if (d.verdict == SAMPLER_SKIP)
+	} else if (d.verdict == SAMPLER_SKIP) {
 		stats_mirror_skipped(r->st, db, d.skip);
-	else if (why != STATS_SKIP_MAX)
+	} else if (why != STATS_SKIP_MAX) {
 		stats_mirror_skipped(r->st, db, why);
-	else if (atomic_load_explicit(&rs->capped, memory_order_relaxed))
+		if (!(d.txn_start && ends_unit(req, &fi))) /* the rest would diverge */
+			unit_cut(r, rs, STATS_ABORT_UNREPLAYABLE);
+	} else if (atomic_load_explicit(&rs->capped, memory_order_relaxed)) {
 		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
-	else
+	} else {
 		enqueue(r, rs, db, req, &d, &fi);
+	}
 	held_flush(r, rs, d.after);
+	if (req->kind != SESSION_REQ_EXECUTE && req->txn_status == 'I')
+		rs->c_unit_open = false;
+}
+
+void replay_session_event(struct replay *r, struct replay_session *rs, const struct session_info *s,
+			  enum session_event ev)
+{
+	if (!r || !rs || !rs->c_known || rs->c_off)
+		return;
+	if (ev == SESSION_EV_SYNC) {
+		if (rs->c_group_pending) /* the rest of its Sync group will not come */
+			post_ctl(r, rs, CTL_SYNC, rs->c_unit, rs->c_group, 0);
+		rs->c_group_pending = false;
+		if (s->txn_status == 'I')
+			rs->c_unit_open = false;
+	} else if (ev == SESSION_EV_RESYNC && (rs->c_unit_open || rs->c_group_pending)) {
+		unit_cut(r, rs, STATS_ABORT_CAPTURE_GAP); /* requests of it were lost */
+	}
 }
 
 /* ---- SHOW MIRROR SESSIONS ---- */
@@ -2513,6 +2749,7 @@ void replay_config_default(struct replay_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->queue = 100;
+	cfg->queue_bytes = 64ull << 20;
 	cfg->pipeline = 16;
 	cfg->max_connections = 100;
 	cfg->timeout_ms = 30000;
@@ -2548,6 +2785,54 @@ static int parse_mirror(struct replay *r, char *err, size_t errlen)
 	return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* mirror_compare_ignore: comma-separated fingerprints, 1-16 hex digits each, as
+ * --log-mismatches prints them. */
+static int parse_ignore(struct replay *r, const char *list, char *err, size_t errlen)
+{
+	const char *p = list;
+	size_t n = 0;
+
+	if (!list || !*list)
+		return 0;
+	for (; *p; p++)
+		n += *p == ',';
+	r->ignore = calloc(n + 1, sizeof(*r->ignore));
+	if (!r->ignore) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (p = list; *p;) {
+		size_t len;
+		char *end;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		len = strcspn(p, ", ");
+		if (!len)
+			break;
+		errno = 0;
+		r->ignore[r->n_ignore] = strtoull(p, &end, 16);
+		if (len > 16 || end != p + len || errno || !isxdigit((unsigned char)*p)) {
+			snprintf(err, errlen,
+				 "mirror_compare_ignore: '%.*s' is not a fingerprint (1 to 16 hex "
+				 "digits, as --log-mismatches prints them)",
+				 (int)(len > 40 ? 40 : len), p);
+			return -EINVAL;
+		}
+		r->n_ignore++;
+		p += len;
+	}
+	qsort(r->ignore, r->n_ignore, sizeof(*r->ignore), cmp_u64);
+	return 0;
+}
+
 struct replay *replay_start(const struct replay_config *cfg, struct stats *st, struct capture *cap,
 			    char *err, size_t errlen)
 {
@@ -2569,15 +2854,15 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	r->st = st;
 	r->cap = cap;
 	r->mirror = strdup(cfg->mirror ? cfg->mirror : "");
-	r->heap[HEAP_ALL] = calloc(CHANNEL_ITEMS_MAX, sizeof(struct item *));
-	r->heap[HEAP_WRITES] = calloc(CHANNEL_ITEMS_MAX, sizeof(struct item *));
 	r->fp = fingerprint_cache_new(FP_CACHE_ENTRIES);
 	buf_init(&r->row, 16u << 20);
 	r->seed = now_ns() | 1;
 	r->cfg.databases = NULL;
 	r->cfg.n_databases = 0;
-	if (!r->mirror || !r->heap[HEAP_ALL] || !r->heap[HEAP_WRITES] || !r->fp ||
-	    map_copy(r, cfg)) {
+	r->cfg.compare_ignore = NULL;
+	if (!r->cfg.queue_bytes)
+		r->cfg.queue_bytes = 1;
+	if (!r->mirror || order_init(&r->order, CHANNEL_ITEMS_MAX) || !r->fp || map_copy(r, cfg)) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -2587,7 +2872,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		snprintf(err, errlen, "--mirror: empty conninfo");
 		goto fail;
 	}
-	if (parse_mirror(r, err, errlen))
+	if (parse_mirror(r, err, errlen) || parse_ignore(r, cfg->compare_ignore, err, errlen))
 		goto fail;
 	r->cfg.mirror = r->mirror;
 	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -2639,8 +2924,8 @@ void replay_stop(struct replay *r)
 		close(r->efd);
 	if (r->lock_init)
 		pthread_mutex_destroy(&r->list_lock);
-	free(r->heap[HEAP_ALL]);
-	free(r->heap[HEAP_WRITES]);
+	order_free(&r->order);
+	free(r->ignore);
 	fingerprint_cache_free(r->fp);
 	buf_free(&r->row);
 	map_free(r);

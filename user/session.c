@@ -775,16 +775,21 @@ static struct expect fifo_pop(struct session *s)
 
 /* Has the client already sent another Execute before its next Sync (several Executes in
  * one implicit transaction)? Looks at what is owed, at most 64 entries ahead. */
-static bool execute_follows(struct session *s)
+static bool execute_follows(struct session *s, bool *sync_next)
 {
 	uint32_t i;
 
+	*sync_next = false;
 	for (i = 0; i < s->fifo_len && i < 64; i++) {
 		enum exp_kind k = fifo_at(s, i)->kind;
 
 		if (k == EXP_EXECUTE)
 			return true;
-		if (k == EXP_SYNC || k == EXP_QUERY || k == EXP_FUNCTION)
+		if (k == EXP_SYNC) {
+			*sync_next = true;
+			return false;
+		}
+		if (k == EXP_QUERY || k == EXP_FUNCTION)
 			return false;
 	}
 	return i == 64;
@@ -1572,13 +1577,14 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		}
 		fifo_pop(s);
 		if (r)
-			r->pub.group_more = execute_follows(s);
+			r->pub.group_more = execute_follows(s, &r->pub.group_end);
 		req_complete(s, r, m->ts_end);
 		return;
 	case EXP_SYNC:
 		if (m->type == 'Z') {
 			fifo_pop(s);
 			on_ready(s, m);
+			emit_event(s, SESSION_EV_SYNC, m->ts_end);
 		} else if (m->type != 'E') { /* an error committing the implicit transaction */
 			unmatched(s);
 		}

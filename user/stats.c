@@ -46,6 +46,18 @@ const char *const stats_mismatch_kind_names[STATS_MISMATCH_MAX] = {
     [STATS_MISMATCH_ROWS] = "rows",
 };
 
+const char *const stats_drop_reason_names[STATS_DROP_MAX] = {
+    [STATS_DROP_BUFFER_FULL] = "buffer_full",
+    [STATS_DROP_UNIT_ABORTED] = "unit_aborted",
+    [STATS_DROP_PARTIAL] = "partial_unit",
+};
+
+const char *const stats_abort_reason_names[STATS_ABORT_MAX] = {
+    [STATS_ABORT_QUEUE_FULL] = "queue_full",	 [STATS_ABORT_CAPTURE_GAP] = "capture_gap",
+    [STATS_ABORT_CONNECTION] = "connection",	 [STATS_ABORT_SESSION_END] = "session_end",
+    [STATS_ABORT_UNREPLAYABLE] = "unreplayable",
+};
+
 const char *const stats_error_type_names[STATS_ERR_MAX] = {
     [STATS_ERR_CONNECTION] = "connection",
     [STATS_ERR_QUERY] = "query",
@@ -68,6 +80,8 @@ struct readiness_window {
  * time of the last success move together under win_lock. */
 struct mirror {
 	_Atomic uint64_t total, mirrored, not_sampled, skipped, order_waits;
+	_Atomic uint64_t lock_waits, order_timeouts, queue_bytes, queue_bytes_peak;
+	_Atomic uint64_t aborted[STATS_ABORT_MAX];
 	_Atomic uint64_t pipelined, converted;
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
@@ -313,7 +327,38 @@ static void count_error(struct stats *st, struct stats_db *db, enum stats_error_
 
 void stats_mirror_dropped(struct stats *st, struct stats_db *db, uint64_t now_ns)
 {
+	stats_mirror_dropped_why(st, db, STATS_DROP_BUFFER_FULL, now_ns);
+}
+
+void stats_mirror_dropped_why(struct stats *st, struct stats_db *db, enum stats_drop_reason why,
+			      uint64_t now_ns)
+{
+	if ((unsigned int)why >= STATS_DROP_MAX)
+		why = STATS_DROP_BUFFER_FULL;
+	atomic_fetch_add_explicit(&db->mirror_dropped[why], 1, RELAXED);
 	count_error(st, db, STATS_ERR_BUFFER_FULL, now_ns);
+}
+
+void stats_mirror_unit_aborted(struct stats *st, enum stats_abort_reason why)
+{
+	if ((unsigned int)why < STATS_ABORT_MAX)
+		atomic_fetch_add_explicit(&st->mirror.aborted[why], 1, RELAXED);
+}
+
+void stats_mirror_set_queue_bytes(struct stats *st, uint64_t bytes, uint64_t peak)
+{
+	atomic_store_explicit(&st->mirror.queue_bytes, bytes, RELAXED);
+	atomic_store_explicit(&st->mirror.queue_bytes_peak, peak, RELAXED);
+}
+
+void stats_mirror_lock_wait(struct stats *st)
+{
+	atomic_fetch_add_explicit(&st->mirror.lock_waits, 1, RELAXED);
+}
+
+void stats_mirror_order_timeout(struct stats *st)
+{
+	atomic_fetch_add_explicit(&st->mirror.order_timeouts, 1, RELAXED);
 }
 
 void stats_mirror_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
@@ -422,6 +467,12 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	out->compared = atomic_load_explicit(&m->compared, RELAXED);
 	out->mismatched = atomic_load_explicit(&m->mismatched, RELAXED);
 	out->buffer_utilization = atomic_load_explicit(&m->buffer_utilization, RELAXED);
+	out->lock_waits = atomic_load_explicit(&m->lock_waits, RELAXED);
+	out->order_timeouts = atomic_load_explicit(&m->order_timeouts, RELAXED);
+	out->queue_bytes = atomic_load_explicit(&m->queue_bytes, RELAXED);
+	out->queue_bytes_peak = atomic_load_explicit(&m->queue_bytes_peak, RELAXED);
+	for (i = 0; i < STATS_ABORT_MAX; i++)
+		out->aborted[i] = atomic_load_explicit(&m->aborted[i], RELAXED);
 	pthread_mutex_lock(&m->win_lock);
 	roll_window(st, now_ns);
 	out->latency_avg_ms = m->win_count ? m->win_sum_ns / 1e6 / m->win_count : 0;
@@ -840,9 +891,10 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_requests_mirrored", "counter",
 			       "Requests replayed on the mirror with the expected outcome.",
 			       m.mirrored);
-	ok &=
-	    gauge_or_counter(b, "mirror_requests_dropped", "counter",
-			     "Requests dropped because their session's queue was full.", m.dropped);
+	ok &= gauge_or_counter(b, "mirror_requests_dropped", "counter",
+			       "Requests dropped: queue full, or their transaction could not be "
+			       "replayed whole (mirror_dropped_requests_total has the reasons).",
+			       m.dropped);
 	ok &= gauge_or_counter(b, "mirror_errors_connection", "counter",
 			       "Requests lost to mirror connection errors.",
 			       m.errors[STATS_ERR_CONNECTION]);
@@ -882,6 +934,28 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_replay_order_waits_total", "counter",
 			       "Times a request waited for an earlier one (causal order).",
 			       m.order_waits);
+	ok &= gauge_or_counter(b, "mirror_replay_lock_waits_total", "counter",
+			       "Of the order waits, those for lock order: a write waited for "
+			       "another session's transaction end that fell while it ran on the "
+			       "source.",
+			       m.lock_waits);
+	ok &= gauge_or_counter(b, "mirror_replay_order_timeouts_total", "counter",
+			       "Order waits given up at their bound (the request went ahead "
+			       "unordered).",
+			       m.order_timeouts);
+	ok &= gauge_or_counter(b, "mirror_queue_bytes", "gauge",
+			       "Bytes of requests waiting for or running on the mirror, all "
+			       "sessions (bounded by mirror_queue_mb).",
+			       m.queue_bytes);
+	ok &= gauge_or_counter(b, "mirror_queue_bytes_peak", "gauge",
+			       "Largest mirror_queue_bytes since the agent started.",
+			       m.queue_bytes_peak);
+	ok &= header(b, "mirror_units_aborted_total", "counter",
+		     "Mirror transactions the agent rolled back because their source "
+		     "transaction could not be replayed whole, by reason.");
+	for (i = 0; i < STATS_ABORT_MAX; i++)
+		ok &= buf_printf(b, "mirror_units_aborted_total{reason=\"%s\"} %llu\n",
+				 stats_abort_reason_names[i], (unsigned long long)m.aborted[i]);
 	ok &= gauge_or_counter(b, "mirror_replay_pipelined_total", "counter",
 			       "Requests sent to the mirror behind another one still in flight on "
 			       "the same connection (a session's backlog, pipelined).",
@@ -932,6 +1006,19 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 				continue;
 			ok &= db_label(b, "mirror_requests_skipped_total", "", dbs[i]);
 			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_skip_reason_names[r],
+					 (unsigned long long)v);
+		}
+	}
+	ok &= header(b, "mirror_dropped_requests_total", "counter",
+		     "Requests dropped, by database and reason (their sum is "
+		     "mirror_requests_dropped).");
+	for (i = 0; i < n; i++) {
+		for (r = 0; r < STATS_DROP_MAX; r++) {
+			v = atomic_load_explicit(&dbs[i]->mirror_dropped[r], RELAXED);
+			if (!v)
+				continue;
+			ok &= db_label(b, "mirror_dropped_requests_total", "", dbs[i]);
+			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_drop_reason_names[r],
 					 (unsigned long long)v);
 		}
 	}

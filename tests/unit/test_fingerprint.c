@@ -203,6 +203,134 @@ static void test_cache_by_shape(void **state)
 	assert_false(b.read_only);
 }
 
+#define VOL FINGERPRINT_NONDET_VOLATILE
+#define ORD FINGERPRINT_NONDET_ORDER
+#define TSM FINGERPRINT_NONDET_TABLESAMPLE
+
+static const struct {
+	const char *sql;
+	unsigned int nondet;
+} nondet_cases[] = {
+    {"SELECT now()", VOL},
+    {"SELECT pg_catalog.NOW()", VOL},
+    {"SELECT CURRENT_TIMESTAMP", VOL},
+    {"SELECT 1 WHERE CURRENT_DATE > '2020-01-01'", VOL},
+    {"SELECT nextval('s')", VOL},
+    {"INSERT INTO t (id) VALUES (public.uuid_generate_v4())", VOL},
+    {"SELECT random() * 10", VOL},
+    {"SELECT txid_current(), pg_backend_pid()", VOL},
+    {"SELECT age(created) FROM t", VOL},
+    {"SELECT 'now'::timestamptz", VOL},
+    {"SELECT * FROM t WHERE d < ' Today '", VOL},
+    {"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+     "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+     VOL},
+    {"UPDATE t SET v = 1 WHERE id IN (SELECT id FROM u WHERE ts > now() - interval '1 day')", VOL},
+    {"SELECT abalance FROM pgbench_accounts LIMIT 1", ORD},
+    {"SELECT a FROM t OFFSET 10", ORD},
+    {"SELECT a FROM t FETCH FIRST 3 ROWS ONLY", ORD},
+    {"SELECT DISTINCT ON (a) a, b FROM t", ORD},
+    {"SELECT * FROM (SELECT a FROM t LIMIT 5) s ORDER BY a", ORD},
+    {"SELECT a FROM t WHERE a = (SELECT b FROM u LIMIT 1)", ORD},
+    {"SELECT a FROM t UNION SELECT b FROM u LIMIT 3", ORD},
+    {"(SELECT a FROM t LIMIT 1) UNION ALL (SELECT b FROM u ORDER BY b LIMIT 1)", ORD},
+    {"WITH x AS (SELECT a FROM t LIMIT 2) SELECT * FROM x ORDER BY a", ORD},
+    {"INSERT INTO t SELECT * FROM u LIMIT 10", ORD},
+    {"SELECT * FROM t TABLESAMPLE BERNOULLI (10)", TSM},
+    {"SELECT * FROM t TABLESAMPLE SYSTEM (1) REPEATABLE (7)", TSM},
+    {"SELECT now() FROM t TABLESAMPLE SYSTEM (1) LIMIT 1", VOL | ORD | TSM},
+    /* several statements: the union */
+    {"SELECT now(); SELECT a FROM t LIMIT 1", VOL | ORD},
+    {"BEGIN; SELECT * FROM t TABLESAMPLE SYSTEM (5); COMMIT", TSM},
+    {"SELECT 1; SELECT 2", 0},
+    /* deterministic */
+    {"SELECT a FROM t ORDER BY a LIMIT 1", 0},
+    {"SELECT a FROM t ORDER BY a OFFSET 5 FETCH NEXT 2 ROWS ONLY", 0},
+    {"SELECT DISTINCT ON (a) a, b FROM t ORDER BY a, b", 0},
+    {"SELECT DISTINCT a FROM t", 0},
+    {"SELECT a FROM t LIMIT ALL", 0},
+    {"SELECT a FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.a = t.a LIMIT 1)", 0},
+    {"UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 0},
+    {"SELECT abalance FROM pgbench_accounts WHERE aid = 1", 0},
+    {"select abalance from pgbench_accounts where aid = $1", 0},
+    {"SELECT now_x(), mynow(), s.now_y(a), now FROM t", 0},
+    {"SELECT t.now, \"now\" FROM t", 0},
+    {"SELECT age(a, b), 'nowhere', 'today is'::text FROM t", 0},
+    {"SELECT '2024-01-01'::timestamptz", 0},
+    {"INSERT INTO t VALUES ($1, $2)", 0},
+    {"CREATE TABLE t (a timestamptz DEFAULT now())", VOL},
+    {"this is not sql", 0},
+};
+
+static void test_nondet(void **state)
+{
+	struct fingerprint_info fi;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(nondet_cases) / sizeof(nondet_cases[0]); i++) {
+		fingerprint_compute(nondet_cases[i].sql, &fi);
+		if (fi.nondet != nondet_cases[i].nondet)
+			fail_msg("%s: nondet %#x, expected %#x", nondet_cases[i].sql, fi.nondet,
+				 nondet_cases[i].nondet);
+	}
+}
+
+/* A tree nested deeper than the walk goes is reported, not walked. 800 terms of a + chain
+ * are 1600 levels (Node, A_Expr); far longer chains crash protobuf-c's unpacking itself. */
+static void test_nondet_deep(void **state)
+{
+	static char sql[16 + 2 * 800];
+	struct fingerprint_info fi;
+	size_t o;
+	int i;
+
+	(void)state;
+	o = (size_t)snprintf(sql, sizeof(sql), "SELECT 1");
+	for (i = 0; i < 800; i++)
+		o += (size_t)snprintf(sql + o, sizeof(sql) - o, "+a");
+	fingerprint_compute(sql, &fi);
+	assert_true(fi.parsed);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_UNKNOWN);
+	fingerprint_compute("SELECT 1+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a", &fi);
+	assert_int_equal(fi.nondet, 0);
+}
+
+/* nondet is cached with the rest; a literal that reads as the current time is not a
+ * constant, so it keeps its value in the cache key. */
+static void test_nondet_cached(void **state)
+{
+	struct fingerprint_cache *c = fingerprint_cache_new(64);
+	struct fingerprint_info fi;
+	static const char *const a = "SELECT * FROM t WHERE ts < '2020-01-01'::timestamptz";
+	static const char *const b = "SELECT * FROM t WHERE ts < 'now'::timestamptz";
+	static const char *const d = "SELECT * FROM t WHERE ts < $x$now$x$::timestamptz";
+	static const char *const e = "SELECT * FROM t WHERE ts < '2021-06-30'::timestamptz";
+	static const char *const h = "SELECT * FROM t WHERE ts < $x$2020-01-01$x$::timestamptz";
+	static const char *const f = "SELECT nextval('s') LIMIT 1";
+	static const char *const g = "SELECT nextval('other_seq') LIMIT 1";
+
+	(void)state;
+	assert_non_null(c);
+	fingerprint_lookup(c, a, strlen(a), &fi);
+	assert_int_equal(fi.nondet, 0);
+	fingerprint_lookup(c, b, strlen(b), &fi);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_VOLATILE);
+	fingerprint_lookup(c, d, strlen(d), &fi);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_VOLATILE);
+	fingerprint_lookup(c, e, strlen(e), &fi);
+	assert_int_equal(fi.nondet, 0);
+	assert_int_equal(fingerprint_cache_stats(c)->hits, 1); /* e shares a's shape */
+	fingerprint_lookup(c, h, strlen(h), &fi);	       /* not d's shape */
+	assert_int_equal(fi.nondet, 0);
+	assert_int_equal(fingerprint_cache_stats(c)->hits, 1);
+	fingerprint_lookup(c, f, strlen(f), &fi);
+	fingerprint_lookup(c, g, strlen(g), &fi);
+	assert_int_equal(fingerprint_cache_stats(c)->hits, 2); /* g hits f's entry */
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_VOLATILE | FINGERPRINT_NONDET_ORDER);
+	fingerprint_cache_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -211,6 +339,9 @@ int main(void)
 	    cmocka_unit_test(test_cache_hits_and_evictions),
 	    cmocka_unit_test(test_classes),
 	    cmocka_unit_test(test_cache_by_shape),
+	    cmocka_unit_test(test_nondet),
+	    cmocka_unit_test(test_nondet_deep),
+	    cmocka_unit_test(test_nondet_cached),
 	};
 
 	return cmocka_run_group_tests_name("fingerprint", tests, NULL, NULL);
