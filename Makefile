@@ -30,9 +30,10 @@ DEB_PACKAGES += python3-psycopg python3-asyncpg libpostgresql-jdbc-java default-
 
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
-              $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/ownconn.o \
+              $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/replay_submit.o \
+              $(BUILD)/replay_conn.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
-              $(BUILD)/compare.o
+              $(BUILD)/compare.o $(BUILD)/admission.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -41,7 +42,7 @@ UNIT_TESTS += $(BUILD)/test_config
 AGENT_OBJS += $(BUILD)/admin.o
 UNIT_TESTS += $(BUILD)/test_admin
 UNIT_TESTS += $(BUILD)/test_sampler
-UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare
+UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck
 
@@ -58,7 +59,7 @@ $(BUILD)/capture.bpf.o: bpf/capture.bpf.c include/capture_event.h vmlinux/vmlinu
 $(BUILD)/capture.skel.h: $(BUILD)/capture.bpf.o
 	$(BPFTOOL) gen skeleton $< name capture_bpf > $@
 
-$(BUILD)/%.o: user/%.c $(wildcard include/*.h) | $(BUILD)
+$(BUILD)/%.o: user/%.c $(wildcard include/*.h) $(wildcard user/*.h) | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/capture.o: $(BUILD)/capture.skel.h
@@ -107,6 +108,9 @@ $(BUILD)/test_order: tests/unit/test_order.c $(BUILD)/order.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_compare: tests/unit/test_compare.c $(BUILD)/compare.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_admission: tests/unit/test_admission.c $(BUILD)/admission.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h

@@ -11,13 +11,7 @@
 #include <stdint.h>
 
 #include "capture_event.h"
-
-enum capture_attach_mode {
-	CAPTURE_ATTACH_TCX = 0, /* bpf_link per hook; gone when the agent's fds close */
-	CAPTURE_ATTACH_TC,	/* clsact filters; kernels without tcx (< 6.6) */
-};
-
-#define CAPTURE_MAX_INTERFACES 64
+#include "config.h" /* enum capture_attach_mode, CAPTURE_MAX_INTERFACES */
 
 struct capture_config {
 	uint16_t port;		       /* server port, 1..65535 */

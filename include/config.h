@@ -24,8 +24,15 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "capture.h" /* CAPTURE_MAX_INTERFACES, enum capture_attach_mode */
-#include "replay.h"  /* struct replay_db_map, enum replay_* */
+#include "sampler.h" /* struct replay_db_map, enum replay_* */
+
+/* The values of the capture keys (the capture shell uses them). */
+enum capture_attach_mode {
+	CAPTURE_ATTACH_TCX = 0, /* bpf_link per hook; gone when the agent's fds close */
+	CAPTURE_ATTACH_TC,	/* clsact filters; kernels without tcx (< 6.6) */
+};
+
+#define CAPTURE_MAX_INTERFACES 64
 
 #define CONFIG_MAX_DATABASES 1000 /* [databases] lines */
 #define CONFIG_MAX_LINE	     4096 /* longest line of the file, newline included */

@@ -43,21 +43,9 @@
 #include <stdint.h>
 
 #include "capture.h"
+#include "sampler.h" /* the policy enums and struct replay_db_map */
 #include "session.h"
 #include "stats.h"
-
-enum replay_sampling { REPLAY_SAMPLE_TRANSACTION = 0, REPLAY_SAMPLE_SESSION };
-enum replay_aborted { REPLAY_ABORTED_REPLAY = 0, REPLAY_ABORTED_SKIP };
-enum replay_level { REPLAY_LEVEL_ALL = 0, REPLAY_LEVEL_DML, REPLAY_LEVEL_DDL };
-enum replay_mode { REPLAY_MODE_ALL = 0, REPLAY_MODE_READ_ONLY };
-enum replay_compare { REPLAY_COMPARE_STATUS = 0, REPLAY_COMPARE_ROWS, REPLAY_COMPARE_NONE };
-
-/* [databases] line: source database -> mirror dbname and/or its own exposure. */
-struct replay_db_map {
-	const char *source_db;
-	const char *mirror_dbname; /* NULL: same name as the source's */
-	double exposure;	   /* < 0: the global mirror_exposure */
-};
 
 struct replay_config {
 	const char *mirror;	       /* libpq conninfo or URI (mirror_of); dbname is replaced */

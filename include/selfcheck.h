@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /*
  * selfcheck: refuses a --mirror that reaches the source cluster itself. Replaying to the
- * source would apply every write twice, so the agent checks once at start, right before
- * replay starts, and exits with status 2 when the mirror is the source.
+ * source would apply every write twice, so the agent checks once at start and exits with
+ * status 2 when the mirror is the source.
  *
  * When. main calls selfcheck_mirror after the configuration is loaded and before capture
- * attaches: the check's own connections (possibly to the captured port) are then never
- * seen as source traffic, and a refusal leaves nothing attached.
+ * attaches (not right before replay_start, after it): the check's own connections
+ * (possibly to the captured port) are then never seen as source traffic — an exclusion
+ * released when the check ends would come before the capture thread reads the ring, so
+ * the check's SYN would open a flow — and a refusal leaves nothing attached.
  *
  * What "the source" is. The agent runs on the source host, so the source is the
  * postmaster listening on the captured port in the agent's network namespace: LISTEN
@@ -87,7 +89,7 @@ struct selfcheck_probe {
 	bool has_sysid; /* pg_control_system() was permitted */
 	uint64_t sysid;
 	bool peer_local; /* the server's address is one of this host's, or a Unix socket */
-	char peer[64];	 /* that address, for messages */
+	char peer[64];	 /* that address, for messages ("": a Unix socket) */
 	int parent;	 /* index into the postmasters of the one whose child serves this
 			  * connection, -1: none of them */
 };

@@ -257,15 +257,15 @@ static enum selfcheck_verdict refuse_instance(const struct selfcheck_facts *f, i
 	else
 		say(msg, len,
 		    "--mirror reaches the source cluster itself (the mirror's backend pid %d is a "
-		    "child of the source's postmaster pid %d, data directory %s, at local address "
-		    "%s): " REFUSAL,
-		    m->backend_pid, pm->pid, dir, m->peer);
+		    "child of the source's postmaster pid %d, data directory %s, at "
+		    "%s%s): " REFUSAL,
+		    m->backend_pid, pm->pid, dir, m->peer[0] ? "local address " : "a Unix socket",
+		    m->peer);
 	return SELFCHECK_SOURCE;
 }
 
 /* Another server than the source; said only when it has the source's identifier. */
-static enum selfcheck_verdict another_server(bool same_sysid, uint64_t sysid, char *msg,
-					     size_t len)
+static enum selfcheck_verdict another_server(bool same_sysid, uint64_t sysid, char *msg, size_t len)
 {
 	if (same_sysid)
 		say(msg, len,
@@ -332,8 +332,8 @@ static enum selfcheck_verdict by_sysid(const struct selfcheck_facts *f,
 		return SELFCHECK_SOURCE;
 	}
 	if (!f->has_source)
-		snprintf(why, sizeof(why), "%s, and without --source-dsn there is nothing to compare",
-			 note);
+		snprintf(why, sizeof(why),
+			 "%s, and without --source-dsn there is nothing to compare", note);
 	else if (!src)
 		snprintf(why, sizeof(why), "%s, and --source-dsn: %s", note, f->source.error);
 	else
@@ -367,13 +367,14 @@ enum selfcheck_verdict selfcheck_decide(const struct selfcheck_facts *f, char *m
 			return refuse_instance(f, x, msg, len);
 		/* its child, but neither the identifiers nor the address can confirm it */
 		if (x < 0 && m->parent == s && !(m->has_sysid && f->pm[s].has_sysid)) {
-			snprintf(why, sizeof(why),
-				 "the mirror's backend pid %d is a child of the source's postmaster "
-				 "pid %d, but %s and the mirror's address %s is not local",
-				 m->backend_pid, f->pm[s].pid,
-				 m->has_sysid ? "the source's global/pg_control cannot be read"
-					      : "pg_control_system() is not permitted on the mirror",
-				 m->peer);
+			snprintf(
+			    why, sizeof(why),
+			    "the mirror's backend pid %d is a child of the source's postmaster "
+			    "pid %d, but %s and the mirror's address %s is not local",
+			    m->backend_pid, f->pm[s].pid,
+			    m->has_sysid ? "the source's global/pg_control cannot be read"
+					 : "pg_control_system() is not permitted on the mirror",
+			    m->peer);
 			return unchecked(msg, len, why);
 		}
 		return another_server(has_ms && has_ss && ms == ss, ms, msg, len);
@@ -424,8 +425,8 @@ static void conn_error(struct probe_conn *pc, const char *what, char *err, size_
 {
 	const char *m = pc->conn ? PQerrorMessage(pc->conn) : "out of memory";
 
-	snprintf(err, len, "%s%s%.*s", what ? what : "", what ? ": " : "",
-		 (int)strcspn(m, "\n"), m);
+	snprintf(err, len, "%s%s%.*s", what ? what : "", what ? ": " : "", (int)strcspn(m, "\n"),
+		 m);
 	selfcheck_redact(err, len, pc->password);
 }
 
@@ -527,7 +528,7 @@ static bool addr_is_local(const struct sockaddr_storage *ss, char *text, size_t 
 	bool v4, local = false;
 
 	if (ss->ss_family == AF_UNIX) {
-		snprintf(text, len, "a Unix socket");
+		text[0] = '\0'; /* always local: said as "a Unix socket" */
 		return true;
 	}
 	if (ss->ss_family == AF_INET) {
@@ -601,6 +602,7 @@ static int probe(const char *conninfo, struct probe_conn *pc, struct selfcheck_p
 	res = query(pc->conn, "SELECT system_identifier FROM pg_control_system()", deadline);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
 	    !PQgetisnull(res, 0, 0)) {
+		/* a bigint: negative from 2038 on, when strtoull's wrap is the uint64 */
 		out->sysid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
 		out->has_sysid = out->sysid != 0;
 	}
@@ -679,7 +681,7 @@ static size_t listen_inodes(uint16_t port, uint64_t *inodes, size_t cap)
 	return n;
 }
 
-/* Whether process pid (its open fd directory fds) holds one of the sockets. */
+/* Whether the process whose fd directory is fds holds one of the sockets. */
 static bool holds_socket(DIR *fds, const uint64_t *inodes, size_t n)
 {
 	struct dirent *d;
@@ -702,8 +704,7 @@ static bool holds_socket(DIR *fds, const uint64_t *inodes, size_t n)
 
 /* The processes holding one of the sockets (up to cap); *denied counts the fd
  * directories that could not be read. */
-static size_t socket_holders(const uint64_t *inodes, size_t n, int *pids, size_t cap,
-			     int *denied)
+static size_t socket_holders(const uint64_t *inodes, size_t n, int *pids, size_t cap, int *denied)
 {
 	DIR *proc = opendir("/proc"), *fds;
 	struct dirent *p;

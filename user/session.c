@@ -190,7 +190,8 @@ void session_config_default(struct session_config *cfg)
 	pgwire_config_default(&cfg->wire);
 	cfg->max_statements = 1000;
 	cfg->max_portals = 100;
-	cfg->max_inflight = 1000;
+	cfg->max_inflight = 65536; /* a driver's batch (executemany, executeBatch) is one
+				    * Sync group of this many Executes sent before any answer */
 	cfg->max_copy_bytes = 1 * MIB;
 }
 

@@ -197,7 +197,12 @@ def verify(src, mir, m, db, since, msince, tables, extra_problems=()):
     for d in table_diffs:
         problems.append(f"(b) mirror table differs: {d}")
     if any(agent_errors.values()):
-        problems.append(f"(c) mirror errors {agent_errors}; skip reasons "
+        drops = {k: int(v) for k, v in
+                 m.by_label("mirror_dropped_requests_total", "reason").items() if v}
+        aborted = {k: int(v) for k, v in
+                   m.by_label("mirror_units_aborted_total", "reason").items() if v}
+        problems.append(f"(c) mirror errors {agent_errors}; drop reasons {drops}, "
+                        f"transactions rolled back {aborted}; skip reasons "
                         f"{o['skip_reasons']}; mirror's log: {mir_errors} "
                         f"{mirror_error_messages(mir, db, msince, 5)}")
     if o["skipped"] or o["not_sampled"]:

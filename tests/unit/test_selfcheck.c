@@ -43,7 +43,7 @@ static void test_parse_listen(void **state)
 	assert_true(selfcheck_parse_listen(tcp6_listen, 5999, &ino)); /* lower-case hex too */
 	assert_int_equal(ino, 10953537);
 	ino = 0;
-	assert_false(selfcheck_parse_listen(tcp_listen, 5432, &ino)); /* another port */
+	assert_false(selfcheck_parse_listen(tcp_listen, 5432, &ino));	   /* another port */
 	assert_false(selfcheck_parse_listen(tcp_established, 5999, &ino)); /* not LISTEN */
 	assert_false(selfcheck_parse_listen(tcp_header, 5999, &ino));
 	assert_false(selfcheck_parse_listen("", 5999, &ino));
@@ -136,8 +136,7 @@ static void test_parse_status(void **state)
 	assert_int_equal(ppid, 92970);
 	assert_int_equal(nspid, 48);
 	/* no NSpid line (kernels before 4.1): Pid, never TracerPid */
-	assert_true(
-	    selfcheck_parse_status("TracerPid:\t5\nPid:\t42\nPPid:\t1\n", &ppid, &nspid));
+	assert_true(selfcheck_parse_status("TracerPid:\t5\nPid:\t42\nPPid:\t1\n", &ppid, &nspid));
 	assert_int_equal(ppid, 1);
 	assert_int_equal(nspid, 42);
 	assert_false(selfcheck_parse_status("Pid:\t42\nTracerPid:\t1\n", &ppid, &nspid));
@@ -278,6 +277,9 @@ static void test_the_source_without_sysid(void **state)
 			       "pid 4242 is a child of the source's postmaster pid 100, data "
 			       "directory /srv/pg0, at local address 127.0.0.1): refusing to "
 			       "replay every write twice");
+	facts.mirror.peer[0] = '\0'; /* a Unix socket */
+	assert_int_equal(decide(m, sizeof(m)), SELFCHECK_SOURCE);
+	assert_non_null(strstr(m, "data directory /srv/pg0, at a Unix socket): refusing"));
 	/* a remote address: the pid could be another host's by chance */
 	facts.mirror.peer_local = false;
 	snprintf(facts.mirror.peer, sizeof(facts.mirror.peer), "10.1.2.3");
