@@ -152,10 +152,10 @@ demo: deps all
 	$(PYTHON) tests/demo.py
 
 format:
-	clang-format -i user/*.c include/*.h bpf/*.c tests/unit/*.[ch]
+	clang-format -i user/*.c user/*.h include/*.h bpf/*.c tests/unit/*.[ch]
 
 format-check:
-	clang-format --dry-run --Werror user/*.c include/*.h bpf/*.c tests/unit/*.[ch]
+	clang-format --dry-run --Werror user/*.c user/*.h include/*.h bpf/*.c tests/unit/*.[ch]
 
 clean:
 	rm -rf $(BUILD)

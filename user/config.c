@@ -133,9 +133,9 @@ const struct config_key config_keys[] = {
     {"mirror_set_role", CONFIG_BOOL, OFF(mirror_set_role), 0, 0, 0, NULL, "off", false, "on|off",
      "SET ROLE to the source session's user after connecting to the mirror."},
     {"mirror_queue", CONFIG_UINT, OFF(mirror_queue), 1, 1000000, 0, NULL, "100", false, "N",
-     "A transaction is admitted for replay only while fewer than N requests of its session "
-     "wait; otherwise it is dropped whole (buffer_full). An admitted transaction is never "
-     "cut by this count."},
+     "A transaction is admitted for replay only while fewer than N transactions of its "
+     "session wait to start on the mirror; otherwise it is dropped whole (buffer_full). An "
+     "admitted transaction is never cut by this count."},
     {"mirror_queue_mb", CONFIG_UINT, OFF(mirror_queue_mb), 1, 65536, 0, NULL, "64", false, "N",
      "MiB of requests waiting for the mirror, all sessions together. A transaction that "
      "does not fit is rolled back on the mirror and the rest of it dropped (unit_aborted)."},

@@ -104,6 +104,9 @@ BASE_TABLES = {
 
 # --------------------------------------------------------------------------- helpers
 
+QUEUE_BUDGET = 64 << 20  # --mirror-queue-mb's default
+
+
 def create_databases(pair, db, schema):
     """Database db with schema (one Query per statement) on both clusters."""
     for pg in pair:
@@ -247,7 +250,11 @@ def run_case(pair, mirror_agent, db, schema, tables, drive, validate=None):
         bad = validate(records, info)
         assert not bad, f"{db}: the workload did not do what the test needs (a test " \
                         f"problem, not the agent's):\n  " + "\n  ".join(bad)
-    return verify(src, mir, m, db, since, msince, tables)
+    out = verify(src, mir, m, db, since, msince, tables)
+    out["queue_bytes_peak"] = int(m.get("mirror_queue_bytes_peak"))
+    print(f"{db}: peak of the replay queue {out['queue_bytes_peak']} bytes "
+          f"(budget {QUEUE_BUDGET})")
+    return out
 
 
 def run_cmd(argv, cwd=None, env=None, timeout=120):
@@ -638,6 +645,8 @@ def test_asyncpg(pair, mirror_agent):
 
     out = run_case(pair, mirror_agent, db, schema, tables, drive, validate)
     assert out["tables"]["bulk"] == ASYNCPG_BULK, out["tables"]
+    # the 10,000-row batch went through the default byte budget, whole
+    assert 0 < out["queue_bytes_peak"] <= QUEUE_BUDGET, out["queue_bytes_peak"]
 
 
 # --------------------------------------------------------------------------- node-postgres
@@ -717,6 +726,7 @@ def test_jdbc(pair, mirror_agent, tmp_path):
 
     out = run_case(pair, mirror_agent, db, schema, tables, drive, validate)
     assert out["tables"]["batch"] == JDBC_BATCH, out["tables"]
+    assert 0 < out["queue_bytes_peak"] <= QUEUE_BUDGET, out["queue_bytes_peak"]
 
 
 # --------------------------------------------------------------------------- pgbench pipeline

@@ -12,11 +12,14 @@ source served); the agent's counters must agree with both.
 
 import math
 import random
+import re
+import subprocess
 
 import psycopg2
 import pytest
 
 import pg_harness as pgh
+import pgshadow_harness as h
 from test_mirror import (  # noqa: F401 - pytest fixtures are used by name
     PGBENCH_TABLE_QUERIES, UNTHROTTLED_QUEUE, check_invariant, check_source_clean, connect,
     finish, mark, mirror_agent, mirror_agent_bin, pair)
@@ -330,6 +333,63 @@ def test_compare_rows_identical_mirror(pair, mirror_agent):
     assert o["query"] == 0 and o["skipped"] == 0 and o["dropped"] == 0, o
     assert compared(m) == o["mirrored"], (compared(m), o)
     assert not any(mismatches(m).values()), mismatches(m)
+
+
+# Differs between the two clusters (they listen on different ports) and nothing in its
+# parse tree says so: only a declaration (--mirror-compare-ignore) keeps it out.
+PORT_QUERY = "SELECT current_setting('port') AS p"
+# Differ between clusters and between runs; the parse tree says so (fingerprint.h).
+NONDETERMINISTIC = ["SELECT now() AS t, id FROM c WHERE id < 3 ORDER BY id",
+                    "SELECT clock_timestamp()",
+                    "SELECT id FROM c LIMIT 2",
+                    "SELECT CURRENT_TIMESTAMP"]
+
+
+def test_compare_nondeterministic_and_declared(pair, mirror_agent, agent_bin):
+    """--mirror-compare rows on identical data: statements whose rows are not deterministic
+    (now(), clock_timestamp(), LIMIT without ORDER BY, CURRENT_TIMESTAMP) compare equal
+    (tag and row count only); a statement that differs between the clusters without the
+    tree showing it (current_setting('port')) is a rows mismatch, logged with its
+    fingerprint, and that fingerprint given to --mirror-compare-ignore keeps it out of the
+    comparison: 0 mismatches, compared = mirrored - its calls. A bad fingerprint stops the
+    agent at start."""
+    src, mir = pair
+    for pg in (src, mir):
+        pg.createdb(DB)
+        pg.psql(["CREATE TABLE c (id int PRIMARY KEY, v text)",
+                 "INSERT INTO c SELECT i, md5(i::text) FROM generate_series(1, 20) i"], db=DB)
+    workload = (NONDETERMINISTIC + [PORT_QUERY]) * 3
+
+    agent = mirror_agent(src, mir, extra=["--mirror-compare", "rows", "--log-mismatches", 10])
+    run_statements(src, DB, workload)
+    m, res = finish(agent)
+    o = check_invariant(m)
+    mm = mismatches(m)
+    print(f"undeclared: mismatches {mm}, compared {compared(m)}, outcomes {o}")
+    assert o["mirrored"] == len(workload), o
+    assert mm == {"tag": 0, "rowcount": 0, "sqlstate": 0, "rows": 3}, mm
+    assert compared(m) == len(workload)
+    fps = set(re.findall(r"mismatch \d+/\d+ database=policy fingerprint=([0-9a-f]{16}) "
+                         r"kind=rows", res.stderr))
+    assert len(fps) == 1, res.stderr
+
+    agent = mirror_agent(src, mir, extra=["--mirror-compare", "rows",
+                                          "--mirror-compare-ignore", fps.pop()])
+    run_statements(src, DB, workload)
+    m, _ = finish(agent)
+    o = check_invariant(m)
+    print(f"declared: mismatches {mismatches(m)}, compared {compared(m)}, outcomes {o}")
+    assert o["mirrored"] == len(workload), o
+    assert not any(mismatches(m).values()), mismatches(m)
+    assert compared(m) == len(workload) - 3
+
+    bad = subprocess.run([str(agent_bin), "--port", str(src.port), "--interface", "lo",
+                          "--admin-socket-dir", "", "--mirror", agent.mirror_conninfo,
+                          "--metrics-listen", f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}",
+                          "--mirror-compare-ignore", "12ab,nothex"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+    assert "mirror_compare_ignore: 'nothex' is not a fingerprint" in bad.stderr, bad.stderr
 
 
 # --------------------------------------------------------------------------- Sync groups
