@@ -162,7 +162,7 @@ struct stats_mirror_snapshot {
 	double latency_avg_ms, latency_max_ms; /* current window */
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
-	uint64_t pipelined, converted;	 /* sent behind another; simple reads sent extended */
+	uint64_t pipelined, converted;	 /* sent behind another; simple queries sent extended */
 	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
 	uint64_t lock_waits;		 /* of order_waits, for lock order */
@@ -221,7 +221,7 @@ void stats_mirror_order_wait(struct stats *st);
 void stats_mirror_lock_wait(struct stats *st);
 void stats_mirror_order_timeout(struct stats *st);
 /* A request sent in pipeline mode for a backlog: behind another in flight on its mirror
- * connection (or the first of the pipeline); converted: a simple-protocol read sent as an
+ * connection (or the first of the pipeline); converted: a simple-protocol query sent as an
  * unnamed extended-protocol statement. */
 void stats_mirror_piped(struct stats *st, bool behind, bool converted);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);

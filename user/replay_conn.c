@@ -285,6 +285,7 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 	char *ident, *sql;
 
 	s->backoff_ms = BACKOFF_MIN_MS;
+	atomic_store_explicit(&s->up, true, memory_order_relaxed);
 	if (PQsetnonblocking(s->conn, 1)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
@@ -502,8 +503,8 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 	/* behind an open Sync group only the rest of that group may go */
 	if (tail_open(s, &group) && (it->kind != SESSION_REQ_EXECUTE || it->sync_group != group))
 		return false;
-	if (it->kind == SESSION_REQ_QUERY)
-		return true;
+	if (it->kind == SESSION_REQ_QUERY) /* COPY and DEALLOCATE/DISCARD: as simple queries */
+		return !replay_is_copy(it) && !drops_statements(it->text);
 	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || it->suspended || replay_is_copy(it))
 		return false;
 	return !it->stmt_name[0] ||

@@ -174,7 +174,7 @@ struct item {
 	bool wrap;	     /* inside BEGIN ... ROLLBACK */
 	bool as_rollback;    /* send ROLLBACK instead of the text */
 	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
-	bool pipe_ok;	     /* an Execute, or a Query of one read statement */
+	bool pipe_ok;	     /* an Execute, or a Query of one statement (replay_submit.c) */
 	uint64_t sync_group; /* Execute: its Sync's group (CTL_SYNC: the group synced) */
 	bool group_more;     /* Execute: more Executes of its Sync follow */
 	bool group_end;	     /* Execute: the last of its Sync (else the group stays open) */
@@ -253,6 +253,7 @@ struct replay_session {
 	_Atomic uint32_t queued; /* items submitted and not finished */
 	_Atomic uint32_t units;	 /* transactions whose first item has not left the queue */
 	_Atomic bool capped;	 /* no mirror connection slot (set once, replay thread) */
+	_Atomic bool up;	 /* its mirror connection was ready once (replay thread) */
 	/* for replay_sessions (SHOW MIRROR SESSIONS) */
 	_Atomic uint64_t n_mirrored, n_errors, n_dropped, n_skipped;
 	_Atomic int pub_state; /* enum conn_state, published by the replay thread */

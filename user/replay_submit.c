@@ -538,12 +538,16 @@ static void unit_begin(struct replay *r, struct replay_session *rs,
 	struct admission_start st = {.txn_before = req->txn_before,
 				     .query = req->kind == SESSION_REQ_QUERY,
 				     .txn_after = req->txn_status};
-	struct admission_load l = {.session_waiting = atomic_load(&rs->units),
-				   .queue = r->cfg.queue,
-				   .bytes = atomic_load(&r->item_bytes),
-				   .bytes_max = r->cfg.queue_bytes,
-				   .items = atomic_load(&r->items),
-				   .items_max = CHANNEL_ITEMS_MAX};
+	/* a session's first burst waits for its mirror connection to be made: that lag is
+	 * bounded by the byte budget, not held against mirror_queue */
+	struct admission_load l = {
+	    .session_waiting =
+		atomic_load_explicit(&rs->up, memory_order_relaxed) ? atomic_load(&rs->units) : 0,
+	    .queue = r->cfg.queue,
+	    .bytes = atomic_load(&r->item_bytes),
+	    .bytes_max = r->cfg.queue_bytes,
+	    .items = atomic_load(&r->items),
+	    .items_max = CHANNEL_ITEMS_MAX};
 
 	admission_begin(&rs->c_adm, &st, &l);
 }
@@ -631,9 +635,12 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	it->no_compare = r->n_ignore && ignored(r, fi->fingerprint);
 	compare_scope_of(&it->scope, r->cfg.compare == REPLAY_COMPARE_ROWS, req->suspended,
 			 req->max_rows, fi->nondet != 0);
-	it->pipe_ok =
-	    req->kind == SESSION_REQ_EXECUTE ||
-	    (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->read_only && fi->statements == 1);
+	/* a simple query of one statement means the same as an unnamed extended-protocol
+	 * statement with its own Sync (replay_conn.c pipelines it so), except for what cannot
+	 * run in an implicit transaction block of a pipeline */
+	it->pipe_ok = req->kind == SESSION_REQ_EXECUTE ||
+		      (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->statements == 1 &&
+		       !(fi->classes & FINGERPRINT_NO_TXN_BLOCK));
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);

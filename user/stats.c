@@ -962,7 +962,7 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			       m.pipelined);
 	ok &= gauge_or_counter(
 	    b, "mirror_replay_converted_total", "counter",
-	    "Simple-protocol reads sent as unnamed extended-protocol statements to "
+	    "Simple-protocol statements sent as unnamed extended-protocol statements to "
 	    "pipeline a backlog (libpq pipelines only the extended protocol).",
 	    m.converted);
 	ok &= gauge_or_counter(b, "mirror_readiness_ready", "gauge",
