@@ -455,6 +455,7 @@ static void drain(struct replay *r)
 	struct msg *m, *next;
 	struct replay_session *s;
 	struct item *it;
+	double e;
 
 	for (m = chan_take(r); m; m = next) {
 		next = m->next;
@@ -478,8 +479,11 @@ static void drain(struct replay *r)
 			s->params = (struct params *)m;
 			pthread_mutex_unlock(&r->list_lock);
 			/* connect now: a session's first requests (a pool's burst) must not
-			 * pile up behind its connection being made */
-			s->preconnect = !s->ever_connected;
+			 * pile up behind its connection being made; unless the session may
+			 * well never be replayed (exposure 0, or sampled per session) */
+			e = replay_exposure_of(r, s);
+			s->preconnect = !s->ever_connected && e > 0 &&
+					(r->cfg.sampling == REPLAY_SAMPLE_TRANSACTION || e >= 1);
 			replay_activate(r, s);
 			break;
 		case MSG_ITEM:

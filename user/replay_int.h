@@ -377,6 +377,9 @@ static inline uint64_t fnv(uint64_t h, const void *p, size_t n)
 
 /* ---- across the replay files ---- */
 
+/* The exposure of a session's database now (any thread once PARAMS was posted). */
+double replay_exposure_of(const struct replay *r, const struct replay_session *rs);
+
 int replay_map_copy(struct replay *r, const struct replay_config *cfg);
 void replay_map_free(struct replay *r);
 void replay_activate(struct replay *r, struct replay_session *s);

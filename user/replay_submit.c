@@ -119,7 +119,7 @@ void replay_set_exposure(struct replay *r, const char *db, double exposure)
 }
 
 /* The exposure of a session's database now. */
-static double exposure_of(const struct replay *r, const struct replay_session *rs)
+double replay_exposure_of(const struct replay *r, const struct replay_session *rs)
 {
 	double e = -1;
 
@@ -678,7 +678,7 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 	}
 	if (req->text)
 		fingerprint_lookup(r->fp, req->text, req->text_len, &fi);
-	sc.exposure = exposure_of(r, rs);
+	sc.exposure = replay_exposure_of(r, rs);
 	sc.sampling = r->cfg.sampling;
 	sc.level = r->cfg.level;
 	sc.mode = r->cfg.mode;
