@@ -44,9 +44,22 @@
  *   decide ties, ARRAY(SELECT ...) and array_agg/string_agg/json_agg without ORDER BY are
  *   not detected.
  * - FINGERPRINT_NONDET_TABLESAMPLE: TABLESAMPLE (even REPEATABLE: the pages differ).
- * - FINGERPRINT_NONDET_UNKNOWN: the tree is nested too deep to walk (> 1000 messages,
- *   about 500 levels of expressions); treat as non-deterministic.
+ * - FINGERPRINT_NONDET_UNKNOWN: the tree is nested too deep to inspect (see below); treat
+ *   as non-deterministic.
  * A text that does not parse has no bits.
+ *
+ * Too deep: a parse tree nested more than FINGERPRINT_MAX_DEPTH messages (about 500 levels
+ * of SQL expressions: `SELECT 1+a+a+...` of 495 terms, 165 nested subqueries) is not
+ * unpacked, because protobuf-c's unpacking recurses once per level and overflows the stack
+ * a few thousand levels down (any client could crash the agent with one query). Such a
+ * text is reported as too_deep: not parsed (a write, no classes, no fingerprint) with
+ * FINGERPRINT_NONDET_UNKNOWN, counted in too_deep rather than parse_errors, and cached like
+ * any other answer. fingerprint_wire_depth bounds the nesting without recursion first.
+ * libpg_query's own protobuf output recurses as well, and takes time quadratic in the
+ * depth: a text longer than 4 KiB is first parsed into JSON (linear) on a stack of its own
+ * sized to the text, and refused as too deep from the JSON's nesting (fingerprint.c). A text
+ * for which no such stack can be mapped is too deep as well. The JSON parse of a 1 MB
+ * text as deep as can be takes ~2 s and ~400 MB at its peak (of a flat one, 0.2 s).
  *
  * The cache is keyed by the text's shape: the text with the contents of its string,
  * number and dollar-quoted literals left out (comments too), so `... WHERE aid = 1` and
@@ -90,18 +103,27 @@ enum fingerprint_nondet {
 	FINGERPRINT_NONDET_UNKNOWN = 1 << 3,	 /* too deep to inspect */
 };
 
+/* Levels of message nesting a parse tree may have to be unpacked (see above). protobuf-c's
+ * unpack takes ~960 bytes of stack a level: at 1000, classifying needs ~0.95 MiB of the
+ * caller's stack (the main, capture, thread: 8 MiB by RLIMIT_STACK), where ~8,700 levels
+ * crash. */
+#define FINGERPRINT_MAX_DEPTH 1000
+
 struct fingerprint_info {
 	uint64_t fingerprint; /* libpg_query's fingerprint; 0 when it did not parse */
-	bool parsed;	      /* the text parsed */
+	bool parsed;	      /* the text parsed (and was not too deep) */
 	bool read_only;	      /* every statement is a read (see above) */
 	uint16_t statements;  /* statements in the text */
 	uint8_t classes;      /* enum fingerprint_class bits */
 	uint8_t txn;	      /* enum fingerprint_txn */
 	uint8_t nondet;	      /* enum fingerprint_nondet bits; 0 when it did not parse */
+	bool too_deep;	      /* too deep to inspect (see above): parsed is false */
 };
 
 struct fingerprint_stats {
-	uint64_t hits, misses, evictions, parse_errors;
+	uint64_t hits, misses, evictions;
+	uint64_t parse_errors; /* texts that did not parse (too deep ones aside) */
+	uint64_t too_deep;     /* texts nested deeper than FINGERPRINT_MAX_DEPTH */
 };
 
 /* Computes the info of one text (NUL-terminated), uncached. */
@@ -117,6 +139,18 @@ void fingerprint_lookup(struct fingerprint_cache *c, const char *text, size_t le
 			struct fingerprint_info *out);
 
 const struct fingerprint_stats *fingerprint_cache_stats(const struct fingerprint_cache *c);
+
+/*
+ * How deep the protobuf message buf[0..len) nests, read iteratively (no recursion, no
+ * allocation, bytes read at most twice). The message itself is level 1. A length-delimited
+ * field counts as a nested message when its bytes read completely as fields protobuf-c
+ * would accept (so a string that happens to look like a message counts: an over-estimate,
+ * never an under-estimate); else it is a string or bytes. Sets *depth to the levels, or to
+ * max_depth + 1 when deeper than max_depth. Returns false when buf is not a message, when
+ * len > UINT32_MAX, or when max_depth is 0 or more than FINGERPRINT_MAX_DEPTH.
+ */
+bool fingerprint_wire_depth(const uint8_t *buf, size_t len, unsigned int max_depth,
+			    unsigned int *depth) __attribute__((warn_unused_result));
 
 /* NULL-safe. */
 void fingerprint_cache_free(struct fingerprint_cache *c);

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
 
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
@@ -216,7 +219,9 @@ static unsigned int stmt_classes(const PgQuery__Node *n, enum fingerprint_txn *t
  * protobuf-c's descriptors so every node type is covered without listing them; the nodes
  * that matter are recognised by their descriptor.
  */
-#define NONDET_MAX_DEPTH 1000 /* messages; about 500 levels of SQL nesting */
+/* messages under a statement; classify() unpacks no tree deeper than FINGERPRINT_MAX_DEPTH
+ * (a statement is 3 levels down), so this is a second guard that is not reached */
+#define NONDET_MAX_DEPTH FINGERPRINT_MAX_DEPTH
 
 /* Functions whose result differs between two runs or two clusters, matched on the last
  * component of the name (pg_catalog.now, public.uuid_generate_v4). */
@@ -434,17 +439,280 @@ static void walk_nondet(const ProtobufCMessage *m, struct nondet_walk *w, unsign
 	}
 }
 
-/* Parses text and classifies each statement. Returns false when it does not parse. */
+/*
+ * The protobuf wire format, read without recursion so that a parse tree's nesting is known
+ * before protobuf-c unpacks it: protobuf_c_message_unpack (and free_unpacked) recurse once
+ * per level of message nesting, and `SELECT 1+a+a+...` of ~4,400 terms (9 KB; two levels a
+ * term) overflows an 8 MiB stack there, while libpg_query parses it. What is accepted here
+ * is a superset of what protobuf-c accepts, so the depth found is never less than the depth
+ * protobuf-c would recurse to (it flat-scans a message's fields before unpacking any of its
+ * children, so it never enters a child of a message that does not read as one).
+ */
+
+/* A varint at b[*p..end) (10 bytes at most). Advances *p past it. */
+static __attribute__((warn_unused_result)) bool wire_varint(const uint8_t *b, size_t end, size_t *p,
+							    uint64_t *v)
+{
+	uint64_t x = 0;
+	unsigned int shift;
+
+	for (shift = 0; shift < 70 && *p < end; shift += 7) {
+		uint8_t byte = b[(*p)++];
+
+		x |= (uint64_t)(byte & 0x7f) << shift;
+		if (!(byte & 0x80)) {
+			*v = x;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The field at b[*p..end), *p < end: advances *p past it and sets *payload to where a
+ * length-delimited field's bytes start, else to 0 (a field's bytes never start at 0: its tag
+ * comes first). False when the bytes are not a field protobuf-c would read. */
+static __attribute__((warn_unused_result)) bool wire_field(const uint8_t *b, size_t end, size_t *p,
+							   size_t *payload)
+{
+	uint64_t tag, v;
+
+	*payload = 0;
+	if (!(b[*p] & 0xf8))
+		return false; /* field number 0, as protobuf-c tests it: a one-byte tag 0..7 */
+	if (!wire_varint(b, end, p, &tag))
+		return false;
+	switch (tag & 7) {
+	case 0: /* varint */
+		return wire_varint(b, end, p, &v);
+	case 1: /* fixed64 */
+	case 5: /* fixed32 */
+		v = (tag & 7) == 1 ? 8 : 4;
+		break;
+	case 2: /* length-delimited: a string, bytes or a message */
+		if (!wire_varint(b, end, p, &v))
+			return false;
+		*payload = *p;
+		break;
+	default: /* groups (3, 4), which protobuf-c rejects, and 6, 7 */
+		return false;
+	}
+	if (v > end - *p)
+		return false;
+	*p += v;
+	return true;
+}
+
+/* Whether b[p..end) reads completely as fields. */
+static bool wire_message(const uint8_t *b, size_t p, size_t end)
+{
+	size_t payload;
+
+	while (p < end)
+		if (!wire_field(b, end, &p, &payload))
+			return false;
+	return true;
+}
+
+/* A message being read: a length-delimited field taken for a message until its bytes fail
+ * to read as fields, when its parent reads it as a string after all. */
+struct wire_frame {
+	uint32_t end;	/* where its bytes end */
+	uint32_t below; /* levels of message nesting under it so far */
+};
+
+bool fingerprint_wire_depth(const uint8_t *buf, size_t len, unsigned int max_depth,
+			    unsigned int *depth)
+{
+	struct wire_frame st[FINGERPRINT_MAX_DEPTH]; /* 8 KiB */
+	struct wire_frame *f;
+	unsigned int n = 1; /* frames open */
+	size_t p = 0, payload;
+	uint32_t levels;
+
+	if (len > UINT32_MAX || !max_depth || max_depth > FINGERPRINT_MAX_DEPTH)
+		return false;
+	st[0] = (struct wire_frame){.end = (uint32_t)len};
+	for (;;) {
+		f = &st[n - 1];
+		if (p == f->end) { /* a message: as deep as its deepest child, plus itself */
+			levels = f->below + 1;
+			if (!--n) {
+				*depth = levels;
+				return true;
+			}
+			if (st[n - 1].below < levels)
+				st[n - 1].below = levels;
+			continue;
+		}
+		if (!wire_field(buf, f->end, &p, &payload)) {
+			/* not a message: its parent takes it for a string and goes on after it */
+			if (!--n)
+				return false;
+			p = f->end;
+			continue;
+		}
+		if (!payload)
+			continue;
+		if (n < max_depth) {
+			st[n++] = (struct wire_frame){.end = (uint32_t)p};
+			p = payload;
+		} else if (wire_message(buf, payload, p)) {
+			f->below = 1; /* deeper than max_depth: how much deeper does not matter */
+		}
+	}
+}
+
+/*
+ * libpg_query's parse recurses too, and is slow on deep trees: pg_query_parse_protobuf
+ * packs the tree with protobuf-c, which recurses per level (177 bytes of stack per byte of
+ * text at worst, measured on `+a` chains: 24,000 terms, 48 KB, overflow 8 MiB) and computes
+ * each sub-message's size again at every level above it (quadratic: 50,000 terms take
+ * 1.4 s, 100,000 take 6.6 s). Short texts are parsed straight away: at most ~4,100 levels,
+ * 0.7 MiB of the caller's stack and 16 ms. A longer text is first parsed into JSON, which
+ * takes linear time and 64 bytes of stack per byte at worst, on a stack of its own (reserved
+ * for the text's length, not committed: only what the parse touches is, and it is unmapped
+ * after), and its nesting read from the brackets; only a shallow one is parsed again into
+ * protobuf. JSON nests 1 to 1.5 times as deep as the protobuf (a list is an array more),
+ * so JSON_MAX_DEPTH refuses no tree that FINGERPRINT_MAX_DEPTH accepts.
+ */
+#define PARSE_DIRECT_MAX    4096 /* bytes of text parsed straight into protobuf */
+#define JSON_STACK_PER_BYTE 512	 /* 8 times the 64 measured */
+#define JSON_MAX_DEPTH	    (2 * FINGERPRINT_MAX_DEPTH) /* brackets */
+
+/* What call_on_stack runs: makecontext passes only ints. */
+static __thread struct {
+	void (*fn)(void *);
+	void *arg;
+} stack_call;
+
+static void stack_entry(void)
+{
+	stack_call.fn(stack_call.arg);
+}
+
+/* Runs fn(arg) on a stack of its own of size bytes, with a guard page below it. Returns
+ * false, without running fn, when no such stack can be had. */
+static __attribute__((warn_unused_result)) bool call_on_stack(void (*fn)(void *), void *arg,
+							      size_t size)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	ucontext_t caller, callee;
+	bool ok = false;
+	char *stack;
+
+	if (size > SIZE_MAX - 2 * page)
+		return false;
+	size = (size + 2 * page - 1) / page * page;
+	stack = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+	if (stack == MAP_FAILED)
+		return false;
+	if (mprotect(stack, page, PROT_NONE) || getcontext(&callee))
+		goto cleanup;
+	callee.uc_stack.ss_sp = stack + page;
+	callee.uc_stack.ss_size = size - page;
+	callee.uc_link = &caller; /* where stack_entry returns to */
+	makecontext(&callee, stack_entry, 0);
+	stack_call.fn = fn;
+	stack_call.arg = arg;
+	ok = !swapcontext(&caller, &callee);
+cleanup:
+	munmap(stack, size);
+	return ok;
+}
+
+/* The nesting of the JSON text j (brackets outside strings), counted up to max + 1. */
+static unsigned int json_depth(const char *j, unsigned int max)
+{
+	unsigned int depth = 0, deepest = 0;
+	bool in_string = false;
+
+	for (; *j && deepest <= max; j++) {
+		if (in_string) {
+			if (*j == '\\' && j[1])
+				j++;
+			else if (*j == '"')
+				in_string = false;
+		} else if (*j == '"') {
+			in_string = true;
+		} else if (*j == '{' || *j == '[') {
+			if (++depth > deepest)
+				deepest = depth;
+		} else if ((*j == '}' || *j == ']') && depth) {
+			depth--;
+		}
+	}
+	return deepest;
+}
+
+enum prescan { PRESCAN_SHALLOW, PRESCAN_TOO_DEEP, PRESCAN_NO_PARSE };
+
+struct json_parse {
+	const char *text;
+	PgQueryParseResult r;
+};
+
+static void json_parse(void *arg)
+{
+	struct json_parse *p = arg;
+
+	p->r = pg_query_parse(p->text);
+}
+
+/* Whether text[0..len), too long to parse straight into protobuf, is shallow enough to be.
+ * A text no stack can be had for is too deep. */
+static enum prescan prescan(const char *text, size_t len)
+{
+	struct json_parse p = {.text = text};
+	enum prescan res;
+
+	if (len > SIZE_MAX / JSON_STACK_PER_BYTE - 1 ||
+	    !call_on_stack(json_parse, &p, (len + 1) * JSON_STACK_PER_BYTE))
+		return PRESCAN_TOO_DEEP;
+	if (p.r.error || !p.r.parse_tree)
+		res = PRESCAN_NO_PARSE;
+	else if (json_depth(p.r.parse_tree, JSON_MAX_DEPTH) > JSON_MAX_DEPTH)
+		res = PRESCAN_TOO_DEEP;
+	else
+		res = PRESCAN_SHALLOW;
+	pg_query_free_parse_result(p.r);
+	return res;
+}
+
+/* Parses text and classifies each statement. Returns false when it does not parse or is too
+ * deep to inspect (out->too_deep). */
 static bool classify(const char *text, struct fingerprint_info *out)
 {
-	PgQueryProtobufParseResult r = pg_query_parse_protobuf(text);
+	size_t len = strlen(text), i;
+	PgQueryProtobufParseResult r;
 	PgQuery__ParseResult *tree = NULL;
 	enum fingerprint_txn txn = FINGERPRINT_TXN_NONE;
+	unsigned int depth;
 	bool ok = false;
-	size_t i;
 
+	if (len > PARSE_DIRECT_MAX) {
+		switch (prescan(text, len)) {
+		case PRESCAN_SHALLOW:
+			break;
+		case PRESCAN_TOO_DEEP:
+			out->too_deep = true;
+			out->nondet = FINGERPRINT_NONDET_UNKNOWN;
+			return false;
+		case PRESCAN_NO_PARSE:
+			return false;
+		}
+	}
+	r = pg_query_parse_protobuf(text);
 	if (r.error)
 		goto out;
+	if (!fingerprint_wire_depth((const uint8_t *)r.parse_tree.data, r.parse_tree.len,
+				    FINGERPRINT_MAX_DEPTH, &depth))
+		goto out; /* not a message: protobuf-c would not unpack it either */
+	if (depth > FINGERPRINT_MAX_DEPTH) {
+		out->too_deep = true;
+		out->nondet = FINGERPRINT_NONDET_UNKNOWN;
+		goto out;
+	}
 	tree = pg_query__parse_result__unpack(NULL, r.parse_tree.len,
 					      (const uint8_t *)r.parse_tree.data);
 	if (!tree)
@@ -700,7 +968,9 @@ void fingerprint_lookup(struct fingerprint_cache *c, const char *text, size_t le
 	copy[len] = '\0';
 	fingerprint_compute(copy, out);
 	free(copy);
-	if (!out->parsed)
+	if (out->too_deep)
+		c->stats.too_deep++;
+	else if (!out->parsed)
 		c->stats.parse_errors++;
 	if (victim->hash)
 		c->stats.evictions++;

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -276,24 +277,385 @@ static void test_nondet(void **state)
 	}
 }
 
-/* A tree nested deeper than the walk goes is reported, not walked. 800 terms of a + chain
- * are 1600 levels (Node, A_Expr); far longer chains crash protobuf-c's unpacking itself. */
-static void test_nondet_deep(void **state)
+/* head, n times pre, mid, n times post (malloc'd). */
+static char *nest(const char *head, const char *pre, const char *mid, const char *post, int n)
 {
-	static char sql[16 + 2 * 800];
-	struct fingerprint_info fi;
-	size_t o;
+	size_t lp = strlen(pre), lq = strlen(post);
+	char *t = malloc(strlen(head) + strlen(mid) + (size_t)n * (lp + lq) + 1), *o;
 	int i;
 
+	assert_non_null(t);
+	o = stpcpy(t, head);
+	for (i = 0; i < n; i++)
+		o = stpcpy(o, pre);
+	o = stpcpy(o, mid);
+	for (i = 0; i < n; i++)
+		o = stpcpy(o, post);
+	return t;
+}
+
+/* `SELECT 1` and n terms `+a`: 2 levels a term, 10 around them. */
+static char *plus_chain(int n)
+{
+	return nest("SELECT 1", "", "", "+a", n);
+}
+
+static void assert_too_deep(const char *sql)
+{
+	struct fingerprint_info fi;
+
+	fingerprint_compute(sql, &fi);
+	if (!fi.too_deep)
+		fail_msg("not too deep (parsed %d): %.60s... (%zu bytes)", fi.parsed, sql,
+			 strlen(sql));
+	assert_false(fi.parsed);
+	assert_false(fi.read_only);
+	assert_int_equal(fi.classes, 0);
+	assert_int_equal(fi.statements, 0);
+	assert_int_equal(fi.fingerprint, 0);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_UNKNOWN);
+}
+
+static void assert_read(const char *sql, unsigned int nondet)
+{
+	struct fingerprint_info fi;
+
+	fingerprint_compute(sql, &fi);
+	if (!fi.parsed || fi.too_deep)
+		fail_msg("not parsed (too deep %d): %.60s... (%zu bytes)", fi.too_deep, sql,
+			 strlen(sql));
+	assert_true(fi.read_only);
+	assert_int_equal(fi.classes, FINGERPRINT_DML);
+	assert_int_equal(fi.nondet, nondet);
+	assert_true(fi.fingerprint != 0);
+}
+
+/*
+ * Trees nested deeper than FINGERPRINT_MAX_DEPTH are reported as too deep instead of being
+ * unpacked (protobuf-c's unpack overflowed 8 MiB at ~4,400 terms) or, past 4 KiB of text,
+ * even parsed into protobuf (libpg_query's packing overflowed at ~24,000 terms).
+ */
+static void test_deep_chains(void **state)
+{
+	static const int too_deep[] = {496, 800, 2040, 4400, 50000};
+	char *sql;
+	size_t i;
+
 	(void)state;
-	o = (size_t)snprintf(sql, sizeof(sql), "SELECT 1");
-	for (i = 0; i < 800; i++)
-		o += (size_t)snprintf(sql + o, sizeof(sql) - o, "+a");
+	for (i = 0; i < sizeof(too_deep) / sizeof(too_deep[0]); i++) {
+		sql = plus_chain(too_deep[i]);
+		assert_too_deep(sql);
+		free(sql);
+	}
+	sql = plus_chain(495); /* 1000 levels exactly */
+	assert_read(sql, 0);
+	free(sql);
+	assert_read("SELECT 1+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a", 0);
+}
+
+/* Parenthesised expressions and subqueries; under the limit they are walked to the end. */
+static void test_deep_nesting(void **state)
+{
+	struct fingerprint_info fi;
+	char *sql;
+
+	(void)state;
+	sql = nest("SELECT ", "a+(", "1", ")", 100);
+	assert_read(sql, 0);
+	free(sql);
+	sql = nest("SELECT ", "a+(", "1", ")", 600); /* 2.4 KB: parsed, then too deep */
+	assert_too_deep(sql);
+	free(sql);
+	sql = nest("SELECT ", "a+(", "1", ")", 3000); /* 12 KB: refused from the JSON */
+	assert_too_deep(sql);
+	free(sql);
+	/* past bison's stack (10,000) PostgreSQL's parser itself gives up */
+	sql = nest("SELECT ", "a+(", "1", ")", 5000);
+	fingerprint_compute(sql, &fi);
+	assert_false(fi.parsed);
+	assert_false(fi.too_deep);
+	free(sql);
+
+	sql = nest("SELECT ", "(SELECT ", "now()", ")", 150); /* 909 levels */
+	assert_read(sql, FINGERPRINT_NONDET_VOLATILE);
+	free(sql);
+	sql = nest("SELECT ", "(SELECT ", "1", ")", 200);
+	assert_too_deep(sql);
+	free(sql);
+	sql = nest("SELECT ", "(SELECT ", "1", ")", 1000);
+	assert_too_deep(sql);
+	free(sql);
+	sql = nest("SELECT * FROM t WHERE a IN ", "(SELECT a FROM t WHERE a IN ", "(1)", ")", 400);
+	assert_too_deep(sql);
+	free(sql);
+}
+
+/* Whether a text is parsed on the caller's stack (up to 4 KiB) or first into JSON does
+ * not change the answer. */
+static void test_deep_long_or_short(void **state)
+{
+	struct fingerprint_info a, b;
+	char *pad = nest("", "", "", "/* padding */ ", 400), *sql, *padded;
+	int n[] = {400, 495, 496, 600};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(n) / sizeof(n[0]); i++) {
+		sql = plus_chain(n[i]);
+		padded = malloc(strlen(pad) + strlen(sql) + 1);
+		assert_non_null(padded);
+		strcpy(stpcpy(padded, pad), sql);
+		assert_true(strlen(sql) <= 4096 && strlen(padded) > 4096);
+		fingerprint_compute(sql, &a);
+		fingerprint_compute(padded, &b);
+		if (a.parsed != b.parsed || a.too_deep != b.too_deep || a.nondet != b.nondet ||
+		    a.fingerprint != b.fingerprint)
+			fail_msg("%d terms: parsed %d/%d too deep %d/%d", n[i], a.parsed, b.parsed,
+				 a.too_deep, b.too_deep);
+		assert_int_equal(a.too_deep, n[i] > 495);
+		free(sql);
+		free(padded);
+	}
+	free(pad);
+}
+
+/* Long texts that are not deep are classified as before. */
+static void test_long_shallow(void **state)
+{
+	struct fingerprint_info fi;
+	char *sql = nest("INSERT INTO t VALUES (1, 'x', 2.5)", "", "", ", (1, 'x', now())", 2000);
+
+	(void)state;
 	fingerprint_compute(sql, &fi);
 	assert_true(fi.parsed);
-	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_UNKNOWN);
-	fingerprint_compute("SELECT 1+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a+a", &fi);
+	assert_false(fi.too_deep);
+	assert_false(fi.read_only);
+	assert_int_equal(fi.classes, FINGERPRINT_DML);
+	assert_int_equal(fi.statements, 1);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_VOLATILE);
+	free(sql);
+	sql = nest("SELECT 1 FROM t WHERE ", "", "", "x = 1 OR ", 2000); /* OR is one list */
+	sql[strlen(sql) - 4] = '\0';
+	assert_read(sql, 0);
+	free(sql);
+	sql = nest("SELECT 1 FROM t WHERE ", "", "", "x = 1 AND ", 2000);
+	strcpy(sql + strlen(sql) - 4, "x ("); /* does not parse */
+	fingerprint_compute(sql, &fi);
+	assert_false(fi.parsed);
+	assert_false(fi.too_deep);
 	assert_int_equal(fi.nondet, 0);
+	free(sql);
+}
+
+static const char *const twenty_lines =
+    "WITH recent AS (\n"
+    "    SELECT o.customer_id, sum(o.amount) AS total, count(*) AS n\n"
+    "    FROM orders o\n"
+    "    WHERE o.created_at >= $1 AND o.status IN ('paid', 'shipped')\n"
+    "    GROUP BY o.customer_id\n"
+    "), ranked AS (\n"
+    "    SELECT r.*, rank() OVER (ORDER BY r.total DESC) AS rk\n"
+    "    FROM recent r\n"
+    ")\n"
+    "SELECT c.id, c.name, k.total, k.n,\n"
+    "       CASE WHEN k.total > 1000 THEN 'gold'\n"
+    "            WHEN k.total > 100 THEN 'silver'\n"
+    "            ELSE 'bronze' END AS tier,\n"
+    "       coalesce(a.city, '-') AS city\n"
+    "FROM ranked k\n"
+    "JOIN customers c ON c.id = k.customer_id\n"
+    "LEFT JOIN addresses a ON a.customer_id = c.id AND a.kind = 'billing'\n"
+    "WHERE k.rk <= 50\n"
+    "  AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.customer_id = c.id)\n"
+    "ORDER BY k.total DESC, c.id\n";
+
+static void test_twenty_lines(void **state)
+{
+	(void)state;
+	assert_read(twenty_lines, 0);
+}
+
+/* A too deep text is counted apart from parse errors and cached like any other answer. */
+static void test_deep_cached(void **state)
+{
+	struct fingerprint_cache *c = fingerprint_cache_new(64);
+	struct fingerprint_info fi;
+	char *sql = plus_chain(4400);
+
+	(void)state;
+	assert_non_null(c);
+	fingerprint_lookup(c, sql, strlen(sql), &fi);
+	assert_true(fi.too_deep);
+	fingerprint_lookup(c, sql, strlen(sql), &fi);
+	assert_true(fi.too_deep);
+	assert_false(fi.parsed);
+	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_UNKNOWN);
+	free(sql);
+	sql = plus_chain(600); /* short enough to be keyed by its shape */
+	fingerprint_lookup(c, sql, strlen(sql), &fi);
+	assert_true(fi.too_deep);
+	sql[7] = '2';
+	fingerprint_lookup(c, sql, strlen(sql), &fi);
+	assert_true(fi.too_deep);
+	assert_int_equal(fingerprint_cache_stats(c)->misses, 2);
+	assert_int_equal(fingerprint_cache_stats(c)->hits, 2);
+	assert_int_equal(fingerprint_cache_stats(c)->too_deep, 2);
+	assert_int_equal(fingerprint_cache_stats(c)->parse_errors, 0);
+	fingerprint_lookup(c, "SELEKT", 6, &fi);
+	assert_int_equal(fingerprint_cache_stats(c)->parse_errors, 1);
+	assert_int_equal(fingerprint_cache_stats(c)->too_deep, 2);
+	free(sql);
+	fingerprint_cache_free(c);
+}
+
+/* ---- the wire scanner, on hand-made bytes ---- */
+
+static bool depth_of(const uint8_t *b, size_t len, unsigned int max, unsigned int *depth)
+{
+	*depth = 0;
+	return fingerprint_wire_depth(b, len, max, depth);
+}
+
+#define DEPTH(bytes, max, want)                                                                    \
+	do {                                                                                       \
+		static const uint8_t b_[] = bytes;                                                 \
+		unsigned int d_;                                                                   \
+                                                                                                   \
+		if (!depth_of(b_, sizeof(b_), max, &d_) || d_ != (want))                           \
+			fail_msg("line %d: depth %u, want %u", __LINE__, d_,                       \
+				 (unsigned int)(want));                                            \
+	} while (0)
+
+#define INVALID(bytes)                                                                             \
+	do {                                                                                       \
+		static const uint8_t b_[] = bytes;                                                 \
+		unsigned int d_;                                                                   \
+                                                                                                   \
+		if (depth_of(b_, sizeof(b_), FINGERPRINT_MAX_DEPTH, &d_))                          \
+			fail_msg("line %d: read as a message of depth %u", __LINE__, d_);          \
+	} while (0)
+
+#define B(...)                                                                                     \
+	{                                                                                          \
+		__VA_ARGS__                                                                        \
+	}
+
+static void test_wire_fields(void **state)
+{
+	unsigned int d;
+
+	(void)state;
+	assert_true(depth_of((const uint8_t *)"", 0, 10, &d));
+	assert_int_equal(d, 1);						 /* empty message */
+	DEPTH(B(0x08, 0x96, 0x01), 10, 1);				 /* 1: varint 150 */
+	DEPTH(B(0x09, 1, 2, 3, 4, 5, 6, 7, 8, 0x15, 1, 2, 3, 4), 10, 1); /* fixed64, fixed32 */
+	DEPTH(B(0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 10, 1);
+	DEPTH(B(0x80, 0x01, 0x00), 10, 1);		     /* a two-byte tag: field 16 */
+	DEPTH(B(0x0a, 0x00), 10, 2);			     /* an empty length-delimited field */
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x08, 0x01), 10, 3); /* 1 { 1 { 1: 1 } } */
+	DEPTH(B(0x0a, 0x02, 0x08, 0x01, 0x12, 0x04, 0x0a, 0x02, 0x08, 0x01), 10, 3);
+
+	INVALID(B(0x08));	/* a tag, no value */
+	INVALID(B(0x08, 0x96)); /* truncated varint */
+	INVALID(B(0x80));	/* truncated tag */
+	INVALID(B(0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01));
+	INVALID(B(0x09, 1, 2, 3, 4, 5, 6, 7));		      /* fixed64 cut short */
+	INVALID(B(0x15, 1, 2, 3));			      /* fixed32 cut short */
+	INVALID(B(0x0a, 0x05, 0x08, 0x01));		      /* a length past the end */
+	INVALID(B(0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00)); /* a 4 GB length */
+	INVALID(B(0x0a));				      /* a length missing */
+	INVALID(B(0x00, 0x01));				      /* field number 0 */
+	INVALID(B(0x0b, 0x0c));				      /* groups */
+	INVALID(B(0x0e, 0x00));				      /* wire type 6 */
+	INVALID(B(0x08, 0x01, 0x0f));			      /* wire type 7 after a good field */
+
+	assert_false(fingerprint_wire_depth((const uint8_t *)"", 0, 0, &d));
+	assert_false(fingerprint_wire_depth((const uint8_t *)"", 0, FINGERPRINT_MAX_DEPTH + 1, &d));
+}
+
+/* A length-delimited field is a message when its bytes read as fields, else a string. */
+static void test_wire_strings(void **state)
+{
+	(void)state;
+	/* 2: "hello": 'h' is field 13 varint, 'e' its value, 'l' a group end: a string */
+	DEPTH(B(0x12, 5, 'h', 'e', 'l', 'l', 'o'), 10, 1);
+	/* 2: "\b\1" happens to read as a message (1: 1): counted, an over-estimate */
+	DEPTH(B(0x12, 2, 0x08, 0x01), 10, 2);
+	/* a string whose start reads as a deep message, its last byte not: a string, and
+	 * what was read inside it does not count */
+	DEPTH(B(0x12, 9, 0x0a, 0x06, 0x0a, 0x04, 0x0a, 0x02, 0x08, 0x01, 0x07), 10, 1);
+	/* a field inside claims more bytes than its parent has: the parent is a string */
+	DEPTH(B(0x0a, 0x03, 0x0a, 0x05, 0x08), 10, 1);
+	/* ... and the message's next field is read as usual */
+	DEPTH(B(0x0a, 0x03, 0x0a, 0x05, 0x08, 0x12, 0x02, 0x08, 0x01), 10, 2);
+	/* a string with a message beside it */
+	DEPTH(B(0x12, 3, 'a', 'b', 'c', 0x1a, 0x04, 0x0a, 0x02, 0x08, 0x01), 10, 3);
+}
+
+/* Beyond max_depth only whether there is a deeper message matters. */
+static void test_wire_limit(void **state)
+{
+	(void)state;
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x08, 0x01), 3, 3);
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x08, 0x01), 2, 3); /* max_depth + 1 */
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x08, 0x01), 1, 2);
+	/* at the limit, a child that is a string is not deeper */
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x09, 0x07), 2, 2); /* fixed64 cut short */
+	DEPTH(B(0x0a, 0x04, 0x0a, 0x02, 0x00, 0x01), 2, 2);
+}
+
+/* Writes a message nested n deep (the innermost holds 1: 1) at the end of buf[0..cap);
+ * returns where it starts. */
+static size_t wire_chain(uint8_t *buf, size_t cap, int n)
+{
+	size_t p = cap - 2, len;
+	uint8_t v[10];
+	int i, k;
+
+	buf[p] = 0x08;
+	buf[p + 1] = 0x01;
+	for (i = 1; i < n; i++) {
+		len = cap - p;
+		for (k = 0; len >= 0x80; len >>= 7)
+			v[k++] = (uint8_t)(len | 0x80);
+		v[k++] = (uint8_t)len;
+		assert_true(p >= (size_t)k + 1);
+		p -= (size_t)k;
+		memcpy(buf + p, v, (size_t)k);
+		buf[--p] = 0x0a;
+	}
+	return p;
+}
+
+/* Nesting far beyond the limit is read without recursion, in one pass. */
+static void test_wire_deep(void **state)
+{
+	static uint8_t buf[1 << 20];
+	unsigned int d;
+	size_t p;
+
+	(void)state;
+	p = wire_chain(buf, sizeof(buf), 1000);
+	assert_true(fingerprint_wire_depth(buf + p, sizeof(buf) - p, FINGERPRINT_MAX_DEPTH, &d));
+	assert_int_equal(d, 1000);
+	p = wire_chain(buf, sizeof(buf), 1001);
+	assert_true(fingerprint_wire_depth(buf + p, sizeof(buf) - p, FINGERPRINT_MAX_DEPTH, &d));
+	assert_int_equal(d, FINGERPRINT_MAX_DEPTH + 1);
+	p = wire_chain(buf, sizeof(buf), 200000);
+	assert_true(fingerprint_wire_depth(buf + p, sizeof(buf) - p, FINGERPRINT_MAX_DEPTH, &d));
+	assert_int_equal(d, FINGERPRINT_MAX_DEPTH + 1);
+	assert_true(fingerprint_wire_depth(buf + p, sizeof(buf) - p, 7, &d));
+	assert_int_equal(d, 8);
+	/* the innermost field broken: the innermost level is a string, the one above still a
+	 * message (its own field reads) */
+	p = wire_chain(buf, sizeof(buf), 1000);
+	buf[sizeof(buf) - 2] = 0x07;
+	assert_true(fingerprint_wire_depth(buf + p, sizeof(buf) - p, FINGERPRINT_MAX_DEPTH, &d));
+	assert_int_equal(d, 999);
+	p = wire_chain(buf, sizeof(buf), 200000);
+	/* cut short: not a message */
+	assert_false(
+	    fingerprint_wire_depth(buf + p, sizeof(buf) - p - 1, FINGERPRINT_MAX_DEPTH, &d));
 }
 
 /* nondet is cached with the rest; a literal that reads as the current time is not a
@@ -340,8 +702,17 @@ int main(void)
 	    cmocka_unit_test(test_classes),
 	    cmocka_unit_test(test_cache_by_shape),
 	    cmocka_unit_test(test_nondet),
-	    cmocka_unit_test(test_nondet_deep),
 	    cmocka_unit_test(test_nondet_cached),
+	    cmocka_unit_test(test_deep_chains),
+	    cmocka_unit_test(test_deep_nesting),
+	    cmocka_unit_test(test_deep_long_or_short),
+	    cmocka_unit_test(test_long_shallow),
+	    cmocka_unit_test(test_twenty_lines),
+	    cmocka_unit_test(test_deep_cached),
+	    cmocka_unit_test(test_wire_fields),
+	    cmocka_unit_test(test_wire_strings),
+	    cmocka_unit_test(test_wire_limit),
+	    cmocka_unit_test(test_wire_deep),
 	};
 
 	return cmocka_run_group_tests_name("fingerprint", tests, NULL, NULL);
