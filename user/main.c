@@ -805,6 +805,14 @@ int main(int argc, char **argv)
 	if (a.cfg.dump_streams) {
 		struct stat sb;
 
+		/* created when missing: only root may read what it holds */
+		if (stat(a.cfg.dump_streams, &sb) && errno == ENOENT &&
+		    mkdir(a.cfg.dump_streams, 0700) && errno != EEXIST) {
+			fprintf(stderr, "pgshadow: --dump-streams %s: cannot create it: %s\n",
+				a.cfg.dump_streams, strerror(errno));
+			err = EXIT_USAGE;
+			goto cleanup;
+		}
 		if (stat(a.cfg.dump_streams, &sb) || !S_ISDIR(sb.st_mode)) {
 			fprintf(stderr, "pgshadow: --dump-streams %s: not a directory\n",
 				a.cfg.dump_streams);
@@ -882,7 +890,7 @@ int main(int argc, char **argv)
 		replay_settings(&a.cfg, &rc);
 		a.replay = replay_start(&rc, st, c, herr, sizeof(herr));
 		if (!a.replay) {
-			fprintf(stderr, "pgshadow: --mirror: %s\n", herr);
+			fprintf(stderr, "pgshadow: %s\n", herr); /* it names what failed */
 			goto cleanup;
 		}
 		hooks.session_open = mirror_session_open;

@@ -608,11 +608,13 @@ static int parse_mirror(struct replay *r, char *err, size_t errlen)
 	for (o = opts; o->keyword; o++)
 		if (!strcmp(o->keyword, "options") && o->val)
 			r->mirror_options = strdup(o->val);
+		else if (!strcmp(o->keyword, "password") && o->val && *o->val)
+			r->password = strdup(o->val);
 	PQconninfoFree(opts);
 	if (!r->mirror_options)
 		r->mirror_options = strdup("");
 	if (!r->mirror_options) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "mirror: out of memory");
 		return -ENOMEM;
 	}
 	return 0;
@@ -638,7 +640,7 @@ static int parse_ignore(struct replay *r, const char *list, char *err, size_t er
 		n += *p == ',';
 	r->ignore = calloc(n + 1, sizeof(*r->ignore));
 	if (!r->ignore) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "mirror: out of memory");
 		return -ENOMEM;
 	}
 	for (p = list; *p;) {
@@ -673,7 +675,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	struct replay *r = calloc(1, sizeof(*r));
 
 	if (!r) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "mirror: out of memory");
 		return NULL;
 	}
 	r->epfd = r->efd = -1;
@@ -697,7 +699,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		r->cfg.queue_bytes = 1;
 	if (!r->mirror || order_init(&r->order, CHANNEL_ITEMS_MAX) || !r->fp ||
 	    replay_map_copy(r, cfg)) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "mirror: out of memory");
 		goto fail;
 	}
 	replay_set_exposure(r, NULL, cfg->exposure);
@@ -764,6 +766,7 @@ void replay_stop(struct replay *r)
 	buf_free(&r->row);
 	replay_map_free(r);
 	free(r->mirror_options);
+	free(r->password);
 	free(r->mirror);
 	free(r);
 }

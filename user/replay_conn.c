@@ -187,8 +187,58 @@ static void unit_lost(struct replay *r, struct replay_session *s)
 	s->unit_open = false;
 }
 
+#define FAIL_LOG_REPEAT_NS (60 * 1000 * MS) /* a lasting failure is logged again */
+
+/*
+ * Says why the mirror cannot be reached (replay thread): libpq's message, first line,
+ * once per change of reason and again at most once a minute while it lasts, with the
+ * count of failures; many sessions failing for one reason make one line. libpq's
+ * messages name hosts, ports and databases; a password is never logged (a message that
+ * quotes the conninfo's is withheld).
+ */
+static void log_failure(struct replay *r, const struct replay_session *s, const char *what,
+			uint64_t now)
+{
+	const char *msg = s->conn ? PQerrorMessage(s->conn) : "";
+	char reason[sizeof(r->fail_reason)];
+	int n = (int)strcspn(msg, "\n");
+
+	if (!n)
+		snprintf(reason, sizeof(reason), "%s", s->conn ? "no answer" : "out of memory");
+	else if (r->password && strstr(msg, r->password))
+		snprintf(reason, sizeof(reason),
+			 "(libpq's message withheld: it quotes the password)");
+	else
+		snprintf(reason, sizeof(reason), "%.*s", n, msg);
+	r->fail_count++;
+	if (r->failing && !strcmp(reason, r->fail_reason) &&
+	    now - r->fail_logged_ns < FAIL_LOG_REPEAT_NS)
+		return;
+	fprintf(stderr, "pgshadow: WARN: mirror: %s (database %s): %s (%llu failure%s so far)\n",
+		what, s->params ? s->params->database : "?", reason,
+		(unsigned long long)r->fail_count, r->fail_count == 1 ? "" : "s");
+	memcpy(r->fail_reason, reason, sizeof(reason));
+	r->failing = true;
+	r->fail_logged_ns = now;
+}
+
+/* A connection was made after failures were logged: say so once. */
+static void log_recovery(struct replay *r, const struct replay_session *s)
+{
+	if (!r->failing)
+		return;
+	fprintf(stderr,
+		"pgshadow: INFO: mirror: connected again (database %s) after %llu failure%s\n",
+		s->params ? s->params->database : "?", (unsigned long long)r->fail_count,
+		r->fail_count == 1 ? "" : "s");
+	r->failing = false;
+	r->fail_count = 0;
+	r->fail_reason[0] = 0;
+}
+
 void replay_conn_failed(struct replay *r, struct replay_session *s, uint64_t now)
 {
+	log_failure(r, s, "cannot connect", now);
 	unit_lost(r, s);
 	replay_inflight_finish(r, s, OUT_CONNECTION, now);
 	replay_conn_close(r, s);
@@ -203,6 +253,8 @@ void replay_conn_failed(struct replay *r, struct replay_session *s, uint64_t now
  * next item connects again (at once: only failing to connect backs off). */
 void replay_conn_lost(struct replay *r, struct replay_session *s, enum outcome o, uint64_t now)
 {
+	if (s->conn && PQstatus(s->conn) == CONNECTION_BAD)
+		log_failure(r, s, "connection lost", now);
 	unit_lost(r, s);
 	replay_inflight_finish(r, s, o, now);
 	replay_conn_close(r, s);
@@ -286,6 +338,7 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 
 	s->backoff_ms = BACKOFF_MIN_MS;
 	atomic_store_explicit(&s->up, true, memory_order_relaxed);
+	log_recovery(r, s);
 	if (PQsetnonblocking(s->conn, 1)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;

@@ -328,7 +328,12 @@ struct replay {
 	uint64_t seed;
 	/* replay thread */
 	struct order order; /* outstanding items (order.h) */
-	struct buf row;	    /* a mirror row in DataRow layout, to hash it */
+	char *password;	    /* the conninfo's password, masked in logged libpq messages */
+	/* why the mirror cannot be reached, as last logged (replay_conn.c) */
+	char fail_reason[200];
+	bool failing;
+	uint64_t fail_count, fail_logged_ns;
+	struct buf row; /* a mirror row in DataRow layout, to hash it */
 	uint32_t mismatches_logged;
 	_Atomic uint32_t log_mismatches; /* reloadable */
 	struct replay_session *active, *all;

@@ -303,3 +303,25 @@ def test_help_lists_every_key(agent_bin):
     assert res.returncode == 0
     missing = [k for k in keys if f"--{k.replace('_', '-')}" not in res.stdout]
     assert not missing, f"--help does not list: {missing}"
+
+
+def test_dump_streams_directory_created_private(agents, tmp_path, rng):
+    """--dump-streams DIR that does not exist yet is created, mode 0700 (it will hold
+    every byte of every session); one whose parent is missing is refused with the
+    reason, exit 2."""
+    port = h.free_port(rng=rng)
+    target = tmp_path / "streams"
+    agent = agents(["--port", port, "-i", "lo", "--metrics-listen", metrics_addr(rng),
+                    "--admin-socket-dir", "", "--dump-streams", target])
+    assert target.is_dir()
+    assert (target.stat().st_mode & 0o777) == 0o700, oct(target.stat().st_mode)
+    res = agent.stop(signal.SIGINT)
+    assert res.returncode == 0, res.stderr
+
+    bad = agents(["--port", port, "-i", "lo", "--metrics-listen", metrics_addr(rng),
+                  "--admin-socket-dir", "", "--dump-streams", tmp_path / "no" / "streams"],
+                 ready=False)
+    rc = bad.wait(20)
+    assert rc == 2, bad.stderr()
+    assert f"--dump-streams {tmp_path / 'no' / 'streams'}: cannot create it: No such file " \
+           f"or directory" in bad.stderr(), bad.stderr()

@@ -650,7 +650,16 @@ def test_mirror_stopped_mid_run(pair, mirror_agent):
     finally:
         persistent.close()
 
-    m, _ = finish(agent)
+    m, res = finish(agent)
+    # The operator is told why, once per reason (not once per request), and when it is over.
+    warns = [ln for ln in res.stderr.splitlines() if ln.startswith("pgshadow: WARN: mirror: ")]
+    assert any(re.search(r"cannot connect \(database \w+\): connection to server .*failed", w)
+               for w in warns), f"libpq's reason not logged:\n{res.stderr[-3000:]}"
+    assert len(warns) <= 10, f"{len(warns)} failure lines: not once per reason:\n" + \
+        "\n".join(warns)
+    assert re.search(r"^pgshadow: INFO: mirror: connected again \(database \w+\) after \d+ "
+                     r"failures?$", res.stderr, re.M), \
+        f"the recovery was not logged:\n{res.stderr[-3000:]}"
     print(f"sent by phase {dict(sent)}; outcomes before stop {outcomes(before)}, while down "
           f"{outcomes(down)}, at restart {outcomes(at_restart)}, resumed "
           f"{outcomes(resumed)}, final {outcomes(m)}")
