@@ -17,14 +17,20 @@ import pgshadow_harness as h
 REQUIRED_TOOLS = ("ip", "tc", "bpftool", "nft", "setpriv", "sysctl")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_root: runs without root (no BPF, no servers)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without root nothing here can run: report every test as skipped, with the reason."""
+    """Without root nothing here can run but the no_root tests: report every other test
+    as skipped, with the reason."""
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="integration tests need root (BPF, tc, network "
                                    "namespaces); run them as root, e.g. sudo make test")
     for item in items:
-        item.add_marker(skip)
+        if not item.get_closest_marker("no_root"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
