@@ -338,13 +338,18 @@ static void held_drop(struct replay *r, struct replay_session *rs)
  * on the mirror (CTL_ABORT, after it in the queue), what is held is dropped, and the
  * rest of it will be dropped as it completes on the source (admission.h).
  */
+/* Rolls back on the mirror what was posted of the current unit (after it in the queue). */
+static void post_abort(struct replay *r, struct replay_session *rs, enum stats_abort_reason why)
+{
+	post_ctl(r, rs, CTL_ABORT, rs->c_adm.unit, 0, (uint8_t)why);
+	stats_mirror_unit_aborted(r->st, why);
+}
+
 static void unit_cut(struct replay *r, struct replay_session *rs, enum stats_abort_reason why)
 {
 	held_drop(r, rs);
-	if (admission_cut(&rs->c_adm)) {
-		post_ctl(r, rs, CTL_ABORT, rs->c_adm.unit, 0, (uint8_t)why);
-		stats_mirror_unit_aborted(r->st, why);
-	}
+	if (admission_cut(&rs->c_adm))
+		post_abort(r, rs, why);
 }
 
 struct replay_session *replay_session_open(struct replay *r, const struct session_info *s)
@@ -607,9 +612,7 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	case ADMISSION_POST:
 		break;
 	case ADMISSION_ABORT:
-		held_drop(r, rs);
-		post_ctl(r, rs, CTL_ABORT, rs->c_adm.unit, 0, STATS_ABORT_QUEUE_FULL);
-		stats_mirror_unit_aborted(r->st, STATS_ABORT_QUEUE_FULL);
+		post_abort(r, rs, STATS_ABORT_QUEUE_FULL);
 		/* fall through */
 	case ADMISSION_SKIP:
 		held_drop(r, rs);

@@ -728,6 +728,32 @@ static bool db_counter(struct buf *b, const char *name, const char *help, struct
 	return ok;
 }
 
+/* A counter per database and reason: the _Atomic uint64_t array at offset in stats_db,
+ * one sample per name of names (label label); zero samples left out unless all. */
+static bool db_reasons(struct buf *b, const char *name, const char *help, struct stats_db **dbs,
+		       uint32_t n, size_t offset, const char *label, const char *const *names,
+		       unsigned int n_names, bool all)
+{
+	bool ok = header(b, name, "counter", help);
+	unsigned int r;
+	uint32_t i;
+	uint64_t v;
+
+	for (i = 0; i < n; i++) {
+		const _Atomic uint64_t *c = (const _Atomic uint64_t *)((char *)dbs[i] + offset);
+
+		for (r = 0; r < n_names; r++) {
+			v = atomic_load_explicit(&c[r], RELAXED);
+			if (!v && !all)
+				continue;
+			ok &= db_label(b, name, "", dbs[i]);
+			ok &= buf_printf(b, "\",%s=\"%s\"} %llu\n", label, names[r],
+					 (unsigned long long)v);
+		}
+	}
+	return ok;
+}
+
 static bool render_source(struct buf *b, struct stats_db **dbs, uint32_t n)
 {
 	char cls[8];
@@ -878,9 +904,8 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			  uint64_t now_ns)
 {
 	struct stats_mirror_snapshot m;
-	uint32_t i, r;
 	bool ok = true;
-	uint64_t v;
+	uint32_t i;
 
 	stats_mirror_snapshot(st, now_ns, &m);
 	ok &= gauge_or_counter(b, "mirror_requests_total", "counter",
@@ -997,45 +1022,23 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= db_counter(b, "mirror_requests_not_sampled_total",
 			 "Requests not selected by mirror_exposure, by database.", dbs, n,
 			 offsetof(struct stats_db, mirror_not_sampled));
-	ok &= header(b, "mirror_requests_skipped_total", "counter",
-		     "Requests not replayed, by database and reason.");
-	for (i = 0; i < n; i++) {
-		for (r = 0; r < STATS_SKIP_MAX; r++) {
-			v = atomic_load_explicit(&dbs[i]->mirror_skipped[r], RELAXED);
-			if (!v)
-				continue;
-			ok &= db_label(b, "mirror_requests_skipped_total", "", dbs[i]);
-			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_skip_reason_names[r],
-					 (unsigned long long)v);
-		}
-	}
-	ok &= header(b, "mirror_dropped_requests_total", "counter",
-		     "Requests dropped, by database and reason (their sum is "
-		     "mirror_requests_dropped).");
-	for (i = 0; i < n; i++) {
-		for (r = 0; r < STATS_DROP_MAX; r++) {
-			v = atomic_load_explicit(&dbs[i]->mirror_dropped[r], RELAXED);
-			if (!v)
-				continue;
-			ok &= db_label(b, "mirror_dropped_requests_total", "", dbs[i]);
-			ok &= buf_printf(b, "\",reason=\"%s\"} %llu\n", stats_drop_reason_names[r],
-					 (unsigned long long)v);
-		}
-	}
+	ok &= db_reasons(b, "mirror_requests_skipped_total",
+			 "Requests not replayed, by database and reason.", dbs, n,
+			 offsetof(struct stats_db, mirror_skipped), "reason",
+			 stats_skip_reason_names, STATS_SKIP_MAX, false);
+	ok &= db_reasons(b, "mirror_dropped_requests_total",
+			 "Requests dropped, by database and reason (their sum is "
+			 "mirror_requests_dropped).",
+			 dbs, n, offsetof(struct stats_db, mirror_dropped), "reason",
+			 stats_drop_reason_names, STATS_DROP_MAX, false);
 	ok &= db_counter(b, "mirror_compared_total",
 			 "Mirrored answers compared with the source's, by database.", dbs, n,
 			 offsetof(struct stats_db, mirror_compared));
-	ok &= header(b, "mirror_mismatches_total", "counter",
-		     "Mirrored answers that differed from the source's, by database and kind "
-		     "(tag, rowcount, sqlstate, rows; one answer can differ in several).");
-	for (i = 0; i < n; i++) {
-		for (r = 0; r < STATS_MISMATCH_MAX; r++) {
-			v = atomic_load_explicit(&dbs[i]->mirror_mismatches[r], RELAXED);
-			ok &= db_label(b, "mirror_mismatches_total", "", dbs[i]);
-			ok &= buf_printf(b, "\",kind=\"%s\"} %llu\n", stats_mismatch_kind_names[r],
-					 (unsigned long long)v);
-		}
-	}
+	ok &= db_reasons(b, "mirror_mismatches_total",
+			 "Mirrored answers that differed from the source's, by database and kind "
+			 "(tag, rowcount, sqlstate, rows; one answer can differ in several).",
+			 dbs, n, offsetof(struct stats_db, mirror_mismatches), "kind",
+			 stats_mismatch_kind_names, STATS_MISMATCH_MAX, true);
 	ok &= header(b, "mirror_latency_seconds", "histogram",
 		     "Mirror latency, from sending a request to its last result, by database.");
 	for (i = 0; i < n; i++)

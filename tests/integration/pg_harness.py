@@ -408,6 +408,18 @@ class PgServer:
         except FileNotFoundError:
             return 0
 
+    def raise_log_mark(self, timeout=20):
+        """log_mark() after everything logged so far, whatever log_statement says: a RAISE
+        LOG marker is written and waited for (sync_log needs log_statement = all)."""
+        token = f"pgshadow-mark-{uuid.uuid4().hex}"
+        self.psql(f"DO $$ BEGIN RAISE LOG '{token}'; END $$")
+        deadline = time.monotonic() + timeout
+        while not any(token in r.message for r in self.log_records()):
+            assert time.monotonic() < deadline, \
+                f"marker {token} not in {self.csvlog_path} after {timeout}s"
+            time.sleep(0.05)
+        return self.log_mark()
+
     def log_records(self, since=0):
         """Parsed csvlog records (LogRecord) from byte offset `since`; an incomplete last
         record (being written) is left out."""
@@ -490,6 +502,22 @@ class PgServer:
             "pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
             f"WHERE d.datname = '{db}' ORDER BY s.calls DESC, s.query")
         return [(int(r[0]), r[1]) for r in rows]
+
+
+# pgbench's tables without pgbench_history.mtime (now() on each side): what the mirror
+# tests compare as multisets.
+PGBENCH_COLUMNS = {
+    "pgbench_accounts": "aid, bid, abalance, filler",
+    "pgbench_tellers": "tid, bid, tbalance, filler",
+    "pgbench_branches": "bid, bbalance, filler",
+    "pgbench_history": "tid, bid, aid, delta, filler",
+}
+# TPC-B's invariant: these four sums are equal (and the history's row count).
+PGBENCH_SUMS_SQL = ("SELECT (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts), "
+                    "(SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches), "
+                    "(SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers), "
+                    "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
+                    "(SELECT count(*) FROM pgbench_history)")
 
 
 def is_request_record(r):

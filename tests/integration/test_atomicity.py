@@ -57,7 +57,6 @@ import collections
 import signal
 import threading
 import time
-import uuid
 
 import psycopg2
 import pytest
@@ -93,17 +92,8 @@ STREAM_SQL = ("COPY (SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 
 SERVER_SETTINGS = {"log_statement": "'none'", "max_connections": "50"}
 
 # Every column but pgbench_history.mtime (now() on each side).
-TABLE_COLUMNS = {
-    "pgbench_accounts": "aid, bid, abalance, filler",
-    "pgbench_tellers": "tid, bid, tbalance, filler",
-    "pgbench_branches": "bid, bbalance, filler",
-    "pgbench_history": "tid, bid, aid, delta, filler",
-}
-SUMS_SQL = ("SELECT (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts), "
-            "(SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches), "
-            "(SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers), "
-            "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
-            "(SELECT count(*) FROM pgbench_history)")
+TABLE_COLUMNS = pgh.PGBENCH_COLUMNS
+SUMS_SQL = pgh.PGBENCH_SUMS_SQL
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -123,27 +113,14 @@ def tpcb_pair():
 
 # --------------------------------------------------------------------------- helpers
 
-def log_sync(pg, timeout=20):
-    """Waits until everything pg logged so far is in its csvlog (a RAISE LOG marker,
-    logged whatever log_statement says)."""
-    token = f"pgshadow-atomicity-sync-{uuid.uuid4().hex}"
-    pg.psql(f"DO $$ BEGIN RAISE LOG '{token}'; END $$")
-    deadline = time.monotonic() + timeout
-    while not any(token in r.message for r in pg.log_records()):
-        assert time.monotonic() < deadline, \
-            f"marker {token} not in {pg.csvlog_path} after {timeout}s"
-        time.sleep(0.05)
-
-
 def log_mark(pg):
-    log_sync(pg)
-    return pg.log_mark()
+    return pg.raise_log_mark()
 
 
 def mirror_log_errors(mir, since):
     """(deadlock records, {sqlstate: count}, a few messages) of the ERROR records the
     mirror's client backends logged in DB since the mark."""
-    log_sync(mir)
+    mir.raise_log_mark()
     errors = [r for r in mir.log_records(since)
               if pgh.is_error_record(r) and r.database_name == DB]
     deadlocks = [r for r in errors
