@@ -119,49 +119,6 @@ void order_untrack(struct order *o, struct order_item *it)
 	}
 }
 
-/* Another owner's item in the subtree of heap h at i that completed before bound, or
- * NULL. Only items that precede bound are descended into: at most b's own outstanding
- * items and what lies directly below them. */
-static const struct order_item *below(const struct order *o, int h, uint32_t i,
-				      const struct order_item *b, uint64_t bound)
-{
-	const struct order_item *a;
-
-	if (i >= o->n[h])
-		return NULL;
-	a = o->heap[h][i];
-	if (hkey(h, a) >= bound) /* the heap is ordered: nothing below precedes */
-		return NULL;
-	if (a->owner != b->owner)
-		return a;
-	a = below(o, h, 2 * i + 1, b, bound);
-	return a ? a : below(o, h, 2 * i + 2, b, bound);
-}
-
-const struct order_item *order_blocker(const struct order *o, const struct order_item *b,
-				       enum order_wait *why)
-{
-	const struct order_item *a =
-	    below(o, b->read ? ORDER_WRITES : ORDER_ALL, 0, b, b->ts_start);
-
-	*why = ORDER_WAIT_CAUSAL;
-	if (!a && !b->read) {
-		a = below(o, ORDER_ENDS, 0, b, b->key);
-		*why = ORDER_WAIT_LOCK;
-	}
-	if (!a)
-		*why = ORDER_WAIT_NONE;
-	return a;
-}
-
-enum order_wait order_blocked(const struct order *o, const struct order_item *b)
-{
-	enum order_wait why;
-
-	order_blocker(o, b, &why);
-	return why;
-}
-
 struct walk {
 	const struct order_item *b;
 	bool (*fn)(void *ctx, const struct order_item *a);
@@ -170,7 +127,9 @@ struct walk {
 	bool stop;
 };
 
-/* Every other owner's item in the subtree of heap h at i that completed before bound. */
+/* Calls w->fn for every other owner's item in the subtree of heap h at i that precedes
+ * bound, until it returns false. Only items that precede bound are descended into (the
+ * heap is ordered): b's own outstanding items are walked past, not waited for. */
 static void each(const struct order *o, int h, uint32_t i, uint64_t bound, struct walk *w)
 {
 	const struct order_item *a;
@@ -191,13 +150,52 @@ static void each(const struct order *o, int h, uint32_t i, uint64_t bound, struc
 	each(o, h, 2 * i + 2, bound, w);
 }
 
+/* Rule 1 (causal), then rule 2 (lock order) for a write; stops when fn says so. */
+static void walk_rules(const struct order *o, struct walk *w, enum order_wait *why)
+{
+	const struct order_item *b = w->b;
+
+	*why = ORDER_WAIT_CAUSAL;
+	each(o, b->read ? ORDER_WRITES : ORDER_ALL, 0, b->ts_start, w);
+	if (!w->stop && !b->read) { /* may visit some of the above again */
+		if (!w->n)
+			*why = ORDER_WAIT_LOCK;
+		each(o, ORDER_ENDS, 0, b->key, w);
+	}
+	if (!w->n)
+		*why = ORDER_WAIT_NONE;
+}
+
+static bool first(void *ctx, const struct order_item *a)
+{
+	*(const struct order_item **)ctx = a;
+	return false;
+}
+
+const struct order_item *order_blocker(const struct order *o, const struct order_item *b,
+				       enum order_wait *why)
+{
+	const struct order_item *a = NULL;
+	struct walk w = {.b = b, .fn = first, .ctx = &a};
+
+	walk_rules(o, &w, why);
+	return a;
+}
+
+enum order_wait order_blocked(const struct order *o, const struct order_item *b)
+{
+	enum order_wait why;
+
+	order_blocker(o, b, &why);
+	return why;
+}
+
 unsigned int order_each_blocker(const struct order *o, const struct order_item *b,
 				bool (*fn)(void *ctx, const struct order_item *a), void *ctx)
 {
 	struct walk w = {.b = b, .fn = fn, .ctx = ctx};
+	enum order_wait why;
 
-	each(o, b->read ? ORDER_WRITES : ORDER_ALL, 0, b->ts_start, &w);
-	if (!b->read) /* may visit some of the above again */
-		each(o, ORDER_ENDS, 0, b->key, &w);
+	walk_rules(o, &w, &why);
 	return w.n;
 }
