@@ -551,14 +551,17 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 	bool used;
 
 	if (!it || r->cfg.pipeline < 2 || r->cfg.replay_timing || !it->pipe_ok || it->wrap ||
-	    it->as_rollback || s->susp)
+	    it->as_rollback)
+		return false;
+	/* the resumption of a portal the mirror ran to completion is not sent (item_start) */
+	if (s->susp && it->kind == SESSION_REQ_EXECUTE && it->portal_key == s->susp_key)
 		return false;
 	/* behind an open Sync group only the rest of that group may go */
 	if (tail_open(s, &group) && (it->kind != SESSION_REQ_EXECUTE || it->sync_group != group))
 		return false;
 	if (it->kind == SESSION_REQ_QUERY) /* COPY and DEALLOCATE/DISCARD: as simple queries */
 		return !replay_is_copy(it) && !drops_statements(it->text);
-	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || it->suspended || replay_is_copy(it))
+	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || replay_is_copy(it))
 		return false;
 	return !it->stmt_name[0] ||
 	       stmt_find((struct replay_session *)s, it->stmt_name, it->text_hash, &used);
@@ -574,7 +577,9 @@ static bool send_piped(struct replay_session *s, struct item *it)
 
 	if (PQpipelineStatus(c) == PQ_PIPELINE_OFF && !PQenterPipelineMode(c))
 		return false;
-	s->susp = false;
+	/* a row-limited Execute runs to completion here: its resumptions are not sent */
+	s->susp = it->kind == SESSION_REQ_EXECUTE && it->suspended;
+	s->susp_key = it->portal_key;
 	if (it->kind == SESSION_REQ_QUERY) {
 		if (!PQsendQueryParams(c, it->text, 0, NULL, NULL, NULL, NULL, 0))
 			return false;
