@@ -50,7 +50,7 @@
 struct replay_config {
 	const char *mirror;	       /* libpq conninfo or URI (mirror_of); dbname is replaced */
 	uint32_t queue;		       /* a transaction is admitted while fewer requests of its
-					* session wait (mirror_queue, default 100) */
+					* session wait (mirror_queue, default 1000) */
 	uint64_t queue_bytes;	       /* bytes of requests waiting, all sessions (mirror_queue_mb,
 					* default 64 MiB) */
 	const char *compare_ignore;    /* mirror_compare_ignore: fingerprints (hex), comma-

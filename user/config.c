@@ -132,7 +132,7 @@ const struct config_key config_keys[] = {
      "on|off", "Keep the source's gaps between the statements of a transaction."},
     {"mirror_set_role", CONFIG_BOOL, OFF(mirror_set_role), 0, 0, 0, NULL, "off", false, "on|off",
      "SET ROLE to the source session's user after connecting to the mirror."},
-    {"mirror_queue", CONFIG_UINT, OFF(mirror_queue), 1, 1000000, 0, NULL, "100", false, "N",
+    {"mirror_queue", CONFIG_UINT, OFF(mirror_queue), 1, 1000000, 0, NULL, "1000", false, "N",
      "A transaction is admitted for replay only while fewer than N transactions of its "
      "session wait to start on the mirror; otherwise it is dropped whole (buffer_full). An "
      "admitted transaction is never cut by this count."},

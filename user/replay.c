@@ -581,7 +581,7 @@ void replay_set_log_mismatches(struct replay *r, uint32_t n)
 void replay_config_default(struct replay_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->queue = 100;
+	cfg->queue = 1000;
 	cfg->queue_bytes = 64ull << 20;
 	cfg->pipeline = 16;
 	cfg->max_connections = 100;

@@ -1,5 +1,5 @@
 """Client matrix: real PostgreSQL drivers against a real source, the real agent mirroring
-(default settings: exposure 1.0, queue 100, pipeline 16, compare status) to a real mirror.
+(default settings: exposure 1.0, queue 1000, pipeline 16, compare status) to a real mirror.
 
 Drivers and what each exercises (each in its own database on both clusters, created with
 the same schema before the agent starts; each test has its own pair of clusters, see the

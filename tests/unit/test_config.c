@@ -173,7 +173,7 @@ static void test_defaults(void **state)
 	assert_null(c.source_dsn);
 	assert_false(c.verbose);
 	assert_null(c.mirror_of);
-	assert_int_equal(c.mirror_queue, 100);
+	assert_int_equal(c.mirror_queue, 1000);
 	assert_int_equal(c.mirror_pipeline, 16);
 	assert_int_equal(c.mirror_max_connections, 100);
 	assert_int_equal(c.mirror_timeout_ms, 30000);
@@ -976,7 +976,7 @@ static void test_reload_diff(void **state)
 	    "port 5432 -> 5433 needs a restart (ignored)",
 	    "mirror_of changed, needs a restart (ignored)",
 	    "mirror_exposure 1 -> 0.5 applied",
-	    "mirror_queue 100 -> 5 needs a restart (ignored)",
+	    "mirror_queue 1000 -> 5 needs a restart (ignored)",
 	    "log_mismatches 0 -> 10 applied",
 	    "mirror_max_error_rate 0.01 -> 0.02 applied",
 	    "mirror_min_requests 100000 -> 500 applied",
@@ -1015,7 +1015,7 @@ static void test_reload_diff(void **state)
 	/* running took the reloadable values only */
 	assert_int_equal(running.port, 5432);
 	assert_string_equal(running.mirror_of, "host=a password=secret1");
-	assert_int_equal(running.mirror_queue, 100);
+	assert_int_equal(running.mirror_queue, 1000);
 	assert_true(running.live.mirror_exposure == 0.5);
 	assert_int_equal(running.live.log_mismatches, 10);
 	assert_true(running.live.mirror_max_error_rate == 0.02);
@@ -1031,7 +1031,7 @@ static void test_reload_diff(void **state)
 	assert_int_equal(config_reload(&running, &next, collect, &s), 6);
 	assert_string_equal(s.lines[0], "port 5432 -> 5433 needs a restart (ignored)");
 	assert_string_equal(s.lines[1], "mirror_of changed, needs a restart (ignored)");
-	assert_string_equal(s.lines[2], "mirror_queue 100 -> 5 needs a restart (ignored)");
+	assert_string_equal(s.lines[2], "mirror_queue 1000 -> 5 needs a restart (ignored)");
 	assert_string_equal(s.lines[3],
 			    "[databases] app dbname app_v2 -> app_v3 needs a restart (ignored)");
 	assert_string_equal(s.lines[4], "[databases] new exposure (mirror_exposure) -> 0.1 needs "
