@@ -31,7 +31,7 @@ DEB_PACKAGES += python3-psycopg python3-asyncpg libpostgresql-jdbc-java default-
 AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/dump.o \
               $(BUILD)/pgwire.o $(BUILD)/session.o $(BUILD)/pipeline.o $(BUILD)/stats.o \
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/replay_submit.o \
-              $(BUILD)/replay_conn.o $(BUILD)/ownconn.o \
+              $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \

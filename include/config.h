@@ -89,6 +89,7 @@ struct pgshadow_config {
 	char *mirror_compare_ignore; /* fingerprints, comma-separated, or NULL */
 	uint64_t mirror_pipeline;
 	uint64_t mirror_max_connections;
+	uint64_t mirror_pool_wait_ms;
 	uint64_t mirror_timeout_ms;
 	bool mirror_set_role;
 	int mirror_mode;     /* enum replay_mode */

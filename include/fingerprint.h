@@ -48,6 +48,31 @@
  *   as non-deterministic.
  * A text that does not parse has no bits.
  *
+ * Pooling (pool, enum fingerprint_pool bits; several statements: the union): what a text
+ * does to its session that a mirror connection pooled per transaction must know, because it
+ * outlives the transaction:
+ * - FINGERPRINT_POOL_SET: a session-level SET or RESET (SET x = y, SET SESSION x, SET TIME
+ *   ZONE, SET ROLE, SET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS AS TRANSACTION,
+ *   RESET x, RESET ALL), which another connection can be given by running it again. Not SET
+ *   LOCAL (of any of these), SET TRANSACTION [SNAPSHOT], nor the SET of ALTER
+ *   ROLE/DATABASE/SYSTEM or of a function's definition.
+ * - FINGERPRINT_POOL_PIN: state that cannot move to another connection: a temporary
+ *   relation (CREATE TEMP TABLE [AS], SELECT ... INTO TEMP, CREATE TEMP VIEW or SEQUENCE, at
+ *   any depth, e.g. under EXPLAIN ANALYZE; also any relation named in a pg_temp schema, and
+ *   CREATE FUNCTION or PROCEDURE pg_temp.f), DECLARE ... WITH HOLD, LISTEN, PREPARE, LOAD,
+ *   or a call anywhere in the tree of a session-level advisory lock function
+ *   (pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock,
+ *   pg_try_advisory_lock_shared; any schema, the last name component, any case; the _xact_
+ *   ones end with the transaction and do not pin), or of set_config() (matched the same way)
+ *   whose third argument, is_local, is not the constant true as written: false, a parameter,
+ *   a column, any expression, a string ('t', 'true'::bool: literal values are not in the
+ *   cache key, see below) or a call with other than three arguments. Its setting outlives
+ *   the transaction and the text does not say, safely, what to run again. set_config(n, v,
+ *   true) is local to the transaction and sets no bits.
+ * UNLISTEN, DEALLOCATE and DISCARD set no bits. What a function's body, a DO block or a
+ * prepared statement run by EXECUTE does is not seen. A text that does not parse, or is too
+ * deep, has no bits: a caller should take too_deep as unknown.
+ *
  * Too deep: a parse tree nested more than FINGERPRINT_MAX_DEPTH messages (about 500 levels
  * of SQL expressions: `SELECT 1+a+a+...` of 495 terms, 165 nested subqueries) is not
  * unpacked, because protobuf-c's unpacking recurses once per level and overflows the stack
@@ -103,6 +128,16 @@ enum fingerprint_nondet {
 	FINGERPRINT_NONDET_UNKNOWN = 1 << 3,	 /* too deep to inspect */
 };
 
+/* What a text does to its session that a pooled mirror connection must know (bits;
+ * several statements: the union). */
+enum fingerprint_pool {
+	FINGERPRINT_POOL_SET = 1 << 0, /* a session-level SET or RESET, SET SESSION
+					* CHARACTERISTICS included (not SET LOCAL, not SET
+					* TRANSACTION): re-applied on another connection */
+	FINGERPRINT_POOL_PIN = 1 << 1, /* state that cannot move to another connection, a
+					* session-level set_config() included */
+};
+
 /* Levels of message nesting a parse tree may have to be unpacked (see above). protobuf-c's
  * unpack takes ~960 bytes of stack a level: at 1000, classifying needs ~0.95 MiB of the
  * caller's stack (the main, capture, thread: 8 MiB by RLIMIT_STACK), where ~8,700 levels
@@ -117,6 +152,7 @@ struct fingerprint_info {
 	uint8_t classes;      /* enum fingerprint_class bits */
 	uint8_t txn;	      /* enum fingerprint_txn */
 	uint8_t nondet;	      /* enum fingerprint_nondet bits; 0 when it did not parse */
+	uint8_t pool;	      /* enum fingerprint_pool bits; 0 when it did not parse */
 	bool too_deep;	      /* too deep to inspect (see above): parsed is false */
 };
 

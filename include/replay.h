@@ -57,6 +57,7 @@ struct replay_config {
 					* separated, whose answers are not compared */
 	uint32_t pipeline;	       /* items in flight per connection (mirror_pipeline, 16) */
 	uint32_t max_connections;      /* mirror connections at once (default 100) */
+	uint32_t pool_wait_ms;	       /* longest wait for a pooled connection (5000) */
 	uint32_t timeout_ms;	       /* mirror statement_timeout (default 30000) */
 	bool set_role;		       /* SET ROLE to the source user after connecting */
 	uint32_t order_wait_ms;	       /* longest causal-order wait (default 1000) */
@@ -99,7 +100,7 @@ void replay_set_log_mismatches(struct replay *r, uint32_t n);
 struct replay_session_row {
 	uint64_t id; /* the source connection's flow id */
 	char database[64], user[64];
-	const char *state; /* idle, connecting, setup, ready, busy, backoff, capped */
+	const char *state; /* idle, connecting, setup, ready, busy, backoff, waiting */
 	uint32_t queued;   /* items waiting or in flight */
 	uint64_t mirrored, errors, dropped, skipped;
 };
@@ -107,6 +108,21 @@ struct replay_session_row {
 /* Copies up to cap sessions into out; returns how many there are (call again with a
  * larger array when that exceeds cap). Any thread (takes the session list's lock). */
 size_t replay_sessions(struct replay *r, struct replay_session_row *out, size_t cap);
+
+/* One pool of mirror connections (SHOW MIRROR POOLS, PgBouncer's SHOW POOLS columns). */
+struct replay_pool_row {
+	char database[64], user[64], application_name[64];
+	uint32_t cl_active;  /* sessions holding one of its connections */
+	uint32_t cl_waiting; /* sessions waiting for one */
+	uint32_t sv_active;  /* connections borrowed and made */
+	uint32_t sv_idle;    /* free */
+	uint32_t sv_login;   /* being made */
+	uint32_t sv_pinned;  /* kept by one session to its end */
+	uint64_t maxwait_ms; /* how long its first waiter has waited */
+};
+
+/* Fills up to cap rows; returns how many pools there are (any thread). */
+size_t replay_pools(struct replay *r, struct replay_pool_row *out, size_t cap);
 
 /* A source session (capture thread). Returns the replay's handle for it, or NULL when
  * it is not mirrored (encrypted, replication or cancel sessions; ENOMEM): its items are

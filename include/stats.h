@@ -62,6 +62,8 @@ enum stats_drop_reason {
 				     * capture gap): its mirror transaction was rolled back */
 	STATS_DROP_PARTIAL,	    /* its transaction began before the agent saw it (agent
 				     * start, capture gap): it cannot be replayed whole */
+	STATS_DROP_POOL_WAIT,	    /* its transaction waited mirror_pool_wait_ms for a
+				     * pooled mirror connection and none became free */
 	STATS_DROP_MAX,
 };
 
@@ -75,6 +77,7 @@ enum stats_abort_reason {
 	STATS_ABORT_SESSION_END,    /* the source session ended inside it */
 	STATS_ABORT_UNREPLAYABLE,   /* a request of it cannot be replayed (no_parse,
 				     * function_call, copy_too_big) */
+	STATS_ABORT_POOL_WAIT,	    /* no pooled mirror connection within mirror_pool_wait_ms */
 	STATS_ABORT_MAX,
 };
 
@@ -154,6 +157,23 @@ struct stats_config {
 };
 
 /* A consistent copy of the global mirror numbers (for rendering and readiness). */
+/* The pooled mirror connections, all pools together (replay thread). */
+enum stats_pool_state {
+	STATS_POOL_IN_USE = 0, /* borrowed by a session */
+	STATS_POOL_IDLE,       /* in a pool, free */
+	STATS_POOL_PINNED,     /* kept by one session until it ends (of in_use) */
+	STATS_POOL_CONNECTING, /* being made for a session (of in_use) */
+	STATS_POOL_STATE_MAX,
+};
+
+extern const char *const stats_pool_state_names[STATS_POOL_STATE_MAX];
+
+struct stats_pool {
+	uint64_t connections[STATS_POOL_STATE_MAX];
+	uint64_t waiting; /* sessions waiting for a connection */
+	uint64_t peak;	  /* most mirror connections at once */
+};
+
 struct stats_mirror_snapshot {
 	uint64_t total, mirrored, dropped, not_sampled, skipped, in_flight;
 	uint64_t errors[STATS_ERR_MAX];
@@ -169,6 +189,7 @@ struct stats_mirror_snapshot {
 	uint64_t order_timeouts;	 /* waits given up (order not kept) */
 	uint64_t queue_bytes, queue_bytes_peak;
 	uint64_t aborted[STATS_ABORT_MAX];
+	struct stats_pool pool;
 };
 
 struct stats *stats_new(const struct stats_config *cfg);
@@ -205,6 +226,8 @@ void stats_mirror_dropped_why(struct stats *st, struct stats_db *db, enum stats_
 /* The agent rolled a mirror transaction back (its source transaction was not replayed
  * whole). */
 void stats_mirror_unit_aborted(struct stats *st, enum stats_abort_reason why);
+/* The pools' gauges, published by the replay thread. */
+void stats_mirror_set_pool(struct stats *st, const struct stats_pool *p);
 /* Bytes of requests waiting for the mirror (all sessions), and their peak. */
 void stats_mirror_set_queue_bytes(struct stats *st, uint64_t bytes, uint64_t peak);
 /* source_latency_ns: the same request's latency on the source (readiness compares the

@@ -143,7 +143,14 @@ const struct config_key config_keys[] = {
      "Requests one mirror connection may have in flight while its session has a backlog "
      "(pipelined); 1 replays strictly one at a time."},
     {"mirror_max_connections", CONFIG_UINT, OFF(mirror_max_connections), 1, 10000, 0, NULL, "100",
-     false, "N", "Mirror connections at once; sessions beyond are skipped (connection_cap)."},
+     false, "N",
+     "Mirror connections at once, all pools together. Source sessions share them: a "
+     "session borrows one for a transaction (or a run of autocommit statements) and gives "
+     "it back."},
+    {"mirror_pool_wait_ms", CONFIG_UINT, OFF(mirror_pool_wait_ms), 1, 3600000, 0, NULL, "5000",
+     false, "N",
+     "Longest a transaction waits for a free pooled mirror connection; then it is dropped "
+     "whole (pool_wait)."},
     {"mirror_timeout_ms", CONFIG_UINT, OFF(mirror_timeout_ms), 1, 86400000, 0, NULL, "30000", false,
      "N", "statement_timeout of every mirror session; 57014 counts as a timeout."},
     {"mirror_compare_ignore", CONFIG_STRING, OFF(mirror_compare_ignore), 0, 0, 0, NULL, NULL, false,

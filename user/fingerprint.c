@@ -214,10 +214,57 @@ static unsigned int stmt_classes(const PgQuery__Node *n, enum fingerprint_txn *t
 	}
 }
 
+/* Whether a schema name is a temporary one: pg_temp, or pg_temp_N spelled out. */
+static bool temp_schema(const char *name)
+{
+	return name && !strncmp(name, "pg_temp", 7);
+}
+
+/* The pool bits of one statement by itself (fingerprint.h); what is under it, at any depth
+ * (temporary relations, advisory locks, set_config()), is found by the walk (message_pool).
+ * SET is only read here: ALTER ROLE ... SET and a function's SET clause hold a
+ * VariableSetStmt too. */
+static unsigned int stmt_pool(const PgQuery__Node *n)
+{
+	const PgQuery__CreateFunctionStmt *cf;
+	const PgQuery__VariableSetStmt *vs;
+
+	switch (n->node_case) {
+	case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+		/* SET TRANSACTION [SNAPSHOT] and SET SESSION CHARACTERISTICS are VAR_SET_MULTI;
+		 * only the last outlives the transaction (the session's defaults) */
+		vs = n->variable_set_stmt;
+		if (vs->is_local)
+			return 0;
+		if (vs->kind != PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI ||
+		    (vs->name && !strcmp(vs->name, "SESSION CHARACTERISTICS")))
+			return FINGERPRINT_POOL_SET;
+		return 0;
+	case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+		return n->declare_cursor_stmt->options & CURSOR_OPT_HOLD ? FINGERPRINT_POOL_PIN : 0;
+	case PG_QUERY__NODE__NODE_LISTEN_STMT:
+	case PG_QUERY__NODE__NODE_PREPARE_STMT:
+	case PG_QUERY__NODE__NODE_LOAD_STMT:
+		return FINGERPRINT_POOL_PIN;
+	case PG_QUERY__NODE__NODE_CREATE_FUNCTION_STMT:
+		/* CREATE FUNCTION pg_temp.f(): the schema is the name before the last */
+		cf = n->create_function_stmt;
+		return cf->n_funcname >= 2 &&
+			       cf->funcname[cf->n_funcname - 2]->node_case ==
+				   PG_QUERY__NODE__NODE_STRING &&
+			       temp_schema(cf->funcname[cf->n_funcname - 2]->string->sval)
+			   ? FINGERPRINT_POOL_PIN
+			   : 0;
+	default:
+		return 0;
+	}
+}
+
 /*
  * Non-determinism (fingerprint.h): one generic walk over the unpacked parse tree, driven by
  * protobuf-c's descriptors so every node type is covered without listing them; the nodes
- * that matter are recognised by their descriptor.
+ * that matter are recognised by their descriptor. The same walk finds the pool bits that
+ * can be anywhere in the tree (message_pool).
  */
 /* messages under a statement; classify() unpacks no tree deeper than FINGERPRINT_MAX_DEPTH
  * (a statement is 3 levels down), so this is a second guard that is not reached */
@@ -262,7 +309,18 @@ static const char *const volatile_funcs[] = {
     NULL,
 };
 
-static bool volatile_func(const PgQuery__FuncCall *f)
+/* Advisory locks held until unlocked or the session ends, not the transaction (pooling:
+ * they pin the session to its connection); matched as volatile_funcs are. */
+static const char *const session_lock_funcs[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    NULL,
+};
+
+/* Whether the last component of f's name is one of names (NULL-terminated), in any case. */
+static bool func_named(const PgQuery__FuncCall *f, const char *const *names)
 {
 	const PgQuery__Node *last;
 	size_t i;
@@ -272,11 +330,37 @@ static bool volatile_func(const PgQuery__FuncCall *f)
 	last = f->funcname[f->n_funcname - 1];
 	if (last->node_case != PG_QUERY__NODE__NODE_STRING || !last->string->sval)
 		return false;
-	for (i = 0; volatile_funcs[i]; i++)
-		if (!strcasecmp(last->string->sval, volatile_funcs[i]))
+	for (i = 0; names[i]; i++)
+		if (!strcasecmp(last->string->sval, names[i]))
 			return true;
+	return false;
+}
+
+/* Whether f is a call of set_config() (any schema, any case) that is not set_config(name,
+ * value, true) with the constant true as it is written: is_local false, a parameter, a
+ * column, an expression, a string ('t', 'true'::bool: literal values are not in the cache
+ * key, fingerprint.h), or another number of arguments. */
+static bool session_set_config(const PgQuery__FuncCall *f)
+{
+	static const char *const set_config[] = {"set_config", NULL};
+	const PgQuery__Node *local;
+
+	if (!func_named(f, set_config))
+		return false;
+	if (f->n_args != 3)
+		return true;
+	local = f->args[2];
+	return !(local->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+		 local->a_const->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL &&
+		 local->a_const->boolval && local->a_const->boolval->boolval);
+}
+
+static bool volatile_func(const PgQuery__FuncCall *f)
+{
+	static const char *const age[] = {"age", NULL};
+
 	/* age(x) with one argument counts from today (or, for an xid, from the next xid) */
-	return f->n_args == 1 && !strcasecmp(last->string->sval, "age");
+	return func_named(f, volatile_funcs) || (f->n_args == 1 && func_named(f, age));
 }
 
 /*
@@ -313,6 +397,7 @@ static bool limits(const PgQuery__Node *n)
 
 struct nondet_walk {
 	unsigned int bits;
+	unsigned int pool; /* enum fingerprint_pool bits found under the statement */
 	/* an EXISTS subquery's SELECT: which rows its LIMIT keeps does not change the answer */
 	const ProtobufCMessage *exists_select;
 };
@@ -360,6 +445,30 @@ static unsigned int message_nondet(const ProtobufCMessage *m, struct nondet_walk
 	return 0;
 }
 
+/* The pool bits one message contributes by itself, at any depth (fingerprint.h): a call of a
+ * session-level advisory lock or of a session-level set_config(), or a temporary relation.
+ * A RangeVar is persistence 't' only as what CREATE TEMP ... or SELECT ... INTO TEMP
+ * creates; one in a pg_temp schema is created there or is used, and then was created in
+ * this session. */
+static unsigned int message_pool(const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+
+	if (d == &pg_query__func_call__descriptor) {
+		const PgQuery__FuncCall *f = (const PgQuery__FuncCall *)m;
+
+		return func_named(f, session_lock_funcs) || session_set_config(f)
+			   ? FINGERPRINT_POOL_PIN
+			   : 0;
+	}
+	if (d == &pg_query__range_var__descriptor) {
+		const PgQuery__RangeVar *rv = (const PgQuery__RangeVar *)m;
+
+		return temp_relation(rv) || temp_schema(rv->schemaname) ? FINGERPRINT_POOL_PIN : 0;
+	}
+	return 0;
+}
+
 /* The member of a oneof that is set: fields[first..end) are its members, sorted by id as
  * protobuf-c keeps every message's fields. NULL when none is. */
 static const ProtobufCFieldDescriptor *
@@ -378,7 +487,7 @@ oneof_member(const ProtobufCMessageDescriptor *d, unsigned int first, unsigned i
 	return NULL;
 }
 
-/* ORs into w->bits what m and everything under it contribute. */
+/* ORs into w->bits and w->pool what m and everything under it contribute. */
 static void walk_nondet(const ProtobufCMessage *m, struct nondet_walk *w, unsigned int depth)
 {
 	const ProtobufCMessageDescriptor *d = m->descriptor;
@@ -392,6 +501,7 @@ static void walk_nondet(const ProtobufCMessage *m, struct nondet_walk *w, unsign
 		return;
 	}
 	w->bits |= message_nondet(m, w);
+	w->pool |= message_pool(m);
 	if (d == &pg_query__node__descriptor) {
 		/* fast path: a Node is one oneof of ~250 members; finding its end by the scan
 		 * below would cost more than the rest of the walk */
@@ -731,6 +841,7 @@ static bool classify(const char *text, struct fingerprint_info *out)
 			out->classes |= stmt_classes(n, &txn);
 			walk_nondet(&n->base, &w, 0);
 			out->nondet |= w.bits;
+			out->pool |= stmt_pool(n) | w.pool;
 		}
 	}
 	if (tree->n_stmts == 1)

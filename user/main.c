@@ -140,6 +140,7 @@ static void replay_settings(const struct pgshadow_config *c, struct replay_confi
 	r->compare_ignore = c->mirror_compare_ignore;
 	r->pipeline = (uint32_t)c->mirror_pipeline;
 	r->max_connections = c->mirror_max_connections;
+	r->pool_wait_ms = c->mirror_pool_wait_ms;
 	r->timeout_ms = c->mirror_timeout_ms;
 	r->set_role = c->mirror_set_role;
 	r->capture_port = c->port;

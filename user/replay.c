@@ -90,10 +90,14 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 		s->dead_unit = it->unit; /* never run the rest of it on another connection */
 		s->dead_outcome = OUT_CONNECTION;
 	}
+	if (o == OUT_SUCCESS && it->pool_act)
+		replay_pool_note(s, it); /* a SET to carry, or state that pins */
 	if (o == OUT_SUCCESS)
 		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
 	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
 		atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+	else if (o == OUT_POOL_WAIT)
+		atomic_fetch_add_explicit(&s->n_dropped, 1, memory_order_relaxed);
 	else
 		atomic_fetch_add_explicit(&s->n_skipped, 1, memory_order_relaxed);
 	switch (o) {
@@ -111,8 +115,8 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 	case OUT_CONNECTION:
 		stats_mirror_error(r->st, it->db, STATS_ERR_CONNECTION, now);
 		break;
-	case OUT_SKIP_CAP:
-		stats_mirror_skipped(r->st, it->db, STATS_SKIP_CONNECTION_CAP);
+	case OUT_POOL_WAIT:
+		stats_mirror_dropped_why(r->st, it->db, STATS_DROP_POOL_WAIT, now);
 		break;
 	case OUT_SKIP_STATE:
 		stats_mirror_skipped(r->st, it->db, STATS_SKIP_SESSION_STATE);
@@ -149,7 +153,10 @@ void replay_queue_finish_all(struct replay *r, struct replay_session *s, enum ou
 
 static void sess_free(struct replay *r, struct replay_session *s)
 {
-	replay_conn_close(r, s);
+	if (replay_pool_can_release(s))
+		replay_pool_release(r, s);
+	replay_conn_close(r, s); /* pinned, or inside a transaction: not reusable */
+	replay_pool_leave(r, s);
 	deactivate(r, s);
 	pthread_mutex_lock(&r->list_lock);
 	if (s->all_prev)
@@ -160,8 +167,6 @@ static void sess_free(struct replay *r, struct replay_session *s)
 		s->all_next->all_prev = s->all_prev;
 	free(s->params);
 	pthread_mutex_unlock(&r->list_lock);
-	if (s->has_slot)
-		r->n_slots--;
 	free(s);
 }
 
@@ -179,7 +184,7 @@ static void group_close(struct replay *r, struct replay_session *s, uint64_t now
 	replay_run_reset(s);
 	s->run.pipeline = true;
 	s->run.synced = true;
-	if (!PQpipelineSync(s->conn) || !replay_conn_flush(s)) {
+	if (!PQpipelineSync(s->c->conn) || !replay_conn_flush(s)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
@@ -192,7 +197,7 @@ static void group_close(struct replay *r, struct replay_session *s, uint64_t now
 /* Is the mirror connection inside a transaction block? */
 static bool in_txn(const struct replay_session *s)
 {
-	PGTransactionStatusType ts = s->conn ? PQtransactionStatus(s->conn) : PQTRANS_UNKNOWN;
+	PGTransactionStatusType ts = s->c ? PQtransactionStatus(s->c->conn) : PQTRANS_UNKNOWN;
 
 	return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
@@ -212,10 +217,11 @@ static void txn_abort(struct replay *r, struct replay_session *s, uint64_t now)
 	if (s->group_open) {
 		s->run.pipeline = true;
 		s->run.synced = true;
-		ok = PQsendQueryParams(s->conn, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
-		     PQpipelineSync(s->conn);
+		ok = PQsendQueryParams(s->c->conn, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL,
+				       0) &&
+		     PQpipelineSync(s->c->conn);
 	} else if (in_txn(s)) {
-		ok = PQsendQuery(s->conn, "ROLLBACK");
+		ok = PQsendQuery(s->c->conn, "ROLLBACK");
 	} else {
 		return; /* nothing open here */
 	}
@@ -305,6 +311,23 @@ static bool must_wait(struct replay *r, struct item *it, uint64_t now, uint64_t 
 
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed);
 
+/* Must the session's head item wait before it starts: the source's gap
+ * (mirror_replay_timing), or causal order? Until when (*until)? */
+static bool due_later(struct replay *r, struct replay_session *s, struct item *it, uint64_t now,
+		      uint64_t *until)
+{
+	if (r->cfg.replay_timing && !it->txn_start && s->last_sent &&
+	    it->ord.ts_start > s->last_ts_start) { /* keep the source's gap */
+		uint64_t due = s->last_sent + (it->ord.ts_start - s->last_ts_start);
+
+		if (now < due) {
+			*until = due;
+			return true;
+		}
+	}
+	return must_wait(r, it, now, until);
+}
+
 /* sess_run, then the step's pipelined sends leave (uncork). */
 static uint64_t sess_step(struct replay *r, struct replay_session *s, uint64_t now, bool *freed)
 {
@@ -338,9 +361,6 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 			continue;
 		}
 		switch (s->state) {
-		case CONN_CAPPED:
-			replay_queue_finish_all(r, s, OUT_SKIP_CAP, now);
-			goto settled;
 		case CONN_BACKOFF:
 			if (now < s->deadline) {
 				replay_queue_finish_all(r, s, OUT_CONNECTION, now);
@@ -349,11 +369,36 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 			s->state = CONN_NONE;
 			continue;
 		case CONN_NONE:
-			if (!s->head && (!s->preconnect || s->closed))
-				goto settled;
+			if (!s->head) {
+				if (!s->preconnect || s->closed)
+					goto settled;
+				s->preconnect = false; /* warm the pool: its first connection */
+				if (!replay_pool_warm(r, s))
+					goto settled;
+			} else if (due_later(r, s, s->head, now, &until)) {
+				return until; /* no connection is held while it waits */
+			}
 			s->preconnect = false;
 			s->ever_connected = true;
-			replay_conn_open(r, s, now);
+			replay_pool_acquire(r, s, now);
+			continue;
+		case CONN_WAIT:
+			if (!s->head) {
+				replay_pool_unwait(r, s);
+				s->state = CONN_NONE;
+				goto settled;
+			}
+			replay_pool_acquire(r, s, now);
+			if (s->state != CONN_WAIT)
+				continue;
+			if (now < s->deadline)
+				return s->deadline;
+			/* no connection in time: the transaction is dropped whole */
+			replay_pool_unwait(r, s);
+			s->state = CONN_NONE;
+			s->dead_unit = s->head->unit;
+			s->dead_outcome = OUT_POOL_WAIT;
+			stats_mirror_unit_aborted(r->st, STATS_ABORT_POOL_WAIT);
 			continue;
 		case CONN_CONNECTING:
 		case CONN_SETUP:
@@ -387,16 +432,16 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 					txn_abort(r, s, now); /* the client left before the Sync */
 				continue;
 			}
+			if (replay_pool_can_release(s) &&
+			    (!it || replay_pool_contended(s) || due_later(r, s, it, now, &until))) {
+				/* between transactions: nothing to run, another session waits
+				 * for the pool, or causal order makes it wait */
+				replay_pool_release(r, s);
+				continue;
+			}
 			if (!it)
 				goto settled;
-			if (r->cfg.replay_timing && !it->txn_start && s->last_sent &&
-			    it->ord.ts_start > s->last_ts_start) { /* keep the source's gap */
-				uint64_t due = s->last_sent + (it->ord.ts_start - s->last_ts_start);
-
-				if (now < due)
-					return due;
-			}
-			if (must_wait(r, it, now, &until))
+			if (due_later(r, s, it, now, &until))
 				return until;
 			replay_item_start(r, s, now);
 			continue;
@@ -441,6 +486,7 @@ static int step_all(struct replay *r, uint64_t now)
 	}
 	stats_mirror_set_queue_bytes(r->st, atomic_load(&r->item_bytes),
 				     atomic_load(&r->bytes_peak));
+	replay_pool_publish(r);
 	if (wake == NEVER)
 		return IDLE_WAKE_MS;
 	if (wake <= now)
@@ -462,7 +508,6 @@ static void drain(struct replay *r)
 		s = m->rs;
 		switch (m->kind) {
 		case MSG_OPEN:
-			s->fd = -1;
 			s->deadline = NEVER;
 			s->backoff_ms = BACKOFF_MIN_MS;
 			pthread_mutex_lock(&r->list_lock);
@@ -509,6 +554,7 @@ static void *run(void *arg)
 {
 	struct replay *r = arg;
 	struct epoll_event ev[EVENTS_MAX];
+	struct mconn *c;
 	uint64_t counter, now;
 	int i, n, timeout;
 
@@ -524,8 +570,15 @@ static void *run(void *arg)
 				}
 				continue;
 			}
-			replay_conn_event(r, ev[i].data.ptr, ev[i].events, now);
+			c = ev[i].data.ptr;
+			if (!c->conn)
+				continue; /* closed earlier in this batch */
+			if (c->owner)
+				replay_conn_event(r, c->owner, ev[i].events, now);
+			else
+				replay_pool_idle_event(r, c);
 		}
+		replay_pool_bury(r);
 	}
 	return NULL;
 }
@@ -533,10 +586,10 @@ static void *run(void *arg)
 /* ---- SHOW MIRROR SESSIONS ---- */
 
 static const char *const state_names[] = {
-    [CONN_NONE] = "idle",     [CONN_CONNECTING] = "connecting",
-    [CONN_SETUP] = "setup",   [CONN_IDLE] = "ready",
-    [CONN_BUSY] = "busy",     [CONN_BACKOFF] = "backoff",
-    [CONN_CAPPED] = "capped",
+    [CONN_NONE] = "idle",    [CONN_CONNECTING] = "connecting",
+    [CONN_SETUP] = "setup",  [CONN_IDLE] = "ready",
+    [CONN_BUSY] = "busy",    [CONN_BACKOFF] = "backoff",
+    [CONN_WAIT] = "waiting",
 };
 
 size_t replay_sessions(struct replay *r, struct replay_session_row *out, size_t cap)
@@ -559,7 +612,7 @@ size_t replay_sessions(struct replay *r, struct replay_session_row *out, size_t 
 			 s->params ? s->params->database : "");
 		snprintf(row->user, sizeof(row->user), "%s", s->params ? s->params->user : "");
 		st = atomic_load_explicit(&s->pub_state, memory_order_relaxed);
-		row->state = st >= 0 && st <= CONN_CAPPED ? state_names[st] : "?";
+		row->state = st >= 0 && st <= CONN_WAIT ? state_names[st] : "?";
 		row->queued = atomic_load_explicit(&s->queued, memory_order_relaxed);
 		row->mirrored = atomic_load_explicit(&s->n_mirrored, memory_order_relaxed);
 		row->errors = atomic_load_explicit(&s->n_errors, memory_order_relaxed);
@@ -585,6 +638,7 @@ void replay_config_default(struct replay_config *cfg)
 	cfg->queue_bytes = 64ull << 20;
 	cfg->pipeline = 16;
 	cfg->max_connections = 100;
+	cfg->pool_wait_ms = 5000;
 	cfg->timeout_ms = 30000;
 	cfg->order_wait_ms = 1000;
 	cfg->backoff_max_ms = 30000;
@@ -752,6 +806,7 @@ void replay_stop(struct replay *r)
 		replay_queue_finish_all(r, s, OUT_SKIP_SHUTDOWN, now);
 		sess_free(r, s);
 	}
+	replay_pool_free_all(r);
 	if (r->started)
 		stats_mirror_set_buffer_utilization(r->st, 0);
 	if (r->epfd >= 0)

@@ -7,18 +7,17 @@
 
 /* ---- prepared statements of a mirror connection ---- */
 
-static struct stmt **stmt_bucket(struct replay_session *s, const char *name)
+static struct stmt **stmt_bucket(struct mconn *c, const char *name)
 {
-	return &s->stmts[fnv(FNV_INIT, name, strlen(name)) % STMT_BUCKETS];
+	return &c->stmts[fnv(FNV_INIT, name, strlen(name)) % STMT_BUCKETS];
 }
 
-static struct stmt *stmt_find(struct replay_session *s, const char *name, uint64_t hash,
-			      bool *name_used)
+static struct stmt *stmt_find(struct mconn *c, const char *name, uint64_t hash, bool *name_used)
 {
 	struct stmt *st;
 
 	*name_used = false;
-	for (st = *stmt_bucket(s, name); st; st = st->next) {
+	for (st = *stmt_bucket(c, name); st; st = st->next) {
 		if (strcmp(st->name, name))
 			continue;
 		if (st->text_hash == hash)
@@ -30,17 +29,16 @@ static struct stmt *stmt_find(struct replay_session *s, const char *name, uint64
 
 /* A new entry (not linked yet): the mirror name is the source's unless that could clash
  * with something already prepared on this connection. NULL on ENOMEM or at STMTS_MAX. */
-static struct stmt *stmt_new(struct replay_session *s, const char *name, uint64_t hash,
-			     bool name_used)
+static struct stmt *stmt_new(struct mconn *c, const char *name, uint64_t hash, bool name_used)
 {
 	size_t nlen = strlen(name);
 	char mname[32];
 	struct stmt *st;
 
-	if (s->n_stmts >= STMTS_MAX)
+	if (c->n_stmts >= STMTS_MAX)
 		return NULL;
-	if (name_used || s->mangle_all)
-		snprintf(mname, sizeof(mname), "pgshadow#%u", ++s->mangle);
+	if (name_used || c->mangle_all)
+		snprintf(mname, sizeof(mname), "pgshadow#%u", ++c->mangle);
 	else
 		mname[0] = 0;
 	st = malloc(sizeof(*st) + nlen + 1 + strlen(mname) + 1);
@@ -53,42 +51,42 @@ static struct stmt *stmt_new(struct replay_session *s, const char *name, uint64_
 	return st;
 }
 
-static void stmt_link(struct replay_session *s, struct stmt *st)
+static void stmt_link(struct mconn *c, struct stmt *st)
 {
-	struct stmt **b = stmt_bucket(s, st->name);
+	struct stmt **b = stmt_bucket(c, st->name);
 
 	st->next = *b;
 	*b = st;
-	s->n_stmts++;
+	c->n_stmts++;
 }
 
-static void stmt_unlink(struct replay_session *s, struct stmt *st)
+static void stmt_unlink(struct mconn *c, struct stmt *st)
 {
 	struct stmt **p;
 
-	for (p = stmt_bucket(s, st->name); *p; p = &(*p)->next) {
+	for (p = stmt_bucket(c, st->name); *p; p = &(*p)->next) {
 		if (*p == st) {
 			*p = st->next;
-			s->n_stmts--;
+			c->n_stmts--;
 			free(st);
 			return;
 		}
 	}
 }
 
-static void stmts_clear(struct replay_session *s)
+static void stmts_clear(struct mconn *c)
 {
 	struct stmt *st, *next;
 	int i;
 
 	for (i = 0; i < STMT_BUCKETS; i++) {
-		for (st = s->stmts[i]; st; st = next) {
+		for (st = c->stmts[i]; st; st = next) {
 			next = st->next;
 			free(st);
 		}
-		s->stmts[i] = NULL;
+		c->stmts[i] = NULL;
 	}
-	s->n_stmts = 0;
+	c->n_stmts = 0;
 }
 
 void replay_run_reset(struct replay_session *s)
@@ -108,47 +106,57 @@ void replay_run_reset(struct replay_session *s)
  */
 static void conn_watch(struct replay *r, struct replay_session *s, uint32_t events)
 {
-	struct epoll_event ev = {.events = events, .data.ptr = s};
-	int fd = PQsocket(s->conn);
+	struct mconn *c = s->c;
+	struct epoll_event ev = {.events = events, .data.ptr = c};
+	int fd = PQsocket(c->conn);
 
 	if (fd < 0)
 		return;
-	if (s->watched && s->fd == fd && s->events == events && s->state != CONN_CONNECTING)
+	if (c->watched && c->fd == fd && c->events == events && s->state != CONN_CONNECTING)
 		return;
-	if (s->watched && s->fd != fd)
-		epoll_ctl(r->epfd, EPOLL_CTL_DEL, s->fd, NULL); /* may be closed already */
-	if (epoll_ctl(r->epfd, s->watched && s->fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) <
+	if (c->watched && c->fd != fd)
+		epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL); /* may be closed already */
+	if (epoll_ctl(r->epfd, c->watched && c->fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) <
 	    0) {
 		if (errno == ENOENT)
 			epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
 		else if (errno == EEXIST)
 			epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
 	}
-	s->watched = true;
-	s->fd = fd;
-	s->events = events;
+	c->watched = true;
+	c->fd = fd;
+	c->events = events;
 }
 
 void replay_conn_rewatch(struct replay *r, struct replay_session *s)
 {
-	if (s->conn && s->state != CONN_CONNECTING)
-		conn_watch(r, s, EPOLLIN | (s->want_write ? EPOLLOUT : 0));
+	if (s->c && s->state != CONN_CONNECTING)
+		conn_watch(r, s, EPOLLIN | (s->c->want_write ? EPOLLOUT : 0));
 }
 
-/* Closes the mirror connection (if any) and forgets what lived on it. */
+void replay_mconn_close(struct replay *r, struct mconn *c)
+{
+	if (c->conn) {
+		if (c->watched)
+			epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		PQfinish(c->conn);
+		c->conn = NULL;
+	}
+	c->watched = false;
+	c->want_write = false;
+	ownconn_release(r->cap, &c->excl);
+	stmts_clear(c);
+	replay_pool_forget(r, c);
+}
+
+/* Closes the session's mirror connection (if any) and forgets what lived on it. */
 void replay_conn_close(struct replay *r, struct replay_session *s)
 {
-	if (s->conn) {
-		if (s->watched)
-			epoll_ctl(r->epfd, EPOLL_CTL_DEL, s->fd, NULL);
-		PQfinish(s->conn);
-		s->conn = NULL;
+	if (s->c) {
+		replay_mconn_close(r, s->c);
+		s->c = NULL;
 	}
-	s->watched = false;
-	s->want_write = false;
-	ownconn_release(r->cap, &s->excl);
-	stmts_clear(s);
-	s->mangle_all = false;
+	s->pinned = false;
 	s->susp = false;
 	s->group_open = false;
 	replay_run_reset(s);
@@ -199,12 +207,13 @@ static void unit_lost(struct replay *r, struct replay_session *s)
 static void log_failure(struct replay *r, const struct replay_session *s, const char *what,
 			uint64_t now)
 {
-	const char *msg = s->conn ? PQerrorMessage(s->conn) : "";
+	const char *msg = s->c && s->c->conn ? PQerrorMessage(s->c->conn) : "";
 	char reason[sizeof(r->fail_reason)];
 	int n = (int)strcspn(msg, "\n");
 
 	if (!n)
-		snprintf(reason, sizeof(reason), "%s", s->conn ? "no answer" : "out of memory");
+		snprintf(reason, sizeof(reason), "%s",
+			 s->c && s->c->conn ? "no answer" : "out of memory");
 	else if (r->password && strstr(msg, r->password))
 		snprintf(reason, sizeof(reason),
 			 "(libpq's message withheld: it quotes the password)");
@@ -253,7 +262,7 @@ void replay_conn_failed(struct replay *r, struct replay_session *s, uint64_t now
  * next item connects again (at once: only failing to connect backs off). */
 void replay_conn_lost(struct replay *r, struct replay_session *s, enum outcome o, uint64_t now)
 {
-	if (s->conn && PQstatus(s->conn) == CONNECTION_BAD)
+	if (s->c->conn && PQstatus(s->c->conn) == CONNECTION_BAD)
 		log_failure(r, s, "connection lost", now);
 	unit_lost(r, s);
 	replay_inflight_finish(r, s, o, now);
@@ -270,29 +279,15 @@ static void notice_ignore(void *arg, const char *message)
 }
 
 /*
- * Starts the session's mirror connection: takes a connection slot (or caps the session
- * for good when there is none), then PQconnectStartParams with the mirror conninfo
- * expanded first and the session's own settings after it (later keywords win; a second
- * dbname is not expanded again).
+ * Starts the session's new mirror connection (s->c, counted in its pool): a
+ * PQconnectStartParams with the mirror conninfo expanded first and the session's own
+ * settings after it (later keywords win; a second dbname is not expanded again).
  */
 void replay_conn_open(struct replay *r, struct replay_session *s, uint64_t now)
 {
 	const char *kw[6], *val[6];
 	const struct params *p = s->params;
 
-	if (!p) { /* items are posted only after PARAMS: cannot happen */
-		replay_queue_finish_all(r, s, OUT_SKIP_STATE, now);
-		return;
-	}
-	if (!s->has_slot) {
-		if (r->n_slots >= r->cfg.max_connections) {
-			s->state = CONN_CAPPED;
-			atomic_store(&s->capped, true);
-			return;
-		}
-		s->has_slot = true;
-		r->n_slots++;
-	}
 	kw[0] = "dbname";
 	val[0] = r->mirror;
 	kw[1] = "dbname";
@@ -304,13 +299,13 @@ void replay_conn_open(struct replay *r, struct replay_session *s, uint64_t now)
 	kw[4] = "application_name";
 	val[4] = p->application_name;
 	kw[5] = val[5] = NULL;
-	s->conn = PQconnectStartParams(kw, val, 1);
-	if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+	s->c->conn = PQconnectStartParams(kw, val, 1);
+	if (!s->c->conn || PQstatus(s->c->conn) == CONNECTION_BAD) {
 		replay_conn_failed(r, s, now);
 		return;
 	}
-	PQsetNoticeProcessor(s->conn, notice_ignore, NULL);
-	ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
+	PQsetNoticeProcessor(s->c->conn, notice_ignore, NULL);
+	ownconn_exclude(r->cap, s->c->conn, r->cfg.capture_port, &s->c->excl);
 	s->state = CONN_CONNECTING;
 	s->deadline = now + CONNECT_TIMEOUT_MS * MS;
 	conn_watch(r, s, EPOLLOUT);
@@ -324,13 +319,14 @@ uint64_t replay_reply_deadline(const struct replay *r, uint64_t now)
 
 bool replay_conn_flush(struct replay_session *s)
 {
-	int rc = PQflush(s->conn);
+	int rc = PQflush(s->c->conn);
 
-	s->want_write = rc == 1;
+	s->c->want_write = rc == 1;
 	return rc >= 0;
 }
 
-/* The connection is up: non-blocking from now on, then SET ROLE if asked. */
+/* The connection is up: non-blocking from now on, then the session's SETs (with its
+ * role) or SET ROLE alone if asked. */
 static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 {
 	const char *user = s->params->user;
@@ -339,29 +335,29 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 	s->backoff_ms = BACKOFF_MIN_MS;
 	atomic_store_explicit(&s->up, true, memory_order_relaxed);
 	log_recovery(r, s);
-	if (PQsetnonblocking(s->conn, 1)) {
+	if (PQsetnonblocking(s->c->conn, 1)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
 	s->state = CONN_IDLE;
 	s->deadline = NEVER;
-	if (!r->cfg.set_role || !*user || !strcmp(user, SESSION_UNKNOWN)) {
-		replay_conn_rewatch(r, s);
+	replay_conn_rewatch(r, s);
+	replay_pool_connected(r, s, now);
+	if (s->state != CONN_IDLE || !r->cfg.set_role || !*user || !strcmp(user, SESSION_UNKNOWN))
 		return;
-	}
-	ident = PQescapeIdentifier(s->conn, user, strlen(user));
+	ident = PQescapeIdentifier(s->c->conn, user, strlen(user));
 	sql = ident ? malloc(strlen(ident) + 10) : NULL;
 	if (sql) {
 		sprintf(sql, "SET ROLE %s", ident);
 		replay_run_reset(s);
-		if (PQsendQuery(s->conn, sql)) {
+		if (PQsendQuery(s->c->conn, sql)) {
 			s->state = CONN_SETUP;
 			s->deadline = replay_reply_deadline(r, now);
 		}
 	}
 	free(sql);
 	PQfreemem(ident);
-	if (PQstatus(s->conn) == CONNECTION_BAD || !replay_conn_flush(s)) {
+	if (PQstatus(s->c->conn) == CONNECTION_BAD || !replay_conn_flush(s)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
@@ -371,19 +367,19 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 /* One PQconnectPoll step, when the socket is ready for what the last one asked. */
 static void conn_poll(struct replay *r, struct replay_session *s, uint64_t now)
 {
-	PostgresPollingStatusType st = PQconnectPoll(s->conn);
+	PostgresPollingStatusType st = PQconnectPoll(s->c->conn);
 
 	switch (st) {
 	case PGRES_POLLING_READING:
-		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
+		ownconn_exclude(r->cap, s->c->conn, r->cfg.capture_port, &s->c->excl);
 		conn_watch(r, s, EPOLLIN);
 		break;
 	case PGRES_POLLING_WRITING:
-		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
+		ownconn_exclude(r->cap, s->c->conn, r->cfg.capture_port, &s->c->excl);
 		conn_watch(r, s, EPOLLOUT);
 		break;
 	case PGRES_POLLING_OK:
-		ownconn_exclude(r->cap, s->conn, r->cfg.capture_port, &s->excl);
+		ownconn_exclude(r->cap, s->c->conn, r->cfg.capture_port, &s->c->excl);
 		conn_ready(r, s, now);
 		break;
 	default:
@@ -429,7 +425,7 @@ static bool drops_statements(const char *text)
  * execution outside it for COPY. False when libpq refused. */
 static bool send_execute(struct replay_session *s, struct item *it)
 {
-	PGconn *c = s->conn;
+	PGconn *c = s->c->conn;
 	struct stmt *st = NULL;
 	bool name_used;
 
@@ -446,9 +442,9 @@ static bool send_execute(struct replay_session *s, struct item *it)
 	s->run.pipeline = true;
 	s->run.sets = 1;
 	if (it->stmt_name[0]) {
-		st = stmt_find(s, it->stmt_name, it->text_hash, &name_used);
+		st = stmt_find(s->c, it->stmt_name, it->text_hash, &name_used);
 		if (!st) {
-			s->run.prep = stmt_new(s, it->stmt_name, it->text_hash, name_used);
+			s->run.prep = stmt_new(s->c, it->stmt_name, it->text_hash, name_used);
 			if (s->run.prep &&
 			    !PQsendPrepare(c, s->run.prep->mname, it->text, it->n_types, it->types))
 				return false;
@@ -481,7 +477,7 @@ static bool send_aux(struct replay_session *s, const char *sql)
 {
 	replay_run_reset(s);
 	s->run.aux = true;
-	return PQsendQuery(s->conn, sql);
+	return PQsendQuery(s->c->conn, sql);
 }
 
 /* Sends the item itself (after its BEGIN, when wrapped). */
@@ -492,17 +488,17 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 	it->sent_ns = now;
 	if (it->as_rollback) { /* the source rolled this COMMIT back */
 		s->susp = false;
-		return PQsendQuery(s->conn, "ROLLBACK");
+		return PQsendQuery(s->c->conn, "ROLLBACK");
 	}
 	if (it->kind == SESSION_REQ_QUERY) {
 		s->susp = false;
 		if (drops_statements(it->text)) {
-			stmts_clear(s);
-			s->mangle_all = true;
+			stmts_clear(s->c);
+			s->c->mangle_all = true;
 		}
-		if (!PQsendQuery(s->conn, it->text))
+		if (!PQsendQuery(s->c->conn, it->text))
 			return false;
-		PQsetSingleRowMode(s->conn);
+		PQsetSingleRowMode(s->c->conn);
 		return true;
 	}
 	(void)r;
@@ -516,7 +512,7 @@ static void sent(struct replay *r, struct replay_session *s, bool ok, uint64_t n
 {
 	if (!ok || !replay_conn_flush(s)) {
 		replay_conn_lost(
-		    r, s, PQstatus(s->conn) == CONNECTION_BAD ? OUT_CONNECTION : OUT_QUERY, now);
+		    r, s, PQstatus(s->c->conn) == CONNECTION_BAD ? OUT_CONNECTION : OUT_QUERY, now);
 		return;
 	}
 	s->state = CONN_BUSY;
@@ -563,15 +559,14 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 		return !replay_is_copy(it) && !drops_statements(it->text);
 	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || replay_is_copy(it))
 		return false;
-	return !it->stmt_name[0] ||
-	       stmt_find((struct replay_session *)s, it->stmt_name, it->text_hash, &used);
+	return !it->stmt_name[0] || stmt_find(s->c, it->stmt_name, it->text_hash, &used);
 }
 
 /* Sends a pipelinable item in pipeline mode, with its own Sync, or a Flush when more of
  * its Sync group follow (a batch: every Execute of it is one implicit transaction). */
 static bool send_piped(struct replay_session *s, struct item *it)
 {
-	PGconn *c = s->conn;
+	PGconn *c = s->c->conn;
 	struct stmt *st = NULL;
 	bool used;
 
@@ -584,7 +579,7 @@ static bool send_piped(struct replay_session *s, struct item *it)
 		if (!PQsendQueryParams(c, it->text, 0, NULL, NULL, NULL, NULL, 0))
 			return false;
 	} else if (it->stmt_name[0]) {
-		st = stmt_find(s, it->stmt_name, it->text_hash, &used);
+		st = stmt_find(s->c, it->stmt_name, it->text_hash, &used);
 		if (!st || !PQsendQueryPrepared(c, st->mname, it->n_params, it->values, it->lengths,
 						it->formats, it->result_format))
 			return false;
@@ -618,21 +613,21 @@ static void cork(const struct replay *r, struct replay_session *s)
 {
 	int one = 1;
 
-	if (s->corked || !s->head || s->n_sent + 1 >= r->cfg.pipeline ||
+	if (s->c->corked || !s->head || s->n_sent + 1 >= r->cfg.pipeline ||
 	    !replay_pipelinable(r, s, s->head))
 		return;
-	s->corked = !setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+	s->c->corked = !setsockopt(PQsocket(s->c->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
 }
 
 void replay_uncork(struct replay_session *s)
 {
 	int zero = 0;
 
-	if (!s->corked)
+	if (!s->c || !s->c->corked) /* none, or closed in this step: nothing to send */
 		return;
-	s->corked = false;
-	if (s->conn && PQsocket(s->conn) >= 0) /* else closed in this step: nothing to send */
-		setsockopt(PQsocket(s->conn), IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+	s->c->corked = false;
+	if (PQsocket(s->c->conn) >= 0)
+		setsockopt(PQsocket(s->c->conn), IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
 }
 
 /* Sends a pipelinable item and counts it: behind another in flight, or the first. */
@@ -684,7 +679,7 @@ static void pipe_advance(struct replay *r, struct replay_session *s, uint64_t no
 		it->sent_ns = now;
 	s->cur = it;
 	run_piped(s, it);
-	PQsetSingleRowMode(s->conn); /* refused once its rows arrived: still correct */
+	PQsetSingleRowMode(s->c->conn); /* refused once its rows arrived: still correct */
 	s->deadline = replay_reply_deadline(r, now);
 }
 
@@ -715,7 +710,7 @@ void replay_item_start(struct replay *r, struct replay_session *s, uint64_t now)
 		run_piped(s, it);
 		s->piping = pipe_send(r, s, it, false);
 		if (s->piping)
-			PQsetSingleRowMode(s->conn);
+			PQsetSingleRowMode(s->c->conn);
 		sent(r, s, s->piping, now);
 		return;
 	}
@@ -739,16 +734,16 @@ static int copy_send(struct replay_session *s)
 
 		if (n > COPY_CHUNK)
 			n = COPY_CHUNK;
-		rc = PQputCopyData(s->conn, it->copy + s->run.copy_off, (int)n);
+		rc = PQputCopyData(s->c->conn, it->copy + s->run.copy_off, (int)n);
 		if (rc <= 0) {
-			s->want_write = rc == 0;
+			s->c->want_write = rc == 0;
 			return rc;
 		}
 		s->run.copy_off += n;
 	}
-	rc = PQputCopyEnd(s->conn, NULL);
+	rc = PQputCopyEnd(s->c->conn, NULL);
 	if (rc <= 0) {
-		s->want_write = rc == 0;
+		s->c->want_write = rc == 0;
 		return rc;
 	}
 	s->run.copy_in = false;
@@ -761,7 +756,7 @@ static int copy_discard(struct replay_session *s)
 	char *row;
 	int n;
 
-	while ((n = PQgetCopyData(s->conn, &row, 1)) > 0)
+	while ((n = PQgetCopyData(s->c->conn, &row, 1)) > 0)
 		PQfreemem(row);
 	if (n == 0)
 		return 0;
@@ -789,11 +784,11 @@ static void run_prepared(struct replay_session *s, const PGresult *res)
 	const char *code;
 
 	if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-		stmt_link(s, s->run.prep);
+		stmt_link(s->c, s->run.prep);
 	} else {
 		code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 		if (code && !strcmp(code, "42P05"))
-			s->mangle_all = true;
+			s->c->mangle_all = true;
 		free(s->run.prep);
 	}
 	s->run.prep = NULL;
@@ -857,7 +852,7 @@ static void note_command(struct replay_session *s, const PGresult *res)
  */
 static bool run_results(struct replay *r, struct replay_session *s)
 {
-	PGconn *c = s->conn;
+	PGconn *c = s->c->conn;
 	PGresult *res;
 	bool was_prep;
 	int rc;
@@ -1030,14 +1025,14 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	unsigned int kinds;
 	enum outcome o;
 
-	if (PQstatus(s->conn) == CONNECTION_BAD) {
+	if (PQstatus(s->c->conn) == CONNECTION_BAD) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
 	if (s->state == CONN_SETUP) { /* SET ROLE or a group's Sync: result ignored */
 		if (s->group_open) {
 			s->group_open = false;
-			if (!PQexitPipelineMode(s->conn))
+			if (!PQexitPipelineMode(s->c->conn))
 				s->run.broken = true;
 		}
 		if (s->run.broken) {
@@ -1064,7 +1059,7 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		if (!s->n_sent) {
 			s->run.synced = true;
 			s->run.nulls = 0;
-			if (!PQpipelineSync(s->conn) || !replay_conn_flush(s))
+			if (!PQpipelineSync(s->c->conn) || !replay_conn_flush(s))
 				s->run.broken = true;
 			else
 				return; /* complete at the sync */
@@ -1076,8 +1071,8 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		s->group_id = it->sync_group;
 	} else if (s->run.pipeline) {
 		s->group_open = false;
-		if (!s->n_sent && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF &&
-		    !PQexitPipelineMode(s->conn))
+		if (!s->n_sent && PQpipelineStatus(s->c->conn) != PQ_PIPELINE_OFF &&
+		    !PQexitPipelineMode(s->c->conn))
 			s->run.broken = true;
 	}
 	if (s->run.broken) {
@@ -1087,10 +1082,10 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	if (s->run.error && !strcmp(s->run.sqlstate, "26000") && it->kind == SESSION_REQ_EXECUTE &&
 	    it->stmt_name[0]) { /* the mirror lost it: prepare it again */
 		bool used;
-		struct stmt *st = stmt_find(s, it->stmt_name, it->text_hash, &used);
+		struct stmt *st = stmt_find(s->c, it->stmt_name, it->text_hash, &used);
 
 		if (st)
-			stmt_unlink(s, st);
+			stmt_unlink(s->c, st);
 	}
 	/* a COMMIT replayed as ROLLBACK has no answer of its own to compare */
 	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback && !it->no_compare &&
@@ -1133,28 +1128,28 @@ static void drain_notifies(PGconn *c)
 void replay_conn_event(struct replay *r, struct replay_session *s, uint32_t events, uint64_t now)
 {
 	(void)events;
-	if (!s->conn)
+	if (!s->c)
 		return; /* closed earlier in this batch of events */
 	replay_activate(r, s);
 	if (s->state == CONN_CONNECTING) {
 		conn_poll(r, s, now);
 		return;
 	}
-	if (!PQconsumeInput(s->conn)) {
+	if (!PQconsumeInput(s->c->conn)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
-	if (s->want_write && !s->run.copy_in && !replay_conn_flush(s)) {
+	if (s->c->want_write && !s->run.copy_in && !replay_conn_flush(s)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}
 	/* a pipeline may have several answers in: each completes in turn */
-	while (s->conn && (s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
+	while (s->c && (s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
 		run_complete(r, s, now);
-	if (!s->conn)
+	if (!s->c)
 		return;
-	drain_notifies(s->conn);
-	if (PQstatus(s->conn) == CONNECTION_BAD) {
+	drain_notifies(s->c->conn);
+	if (PQstatus(s->c->conn) == CONNECTION_BAD) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);
 		return;
 	}

@@ -175,6 +175,7 @@ struct item {
 	bool as_rollback;    /* send ROLLBACK instead of the text */
 	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
 	bool pipe_ok;	     /* an Execute, or a Query of one statement (replay_submit.c) */
+	uint8_t pool_act;    /* POOL_ACT_*: what it does to its session's pooled state */
 	uint64_t sync_group; /* Execute: its Sync's group (CTL_SYNC: the group synced) */
 	bool group_more;     /* Execute: more Executes of its Sync follow */
 	bool group_end;	     /* Execute: the last of its Sync (else the group stays open) */
@@ -185,6 +186,13 @@ struct item {
 	uint64_t done_ns;  /* when the main stage completed (wrapped items) */
 	bool waited;
 	uint64_t sent_ns;
+};
+
+/* What a request does to the state a pooled connection must carry (fingerprint.h). */
+enum {
+	POOL_ACT_NONE = 0,
+	POOL_ACT_SET, /* one session-level SET/RESET: re-applied on the next connections */
+	POOL_ACT_PIN, /* state that cannot move: its connection stays with the session */
 };
 
 /* Control messages that travel in a session's queue, in order with its requests. */
@@ -203,13 +211,55 @@ struct stmt {
 };
 
 enum conn_state {
-	CONN_NONE = 0,	 /* no connection: none needed yet, or lost (made again on demand) */
+	CONN_NONE = 0,	 /* no connection: none needed now (borrowed again on demand) */
 	CONN_CONNECTING, /* PQconnectPoll in progress */
-	CONN_SETUP,	 /* SET ROLE in flight */
+	CONN_SETUP,	 /* SET ROLE, the session's settings or a group's Sync in flight */
 	CONN_IDLE,	 /* ready for the next item */
 	CONN_BUSY,	 /* an item in flight */
 	CONN_BACKOFF,	 /* connecting failed: items are connection errors until deadline */
-	CONN_CAPPED,	 /* no connection slot: every item is skipped */
+	CONN_WAIT,	 /* waiting for a pooled connection (until deadline) */
+};
+
+/*
+ * A mirror connection (replay_pool.c). While a session borrows it, owner is that session
+ * and every field below is the session's to use; otherwise it is idle in its pool (still
+ * watched by epoll, so a connection the mirror closes is noticed and dropped). It is
+ * epoll's data.ptr, and is freed only after the batch of events that may name it.
+ */
+struct mconn {
+	struct pool *pool;
+	struct replay_session *owner; /* NULL: idle in its pool */
+	struct mconn *next;	      /* the pool's idle list, or the graveyard */
+	PGconn *conn;		      /* NULL once closed (in the graveyard) */
+	int fd;
+	uint32_t events;
+	bool watched;	     /* fd is in the epoll set */
+	bool corked;	     /* TCP_CORK set for this step's sends (cork()) */
+	bool want_write;     /* libpq has unsent output */
+	bool connecting;     /* not made yet (counted as connecting) */
+	bool pinned;	     /* kept by its session until the session ends */
+	uint64_t sets;	     /* hash of the session settings applied on it (0: none) */
+	struct ownconn excl; /* out of capture */
+	struct stmt *stmts[STMT_BUCKETS];
+	uint32_t n_stmts, mangle;
+	bool mangle_all; /* the mirror may hold names we forgot: always use new ones */
+};
+
+/*
+ * A pool: the mirror connections of one startup identity (database, user, options,
+ * client_encoding, application_name: struct params), shared by every session with that
+ * identity. Counters are atomics: SHOW MIRROR POOLS reads them under list_lock, which
+ * guards the list of pools.
+ */
+struct pool {
+	struct pool *next;
+	uint64_t key;	       /* hash of the identity */
+	struct params *params; /* the first session's, kept (the identity's strings) */
+	struct mconn *idle;    /* free connections, most recently used first */
+	struct replay_session *wait_head, *wait_tail; /* sessions waiting, first come first */
+	_Atomic uint32_t n_idle, n_active, n_login, n_pinned, n_waiting;
+	uint32_t n_clients;	      /* sessions whose pool it is */
+	_Atomic uint64_t oldest_wait; /* when the first waiter began waiting (0: none) */
 };
 
 /* Progress of what is in flight on a connection (an item, or SET ROLE). */
@@ -252,7 +302,6 @@ struct replay_session {
 	/* both threads */
 	_Atomic uint32_t queued; /* items submitted and not finished */
 	_Atomic uint32_t units;	 /* transactions whose first item has not left the queue */
-	_Atomic bool capped;	 /* no mirror connection slot (set once, replay thread) */
 	_Atomic bool up;	 /* its mirror connection was ready once (replay thread) */
 	/* for replay_sessions (SHOW MIRROR SESSIONS) */
 	_Atomic uint64_t n_mirrored, n_errors, n_dropped, n_skipped;
@@ -266,19 +315,19 @@ struct replay_session {
 	uint32_t n_sent;
 	bool piping; /* cur was pipelined: more may follow it (replay_pipelinable()) */
 	enum conn_state state;
-	bool closed, active, has_slot;
-	PGconn *conn;
-	int fd;
-	uint32_t events;
-	bool watched;	   /* fd is in the epoll set */
-	bool corked;	   /* TCP_CORK set for this step's sends (cork()) */
-	bool want_write;   /* libpq has unsent output */
-	uint64_t deadline; /* connect / reply timeout, backoff end (NEVER = none) */
+	bool closed, active;
+	struct mconn *c;		  /* the borrowed mirror connection, or NULL */
+	struct pool *pool;		  /* its pool (set at the first borrow) */
+	const struct params *pool_params; /* the params pool was chosen by */
+	uint64_t wait_since;
+	bool pinned;  /* state that cannot move lives on c: keep it to the end */
+	bool waiting; /* in pool->wait list (CONN_WAIT) */
+	struct replay_session *wait_next;
+	char *sets; /* its session-level SET/RESET statements, "; "-separated */
+	size_t sets_len;
+	uint64_t sets_hash; /* of sets (0: none) */
+	uint64_t deadline;  /* connect / reply timeout, backoff end, pool wait (NEVER = none) */
 	uint32_t backoff_ms;
-	struct ownconn excl; /* this session's mirror connection, out of capture */
-	struct stmt *stmts[STMT_BUCKETS];
-	uint32_t n_stmts, mangle;
-	bool mangle_all; /* the mirror may hold names we forgot: always use new ones */
 	struct run run;
 	bool susp; /* the last Execute of portal susp_key was suspended on the source */
 	uint64_t susp_key;
@@ -337,7 +386,10 @@ struct replay {
 	uint32_t mismatches_logged;
 	_Atomic uint32_t log_mismatches; /* reloadable */
 	struct replay_session *active, *all;
-	uint32_t n_slots; /* sessions holding a mirror connection slot */
+	struct pool *pools;	      /* under list_lock (replay_pools reads them) */
+	struct mconn *graveyard;      /* closed in this pass: freed after its events */
+	uint32_t n_conns;	      /* mirror connections open, all pools */
+	struct stats_pool pool_stats; /* published each pass */
 	unsigned int last_util;
 };
 
@@ -352,11 +404,11 @@ enum outcome {
 	OUT_QUERY,
 	OUT_TIMEOUT,
 	OUT_CONNECTION,
-	OUT_SKIP_CAP,
 	OUT_SKIP_STATE,
 	OUT_SKIP_SHUTDOWN,
 	OUT_SKIP_READ_ONLY,
 	OUT_SKIP_ABORTED,
+	OUT_POOL_WAIT, /* no pooled connection in time: dropped (pool_wait) */
 };
 
 static inline uint64_t now_ns(void)
@@ -410,5 +462,41 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 uint64_t replay_reply_deadline(const struct replay *r, uint64_t now);
 void replay_run_reset(struct replay_session *s);
 void replay_uncork(struct replay_session *s);
+
+/* ---- pools (replay_pool.c) ---- */
+
+/* A connection for the session's head item: borrowed (CONN_IDLE, or CONN_SETUP while
+ * its settings are applied), being made (CONN_CONNECTING), or none free (CONN_WAIT, at
+ * most pool_wait_ms). */
+void replay_pool_acquire(struct replay *r, struct replay_session *s, uint64_t now);
+/* The session gives its idle connection back (not inside a transaction, not pinned). */
+void replay_pool_release(struct replay *r, struct replay_session *s);
+/* May the session give its connection back now? */
+bool replay_pool_can_release(const struct replay_session *s);
+/* Does another session wait for a connection of the session's pool? */
+bool replay_pool_contended(const struct replay_session *s);
+/* The session stops waiting (it has nothing left to run, or gave up). */
+void replay_pool_unwait(struct replay *r, struct replay_session *s);
+/* A session's item completed on its connection: SET recorded, PIN pins. */
+void replay_pool_note(struct replay_session *s, const struct item *it);
+/* Should a session with nothing queued warm its pool (its first connection)? */
+bool replay_pool_warm(const struct replay *r, const struct replay_session *s);
+/* An event on a connection no session borrows. */
+void replay_pool_idle_event(struct replay *r, struct mconn *c);
+/* Frees the connections closed in the last pass (after its events). */
+void replay_pool_bury(struct replay *r);
+/* Publishes the gauges (each pass). */
+void replay_pool_publish(struct replay *r);
+/* Frees every pool and idle connection (stop). */
+void replay_pool_free_all(struct replay *r);
+/* The connection is gone: the pool's counts drop it (replay_conn_close). */
+void replay_pool_forget(struct replay *r, struct mconn *c);
+/* The session's new connection is made. */
+void replay_pool_connected(struct replay *r, struct replay_session *s, uint64_t now);
+/* A session goes: it stops waiting and lets go of its pool. */
+void replay_pool_leave(struct replay *r, struct replay_session *s);
+/* Closes a connection (borrowed or idle, unlinked from its pool's list): libpq, epoll,
+ * the capture exclusion, its statements; then replay_pool_forget. */
+void replay_mconn_close(struct replay *r, struct mconn *c);
 
 #endif /* PGSHADOW_REPLAY_INT_H */

@@ -368,7 +368,6 @@ struct replay_session *replay_session_open(struct replay *r, const struct sessio
 	r->seed += 0x9e3779b97f4a7c15ull; /* a different sequence per session */
 	rs->c_ss.rng = r->seed | 1;
 	atomic_init(&rs->queued, 0);
-	atomic_init(&rs->capped, false);
 	rs->open_msg.kind = MSG_OPEN;
 	rs->open_msg.rs = rs;
 	rs->close_msg.kind = MSG_CLOSE;
@@ -581,6 +580,20 @@ static bool ignored(const struct replay *r, uint64_t fingerprint)
 	return false;
 }
 
+/* What the request does to the session state its pooled connection carries: one SET
+ * or RESET is re-applied elsewhere; anything else stateful (or a SET among other
+ * statements, or a text too deep to inspect) pins the connection. */
+static uint8_t pool_act(const struct session_request *req, const struct fingerprint_info *fi)
+{
+	if (!req->text || req->kind == SESSION_REQ_FUNCTION)
+		return POOL_ACT_NONE;
+	if (fi->too_deep || (fi->pool & FINGERPRINT_POOL_PIN))
+		return POOL_ACT_PIN;
+	if (fi->pool & FINGERPRINT_POOL_SET)
+		return fi->statements == 1 ? POOL_ACT_SET : POOL_ACT_PIN;
+	return POOL_ACT_NONE;
+}
+
 /* Counts an item's bytes in the budget and its peak. */
 static void bytes_add(struct replay *r, size_t bytes)
 {
@@ -635,6 +648,7 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	it->as_rollback = d->as_rollback;
 	it->txn_start = d->txn_start;
 	it->fingerprint = fi->fingerprint;
+	it->pool_act = pool_act(req, fi);
 	it->no_compare = r->n_ignore && ignored(r, fi->fingerprint);
 	compare_scope_of(&it->scope, r->cfg.compare == REPLAY_COMPARE_ROWS, req->suspended,
 			 req->max_rows, fi->nondet != 0);
@@ -707,8 +721,6 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 		stats_mirror_skipped(r->st, db, why);
 		if (!(d.txn_start && ends_unit(req, &fi))) /* the rest would diverge */
 			unit_cut(r, rs, STATS_ABORT_UNREPLAYABLE);
-	} else if (atomic_load_explicit(&rs->capped, memory_order_relaxed)) {
-		stats_mirror_skipped(r->st, db, STATS_SKIP_CONNECTION_CAP);
 	} else {
 		enqueue(r, rs, db, req, &d, &fi);
 	}

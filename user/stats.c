@@ -50,12 +50,13 @@ const char *const stats_drop_reason_names[STATS_DROP_MAX] = {
     [STATS_DROP_BUFFER_FULL] = "buffer_full",
     [STATS_DROP_UNIT_ABORTED] = "unit_aborted",
     [STATS_DROP_PARTIAL] = "partial_unit",
+    [STATS_DROP_POOL_WAIT] = "pool_wait",
 };
 
 const char *const stats_abort_reason_names[STATS_ABORT_MAX] = {
     [STATS_ABORT_QUEUE_FULL] = "queue_full",	 [STATS_ABORT_CAPTURE_GAP] = "capture_gap",
     [STATS_ABORT_CONNECTION] = "connection",	 [STATS_ABORT_SESSION_END] = "session_end",
-    [STATS_ABORT_UNREPLAYABLE] = "unreplayable",
+    [STATS_ABORT_UNREPLAYABLE] = "unreplayable", [STATS_ABORT_POOL_WAIT] = "pool_wait",
 };
 
 const char *const stats_error_type_names[STATS_ERR_MAX] = {
@@ -82,6 +83,7 @@ struct mirror {
 	_Atomic uint64_t total, mirrored, not_sampled, skipped, order_waits;
 	_Atomic uint64_t lock_waits, order_timeouts, queue_bytes, queue_bytes_peak;
 	_Atomic uint64_t aborted[STATS_ABORT_MAX];
+	_Atomic uint64_t pool[STATS_POOL_STATE_MAX], pool_waiting, pool_peak;
 	_Atomic uint64_t pipelined, converted;
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
@@ -345,6 +347,23 @@ void stats_mirror_unit_aborted(struct stats *st, enum stats_abort_reason why)
 		atomic_fetch_add_explicit(&st->mirror.aborted[why], 1, RELAXED);
 }
 
+const char *const stats_pool_state_names[STATS_POOL_STATE_MAX] = {
+    [STATS_POOL_IN_USE] = "in_use",
+    [STATS_POOL_IDLE] = "idle",
+    [STATS_POOL_PINNED] = "pinned",
+    [STATS_POOL_CONNECTING] = "connecting",
+};
+
+void stats_mirror_set_pool(struct stats *st, const struct stats_pool *p)
+{
+	int i;
+
+	for (i = 0; i < STATS_POOL_STATE_MAX; i++)
+		atomic_store_explicit(&st->mirror.pool[i], p->connections[i], RELAXED);
+	atomic_store_explicit(&st->mirror.pool_waiting, p->waiting, RELAXED);
+	atomic_store_explicit(&st->mirror.pool_peak, p->peak, RELAXED);
+}
+
 void stats_mirror_set_queue_bytes(struct stats *st, uint64_t bytes, uint64_t peak)
 {
 	atomic_store_explicit(&st->mirror.queue_bytes, bytes, RELAXED);
@@ -473,6 +492,10 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	out->queue_bytes_peak = atomic_load_explicit(&m->queue_bytes_peak, RELAXED);
 	for (i = 0; i < STATS_ABORT_MAX; i++)
 		out->aborted[i] = atomic_load_explicit(&m->aborted[i], RELAXED);
+	for (i = 0; i < STATS_POOL_STATE_MAX; i++)
+		out->pool.connections[i] = atomic_load_explicit(&m->pool[i], RELAXED);
+	out->pool.waiting = atomic_load_explicit(&m->pool_waiting, RELAXED);
+	out->pool.peak = atomic_load_explicit(&m->pool_peak, RELAXED);
 	pthread_mutex_lock(&m->win_lock);
 	roll_window(st, now_ns);
 	out->latency_avg_ms = m->win_count ? m->win_sum_ns / 1e6 / m->win_count : 0;
@@ -975,6 +998,21 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	ok &= gauge_or_counter(b, "mirror_queue_bytes_peak", "gauge",
 			       "Largest mirror_queue_bytes since the agent started.",
 			       m.queue_bytes_peak);
+	ok &= header(b, "mirror_pool_connections", "gauge",
+		     "Pooled mirror connections by state: in_use (borrowed by a session; pinned "
+		     "and connecting are part of it), idle, pinned (kept by one session until it "
+		     "ends), connecting.");
+	for (i = 0; i < STATS_POOL_STATE_MAX; i++)
+		ok &= buf_printf(b, "mirror_pool_connections{state=\"%s\"} %llu\n",
+				 stats_pool_state_names[i],
+				 (unsigned long long)m.pool.connections[i]);
+	ok &= gauge_or_counter(b, "mirror_pool_waiting", "gauge",
+			       "Source sessions waiting for a pooled mirror connection.",
+			       m.pool.waiting);
+	ok &= gauge_or_counter(b, "mirror_pool_connections_peak", "gauge",
+			       "Most mirror connections open at once since the agent started "
+			       "(bounded by mirror_max_connections).",
+			       m.pool.peak);
 	ok &= header(b, "mirror_units_aborted_total", "counter",
 		     "Mirror transactions the agent rolled back because their source "
 		     "transaction could not be replayed whole, by reason.");

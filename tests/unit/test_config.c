@@ -516,6 +516,7 @@ static const struct bad_value bad_values[] = {
     {"mirror_replay_timing", "maybe", "on, off, true, false, yes, no, 1 or 0"},
     {"mirror_set_role", "2", "on, off, true, false, yes, no, 1 or 0"},
     {"mirror_queue", "0", "an integer from 1 to 1000000"},
+    {"mirror_pool_wait_ms", "0", "an integer from 1 to 3600000"},
     {"mirror_queue_mb", "0", "an integer from 1 to 65536"},
     {"mirror_queue_mb", "65537", "an integer from 1 to 65536"},
     {"mirror_pipeline", "1001", "an integer from 1 to 1000"},

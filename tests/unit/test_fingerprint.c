@@ -277,6 +277,155 @@ static void test_nondet(void **state)
 	}
 }
 
+#define SET FINGERPRINT_POOL_SET
+#define PIN FINGERPRINT_POOL_PIN
+
+static const struct {
+	const char *sql;
+	unsigned int pool;
+} pool_cases[] = {
+    /* session-level SET and RESET */
+    {"SET search_path = a", SET},
+    {"SET SESSION statement_timeout = 1000", SET},
+    {"SET TIME ZONE 'UTC'", SET},
+    {"SET ROLE r", SET},
+    {"SET SESSION AUTHORIZATION u", SET},
+    {"RESET work_mem", SET},
+    {"RESET ALL", SET},
+    {"SET LOCAL x.y = 1", 0},
+    {"SET LOCAL TIME ZONE 'UTC'", 0},
+    {"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0},
+    {"SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", 0},
+    {"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", SET},
+    {"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", SET},
+    {"SET SESSION SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", SET},
+    {"SET LOCAL SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", 0},
+    {"ALTER ROLE r SET work_mem = '1MB'", 0},
+    {"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = a AS 'SELECT 1'", 0},
+    /* temporary relations */
+    {"CREATE TEMP TABLE t (a int)", PIN},
+    {"CREATE TEMPORARY TABLE t (a int) ON COMMIT DROP", PIN},
+    {"CREATE TABLE t (a int)", 0},
+    {"CREATE UNLOGGED TABLE t (a int)", 0},
+    {"CREATE TABLE pg_temp.t (a int)", PIN},
+    {"CREATE TEMP TABLE t2 AS SELECT 1 AS a", PIN},
+    {"CREATE TABLE t2 AS SELECT 1 AS a", 0},
+    {"SELECT 1 INTO TEMP t2", PIN},
+    {"SELECT 1 INTO t2", 0},
+    {"EXPLAIN ANALYZE CREATE TEMP TABLE t2 AS SELECT 1", PIN},
+    {"CREATE TEMP VIEW v AS SELECT 1", PIN},
+    {"CREATE VIEW v AS SELECT 1", 0},
+    {"CREATE TEMP SEQUENCE s", PIN},
+    {"CREATE SEQUENCE s", 0},
+    {"CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'", PIN},
+    /* cursors, LISTEN, PREPARE, LOAD */
+    {"DECLARE c CURSOR WITH HOLD FOR SELECT 1", PIN},
+    {"DECLARE c CURSOR FOR SELECT 1", 0},
+    {"LISTEN ch", PIN},
+    {"UNLISTEN ch", 0},
+    {"UNLISTEN *", 0},
+    {"PREPARE p AS SELECT 1", PIN},
+    {"EXECUTE p", 0},
+    {"DEALLOCATE p", 0},
+    {"DEALLOCATE ALL", 0},
+    {"DISCARD ALL", 0},
+    {"LOAD 'auto_explain'", PIN},
+    /* session-level advisory locks, at any depth */
+    {"SELECT pg_advisory_lock(1)", PIN},
+    {"SELECT pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1,2)", PIN},
+    {"SELECT pg_try_advisory_lock(1)", PIN},
+    {"SELECT pg_advisory_lock_shared(1)", PIN},
+    {"SELECT x FROM (SELECT pg_advisory_lock(3) AS x) s", PIN},
+    {"WITH l AS (SELECT pg_advisory_lock(4)) SELECT * FROM l", PIN},
+    {"SELECT a FROM t WHERE pg_try_advisory_lock(a) LIMIT 1", PIN},
+    {"SELECT pg_advisory_xact_lock(1)", 0},
+    {"SELECT pg_try_advisory_xact_lock_shared(1)", 0},
+    {"SELECT pg_advisory_unlock(1)", 0},
+    {"SELECT my_pg_advisory_lock(1), \"pg_advisory_lock\" FROM t", 0},
+    /* set_config() unless is_local is the constant true, at any depth */
+    {"SELECT set_config('a.b', 'x', false)", PIN},
+    {"SELECT set_config('a.b', 'x', $3)", PIN},
+    {"SELECT set_config($1, $2, $3)", PIN},
+    {"SELECT set_config('a.b', v, l) FROM t", PIN},
+    {"SELECT pg_catalog.SET_CONFIG('a.b', 'x', false)", PIN},
+    {"SELECT set_config('a.b', 'x', NOT true)", PIN},
+    {"SELECT set_config('a.b', 'x', 't'::bool)", PIN},
+    {"SELECT set_config('a.b', 'x', 'true')", PIN},
+    {"SELECT set_config('a.b', 'x', NULL)", PIN},
+    {"SELECT set_config('a.b', 'x')", PIN},
+    {"SELECT * FROM t WHERE a = (SELECT set_config('a.b', 'x', false))", PIN},
+    {"UPDATE t SET a = 1 WHERE set_config('a.b', 'x', false) IS NOT NULL", PIN},
+    {"SELECT set_config('a.b', 'x', true)", 0},
+    {"SELECT set_config('a.b', 'x', TRUE), Set_Config($1, $2, true)", 0},
+    {"SELECT pg_catalog.set_config('search_path', '', true)", 0},
+    {"SELECT current_setting('a.b'), my_set_config('a.b', 'x', false)", 0},
+    {"SELECT set_config('a.b', 'x', true), set_config('c.d', 'y', false)", PIN},
+    /* several statements: the union */
+    {"SET a.b = 1; SELECT 1", SET},
+    {"SET a.b = 1; CREATE TEMP TABLE x(a int)", SET | PIN},
+    {"BEGIN; SET LOCAL a.b = 1; COMMIT", 0},
+    /* nothing */
+    {"SELECT 1", 0},
+    {"INSERT INTO t VALUES (1)", 0},
+    {"BEGIN", 0},
+    {"", 0},
+    {"this is not sql", 0},
+    {"SET search_path =", 0},
+};
+
+static void test_pool(void **state)
+{
+	struct fingerprint_info fi;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(pool_cases) / sizeof(pool_cases[0]); i++) {
+		fingerprint_compute(pool_cases[i].sql, &fi);
+		if (fi.pool != pool_cases[i].pool)
+			fail_msg("%s: pool %#x, expected %#x", pool_cases[i].sql, fi.pool,
+				 pool_cases[i].pool);
+	}
+}
+
+/* pool is cached with the rest: a hit returns the bits the miss computed. */
+static void test_pool_cached(void **state)
+{
+	struct fingerprint_cache *c = fingerprint_cache_new(64);
+	struct fingerprint_info fi;
+	static const char *const texts[][2] = {
+	    {"SET statement_timeout = 1000", "SET statement_timeout = 5000"},
+	    {"SELECT pg_advisory_lock(1)", "SELECT pg_advisory_lock(2)"},
+	    {"SET a.b = 1; CREATE TEMP TABLE x(a int)", "SET a.b = 2; CREATE TEMP TABLE x(a int)"},
+	    {"SELECT pg_advisory_xact_lock(1)", "SELECT pg_advisory_xact_lock(2)"},
+	    {"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+	     "SET  SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"},
+	    {"SELECT set_config('a.b', 'x', true)", "SELECT set_config('a.b', 'y', true)"},
+	    {"SELECT set_config('a.b', 'x', false)", "SELECT set_config('a.b', 'y', false)"},
+	    /* the strings share a shape, so neither is taken for the constant true */
+	    {"SELECT set_config('a.b', 'x', 't'::bool)",
+	     "SELECT set_config('a.b', 'x', 'f'::bool)"},
+	};
+	static const unsigned int want[] = {SET, PIN, SET | PIN, 0, SET, 0, PIN, PIN};
+	size_t i, j;
+
+	(void)state;
+	assert_non_null(c);
+	for (i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		for (j = 0; j < 2; j++) {
+			fingerprint_lookup(c, texts[i][j], strlen(texts[i][j]), &fi);
+			if (fi.pool != want[i])
+				fail_msg("%s: pool %#x, expected %#x", texts[i][j], fi.pool,
+					 want[i]);
+		}
+		/* the second text hit the first one's entry */
+		assert_int_equal(fingerprint_cache_stats(c)->hits, i + 1);
+	}
+	/* the bits a hit returns are the ones computed */
+	fingerprint_compute(texts[2][1], &fi);
+	assert_int_equal(fi.pool, SET | PIN);
+	fingerprint_cache_free(c);
+}
+
 /* head, n times pre, mid, n times post (malloc'd). */
 static char *nest(const char *head, const char *pre, const char *mid, const char *post, int n)
 {
@@ -314,6 +463,7 @@ static void assert_too_deep(const char *sql)
 	assert_int_equal(fi.statements, 0);
 	assert_int_equal(fi.fingerprint, 0);
 	assert_int_equal(fi.nondet, FINGERPRINT_NONDET_UNKNOWN);
+	assert_int_equal(fi.pool, 0);
 }
 
 static void assert_read(const char *sql, unsigned int nondet)
@@ -703,6 +853,8 @@ int main(void)
 	    cmocka_unit_test(test_cache_by_shape),
 	    cmocka_unit_test(test_nondet),
 	    cmocka_unit_test(test_nondet_cached),
+	    cmocka_unit_test(test_pool),
+	    cmocka_unit_test(test_pool_cached),
 	    cmocka_unit_test(test_deep_chains),
 	    cmocka_unit_test(test_deep_nesting),
 	    cmocka_unit_test(test_deep_long_or_short),
