@@ -81,6 +81,13 @@ struct admin_provider {
 	 * outcomes so far. Implemented by the replay engine. */
 	int (*sessions)(void *ctx, struct admin_rows *rows);
 
+	/* SHOW MIRROR POOLS: rows of (database, user, application_name, cl_active,
+	 * cl_waiting, sv_active, sv_idle, sv_login, sv_pinned, maxwait_ms, pool_mode) — one
+	 * per pool of mirror connections, PgBouncer's SHOW POOLS columns: sessions holding
+	 * and waiting for a connection, connections borrowed, idle, being made and pinned,
+	 * the first waiter's wait, and the pool mode (transaction). */
+	int (*pools)(void *ctx, struct admin_rows *rows);
+
 	/* RESET MIRROR STATS: restarts the readiness window (stats_readiness_reset). */
 	int (*reset)(void *ctx);
 };

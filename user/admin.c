@@ -477,6 +477,19 @@ static int cmd_sessions(struct admin_conn *c, struct buf *reply, struct cmd_erro
 			      sizeof(cols) / sizeof(cols[0]));
 }
 
+static int cmd_pools(struct admin_conn *c, struct buf *reply, struct cmd_error *e)
+{
+	static const struct column cols[] = {
+	    {"database", OID_TEXT},   {"user", OID_TEXT},	{"application_name", OID_TEXT},
+	    {"cl_active", OID_INT8},  {"cl_waiting", OID_INT8}, {"sv_active", OID_INT8},
+	    {"sv_idle", OID_INT8},    {"sv_login", OID_INT8},	{"sv_pinned", OID_INT8},
+	    {"maxwait_ms", OID_INT8}, {"pool_mode", OID_TEXT},
+	};
+
+	return provider_table(c, reply, e, "SHOW MIRROR POOLS", c->p->pools, cols,
+			      sizeof(cols) / sizeof(cols[0]));
+}
+
 static int cmd_reset(struct admin_conn *c, struct buf *reply, struct cmd_error *e)
 {
 	int rc;
@@ -532,6 +545,9 @@ static const struct command commands[] = {
      "mirrored databases, the mirror database each replays to, and their exposure"},
     {"SHOW MIRROR SESSIONS", cmd_sessions,
      "mirrored source sessions and the state of their mirror connections"},
+    {"SHOW MIRROR POOLS", cmd_pools,
+     "pools of mirror connections (PgBouncer's SHOW POOLS): sessions active and waiting, "
+     "connections in use, idle, being made and pinned"},
     {"RESET MIRROR STATS", cmd_reset, "restart the readiness window (counters keep counting)"},
     {"SHOW VERSION", cmd_version, "the agent's version"},
     {"SHOW HELP", cmd_help, "this list"},

@@ -295,27 +295,51 @@ static int console_databases(void *ctx, struct admin_rows *rows)
 	return 0;
 }
 
+/* Rows from a replay lister with the replay_sessions contract (fills up to cap, returns
+ * how many there are): grown until all fit, at most a million. NULL on ENOMEM. */
+static void *replay_rows(struct replay *r, size_t size,
+			 size_t (*list)(struct replay *, void *, size_t), size_t *n)
+{
+	size_t cap = 256;
+	void *rows = NULL;
+
+	*n = 0;
+	while (r) {
+		free(rows);
+		rows = calloc(cap, size);
+		if (!rows)
+			return NULL;
+		*n = list(r, rows, cap);
+		if (*n <= cap)
+			break;
+		if (cap >= (1u << 20)) {
+			*n = cap; /* bounded: the first million */
+			break;
+		}
+		cap = *n + *n / 4;
+	}
+	return rows;
+}
+
+static size_t list_sessions(struct replay *r, void *out, size_t cap)
+{
+	return replay_sessions(r, out, cap);
+}
+
+static size_t list_pools(struct replay *r, void *out, size_t cap)
+{
+	return replay_pools(r, out, cap);
+}
+
 static int console_sessions(void *ctx, struct admin_rows *rows)
 {
 	struct agent *a = ctx;
-	struct replay *r = a->replay;
-	struct replay_session_row *s = NULL;
-	size_t cap = 256, n = 0, i;
+	struct replay_session_row *s;
+	size_t n, i;
 
-	while (r) {
-		free(s);
-		s = calloc(cap, sizeof(*s));
-		if (!s)
-			return -ENOMEM;
-		n = replay_sessions(r, s, cap);
-		if (n <= cap)
-			break;
-		if (cap >= (1u << 20)) {
-			n = cap; /* bounded: the first million */
-			break;
-		}
-		cap = n + n / 4;
-	}
+	s = replay_rows(a->replay, sizeof(*s), list_sessions, &n);
+	if (!s && a->replay)
+		return -ENOMEM;
 	for (i = 0; i < n; i++) {
 		char num[5][24];
 		const char *v[8] = {num[0], s[i].database, s[i].user, s[i].state,
@@ -330,6 +354,36 @@ static int console_sessions(void *ctx, struct admin_rows *rows)
 			break;
 	}
 	free(s);
+	return 0;
+}
+
+static int console_pools(void *ctx, struct admin_rows *rows)
+{
+	struct agent *a = ctx;
+	struct replay_pool_row *p;
+	size_t n, i;
+
+	p = replay_rows(a->replay, sizeof(*p), list_pools, &n);
+	if (!p && a->replay)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		char num[7][24];
+		const char *v[11] = {p[i].database, p[i].user,	  p[i].application_name,
+				     num[0],	    num[1],	  num[2],
+				     num[3],	    num[4],	  num[5],
+				     num[6],	    "transaction"};
+
+		snprintf(num[0], sizeof(num[0]), "%u", p[i].cl_active);
+		snprintf(num[1], sizeof(num[1]), "%u", p[i].cl_waiting);
+		snprintf(num[2], sizeof(num[2]), "%u", p[i].sv_active);
+		snprintf(num[3], sizeof(num[3]), "%u", p[i].sv_idle);
+		snprintf(num[4], sizeof(num[4]), "%u", p[i].sv_login);
+		snprintf(num[5], sizeof(num[5]), "%u", p[i].sv_pinned);
+		snprintf(num[6], sizeof(num[6]), "%llu", (unsigned long long)p[i].maxwait_ms);
+		if (!admin_rows_add(rows, v, 11))
+			break;
+	}
+	free(p);
 	return 0;
 }
 
@@ -391,6 +445,7 @@ static int start_console(struct agent *a, struct admin **out)
 		p.readiness = console_readiness;
 		p.databases = console_databases;
 		p.sessions = console_sessions;
+		p.pools = console_pools;
 		p.reset = console_reset;
 	}
 	*out = admin_start(&ac, &p, err, sizeof(err));

@@ -286,6 +286,15 @@ static int fake_sessions(void *ctx, struct admin_rows *rows)
 	return 0;
 }
 
+static int fake_pools(void *ctx, struct admin_rows *rows)
+{
+	const char *v[11] = {"app", "alice", "web", "3",   "2",		 "3",
+			     "1",   "0",     "1",   "250", "transaction"};
+
+	(void)ctx;
+	return admin_rows_add(rows, v, 11) ? 0 : -1;
+}
+
 static int fake_reset(void *ctx)
 {
 	struct fake *f = ctx;
@@ -302,6 +311,7 @@ static struct admin_provider provider = {
     .db_rows = fake_db_rows,
     .databases = fake_databases,
     .sessions = fake_sessions,
+    .pools = fake_pools,
     .reset = fake_reset,
 };
 
@@ -491,6 +501,9 @@ static void test_show_version_and_help(void **state)
 	     "mirrored databases, the mirror database each replays to, and their exposure"},
 	    {"SHOW MIRROR SESSIONS",
 	     "mirrored source sessions and the state of their mirror connections"},
+	    {"SHOW MIRROR POOLS",
+	     "pools of mirror connections (PgBouncer's SHOW POOLS): sessions active and waiting, "
+	     "connections in use, idle, being made and pinned"},
 	    {"RESET MIRROR STATS", "restart the readiness window (counters keep counting)"},
 	    {"SHOW VERSION", "the agent's version"},
 	    {"SHOW HELP", "this list"},
@@ -610,6 +623,12 @@ static void test_show_databases_and_sessions(void **state)
 	static const uint32_t soids[] = {25, 25, 25, 25, 20, 20, 20, 20};
 	static const char *const srow[] = {
 	    "10.0.0.1:5000", "app", "alice", "active", "2", "10", "1", NULL};
+	static const char *const pcols[] = {
+	    "database", "user",	    "application_name", "cl_active",  "cl_waiting", "sv_active",
+	    "sv_idle",	"sv_login", "sv_pinned",	"maxwait_ms", "pool_mode"};
+	static const uint32_t poids[] = {25, 25, 25, 20, 20, 20, 20, 20, 20, 20, 25};
+	static const char *const prow[] = {"app", "alice", "web", "3",	 "2",	       "3",
+					   "1",	  "0",	   "1",	  "250", "transaction"};
 	struct bytes want = {.n = 0};
 	struct run r;
 
@@ -627,6 +646,14 @@ static void test_show_databases_and_sessions(void **state)
 	b_complete(&want, "SHOW");
 	b_ready(&want);
 	expect_query(&r, "SHOW MIRROR SESSIONS", &want);
+
+	/* PgBouncer's SHOW POOLS columns, counts as int8 */
+	want.n = 0;
+	b_rowdesc(&want, 11, pcols, poids);
+	b_datarow(&want, 11, prow);
+	b_complete(&want, "SHOW");
+	b_ready(&want);
+	expect_query(&r, "show mirror pools;", &want);
 
 	/* a provider row of the wrong width is an error, not a broken result */
 	fk.wrong_width = true;
