@@ -40,7 +40,6 @@ enum stats_skip_reason {
 	STATS_SKIP_UNKNOWN_DATABASE = 0, /* session of database "unknown" */
 	STATS_SKIP_NO_PARSE,		 /* Execute whose Parse was never seen */
 	STATS_SKIP_FUNCTION_CALL,	 /* FunctionCall: not replayed */
-	STATS_SKIP_CONNECTION_CAP,	 /* mirror_max_connections reached */
 	STATS_SKIP_COPY_TOO_BIG,	 /* COPY data beyond the byte cap */
 	STATS_SKIP_SHUTDOWN,		 /* still queued when the agent stopped */
 	STATS_SKIP_SESSION_STATE,	 /* the session could not be replayed (e.g. encrypted) */

@@ -27,8 +27,9 @@
  * nothing else; after replay_session_close has posted CLOSE it never touches it again.
  * The replay thread owns every other field and frees the session once it has processed
  * CLOSE and finished (or given up) every item of it. Shared fields are atomics: queued
- * (items submitted and not finished), capped (no mirror connection slot: the capture
- * thread skips its items without copying them) and the SHOW MIRROR SESSIONS counters.
+ * (items submitted and not finished), units, up and the SHOW MIRROR SESSIONS counters.
+ * Mirror connections are pooled (replay_pool.c): a session borrows a struct mconn for a
+ * transaction or a run of autocommit statements.
  *
  * The replay thread runs one epoll loop over the eventfd and every mirror socket. Each
  * iteration it takes the channel, steps every active session (queued items, a connection

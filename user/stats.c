@@ -28,7 +28,6 @@ const char *const stats_skip_reason_names[STATS_SKIP_MAX] = {
     [STATS_SKIP_UNKNOWN_DATABASE] = "unknown_database",
     [STATS_SKIP_NO_PARSE] = "no_parse",
     [STATS_SKIP_FUNCTION_CALL] = "function_call",
-    [STATS_SKIP_CONNECTION_CAP] = "connection_cap",
     [STATS_SKIP_COPY_TOO_BIG] = "copy_too_big",
     [STATS_SKIP_SHUTDOWN] = "shutdown",
     [STATS_SKIP_SESSION_STATE] = "session_state",
