@@ -254,10 +254,10 @@ struct mconn {
  */
 struct pool {
 	struct pool *next;
-	uint64_t key;	       /* hash of the identity */
-	struct params *params; /* the first session's, kept (the identity's strings) */
-	struct mconn *idle;    /* free connections, most recently used first */
-	struct replay_session *wait_head, *wait_tail; /* sessions waiting, first come first */
+	uint64_t key;			  /* hash of the identity */
+	struct params *params;		  /* the first session's, kept (the identity's strings) */
+	struct mconn *idle;		  /* free connections, most recently used first */
+	struct replay_session *wait_head; /* sessions waiting, by their next request's start */
 	_Atomic uint32_t n_idle, n_active, n_login, n_pinned, n_waiting;
 	uint32_t n_clients;	      /* sessions whose pool it is */
 	_Atomic uint64_t oldest_wait; /* when the first waiter began waiting (0: none) */

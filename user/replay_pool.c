@@ -17,10 +17,10 @@
  * closed.
  *
  * mirror_max_connections bounds every pool's connections together. At the cap a session
- * waits, first come first served, at most mirror_pool_wait_ms; an idle connection of
- * another pool is closed to make room. A session never holds a connection while it
- * waits for causal order outside a transaction, so pool waits and order waits cannot
- * hold each other up for longer than the pool wait.
+ * waits, in the source order of its next request, at most mirror_pool_wait_ms; an idle connection
+ * of another pool is closed to make room. A session never holds a connection while it waits for
+ * causal order outside a transaction, so pool waits and order waits cannot hold each other up for
+ * longer than the pool wait.
  */
 #include "replay_int.h"
 
@@ -134,17 +134,26 @@ static void wait_publish(struct pool *p)
 	atomic_store(&p->oldest_wait, p->wait_head ? p->wait_head->wait_since : 0);
 }
 
+/* When the session's next request started on the source (waiters are served in that
+ * order: causal and lock order only ever make a request wait for earlier ones, so the
+ * earliest waiter is never waiting for one behind it). */
+static uint64_t wait_key(const struct replay_session *s)
+{
+	return s->head ? s->head->ord.ts_start : 0;
+}
+
 static void wait_enter(struct replay *r, struct replay_session *s, struct pool *p, uint64_t now)
 {
+	struct replay_session **pp;
+
 	if (!s->waiting) {
 		s->waiting = true;
-		s->wait_next = NULL;
 		s->wait_since = now;
-		if (p->wait_tail)
-			p->wait_tail->wait_next = s;
-		else
-			p->wait_head = s;
-		p->wait_tail = s;
+		for (pp = &p->wait_head; *pp && wait_key(*pp) <= wait_key(s);
+		     pp = &(*pp)->wait_next)
+			;
+		s->wait_next = *pp;
+		*pp = s;
 		atomic_fetch_add(&p->n_waiting, 1);
 		wait_publish(p);
 		s->deadline = now + (uint64_t)r->cfg.pool_wait_ms * MS;
@@ -164,13 +173,6 @@ void replay_pool_unwait(struct replay *r, struct replay_session *s)
 		if (*pp != s)
 			continue;
 		*pp = s->wait_next;
-		if (p->wait_tail == s) {
-			struct replay_session *t = p->wait_head;
-
-			while (t && t->wait_next)
-				t = t->wait_next;
-			p->wait_tail = t;
-		}
 		break;
 	}
 	s->waiting = false;
@@ -313,8 +315,8 @@ void replay_pool_acquire(struct replay *r, struct replay_session *s, uint64_t no
 		replay_queue_finish_all(r, s, OUT_SKIP_STATE, now);
 		return;
 	}
-	/* first come, first served: a waiter behind another does not jump it */
-	if (p->wait_head && p->wait_head != s) {
+	/* in source order: a session does not jump an earlier waiter */
+	if (p->wait_head && p->wait_head != s && wait_key(p->wait_head) <= wait_key(s)) {
 		wait_enter(r, s, p, now);
 		return;
 	}
