@@ -555,21 +555,23 @@ static void *run(void *arg)
 	struct replay *r = arg;
 	struct epoll_event ev[EVENTS_MAX];
 	struct mconn *c;
-	uint64_t counter, now;
+	uint64_t now;
 	int i, n, timeout;
 
 	while (!atomic_load(&r->stop)) {
 		drain(r);
 		timeout = step_all(r, now_ns());
+		/* asleep from here: a message posted after this store wakes us (replay_wake);
+		 * one posted before it is seen here, and we only look for events */
+		atomic_store(&r->sleeping, true);
+		if (atomic_load(&r->chan))
+			timeout = 0;
 		n = epoll_wait(r->epfd, ev, EVENTS_MAX, timeout);
+		atomic_store(&r->sleeping, false);
 		now = now_ns();
 		for (i = 0; i < n; i++) {
-			if (!ev[i].data.ptr) {
-				if (read(r->efd, &counter, sizeof(counter)) < 0) {
-					/* EAGAIN: already read */
-				}
-				continue;
-			}
+			if (!ev[i].data.ptr)
+				continue; /* the eventfd (edge-triggered: never read) */
 			c = ev[i].data.ptr;
 			if (!c->conn)
 				continue; /* closed earlier in this batch */
@@ -725,7 +727,7 @@ static int parse_ignore(struct replay *r, const char *list, char *err, size_t er
 struct replay *replay_start(const struct replay_config *cfg, struct stats *st, struct capture *cap,
 			    char *err, size_t errlen)
 {
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = NULL};
 	struct replay *r = calloc(1, sizeof(*r));
 
 	if (!r) {

@@ -604,8 +604,8 @@ static void run_piped(struct replay_session *s, const struct item *it)
 /*
  * Corking. libpq 15's PQpipelineSync flushes, so every pipelined request is a send() of
  * its own, and on loopback each send also runs the mirror's receive path and wakes its
- * backend. When a pipelined request is sent and the next one queued may follow it in
- * the same step (pipelinable, room in the pipeline), the socket is corked (TCP_CORK):
+ * backend. When a pipelined request is sent and at least three more queued may follow it
+ * in the same step (the next pipelinable, room in the pipeline), the socket is corked (TCP_CORK):
  * the sends only copy into the socket, and replay_uncork() at the end of the step (sess_step)
  * transmits them as one segment. The bytes on the wire are the same.
  */
@@ -613,8 +613,10 @@ static void cork(const struct replay *r, struct replay_session *s)
 {
 	int one = 1;
 
-	if (s->c->corked || !s->head || s->n_sent + 1 >= r->cfg.pipeline ||
-	    !replay_pipelinable(r, s, s->head))
+	/* a cork costs two setsockopt calls: worth it when it saves at least three sends
+	 * (three more queued, room for them in the pipeline) */
+	if (s->c->corked || !s->head || !s->head->next || !s->head->next->next ||
+	    s->n_sent + 3 >= r->cfg.pipeline || !replay_pipelinable(r, s, s->head))
 		return;
 	s->c->corked = !setsockopt(PQsocket(s->c->conn), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
 }

@@ -361,6 +361,7 @@ struct replay {
 	_Atomic bool stop;
 	_Atomic(struct msg *) chan; /* newest first */
 	_Atomic bool wake_pending;
+	_Atomic bool sleeping;	   /* the replay thread is in (or entering) epoll_wait */
 	_Atomic uint32_t items;	   /* submitted and not finished */
 	pthread_mutex_t list_lock; /* the list of all sessions and their params, for
 				    * replay_sessions (the replay thread changes them) */

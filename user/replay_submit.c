@@ -9,11 +9,14 @@
 
 /*
  * Posts a message (capture thread). Lock-free and without a system call: replay_wake
- * wakes the replay thread once per batch of capture records, not once per message. It
- * writes the eventfd only when the replay thread has taken everything posted before (that
- * thread clears wake_pending before it takes the list, so a message pushed after that
- * point either sees the flag cleared and wakes it, or is taken by the take that follows
- * the clearing).
+ * wakes the replay thread once per batch of capture records, not once per message, and
+ * only when that thread is asleep (or about to be) in epoll_wait: it sets sleeping, then
+ * looks at the list, while we push, then look at sleeping (both sequentially
+ * consistent), so one of us sees the other. It writes the eventfd only once until the
+ * replay thread has taken everything posted before (that thread clears wake_pending
+ * before it takes the list, so a message pushed after that point either sees the flag
+ * cleared and wakes it, or is taken by the take that follows the clearing). The eventfd
+ * is edge-triggered and never read: a write is a wakeup and nothing more.
  */
 static void chan_post(struct replay *r, struct msg *m)
 {
@@ -32,7 +35,8 @@ void replay_wake(struct replay *r)
 	if (!r || !r->c_posted)
 		return;
 	r->c_posted = false;
-	if (!atomic_exchange(&r->wake_pending, true) && write(r->efd, &one, sizeof(one)) < 0) {
+	if (atomic_load(&r->sleeping) && !atomic_exchange(&r->wake_pending, true) &&
+	    write(r->efd, &one, sizeof(one)) < 0) {
 		/* EAGAIN: the counter is full, so the thread is awake anyway */
 	}
 }

@@ -119,7 +119,39 @@ enum exp_kind {
 
 struct expect {
 	enum exp_kind kind;
+	int8_t who;	 /* PARSE/BIND/EXECUTE/QUERY: see struct activity */
 	struct req *req; /* EXECUTE/QUERY/FUNCTION; NULL past max_inflight */
+	uint64_t ts;	 /* PARSE/BIND/EXECUTE/QUERY: capture time of the client message */
+};
+
+/*
+ * Statements prepared before capture (session_define_statement, session_attribute).
+ * Parse, Bind, Execute and Query set pg_stat_activity.query and query_start when the
+ * server processes them: after their capture, before the capture of their answer. With
+ * track_activity, the session keeps these intervals for the messages answered last (a
+ * ring) and reads those of the unanswered ones from the FIFO.
+ */
+#define WHO_OTHER  (-1) /* a known text, or one that cannot be told */
+#define NAME_MAX_B 256	/* longer statement names are not remembered */
+
+struct unknown_name {
+	char *name;    /* NULL: a free slot */
+	uint64_t used; /* LRU stamp */
+	uint64_t asked;
+	bool was_asked, reported;
+};
+
+struct activity {
+	uint64_t lo, hi; /* capture of the message .. capture of its answer */
+	int8_t who;	 /* index in recover.names of the unknown statement it runs, or
+			  * WHO_OTHER */
+};
+
+struct recover {
+	struct unknown_name names[SESSION_UNKNOWN_NAMES];
+	uint64_t stamp;
+	struct activity *ring; /* SESSION_ACTIVITY_MAX; allocated when tracking starts */
+	uint32_t head, n;
 };
 
 /* While unaligned: a client batch end (+1: Sync, Query, FunctionCall) or a ReadyForQuery
@@ -183,6 +215,11 @@ struct session {
 	uint64_t skip_seen; /* the decoder's bytes_skipped last looked at */
 	enum pgwire_dir feed_dir;
 	uint64_t feed_ts;
+
+	/* statements prepared before capture (see struct recover) */
+	struct recover *rec;
+	uint64_t seen_from; /* every query-text-setting message processed after this capture
+			     * time is in rec->ring or the FIFO; UINT64_MAX: not tracked */
 };
 
 void session_config_default(struct session_config *cfg)
