@@ -360,7 +360,9 @@ bool replay_pool_can_release(const struct replay_session *s)
 
 bool replay_pool_contended(const struct replay_session *s)
 {
-	return s->pool && s->pool->wait_head;
+	/* a waiter that would get the connection: one whose next request is earlier (a
+	 * session earlier than every waiter would take it straight back) */
+	return s->pool && s->pool->wait_head && wait_key(s->pool->wait_head) <= wait_key(s);
 }
 
 void replay_pool_release(struct replay *r, struct replay_session *s)
