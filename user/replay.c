@@ -154,7 +154,7 @@ void replay_queue_finish_all(struct replay *r, struct replay_session *s, enum ou
 static void sess_free(struct replay *r, struct replay_session *s)
 {
 	if (replay_pool_can_release(s))
-		replay_pool_release(r, s);
+		replay_pool_release(r, s, now_ns());
 	replay_conn_close(r, s); /* pinned, or inside a transaction: not reusable */
 	replay_pool_leave(r, s);
 	deactivate(r, s);
@@ -436,7 +436,7 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 			    (!it || replay_pool_contended(s) || due_later(r, s, it, now, &until))) {
 				/* between transactions: nothing to run, another session waits
 				 * for the pool, or causal order makes it wait */
-				replay_pool_release(r, s);
+				replay_pool_release(r, s, now);
 				continue;
 			}
 			if (!it)
@@ -465,6 +465,7 @@ static int step_all(struct replay *r, uint64_t now)
 	unsigned int util = 0, u;
 	bool freed;
 
+	r->rerun = false;
 	for (s = r->active; s; s = next) {
 		next = s->act_next;
 		d = sess_step(r, s, now, &freed);
@@ -487,6 +488,10 @@ static int step_all(struct replay *r, uint64_t now)
 	stats_mirror_set_queue_bytes(r->st, atomic_load(&r->item_bytes),
 				     atomic_load(&r->bytes_peak));
 	replay_pool_publish(r);
+	/* a pooled connection was handed to a session during the pass, which may have been
+	 * stepped already: step it again without waiting for an event */
+	if (r->rerun)
+		return 0;
 	if (wake == NEVER)
 		return IDLE_WAKE_MS;
 	if (wake <= now)

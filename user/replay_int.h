@@ -393,6 +393,7 @@ struct replay {
 	uint32_t n_conns;	      /* mirror connections open, all pools */
 	struct stats_pool pool_stats; /* published each pass */
 	unsigned int last_util;
+	bool rerun; /* a session was handed a connection: step again at once */
 };
 
 _Static_assert((int)COMPARE_TAG == (int)STATS_MISMATCH_TAG &&
@@ -471,8 +472,9 @@ void replay_uncork(struct replay_session *s);
  * its settings are applied), being made (CONN_CONNECTING), or none free (CONN_WAIT, at
  * most pool_wait_ms). */
 void replay_pool_acquire(struct replay *r, struct replay_session *s, uint64_t now);
-/* The session gives its idle connection back (not inside a transaction, not pinned). */
-void replay_pool_release(struct replay *r, struct replay_session *s);
+/* The session gives its idle connection back (not inside a transaction, not pinned);
+ * the pool's first waiter gets it at once. */
+void replay_pool_release(struct replay *r, struct replay_session *s, uint64_t now);
 /* May the session give its connection back now? */
 bool replay_pool_can_release(const struct replay_session *s);
 /* Does another session wait for a connection of the session's pool? */

@@ -166,7 +166,6 @@ void replay_pool_unwait(struct replay *r, struct replay_session *s)
 	struct pool *p = s->pool;
 	struct replay_session **pp;
 
-	(void)r;
 	if (!s->waiting)
 		return;
 	for (pp = &p->wait_head; *pp; pp = &(*pp)->wait_next) {
@@ -179,8 +178,10 @@ void replay_pool_unwait(struct replay *r, struct replay_session *s)
 	s->wait_next = NULL;
 	atomic_fetch_sub(&p->n_waiting, 1);
 	wait_publish(p);
-	if (p->wait_head)
+	if (p->wait_head) { /* the next waiter may take what is left */
 		replay_activate(r, p->wait_head);
+		r->rerun = true;
+	}
 }
 
 /* A connection was given back or closed: the first waiter of every pool tries again. */
@@ -188,9 +189,12 @@ static void wake_waiters(struct replay *r)
 {
 	struct pool *p;
 
-	for (p = r->pools; p; p = p->next)
-		if (p->wait_head)
+	for (p = r->pools; p; p = p->next) {
+		if (p->wait_head) {
 			replay_activate(r, p->wait_head);
+			r->rerun = true;
+		}
+	}
 }
 
 /* ---- connections ---- */
@@ -365,7 +369,25 @@ bool replay_pool_contended(const struct replay_session *s)
 	return s->pool && s->pool->wait_head && wait_key(s->pool->wait_head) <= wait_key(s);
 }
 
-void replay_pool_release(struct replay *r, struct replay_session *s)
+/* Gives the pool's first waiter an idle connection, now: a waiter is not stepped again
+ * before the next pass, so leaving the connection idle for it to find would serve one
+ * waiter per pass. */
+static void serve_waiter(struct replay *r, struct pool *p, uint64_t now)
+{
+	struct replay_session *w = p->wait_head;
+	struct mconn *c;
+
+	if (!w || !(c = idle_take(r, p)))
+		return;
+	replay_pool_unwait(r, w);
+	attach(r, w, c);
+	atomic_store_explicit(&w->up, true, memory_order_relaxed);
+	replay_activate(r, w);
+	r->rerun = true;
+	settings_apply(r, w, now);
+}
+
+void replay_pool_release(struct replay *r, struct replay_session *s, uint64_t now)
 {
 	struct mconn *c = s->c;
 	struct pool *p = c->pool;
@@ -381,7 +403,10 @@ void replay_pool_release(struct replay *r, struct replay_session *s)
 	s->deadline = NEVER;
 	s->susp = false;
 	replay_run_reset(s);
-	wake_waiters(r);
+	if (p->wait_head)
+		serve_waiter(r, p, now);
+	else
+		wake_waiters(r); /* another pool's waiter may close it to make room */
 }
 
 void replay_pool_forget(struct replay *r, struct mconn *c)
