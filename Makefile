@@ -147,6 +147,7 @@ bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/overhead.py
 	$(PYTHON) tests/bench/replay.py
 	$(PYTHON) tests/bench/contention.py
+	$(PYTHON) tests/bench/scale.py
 
 demo: deps all
 	$(PYTHON) tests/demo.py

@@ -257,15 +257,27 @@ static const struct item *item_of(const struct order_item *a)
 
 struct stuck {
 	uint64_t bound_ns, until; /* the latest end of a started blocker's bound */
+	bool holding;		  /* the waiter holds its connection inside a transaction */
 };
 
-/* Keeps looking while every blocker seen has started on the mirror. */
+/* Does the session hold its mirror connection inside a transaction (it cannot give it
+ * back before the transaction ends)? */
+static bool holds_unit(const struct replay_session *s)
+{
+	return s->c && (s->unit_open || s->group_open || in_txn(s));
+}
+
+/* Keeps looking while every blocker seen has started on the mirror. A blocker whose
+ * session waits for a pooled connection cannot start while the waiter holds one inside
+ * a transaction (with every connection so held, never): it is passed over. */
 static bool blocker_started(void *ctx, const struct order_item *a)
 {
 	struct stuck *k = ctx;
 	const struct item *it = item_of(a);
 
 	if (!it->sent_ns) {
+		if (k->holding && it->m.rs->state == CONN_WAIT)
+			return true;
 		k->until = NEVER;
 		return false;
 	}
@@ -278,17 +290,17 @@ static bool blocker_started(void *ctx, const struct order_item *a)
  * Must it wait for ordering (order.h) now? Until when (*until; NEVER: until an item
  * finishes)? The first wait is counted. While any item it waits for has not started on
  * the mirror, it waits: that item's own waits point at still earlier ones, so it will
- * start. When every one of them has been running on the mirror for order_wait_ms, the
- * wait is given up (counted): the mirror's own lock waits are invisible here, and a
- * workload the replay cannot reproduce exactly (unsampled transactions, skipped
- * statements) could otherwise stall a session behind a mirror lock its own transaction
- * holds.
+ * start. When every one of them has been running on the mirror for order_wait_ms (or
+ * waits for a pooled connection while this session holds one inside a transaction: see
+ * blocker_started), the wait is given up (counted): the mirror's own lock waits are invisible here,
+ * and a workload the replay cannot reproduce exactly (unsampled transactions, skipped statements)
+ * could otherwise stall a session behind a mirror lock its own transaction holds.
  */
 static bool must_wait(struct replay *r, struct item *it, uint64_t now, uint64_t *until)
 {
 	enum order_wait w;
 	const struct order_item *a = order_blocker(&r->order, &it->ord, &w);
-	struct stuck k = {.bound_ns = r->cfg.order_wait_ms * MS};
+	struct stuck k = {.bound_ns = r->cfg.order_wait_ms * MS, .holding = holds_unit(it->m.rs)};
 
 	*until = NEVER;
 	if (!a)
@@ -299,7 +311,7 @@ static bool must_wait(struct replay *r, struct item *it, uint64_t now, uint64_t 
 		if (w == ORDER_WAIT_LOCK)
 			stats_mirror_lock_wait(r->st);
 	}
-	if (!item_of(a)->sent_ns) /* the common case, without a walk */
+	if (!item_of(a)->sent_ns && !k.holding) /* the common case, without a walk */
 		return true;
 	order_each_blocker(&r->order, &it->ord, blocker_started, &k);
 	*until = k.until;
@@ -310,6 +322,24 @@ static bool must_wait(struct replay *r, struct item *it, uint64_t now, uint64_t 
 }
 
 static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t now, bool *freed);
+
+/* The session waited mirror_pool_wait_ms for a pooled connection: its head transaction
+ * is dropped, with every later one whose first request the source completed at least
+ * that long ago. */
+static void pool_timeout(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	uint64_t bound = (uint64_t)r->cfg.pool_wait_ms * MS;
+	struct item *it;
+
+	do {
+		s->dead_unit = s->head->unit;
+		s->dead_outcome = OUT_POOL_WAIT;
+		stats_mirror_unit_aborted(r->st, STATS_ABORT_POOL_WAIT);
+		while ((it = s->head) && (it->ctl || it->unit == s->dead_unit))
+			replay_item_finish(r, s, replay_queue_pop(s),
+					   it->ctl ? OUT_SUCCESS : OUT_POOL_WAIT, now);
+	} while (s->head && s->head->ord.ts_end + bound <= now);
+}
 
 /* Must the session's head item wait before it starts: the source's gap
  * (mirror_replay_timing), or causal order? Until when (*until)? */
@@ -393,12 +423,12 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 				continue;
 			if (now < s->deadline)
 				return s->deadline;
-			/* no connection in time: the transaction is dropped whole */
+			/* no connection in time: the transaction is dropped whole, and so is
+			 * every one queued behind it that the source completed longer ago than
+			 * the bound (they have waited as long) */
 			replay_pool_unwait(r, s);
 			s->state = CONN_NONE;
-			s->dead_unit = s->head->unit;
-			s->dead_outcome = OUT_POOL_WAIT;
-			stats_mirror_unit_aborted(r->st, STATS_ABORT_POOL_WAIT);
+			pool_timeout(r, s, now);
 			continue;
 		case CONN_CONNECTING:
 		case CONN_SETUP:
