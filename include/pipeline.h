@@ -39,10 +39,19 @@ void pipeline_tick(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 /* Ends every flow (at shutdown), then publishes. */
 void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *kernel);
 
+/* Statements prepared before capture began (with want_statement): a mirrored session asks
+ * for the text of an unknown statement at most once per interval per name, and has at
+ * most one lookup outstanding (forgotten after the timeout: its answer was lost). */
+#define PIPELINE_LOOKUP_INTERVAL_NS 100000000ULL   /* 100 ms */
+#define PIPELINE_LOOKUP_TIMEOUT_NS  10000000000ULL /* 10 s */
+
 /*
  * The shells the capture thread hands work to, all optional:
  * - want_identity: who can name the database of a session whose start was missed
  *   (--source-dsn);
+ * - want_statement: who can find the text of a statement prepared before capture began
+ *   (--source-dsn), for a mirrored session that executed it; false when it cannot take
+ *   the request now. Its answer comes back through pipeline_statement;
  * - session_open/identified/close and request: the mirror (--mirror). session_open
  *   returns the sink's per-session handle (NULL: not mirrored), given back to the others.
  *   request receives every completed source request with its stats entry; session_event
@@ -50,6 +59,7 @@ void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *ker
  */
 struct pipeline_hooks {
 	void (*want_identity)(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client);
+	bool (*want_statement)(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client);
 	void *ctx;
 	void *(*session_open)(void *sink, const struct session_info *s);
 	void (*session_identified)(void *sink, void *handle, const struct session_info *s);
@@ -62,12 +72,38 @@ struct pipeline_hooks {
 	void *sink;
 };
 
+/* Before the first record: want_statement turns session.track_activity on. */
 void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks);
 
 /* The answer to want_identity: names the session of flow_id, if it still exists and is
  * still unnamed. Returns true when a session was named. */
 bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database, const char *user,
 		       uint64_t now_ns);
+
+/* The answer to want_statement: what pg_stat_activity showed for the client's backend. */
+enum pipeline_stmt_status {
+	PIPELINE_STMT_FOUND = 0,
+	PIPELINE_STMT_NOT_FOUND, /* no backend of that client */
+	PIPELINE_STMT_FAILED,	 /* the lookup failed */
+};
+
+struct pipeline_statement {
+	uint64_t flow_id;
+	enum pipeline_stmt_status status;
+	const char *text; /* FOUND and not truncated: query, len bytes */
+	size_t len;
+	bool truncated;	       /* it reached track_activity_query_size: cut */
+	uint64_t lo_ns, hi_ns; /* capture clock: query_start lies within */
+};
+
+/*
+ * Applies an answer to want_statement (after every record captured before the lookup
+ * was read has been fed): when the window points at one unknown statement of the session
+ * (session_attribute) and the text is whole, defines it (session_define_statement). Counts
+ * the outcome (stats_statement_recovered/unrecovered). Returns true when defined; false
+ * also when the session has ended or stopped waiting.
+ */
+bool pipeline_statement(struct pipeline *p, const struct pipeline_statement *a);
 
 /* Latest capture timestamp seen in a record (0 before the first). */
 uint64_t pipeline_last_ts(const struct pipeline *p);

@@ -134,7 +134,8 @@ enum session_event {
 };
 
 /* Callbacks run inside session_feed/session_gap/session_identify/session_free; they may
- * read and change session_info (user_ptr) but must not feed or free the session. */
+ * read and change session_info (user_ptr) and call session_unknown_first/_due, but must
+ * not feed or free the session. */
 struct session_handler {
 	void (*request)(void *ctx, struct session_info *s, const struct session_request *r);
 	void (*event)(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts_ns);
@@ -146,6 +147,10 @@ struct session_config {
 	uint32_t max_portals;	 /* portals per session */
 	uint32_t max_inflight;	 /* requests awaiting their answer per session */
 	uint32_t max_copy_bytes; /* COPY FROM STDIN bytes kept per request */
+	bool track_activity;	 /* remember when the server may have processed each message
+				  * that sets pg_stat_activity.query, for session_attribute
+				  * (--source-dsn); only in sessions whose start was missed or
+				  * that lost their boundaries (where unknown statements occur) */
 };
 
 /* Counters summed over all sessions of one owner; every cap has one. */
@@ -189,6 +194,53 @@ void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns);
 void session_identify(struct session *s, const char *database, const char *user, uint64_t ts_ns);
 
 struct session_info *session_info(struct session *s);
+
+/*
+ * Statements prepared before capture began. An Execute of a named statement whose Parse
+ * was never seen is reported with text NULL and stmt_name set (an "unknown statement").
+ * Its text can be found elsewhere — in the source's pg_stat_activity, whose query and
+ * query_start are those of the last Parse, Bind, Execute or Query the server processed.
+ * The session remembers, per unknown name, what the consumer needs to ask for it (at most
+ * SESSION_UNKNOWN_NAMES names, least recently used forgotten; names of 256 bytes or more
+ * are not remembered), and, with track_activity,
+ * when the server may have processed each such message (the last SESSION_ACTIVITY_MAX,
+ * plus those still awaiting their answer), so that a query_start can be attributed.
+ */
+#define SESSION_UNKNOWN_NAMES 8
+#define SESSION_ACTIVITY_MAX  64
+
+/*
+ * Defines a named statement as if its Parse had been seen: the text known, no parameter
+ * types (all unspecified). Only when no statement of that name is known — what a real
+ * Parse defined is never overwritten — and within max_body (text) and max_statements (the
+ * least recently used one is evicted, as for a Parse). Returns true when defined. Later
+ * Binds of that name carry the text; portals bound before do not.
+ */
+bool session_define_statement(struct session *s, const char *name, const char *text, size_t len);
+
+/* True the first time the consumer reports name as an unknown statement of s (to count
+ * such statements once per session and name). */
+bool session_unknown_first(struct session *s, const char *name);
+
+/* Whether a lookup of name's text is due at now_ns: true (and now_ns recorded as the last
+ * lookup) when none was asked for the last interval_ns. */
+bool session_unknown_due(struct session *s, const char *name, uint64_t now_ns,
+			 uint64_t interval_ns);
+
+/* Makes every unknown name of s due again (a lookup that found one statement's text
+ * says nothing about the others'). */
+void session_unknown_rearm(struct session *s);
+
+/*
+ * Which unknown statement set pg_stat_activity.query at a time known to lie within
+ * [lo_ns, hi_ns] (capture clock)? Returns its name (owned by the session, valid until the
+ * next call that feeds or changes it) when every message of s that sets the query text
+ * and may have been processed then — between its capture and that of its answer, or
+ * since its capture when unanswered — runs that one unknown statement; NULL when none
+ * does, when others may have too, or when the session cannot tell (no track_activity,
+ * boundaries lost since, or the messages of that time forgotten).
+ */
+const char *session_attribute(const struct session *s, uint64_t lo_ns, uint64_t hi_ns);
 
 /* Reports SESSION_EV_CLOSE and frees. Requests still awaiting their answer never
  * completed: they are counted in stats->abandoned, not reported. NULL-safe. */

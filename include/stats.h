@@ -82,6 +82,22 @@ enum stats_abort_reason {
 
 extern const char *const stats_abort_reason_names[STATS_ABORT_MAX];
 
+/* Why the text of a statement prepared before capture began was not recovered from the
+ * source's pg_stat_activity (mirror_statements_unrecovered_total{reason}). */
+enum stats_unrecovered_reason {
+	STATS_UNRECOVERED_NO_SOURCE_DSN = 0, /* no --source-dsn: once per session and name */
+	STATS_UNRECOVERED_NOT_FOUND,	     /* no backend of that client in pg_stat_activity */
+	STATS_UNRECOVERED_NO_MATCH,	     /* its query_start matched no Execute of an unknown
+					      * statement of the session, or other messages too */
+	STATS_UNRECOVERED_TRUNCATED,	     /* cut at track_activity_query_size */
+	STATS_UNRECOVERED_TOO_LONG,	     /* longer than max_message_kb */
+	STATS_UNRECOVERED_QUERY_FAILED,	     /* the lookup failed (connection, error, timeout,
+					      * queue full) */
+	STATS_UNRECOVERED_MAX,
+};
+
+extern const char *const stats_unrecovered_reason_names[STATS_UNRECOVERED_MAX];
+
 /* Mirror error types (mirror_errors_total{error_type}). */
 enum stats_error_type {
 	STATS_ERR_CONNECTION = 0,
@@ -247,6 +263,11 @@ void stats_mirror_order_timeout(struct stats *st);
  * unnamed extended-protocol statement. */
 void stats_mirror_piped(struct stats *st, bool behind, bool converted);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);
+/* A statement prepared before capture: its text recovered and defined, or one lookup (or,
+ * without --source-dsn, one statement of one session) that did not recover it. Capture
+ * thread. */
+void stats_statement_recovered(struct stats *st);
+void stats_statement_unrecovered(struct stats *st, enum stats_unrecovered_reason why);
 
 /* Snapshot of the global mirror numbers at now_ns (rolls the window if it expired). */
 void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirror_snapshot *out);

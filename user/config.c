@@ -103,8 +103,10 @@ const struct config_key config_keys[] = {
      "Largest protocol message body decoded, in KiB; longer ones are counted and skipped."},
     {"source_dsn", CONFIG_STRING, OFF(source_dsn), 0, 0, CONFIG_F_SECRET, NULL, NULL, false, "DSN",
      "libpq conninfo of the source, used to name the database and user of sessions open "
-     "before the agent started (pg_stat_activity; needs pg_read_all_stats). Its own "
-     "connection is excluded from capture. Empty: such sessions are database=\"unknown\"."},
+     "before the agent started, and to recover the text of named statements they prepared "
+     "before it (pg_stat_activity; needs pg_read_all_stats). Its own connection is "
+     "excluded from capture. Empty: such sessions are database=\"unknown\" and those "
+     "statements are not replayed (no_parse)."},
 
     /* mirror */
     {"mirror_of", CONFIG_STRING, OFF(mirror_of), 0, 0, CONFIG_F_SECRET, NULL, NULL, false,

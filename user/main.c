@@ -537,6 +537,11 @@ static void want_identity(void *ctx, uint64_t flow_id, const struct tcpstream_ad
 	resolver_request(ctx, flow_id, client);
 }
 
+static bool want_statement(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
+{
+	return resolver_request_statement(ctx, flow_id, client);
+}
+
 /* Whether --mirror is another cluster than the source (selfcheck.c): false refuses to
  * start. A check that cannot be made is logged, not fatal. Before capture attaches: the
  * check's connections are not source traffic. */
@@ -555,17 +560,43 @@ static bool mirror_not_source(const struct agent *a)
 	return v != SELFCHECK_SOURCE;
 }
 
-/* Hands finished pg_stat_activity lookups to their sessions (capture thread). */
-static void apply_identities(struct resolver *r, struct pipeline *p, uint64_t now)
+/* One statement-text answer to the pipeline; frees its text. */
+static void apply_statement(struct pipeline *p, struct resolver_result *res)
+{
+	static const enum pipeline_stmt_status status[] = {
+	    [RESOLVER_STMT_FOUND] = PIPELINE_STMT_FOUND,
+	    [RESOLVER_STMT_NOT_FOUND] = PIPELINE_STMT_NOT_FOUND,
+	    [RESOLVER_STMT_FAILED] = PIPELINE_STMT_FAILED,
+	};
+	struct pipeline_statement a = {
+	    .flow_id = res->flow_id,
+	    .status = status[res->status],
+	    .text = res->text,
+	    .len = res->text_len,
+	    .truncated = res->truncated,
+	    .lo_ns = res->lo_ns,
+	    .hi_ns = res->hi_ns,
+	};
+
+	pipeline_statement(p, &a);
+	free(res->text);
+}
+
+/* Hands finished pg_stat_activity lookups to their sessions (capture thread). now: the
+ * capture clock up to which every record has been fed. Every pass of the loop, not at the
+ * tick: a session's next Execute should find its statement's text already defined. */
+static void apply_lookups(struct resolver *r, struct pipeline *p, uint64_t now)
 {
 	struct resolver_result res[64];
 	int n, i;
 
 	if (!r)
 		return;
-	while ((n = resolver_results(r, res, 64)) > 0)
+	while ((n = resolver_results(r, res, 64, now)) > 0)
 		for (i = 0; i < n; i++)
-			if (res[i].found)
+			if (res[i].kind == RESOLVER_STATEMENT)
+				apply_statement(p, &res[i]);
+			else if (res[i].found)
 				pipeline_identify(p, res[i].flow_id, res[i].database, res[i].user,
 						  now);
 }
@@ -632,9 +663,9 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			a->last_readiness_ns = clock;
 		}
 		now = n > 0 ? pipeline_last_ts(p) : clock;
+		apply_lookups(r, p, now);
 		if (now - last_tick >= TICK_INTERVAL_NS || now < last_tick) {
 			capture_read_counters(c, k);
-			apply_identities(r, p, now);
 			pipeline_tick(p, now, k);
 			last_tick = now;
 		}
@@ -940,6 +971,8 @@ int main(int argc, char **argv)
 			goto cleanup;
 		}
 		hooks.want_identity = want_identity;
+		if (a.cfg.mirror_of) /* texts only matter to the replay */
+			hooks.want_statement = want_statement;
 		hooks.ctx = resolver;
 	}
 	if (a.cfg.mirror_of) {

@@ -15,6 +15,7 @@ struct pipeline {
 	uint64_t last_ts;
 	struct pipeline_hooks hooks;
 	struct conn *unnamed; /* sessions waiting for want_identity's answer */
+	struct conn *asking;  /* sessions waiting for want_statement's answer */
 };
 
 /* Per-flow state, hung on tcpstream_flow.user and session_info.user_ptr. */
@@ -26,6 +27,9 @@ struct conn {
 	void *sink_handle; /* the mirror's handle of this session */
 	bool sink_open;
 	struct conn *next_unnamed, **prev_unnamed; /* on p->unnamed while waiting */
+	struct tcpstream_addr client;
+	uint64_t asked_ns;			 /* capture time of the outstanding lookup */
+	struct conn *next_asking, **prev_asking; /* on p->asking while waiting */
 };
 
 static void unnamed_remove(struct conn *c)
@@ -39,6 +43,27 @@ static void unnamed_remove(struct conn *c)
 	c->prev_unnamed = NULL;
 }
 
+static void asking_remove(struct conn *c)
+{
+	if (!c->prev_asking)
+		return;
+	*c->prev_asking = c->next_asking;
+	if (c->next_asking)
+		c->next_asking->prev_asking = c->prev_asking;
+	c->next_asking = NULL;
+	c->prev_asking = NULL;
+}
+
+static void asking_add(struct pipeline *p, struct conn *c, uint64_t ts)
+{
+	c->asked_ns = ts;
+	c->next_asking = p->asking;
+	if (p->asking)
+		p->asking->prev_asking = &c->next_asking;
+	c->prev_asking = &p->asking;
+	p->asking = c;
+}
+
 #define RELAXED memory_order_relaxed
 
 void pipeline_config_default(struct pipeline_config *cfg)
@@ -48,6 +73,35 @@ void pipeline_config_default(struct pipeline_config *cfg)
 }
 
 /* ---- session -> stats ---- */
+
+/*
+ * A completed Execute of a statement whose Parse was never seen, in a mirrored session:
+ * without want_statement counted once per name (no_source_dsn); with it, the session asks
+ * for the text unless it is waiting for an answer or asked for that name recently.
+ */
+static void unknown_statement(struct pipeline *p, struct conn *c, const struct session_request *r)
+{
+	if (r->kind != SESSION_REQ_EXECUTE || r->text || !r->stmt_name || !r->stmt_name[0] ||
+	    !c->sink_open)
+		return;
+	if (!p->hooks.want_statement) {
+		if (session_unknown_first(c->session, r->stmt_name))
+			stats_statement_unrecovered(p->stats, STATS_UNRECOVERED_NO_SOURCE_DSN);
+		return;
+	}
+	if (c->prev_asking) {
+		if (r->ts_end - c->asked_ns < PIPELINE_LOOKUP_TIMEOUT_NS)
+			return;
+		asking_remove(c); /* its answer was lost */
+		stats_statement_unrecovered(p->stats, STATS_UNRECOVERED_QUERY_FAILED);
+	}
+	if (!session_unknown_due(c->session, r->stmt_name, r->ts_end, PIPELINE_LOOKUP_INTERVAL_NS))
+		return;
+	if (p->hooks.want_statement(p->hooks.ctx, c->flow_id, &c->client))
+		asking_add(p, c, r->ts_end);
+	else
+		stats_statement_unrecovered(p->stats, STATS_UNRECOVERED_QUERY_FAILED);
+}
 
 static void on_request(void *ctx, struct session_info *s, const struct session_request *r)
 {
@@ -63,6 +117,7 @@ static void on_request(void *ctx, struct session_info *s, const struct session_r
 			     r->sqlstate);
 	if (c->sink_open && p->hooks.request)
 		p->hooks.request(p->hooks.sink, c->sink_handle, c->db, r);
+	unknown_statement(p, c, r);
 }
 
 static void on_session_event(void *ctx, struct session_info *s, enum session_event ev,
@@ -106,6 +161,7 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 		return; /* this flow is then not decoded; nothing else depends on it */
 	flow->user = c;
 	c->flow_id = flow->id;
+	c->client = flow->client;
 	if (p->dump)
 		c->dump = dump_flow_open(p->dump, flow);
 	c->session = session_new(&p->session_cfg, &session_handler, p, &p->session_stats, flow->id,
@@ -166,6 +222,7 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 	if (!c)
 		return;
 	unnamed_remove(c);
+	asking_remove(c);
 	session_free(c->session, ts_ns);
 	if (c->sink_open && p->hooks.session_close)
 		p->hooks.session_close(p->hooks.sink, c->sink_handle);
@@ -277,6 +334,7 @@ void pipeline_close_all(struct pipeline *p, uint64_t now_ns, const uint64_t *ker
 void pipeline_set_hooks(struct pipeline *p, const struct pipeline_hooks *hooks)
 {
 	p->hooks = *hooks;
+	p->session_cfg.track_activity = hooks->want_statement != NULL;
 }
 
 bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *database, const char *user,
@@ -294,6 +352,38 @@ bool pipeline_identify(struct pipeline *p, uint64_t flow_id, const char *databas
 		return false; /* its StartupMessage was seen after all */
 	session_identify(c->session, database, user, now_ns); /* IDENTIFIED updates c->db */
 	return true;
+}
+
+bool pipeline_statement(struct pipeline *p, const struct pipeline_statement *a)
+{
+	enum stats_unrecovered_reason why = STATS_UNRECOVERED_NO_MATCH;
+	const char *name;
+	struct conn *c;
+
+	for (c = p->asking; c; c = c->next_asking)
+		if (c->flow_id == a->flow_id)
+			break;
+	if (!c)
+		return false; /* closed meanwhile, or given up */
+	asking_remove(c);
+	if (a->status == PIPELINE_STMT_NOT_FOUND) {
+		why = STATS_UNRECOVERED_NOT_FOUND;
+	} else if (a->status != PIPELINE_STMT_FOUND) {
+		why = STATS_UNRECOVERED_QUERY_FAILED;
+	} else if ((name = session_attribute(c->session, a->lo_ns, a->hi_ns)) != NULL) {
+		/* only now: a truncated text may not even be this statement's */
+		if (a->truncated)
+			why = STATS_UNRECOVERED_TRUNCATED;
+		else if (!a->text || a->len > p->session_cfg.wire.max_body)
+			why = STATS_UNRECOVERED_TOO_LONG;
+		else if (session_define_statement(c->session, name, a->text, a->len)) {
+			stats_statement_recovered(p->stats);
+			session_unknown_rearm(c->session); /* perhaps not the one asked for */
+			return true;
+		}
+	}
+	stats_statement_unrecovered(p->stats, why);
+	return false;
 }
 
 uint64_t pipeline_last_ts(const struct pipeline *p)

@@ -230,6 +230,7 @@ void session_config_default(struct session_config *cfg)
 	cfg->max_inflight = 65536; /* a driver's batch (executemany, executeBatch) is one
 				    * Sync group of this many Executes sent before any answer */
 	cfg->max_copy_bytes = 1 * MIB;
+	cfg->track_activity = false;
 }
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
@@ -244,6 +245,8 @@ static void emit_event(struct session *s, enum session_event ev, uint64_t ts)
 }
 
 /* ---- statement table ------------------------------------------------------------------ */
+
+static void unknown_forget(struct session *s, const char *name);
 
 static void stmt_unref(struct stmt *st)
 {
@@ -333,6 +336,7 @@ static void stmt_put(struct session *s, struct stmt *st)
 	old = stmt_find(s, st->name);
 	if (old)
 		stmt_detach(s, old);
+	unknown_forget(s, st->name); /* its text is known now */
 	if (s->nstmts >= s->cfg.max_statements) {
 		if (s->nstmts == 0) { /* max_statements 0: remember nothing */
 			stmt_unref(st);
@@ -779,7 +783,7 @@ static struct expect *fifo_at(struct session *s, uint32_t i)
 	return &s->fifo[(s->fifo_head + i) & (s->fifo_cap - 1)];
 }
 
-static bool fifo_push(struct session *s, enum exp_kind kind, struct req *r)
+static bool fifo_push(struct session *s, enum exp_kind kind, struct req *r, uint64_t ts, int who)
 {
 	if (s->fifo_len == s->fifo_cap) {
 		uint32_t cap = s->fifo_cap ? s->fifo_cap * 2 : FIFO_MIN, i;
@@ -797,7 +801,8 @@ static bool fifo_push(struct session *s, enum exp_kind kind, struct req *r)
 		s->fifo_cap = cap;
 		s->fifo_head = 0;
 	}
-	*fifo_at(s, s->fifo_len) = (struct expect){.kind = kind, .req = r};
+	*fifo_at(s, s->fifo_len) =
+	    (struct expect){.kind = kind, .who = (int8_t)who, .req = r, .ts = ts};
 	s->fifo_len++;
 	return true;
 }
@@ -835,10 +840,12 @@ static bool execute_follows(struct session *s, bool *sync_next)
 
 static void lose_alignment(struct session *s);
 
-/* Queues what the server owes for one client message; on overflow alignment is lost. */
-static void expect(struct session *s, enum exp_kind kind, struct req *r)
+/* Queues what the server owes for one client message, captured at ts (who: see struct
+ * activity); on overflow alignment is lost. */
+static inline void expect_at(struct session *s, enum exp_kind kind, struct req *r, uint64_t ts,
+			     int who)
 {
-	if (fifo_push(s, kind, r)) {
+	if (fifo_push(s, kind, r, ts, who)) {
 		if (r && (kind == EXP_QUERY || kind == EXP_EXECUTE))
 			s->copy_req = r;
 		return;
@@ -848,6 +855,11 @@ static void expect(struct session *s, enum exp_kind kind, struct req *r)
 	lose_alignment(s);
 }
 
+static void expect(struct session *s, enum exp_kind kind, struct req *r)
+{
+	expect_at(s, kind, r, 0, WHO_OTHER);
+}
+
 /* Forgets every owed answer; the requests among them are abandoned. */
 static void fifo_abandon_all(struct session *s)
 {
@@ -855,6 +867,157 @@ static void fifo_abandon_all(struct session *s)
 		req_abandon(s, fifo_pop(s).req);
 	s->copy_req = NULL;
 	s->fe_in_copy = false;
+}
+
+/* ---- statements prepared before capture ------------------------------------------------- */
+
+static bool tracking(const struct session *s)
+{
+	return s->cfg.track_activity && s->info.resynced;
+}
+
+static bool sets_query_text(enum exp_kind k)
+{
+	return k == EXP_PARSE || k == EXP_BIND || k == EXP_EXECUTE || k == EXP_QUERY;
+}
+
+/* Forgets unknown name k; what ran it now counts as WHO_OTHER. */
+static void unknown_drop(struct session *s, int k)
+{
+	struct recover *rc = s->rec;
+	uint32_t i;
+
+	free(rc->names[k].name);
+	memset(&rc->names[k], 0, sizeof(rc->names[k]));
+	for (i = 0; rc->ring && i < rc->n; i++)
+		if (rc->ring[i].who == k)
+			rc->ring[i].who = WHO_OTHER;
+	for (i = 0; i < s->fifo_len; i++)
+		if (fifo_at(s, i)->who == k)
+			fifo_at(s, i)->who = WHO_OTHER;
+}
+
+static void unknown_forget(struct session *s, const char *name)
+{
+	int k;
+
+	if (!s->rec)
+		return;
+	for (k = 0; k < SESSION_UNKNOWN_NAMES; k++)
+		if (s->rec->names[k].name && !strcmp(s->rec->names[k].name, name))
+			unknown_drop(s, k);
+}
+
+/* The slot of an unknown statement's name, made (evicting the least recently used) when
+ * create; WHO_OTHER when there is none, it is too long, or memory is short. */
+static int unknown_slot(struct session *s, const char *name, bool create)
+{
+	struct recover *rc = s->rec;
+	int k, free_k = -1, lru = 0;
+
+	if (!name || !name[0] || strlen(name) >= NAME_MAX_B)
+		return WHO_OTHER;
+	if (!rc) {
+		if (!create || !(rc = s->rec = calloc(1, sizeof(*rc))))
+			return WHO_OTHER;
+	}
+	for (k = 0; k < SESSION_UNKNOWN_NAMES; k++) {
+		struct unknown_name *u = &rc->names[k];
+
+		if (u->name && !strcmp(u->name, name)) {
+			u->used = ++rc->stamp;
+			return k;
+		}
+		if (!u->name && free_k < 0)
+			free_k = k;
+		if (u->used < rc->names[lru].used)
+			lru = k;
+	}
+	if (!create)
+		return WHO_OTHER;
+	if (free_k < 0) {
+		unknown_drop(s, lru);
+		free_k = lru;
+	}
+	rc->names[free_k].name = strdup(name);
+	if (!rc->names[free_k].name)
+		return WHO_OTHER;
+	rc->names[free_k].used = ++rc->stamp;
+	return free_k;
+}
+
+/* Who a Bind's or an Execute's portal runs (see struct activity), when tracking. */
+static int portal_who(struct session *s, const struct portal *p)
+{
+	if (!p || p->stmt || !p->stmt_name[0] || !tracking(s))
+		return WHO_OTHER;
+	if (stmt_find(s, p->stmt_name)) /* bound before its text became known */
+		return WHO_OTHER;
+	return unknown_slot(s, p->stmt_name, true);
+}
+
+/* An answered message that set the query text: remembered while tracking. */
+static void note_activity(struct session *s, const struct expect *e, uint64_t hi)
+{
+	struct recover *rc = s->rec;
+	struct activity *a;
+
+	if (!sets_query_text(e->kind) || !rc || !rc->ring)
+		return;
+	if (rc->n == SESSION_ACTIVITY_MAX) {
+		a = &rc->ring[rc->head];
+		s->seen_from = max_u64(s->seen_from, a->hi);
+		rc->head = (rc->head + 1) % SESSION_ACTIVITY_MAX;
+		rc->n--;
+	}
+	rc->ring[(rc->head + rc->n) % SESSION_ACTIVITY_MAX] =
+	    (struct activity){.lo = e->ts, .hi = hi, .who = e->who};
+	rc->n++;
+}
+
+/* The head of the FIFO got its answer, captured at ts. */
+static inline struct expect fifo_pop_answered(struct session *s, uint64_t ts)
+{
+	struct expect e = fifo_pop(s);
+
+	if (s->seen_from != UINT64_MAX) /* tracking (rare): keep the hot path short */
+		note_activity(s, &e, ts);
+	return e;
+}
+
+/* Alignment (re)gained at ts: everything processed since is seen. */
+static void tracking_start(struct session *s, uint64_t ts)
+{
+	if (!tracking(s))
+		return;
+	if (!s->rec)
+		s->rec = calloc(1, sizeof(*s->rec));
+	if (s->rec && !s->rec->ring)
+		s->rec->ring = calloc(SESSION_ACTIVITY_MAX, sizeof(*s->rec->ring));
+	if (!s->rec || !s->rec->ring)
+		return;
+	s->rec->head = s->rec->n = 0;
+	s->seen_from = ts;
+}
+
+static void recover_free(struct recover *rc)
+{
+	int k;
+
+	if (!rc)
+		return;
+	for (k = 0; k < SESSION_UNKNOWN_NAMES; k++)
+		free(rc->names[k].name);
+	free(rc->ring);
+	free(rc);
+}
+
+/* Alignment lost: what the server processes can no longer be placed. */
+static void tracking_stop(struct session *s)
+{
+	s->seen_from = UINT64_MAX;
+	if (s->rec)
+		s->rec->n = 0;
 }
 
 /* ---- alignment ------------------------------------------------------------------------ */
@@ -868,6 +1031,7 @@ static void lose_alignment(struct session *s)
 	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, s->fe_last_ts);
 	s->naev = 0;
 	s->info.resynced = true;
+	tracking_stop(s);
 	if (s->aligned && s->info.state == SESSION_READY)
 		s->info.state = SESSION_HUNTING;
 	s->aligned = false;
@@ -926,6 +1090,8 @@ static void align(struct session *s, uint64_t ts)
 	s->aligned = true;
 	s->info.state = SESSION_READY;
 	s->st->resyncs++;
+	/* what came before was processed before the ReadyForQuery that allowed this */
+	tracking_start(s, s->last_z_ts);
 	emit_event(s, SESSION_EV_RESYNC, ts);
 }
 
@@ -1151,8 +1317,9 @@ static void on_startup(struct session *s, const struct pgwire_msg *m)
 	expect(s, EXP_STARTUP, NULL);
 }
 
-/* Parse, Bind and Close change the tables the same way aligned or not. */
-static void fe_tables(struct session *s, const struct pgwire_msg *m)
+/* Parse, Bind and Close change the tables the same way aligned or not. Returns what a
+ * Bind runs (see struct activity). */
+static int fe_tables(struct session *s, const struct pgwire_msg *m)
 {
 	struct pgwire_cursor cur;
 	const char *name;
@@ -1167,7 +1334,7 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 			/* Too long to keep: its name is unknown, so the unnamed statement (by far
 			 * the likeliest) can no longer be trusted. */
 			stmt_forget(s, "");
-			return;
+			return WHO_OTHER;
 		}
 		st = stmt_from_parse(m->body, m->len);
 		if (!st) {
@@ -1175,17 +1342,18 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 			pgwire_cursor_init(&cur, m->body, m->len);
 			if (pgwire_get_string(&cur, &name, &nlen))
 				stmt_forget(s, name);
-			return;
+			return WHO_OTHER;
 		}
 		stmt_put(s, st);
-		return;
+		return WHO_OTHER;
 	}
 	case 'B': {
 		struct portal *p;
+		int who;
 
 		if (!m->body_kept) {
 			portal_forget(s, "");
-			return;
+			return WHO_OTHER;
 		}
 		p = portal_new(s, m->body, m->len, false);
 		if (!p) {
@@ -1193,7 +1361,7 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 			pgwire_cursor_init(&cur, m->body, m->len);
 			if (pgwire_get_string(&cur, &name, &nlen))
 				portal_forget(s, name);
-			return;
+			return WHO_OTHER;
 		}
 		p->stmt = stmt_find(s, p->stmt_name);
 		if (p->stmt) {
@@ -1203,15 +1371,16 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 				lru_push(s, p->stmt);
 			}
 		}
+		who = portal_who(s, p);
 		portal_put(s, p);
-		return;
+		return who;
 	}
 	case 'C':
 		pgwire_cursor_init(&cur, m->body, m->len);
 		if (!m->body_kept || !pgwire_get_u8(&cur, &what) ||
 		    !pgwire_get_string(&cur, &name, &nlen) || pgwire_cursor_left(&cur) != 0) {
 			s->st->protocol_errors++;
-			return;
+			return WHO_OTHER;
 		}
 		if (what == 'S')
 			stmt_forget(s, name);
@@ -1219,9 +1388,9 @@ static void fe_tables(struct session *s, const struct pgwire_msg *m)
 			portal_forget(s, name);
 		else
 			s->st->protocol_errors++;
-		return;
+		return WHO_OTHER;
 	default:
-		return;
+		return WHO_OTHER;
 	}
 }
 
@@ -1256,7 +1425,7 @@ static void on_query(struct session *s, const struct pgwire_msg *m)
 			s->st->protocol_errors++;
 		}
 	}
-	expect(s, EXP_QUERY, r);
+	expect_at(s, EXP_QUERY, r, m->ts_start, WHO_OTHER);
 }
 
 static void on_execute(struct session *s, const struct pgwire_msg *m)
@@ -1267,6 +1436,7 @@ static void on_execute(struct session *s, const struct pgwire_msg *m)
 	const char *name = "";
 	size_t nlen = 0;
 	int32_t max_rows = 0;
+	struct portal *p;
 
 	s->batch_open = false;
 	pgwire_cursor_init(&cur, m->body, m->len);
@@ -1277,9 +1447,8 @@ static void on_execute(struct session *s, const struct pgwire_msg *m)
 		nlen = 0;
 		max_rows = 0;
 	}
+	p = portal_find(s, name);
 	if (r) {
-		struct portal *p = portal_find(s, name);
-
 		r->pub.max_rows = max_rows > 0 ? (uint32_t)max_rows : 0;
 		if (p) {
 			req_attach(r, p);
@@ -1292,7 +1461,7 @@ static void on_execute(struct session *s, const struct pgwire_msg *m)
 			}
 		}
 	}
-	expect(s, EXP_EXECUTE, r);
+	expect_at(s, EXP_EXECUTE, r, m->ts_start, portal_who(s, p));
 }
 
 static void on_function(struct session *s, const struct pgwire_msg *m)
@@ -1384,6 +1553,7 @@ static void on_copy_data(struct session *s, const struct pgwire_msg *m)
 static void fe_aligned(struct session *s, const struct pgwire_msg *m)
 {
 	uint8_t kind;
+	int who;
 
 	s->fe_last_ts = m->ts_end;
 	if (m->type != 'd' && m->type != 'c' && m->type != 'f')
@@ -1403,12 +1573,12 @@ static void fe_aligned(struct session *s, const struct pgwire_msg *m)
 	case 'P':
 		fe_tables(s, m);
 		batch_note(s, m);
-		expect(s, EXP_PARSE, NULL);
+		expect_at(s, EXP_PARSE, NULL, m->ts_start, WHO_OTHER);
 		break;
 	case 'B':
-		fe_tables(s, m);
+		who = fe_tables(s, m);
 		batch_note(s, m);
-		expect(s, EXP_BIND, NULL);
+		expect_at(s, EXP_BIND, NULL, m->ts_start, who);
 		break;
 	case 'D':
 		batch_note(s, m);
@@ -1505,7 +1675,7 @@ static void ext_error(struct session *s, const struct pgwire_msg *m)
 	bool done = false;
 
 	while (s->fifo_len && fifo_at(s, 0)->kind != EXP_SYNC) {
-		struct expect e = fifo_pop(s);
+		struct expect e = fifo_pop_answered(s, m->ts_end); /* may have set the text */
 
 		if (e.kind == EXP_EXECUTE && !done) {
 			done = true;
@@ -1569,7 +1739,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 		} else if (m->type == (e->kind == EXP_PARSE  ? '1'
 				       : e->kind == EXP_BIND ? '2'
 							     : '3')) {
-			fifo_pop(s);
+			fifo_pop_answered(s, m->ts_end);
 		} else {
 			unmatched(s);
 		}
@@ -1613,7 +1783,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 			unmatched(s);
 			return;
 		}
-		fifo_pop(s);
+		fifo_pop_answered(s, m->ts_end);
 		if (r)
 			r->pub.group_more = execute_follows(s, &r->pub.group_end);
 		req_complete(s, r, m->ts_end);
@@ -1631,7 +1801,7 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 	case EXP_FUNCTION:
 		switch (m->type) {
 		case 'Z':
-			fifo_pop(s);
+			fifo_pop_answered(s, m->ts_end);
 			if (r)
 				r->pub.txn_before = s->info.txn_status;
 			st = on_ready(s, m);
@@ -1806,6 +1976,7 @@ struct session *session_new(const struct session_config *cfg, const struct sessi
 	s->aligned = from_start;
 	s->synced[0] = s->synced[1] = from_start;
 	s->fe_batch_start = true;
+	s->seen_from = UINT64_MAX;
 	stats->sessions_opened++;
 	stats->sessions_active++;
 	emit_event(s, SESSION_EV_OPEN, ts_ns);
@@ -1863,6 +2034,107 @@ struct session_info *session_info(struct session *s)
 	return &s->info;
 }
 
+bool session_define_statement(struct session *s, const char *name, const char *text, size_t len)
+{
+	size_t nlen = name ? strlen(name) : 0;
+	struct stmt *st;
+	bool defined;
+	char *p;
+
+	if (!nlen || !text || len > s->cfg.wire.max_body || memchr(text, 0, len) ||
+	    stmt_find(s, name))
+		return false;
+	st = malloc(sizeof(*st) + nlen + 1 + len + 1);
+	if (!st)
+		return false;
+	*st = (struct stmt){.refs = 1, .text_len = len};
+	st->types = (uint32_t *)(st + 1); /* none */
+	p = (char *)st->types;
+	memcpy(p, name, nlen + 1);
+	st->name = p;
+	p += nlen + 1;
+	memcpy(p, text, len);
+	p[len] = 0;
+	st->text = p;
+	st->refs++; /* ours, to see whether the table kept it (max_statements 0 does not) */
+	stmt_put(s, st);
+	defined = st->in_table;
+	stmt_unref(st);
+	return defined;
+}
+
+bool session_unknown_first(struct session *s, const char *name)
+{
+	int k = unknown_slot(s, name, true);
+
+	if (k == WHO_OTHER || s->rec->names[k].reported)
+		return false;
+	s->rec->names[k].reported = true;
+	return true;
+}
+
+bool session_unknown_due(struct session *s, const char *name, uint64_t now_ns, uint64_t interval_ns)
+{
+	int k = unknown_slot(s, name, true);
+	struct unknown_name *u;
+
+	if (k == WHO_OTHER)
+		return false;
+	u = &s->rec->names[k];
+	if (u->was_asked && now_ns >= u->asked && now_ns - u->asked < interval_ns)
+		return false;
+	u->asked = now_ns;
+	u->was_asked = true;
+	return true;
+}
+
+void session_unknown_rearm(struct session *s)
+{
+	int k;
+
+	for (k = 0; s->rec && k < SESSION_UNKNOWN_NAMES; k++)
+		s->rec->names[k].was_asked = false;
+}
+
+/* Folds one message that may have set the text within the window into *who: false once
+ * two different statements, or one that is not unknown, are among them. */
+static bool attribute_one(int w, int *who)
+{
+	if (w == WHO_OTHER || (*who != WHO_OTHER && *who != w))
+		return false;
+	*who = w;
+	return true;
+}
+
+const char *session_attribute(const struct session *s, uint64_t lo_ns, uint64_t hi_ns)
+{
+	const struct recover *rc = s->rec;
+	int who = WHO_OTHER;
+	uint32_t i;
+
+	if (!rc || !rc->ring || s->seen_from == UINT64_MAX || lo_ns <= s->seen_from ||
+	    lo_ns > hi_ns)
+		return NULL;
+	for (i = 0; i < rc->n; i++) {
+		const struct activity *a = &rc->ring[(rc->head + i) % SESSION_ACTIVITY_MAX];
+
+		if (a->lo <= hi_ns && a->hi >= lo_ns && !attribute_one(a->who, &who))
+			return NULL;
+	}
+	/* unanswered: processed at any time since their capture (client order) */
+	for (i = 0; i < s->fifo_len; i++) {
+		const struct expect *e = &s->fifo[(s->fifo_head + i) & (s->fifo_cap - 1)];
+
+		if (!sets_query_text(e->kind))
+			continue;
+		if (e->ts > hi_ns)
+			break;
+		if (!attribute_one(e->who, &who))
+			return NULL;
+	}
+	return who == WHO_OTHER ? NULL : rc->names[who].name;
+}
+
 void session_free(struct session *s, uint64_t ts_ns)
 {
 	if (!s)
@@ -1886,5 +2158,6 @@ void session_free(struct session *s, uint64_t ts_ns)
 	free(s->startup);
 	free(s->ident_db);
 	free(s->ident_user);
+	recover_free(s->rec);
 	free(s);
 }

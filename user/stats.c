@@ -58,6 +58,15 @@ const char *const stats_abort_reason_names[STATS_ABORT_MAX] = {
     [STATS_ABORT_UNREPLAYABLE] = "unreplayable", [STATS_ABORT_POOL_WAIT] = "pool_wait",
 };
 
+const char *const stats_unrecovered_reason_names[STATS_UNRECOVERED_MAX] = {
+    [STATS_UNRECOVERED_NO_SOURCE_DSN] = "no_source_dsn",
+    [STATS_UNRECOVERED_NOT_FOUND] = "not_found",
+    [STATS_UNRECOVERED_NO_MATCH] = "no_match",
+    [STATS_UNRECOVERED_TRUNCATED] = "truncated",
+    [STATS_UNRECOVERED_TOO_LONG] = "too_long",
+    [STATS_UNRECOVERED_QUERY_FAILED] = "query_failed",
+};
+
 const char *const stats_error_type_names[STATS_ERR_MAX] = {
     [STATS_ERR_CONNECTION] = "connection",
     [STATS_ERR_QUERY] = "query",
@@ -86,6 +95,7 @@ struct mirror {
 	_Atomic uint64_t pipelined, converted;
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
+	_Atomic uint64_t recovered, unrecovered[STATS_UNRECOVERED_MAX];
 	_Atomic unsigned int buffer_utilization;
 	pthread_mutex_t win_lock;
 	uint64_t interval_ns, win_start_ns, win_sum_ns, win_count, win_max_ns;
@@ -456,6 +466,17 @@ void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent)
 {
 	atomic_store_explicit(&st->mirror.buffer_utilization, percent > 100 ? 100 : percent,
 			      RELAXED);
+}
+
+void stats_statement_recovered(struct stats *st)
+{
+	atomic_fetch_add_explicit(&st->mirror.recovered, 1, RELAXED);
+}
+
+void stats_statement_unrecovered(struct stats *st, enum stats_unrecovered_reason why)
+{
+	if (why < STATS_UNRECOVERED_MAX)
+		atomic_fetch_add_explicit(&st->mirror.unrecovered[why], 1, RELAXED);
 }
 
 void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirror_snapshot *out)
@@ -1027,6 +1048,19 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	    "Simple-protocol statements sent as unnamed extended-protocol statements to "
 	    "pipeline a backlog (libpq pipelines only the extended protocol).",
 	    m.converted);
+	ok &= gauge_or_counter(b, "mirror_statements_recovered_total", "counter",
+			       "Statements prepared before capture began whose text was recovered "
+			       "from the source's pg_stat_activity (--source-dsn); their later "
+			       "Executes are replayed.",
+			       atomic_load_explicit(&st->mirror.recovered, RELAXED));
+	ok &= header(b, "mirror_statements_unrecovered_total", "counter",
+		     "Lookups of the text of a statement prepared before capture began that did "
+		     "not recover it, by reason (no_source_dsn: once per session and statement).");
+	for (i = 0; i < STATS_UNRECOVERED_MAX; i++)
+		ok &= buf_printf(
+		    b, "mirror_statements_unrecovered_total{reason=\"%s\"} %llu\n",
+		    stats_unrecovered_reason_names[i],
+		    (unsigned long long)atomic_load_explicit(&st->mirror.unrecovered[i], RELAXED));
 	ok &= gauge_or_counter(b, "mirror_readiness_ready", "gauge",
 			       "1 when the last readiness evaluation said READY, else 0.",
 			       atomic_load_explicit(&st->mirror.ready, RELAXED));

@@ -321,11 +321,212 @@ static void test_midstream_session_resync_and_identify(void **state)
 	stats_free(st);
 }
 
+/* ---- statements prepared before capture ---- */
+
+struct sink {
+	int asks, requests, opened;
+	uint64_t flow_id;
+	bool refuse;	/* want_statement: queue full */
+	char text[128]; /* of the last request ("" when NULL) */
+};
+
+static bool want_statement(void *ctx, uint64_t flow_id, const struct tcpstream_addr *client)
+{
+	struct sink *k = ctx;
+
+	(void)client;
+	k->asks++;
+	k->flow_id = flow_id;
+	return !k->refuse;
+}
+
+static void *sink_open(void *sink, const struct session_info *s)
+{
+	struct sink *k = sink;
+
+	(void)s;
+	k->opened++;
+	return k;
+}
+
+static void sink_request(void *sink, void *handle, struct stats_db *db,
+			 const struct session_request *r)
+{
+	struct sink *k = sink;
+
+	(void)handle;
+	(void)db;
+	k->requests++;
+	snprintf(k->text, sizeof(k->text), "%s", r->text ? r->text : "");
+}
+
+/* Bind of stmt to the unnamed portal (no parameters), Execute, Sync. */
+static void bind_execute(struct wire *w, const char *stmt)
+{
+	size_t at = msg_begin(w, 'B');
+
+	puts0(w, "");
+	puts0(w, stmt);
+	put8(w, 0), put8(w, 0); /* no formats */
+	put8(w, 0), put8(w, 0); /* no parameters */
+	put8(w, 0), put8(w, 0); /* no result formats */
+	msg_end(w, at);
+	at = msg_begin(w, 'E');
+	puts0(w, "");
+	put32(w, 0);
+	msg_end(w, at);
+	at = msg_begin(w, 'S');
+	msg_end(w, at);
+}
+
+/* One execution of stmt sent at t ms, answered at t + 1 ms. */
+static void execute_at(struct conn_sim *c, const char *stmt, uint64_t t)
+{
+	struct wire w = {.n = 0};
+	size_t at;
+
+	bind_execute(&w, stmt);
+	send_rec(c, CAPTURE_DIR_C2S, 0, &w, t * MS);
+	w.n = 0;
+	at = msg_begin(&w, '2');
+	msg_end(&w, at);
+	complete(&w, "INSERT 0 1");
+	ready(&w, 'I');
+	send_rec(c, CAPTURE_DIR_S2C, 0, &w, (t + 1) * MS);
+}
+
+/* A session open before capture, aligned by two simple queries (10..21 ms). */
+static void midstream_start(struct conn_sim *c)
+{
+	struct wire w;
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		w.n = 0;
+		query(&w, "SELECT 1");
+		send_rec(c, CAPTURE_DIR_C2S, 0, &w, (10 + 10 * i) * MS);
+		w.n = 0;
+		complete(&w, "SELECT 1");
+		ready(&w, 'I');
+		send_rec(c, CAPTURE_DIR_S2C, 0, &w, (11 + 10 * i) * MS);
+	}
+}
+
+static struct pipeline_statement found(uint64_t flow_id, const char *text, uint64_t lo_ms,
+				       uint64_t hi_ms)
+{
+	return (struct pipeline_statement){.flow_id = flow_id,
+					   .status = PIPELINE_STMT_FOUND,
+					   .text = text,
+					   .len = strlen(text),
+					   .lo_ns = lo_ms * MS,
+					   .hi_ns = hi_ms * MS};
+}
+
+/*
+ * A mirrored session open before capture executes S_1, prepared before: it asks for the
+ * text once (one lookup outstanding, one per name per 100 ms), an answer whose window
+ * holds that Execute defines it, and the next Execute carries the text. Answers that
+ * cannot be used are counted by reason.
+ */
+static void test_statement_recovery(void **state)
+{
+	static const char text[] = "INSERT INTO t VALUES (1)";
+	struct stats_config scfg = {.max_databases = 10, .mirror_enabled = true};
+	struct stats *st = stats_new(&scfg);
+	struct conn_sim c = {.cport = 40003, .seq = {5000, 7000}};
+	struct sink k = {};
+	struct pipeline_hooks hooks = {.want_statement = want_statement,
+				       .ctx = &k,
+				       .session_open = sink_open,
+				       .request = sink_request,
+				       .sink = &k};
+	struct pipeline_config cfg;
+	struct pipeline_statement a;
+	char *metrics;
+
+	(void)state;
+	pipeline_config_default(&cfg);
+	c.p = pipeline_new(&cfg, st, NULL);
+	pipeline_set_hooks(c.p, &hooks);
+	midstream_start(&c);
+
+	execute_at(&c, "S_1", 100); /* processed within [100, 101] ms */
+	assert_string_equal(k.text, "");
+	assert_int_equal(k.asks, 1);
+	execute_at(&c, "S_2", 110); /* waiting for the first answer: no second lookup */
+	assert_int_equal(k.asks, 1);
+	a = found(k.flow_id, "SELECT 1", 100, 112); /* S_1's or S_2's? */
+	assert_false(pipeline_statement(c.p, &a));
+	assert_false(pipeline_statement(c.p, &a)); /* answered already */
+	execute_at(&c, "S_1", 150);		   /* 50 ms after S_1's lookup */
+	assert_int_equal(k.asks, 1);
+	execute_at(&c, "S_2", 160); /* S_2 was never asked */
+	assert_int_equal(k.asks, 2);
+	a = (struct pipeline_statement){.flow_id = k.flow_id, .status = PIPELINE_STMT_NOT_FOUND};
+	assert_false(pipeline_statement(c.p, &a));
+	execute_at(&c, "S_1", 210);
+	assert_int_equal(k.asks, 3);
+	a = found(k.flow_id, "SELECT 'cut", 210, 211);
+	a.truncated = true;
+	assert_false(pipeline_statement(c.p, &a));
+	execute_at(&c, "S_1", 320);
+	assert_int_equal(k.asks, 4);
+	a = found(k.flow_id, text, 320, 321);
+	a.lo_ns += 100000; /* within: 320.1 .. 320.9 ms */
+	a.hi_ns -= 100000;
+	assert_true(pipeline_statement(c.p, &a));
+	execute_at(&c, "S_1", 330);
+	assert_string_equal(k.text, text);
+	assert_int_equal(k.asks, 4);
+	k.refuse = true; /* the resolver's queue is full: counted, asked again later */
+	execute_at(&c, "S_2", 340);
+	assert_int_equal(k.asks, 5);
+
+	metrics = render(st);
+	assert_contains(metrics, "mirror_statements_recovered_total 1\n");
+	assert_contains(metrics, "mirror_statements_unrecovered_total{reason=\"no_match\"} 1\n");
+	assert_contains(metrics, "mirror_statements_unrecovered_total{reason=\"not_found\"} 1\n");
+	assert_contains(metrics, "mirror_statements_unrecovered_total{reason=\"truncated\"} 1\n");
+	assert_contains(metrics,
+			"mirror_statements_unrecovered_total{reason=\"query_failed\"} 1\n");
+	assert_contains(metrics,
+			"mirror_statements_unrecovered_total{reason=\"no_source_dsn\"} 0\n");
+	free(metrics);
+	pipeline_close_all(c.p, 400 * MS, NULL);
+	a = found(k.flow_id, text, 320, 321); /* the session is gone */
+	assert_false(pipeline_statement(c.p, &a));
+	pipeline_free(c.p);
+	stats_free(st);
+
+	/* without --source-dsn: counted once per session and name */
+	st = stats_new(&scfg);
+	hooks.want_statement = NULL;
+	memset(&k, 0, sizeof(k));
+	c = (struct conn_sim){.cport = 40004, .seq = {5000, 7000}};
+	c.p = pipeline_new(&cfg, st, NULL);
+	pipeline_set_hooks(c.p, &hooks);
+	midstream_start(&c);
+	execute_at(&c, "S_1", 100);
+	execute_at(&c, "S_1", 200);
+	execute_at(&c, "S_2", 300);
+	assert_int_equal(k.requests, 3 + 1); /* and one SELECT 1 after alignment */
+	metrics = render(st);
+	assert_contains(metrics,
+			"mirror_statements_unrecovered_total{reason=\"no_source_dsn\"} 2\n");
+	assert_contains(metrics, "mirror_statements_recovered_total 0\n");
+	free(metrics);
+	pipeline_close_all(c.p, 400 * MS, NULL);
+	pipeline_free(c.p);
+	stats_free(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_session_from_start),
 	    cmocka_unit_test(test_midstream_session_resync_and_identify),
+	    cmocka_unit_test(test_statement_recovery),
 	};
 
 	return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);

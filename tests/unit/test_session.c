@@ -1646,6 +1646,234 @@ static void test_alignment_guards(void **state)
 	}
 }
 
+/* ---- statements prepared before capture ------------------------------------------------------ */
+
+/* An Execute of named statement stmt through the unnamed portal, one Sync group, sent at
+ * t and answered at t + 10 (no answer when answered is false). */
+static void run_named(struct session *s, struct bb *f, struct bb *b, const char *stmt, uint64_t t,
+		      bool answered)
+{
+	static const int32_t len[] = {1};
+	static const char *const val[] = {"7"};
+
+	m_bind(f, "", stmt, 0, NULL, 1, len, val, 0, NULL);
+	m_execute(f, "", 0);
+	m_empty(f, 'S');
+	feed_bb(s, FE, f, t);
+	if (!answered)
+		return;
+	m_empty(b, '2');
+	m_str(b, 'C', "INSERT 0 1");
+	m_ready(b, 'I');
+	feed_bb(s, BE, b, t + 10);
+}
+
+/* A session seen mid-stream (aligned at 30), with or without track_activity. */
+static struct session *midstream(struct session_config *cfg, struct col *c,
+				 struct session_stats *st, struct bb *f, struct bb *b)
+{
+	struct session *s = session_new(cfg, &handler, c, st, 1, false, 1);
+
+	m_str(f, 'Q', "SELECT 1");
+	feed_bb(s, FE, f, 10);
+	answer(s, b, 20);
+	m_str(f, 'Q', "SELECT 1");
+	feed_bb(s, FE, f, 30);
+	answer(s, b, 40);
+	assert_int_equal(c->ev[SESSION_EV_RESYNC], 1);
+	return s;
+}
+
+/*
+ * What session_attribute may say: the one unknown statement the server may have been
+ * running in a window, never when another message (a Query, another statement, one
+ * still unanswered) may have set the text then, nor for times it no longer knows.
+ */
+static void test_attribute(void **state)
+{
+	static const char text[] = "INSERT INTO t VALUES ($1)";
+	struct session_config cfg;
+	struct session_stats st = {0};
+	struct col c = {0};
+	struct bb f = {0}, b = {0};
+	struct session *s;
+	int i;
+
+	(void)state;
+	session_config_default(&cfg);
+	cfg.track_activity = true;
+	s = midstream(&cfg, &c, &st, &f, &b);
+
+	run_named(s, &f, &b, "S_1", 100, true); /* processed within [100, 110] */
+	assert_int_equal(c.nq, 2);
+	assert_null(c.q[1].text);
+	assert_string_equal(c.q[1].stmt_name, "S_1");
+	assert_string_equal(session_attribute(s, 101, 105), "S_1");
+	assert_string_equal(session_attribute(s, 95, 115), "S_1");
+	assert_null(session_attribute(s, 111, 115)); /* nothing ran then */
+	assert_null(session_attribute(s, 25, 35));   /* before alignment: not seen */
+	assert_null(session_attribute(s, 105, 101));
+
+	/* a Query right after: a window reaching it is not S_1's alone */
+	m_str(&f, 'Q', "SELECT 2");
+	feed_bb(s, FE, &f, 112);
+	answer(s, &b, 120);
+	assert_null(session_attribute(s, 109, 113));
+	assert_string_equal(session_attribute(s, 104, 106), "S_1");
+
+	/* two unknown statements in one Sync group: either may have set the text */
+	m_bind(&f, "", "S_1", 0, NULL, 0, NULL, NULL, 0, NULL);
+	m_execute(&f, "", 0);
+	m_bind(&f, "", "S_2", 0, NULL, 0, NULL, NULL, 0, NULL);
+	m_execute(&f, "", 0);
+	m_empty(&f, 'S');
+	feed_bb(s, FE, &f, 200);
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_ready(&b, 'I');
+	feed_bb(s, BE, &b, 210);
+	assert_null(session_attribute(s, 204, 206));
+	/* the same statement twice in a group is one statement */
+	m_bind(&f, "", "S_2", 0, NULL, 0, NULL, NULL, 0, NULL);
+	m_execute(&f, "", 0);
+	m_bind(&f, "", "S_2", 0, NULL, 0, NULL, NULL, 0, NULL);
+	m_execute(&f, "", 0);
+	m_empty(&f, 'S');
+	feed_bb(s, FE, &f, 300);
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_ready(&b, 'I');
+	feed_bb(s, BE, &b, 310);
+	assert_string_equal(session_attribute(s, 304, 306), "S_2");
+
+	/* unanswered: processed any time since its capture */
+	run_named(s, &f, &b, "S_3", 400, false);
+	assert_string_equal(session_attribute(s, 405, 900), "S_3");
+	assert_null(session_attribute(s, 305, 900)); /* S_2 too */
+	m_str(&f, 'Q', "SELECT 3");		     /* pipelined behind it */
+	feed_bb(s, FE, &f, 420);
+	assert_null(session_attribute(s, 405, 900));
+	assert_string_equal(session_attribute(s, 405, 415), "S_3");
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_ready(&b, 'I');
+	feed_bb(s, BE, &b, 430);
+	answer(s, &b, 440);
+	assert_string_equal(session_attribute(s, 405, 415), "S_3");
+
+	/* defined: its text is known, what ran it no longer attributes */
+	assert_true(session_define_statement(s, "S_1", text, strlen(text)));
+	assert_false(session_define_statement(s, "S_1", "SELECT 0", 8)); /* never overwritten */
+	assert_null(session_attribute(s, 101, 105));
+	run_named(s, &f, &b, "S_1", 500, true);
+	assert_non_null(c.q[c.nq - 1].text);
+	assert_string_equal(c.q[c.nq - 1].text, text);
+	assert_int_equal(c.q[c.nq - 1].r.text_len, strlen(text));
+	assert_int_equal(c.q[c.nq - 1].r.n_param_types, 0);
+	assert_int_equal(c.q[c.nq - 1].r.n_params, 1);
+	assert_null(session_attribute(s, 501, 505)); /* a known statement ran */
+
+	/* a real Parse is never overwritten, and makes its name known */
+	m_parse(&f, "S_4", "SELECT $1", 0, NULL);
+	m_empty(&f, 'S');
+	feed_bb(s, FE, &f, 600);
+	m_empty(&b, '1');
+	m_ready(&b, 'I');
+	feed_bb(s, BE, &b, 610);
+	assert_false(session_define_statement(s, "S_4", text, strlen(text)));
+	assert_false(session_define_statement(s, "", text, strlen(text)));
+
+	/* forgotten: 64 later messages push S_3's out; the time is no longer covered */
+	for (i = 0; i < SESSION_ACTIVITY_MAX; i++) {
+		m_str(&f, 'Q', "SELECT 4");
+		feed_bb(s, FE, &f, 1000 + 10 * (uint64_t)i);
+		answer(s, &b, 1005 + 10 * (uint64_t)i);
+	}
+	assert_null(session_attribute(s, 405, 415));
+	run_named(s, &f, &b, "S_3", 2000, true);
+	assert_string_equal(session_attribute(s, 2001, 2002), "S_3");
+
+	/* a gap: nothing can be placed until alignment comes back */
+	session_gap(s, FE, 2100);
+	assert_null(session_attribute(s, 2001, 2002));
+	m_str(&f, 'Q', "SELECT 5"); /* realigns at the next batch */
+	feed_bb(s, FE, &f, 2200);
+	answer(s, &b, 2210);
+	run_named(s, &f, &b, "S_3", 2300, true);
+	assert_string_equal(session_attribute(s, 2301, 2302), "S_3");
+	assert_null(session_attribute(s, 2199, 2302)); /* not since alignment */
+	/* realigned at 2300 after the ReadyForQuery at 2210: what ran since is known */
+	assert_string_equal(session_attribute(s, 2211, 2302), "S_3");
+
+	session_free(s, 3000);
+	assert_int_equal(st.unmatched_responses, 0);
+	col_free(&c);
+	free(f.p);
+	free(b.p);
+}
+
+/* The bookkeeping the consumer uses (first report, lookup due), the limits of
+ * session_define_statement, and a session without track_activity. */
+static void test_define_limits(void **state)
+{
+	struct session_config cfg;
+	struct session_stats st = {0};
+	struct col c = {0};
+	struct bb f = {0}, b = {0};
+	struct session *s;
+	char name[16];
+	int i;
+
+	(void)state;
+	session_config_default(&cfg);
+	cfg.wire.max_body = 64;
+	cfg.max_statements = 4;
+	s = midstream(&cfg, &c, &st, &f, &b);
+	run_named(s, &f, &b, "S_1", 100, true);
+	assert_null(session_attribute(s, 101, 105)); /* not tracked */
+	assert_true(session_unknown_first(s, "S_1"));
+	assert_false(session_unknown_first(s, "S_1"));
+	assert_true(session_unknown_first(s, "S_2"));
+	assert_false(session_unknown_first(s, ""));
+	assert_true(session_unknown_due(s, "S_1", 1000, 100));
+	assert_false(session_unknown_due(s, "S_1", 1050, 100));
+	assert_true(session_unknown_due(s, "S_2", 1050, 100));
+	assert_true(session_unknown_due(s, "S_1", 1100, 100));
+	/* names beyond SESSION_UNKNOWN_NAMES push the least recently used out */
+	for (i = 0; i < SESSION_UNKNOWN_NAMES; i++) {
+		snprintf(name, sizeof(name), "N_%d", i);
+		assert_true(session_unknown_first(s, name));
+	}
+	assert_true(session_unknown_first(s, "S_1")); /* forgotten, so reported again */
+
+	assert_false(session_define_statement(s, "S_1",
+					      "SELECT '0123456789012345678901234567890123"
+					      "4567890123456789012345678901234'",
+					      76)); /* over max_body */
+	assert_false(session_define_statement(s, "S_1", "SELECT\0 1", 9));
+	for (i = 0; i < 5; i++) { /* max_statements: the least recently used goes */
+		snprintf(name, sizeof(name), "D_%d", i);
+		assert_true(session_define_statement(s, name, "SELECT 1", 8));
+	}
+	assert_int_equal(st.statements_evicted, 1);
+	assert_true(session_define_statement(s, "D_0", "SELECT 2", 8)); /* evicted: free */
+	run_named(s, &f, &b, "D_4", 200, true);
+	assert_string_equal(c.q[c.nq - 1].text, "SELECT 1");
+	session_free(s, 300);
+
+	cfg.max_statements = 0; /* remembers nothing */
+	s = session_new(&cfg, &handler, &c, &st, 2, true, 1);
+	assert_false(session_define_statement(s, "S_1", "SELECT 1", 8));
+	session_free(s, 2);
+	col_free(&c);
+	free(f.p);
+	free(b.p);
+}
+
 /* ---- throughput ------------------------------------------------------------------------------ */
 
 static uint64_t bench_reqs;
@@ -1743,6 +1971,8 @@ int main(void)
 	    cmocka_unit_test(test_midstream_random),
 	    cmocka_unit_test(test_midstream_identify),
 	    cmocka_unit_test(test_alignment_guards),
+	    cmocka_unit_test(test_attribute),
+	    cmocka_unit_test(test_define_limits),
 	    cmocka_unit_test(test_throughput),
 	};
 
