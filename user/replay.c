@@ -421,6 +421,12 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 			replay_pool_acquire(r, s, now);
 			if (s->state != CONN_WAIT)
 				continue;
+			if (now < s->deadline && s != s->pool->wait_head) {
+				/* only the first waiter is stepped each pass (the others are
+				 * activated when they come first, or by a new item) */
+				deactivate(r, s);
+				return NEVER;
+			}
 			if (now < s->deadline)
 				return s->deadline;
 			/* no connection in time: the transaction is dropped whole, and so is

@@ -78,8 +78,8 @@ STATS_COLUMNS = ["database", "requests", "mirrored", "not_sampled", "skipped", "
 SESSIONS_COLUMNS = ["client", "database", "user", "state", "queue_length", "mirrored_count",
                     "error_count", "dropped_count"]
 COMMANDS = ["SHOW MIRROR READINESS", "SHOW MIRROR STATS", "SHOW MIRRORS",
-            "SHOW MIRROR DATABASES", "SHOW MIRROR SESSIONS", "RESET MIRROR STATS",
-            "SHOW VERSION", "SHOW HELP"]
+            "SHOW MIRROR DATABASES", "SHOW MIRROR SESSIONS", "SHOW MIRROR POOLS",
+            "RESET MIRROR STATS", "SHOW VERSION", "SHOW HELP"]
 
 
 # --------------------------------------------------------------------------- helpers
