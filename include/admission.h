@@ -16,9 +16,7 @@
  *   to start on the mirror, or that begins while the byte budget or the item cap is half
  *   spent and its session has one waiting (STATS_DROP_BUFFER_FULL): what is admitted is
  *   rarely cut later. The count is of transactions, not requests: one long transaction
- *   ahead (a 10,000-row batch) does not keep the next ones out; and the shell counts
- *   nothing before the session's mirror connection is first made (a pool's burst of first
- *   requests waits for it: the byte budget bounds that).
+ *   ahead (a 10,000-row batch) does not keep the next ones out.
  * - A fault inside an admitted unit cuts it: a request that does not fit in the budget,
  *   a capture gap, a request that cannot be replayed, the source session ending before
  *   the unit's end. When requests of the unit were already posted, the shell posts an

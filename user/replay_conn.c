@@ -333,7 +333,6 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 	char *ident, *sql;
 
 	s->backoff_ms = BACKOFF_MIN_MS;
-	atomic_store_explicit(&s->up, true, memory_order_relaxed);
 	log_recovery(r, s);
 	if (PQsetnonblocking(s->c->conn, 1)) {
 		replay_conn_lost(r, s, OUT_CONNECTION, now);

@@ -27,7 +27,7 @@
  * nothing else; after replay_session_close has posted CLOSE it never touches it again.
  * The replay thread owns every other field and frees the session once it has processed
  * CLOSE and finished (or given up) every item of it. Shared fields are atomics: queued
- * (items submitted and not finished), units, up and the SHOW MIRROR SESSIONS counters.
+ * (items submitted and not finished), units and the SHOW MIRROR SESSIONS counters.
  * Mirror connections are pooled (replay_pool.c): a session borrows a struct mconn for a
  * transaction or a run of autocommit statements.
  *
@@ -303,7 +303,6 @@ struct replay_session {
 	/* both threads */
 	_Atomic uint32_t queued; /* items submitted and not finished */
 	_Atomic uint32_t units;	 /* transactions whose first item has not left the queue */
-	_Atomic bool up;	 /* its mirror connection was ready once (replay thread) */
 	/* for replay_sessions (SHOW MIRROR SESSIONS) */
 	_Atomic uint64_t n_mirrored, n_errors, n_dropped, n_skipped;
 	_Atomic int pub_state; /* enum conn_state, published by the replay thread */

@@ -328,7 +328,6 @@ void replay_pool_acquire(struct replay *r, struct replay_session *s, uint64_t no
 	if (c) {
 		replay_pool_unwait(r, s);
 		attach(r, s, c);
-		atomic_store_explicit(&s->up, true, memory_order_relaxed);
 		settings_apply(r, s, now);
 		return;
 	}
@@ -381,7 +380,6 @@ static void serve_waiter(struct replay *r, struct pool *p, uint64_t now)
 		return;
 	replay_pool_unwait(r, w);
 	attach(r, w, c);
-	atomic_store_explicit(&w->up, true, memory_order_relaxed);
 	replay_activate(r, w);
 	r->rerun = true;
 	settings_apply(r, w, now);

@@ -546,16 +546,12 @@ static void unit_begin(struct replay *r, struct replay_session *rs,
 	struct admission_start st = {.txn_before = req->txn_before,
 				     .query = req->kind == SESSION_REQ_QUERY,
 				     .txn_after = req->txn_status};
-	/* a session's first burst waits for its mirror connection to be made: that lag is
-	 * bounded by the byte budget, not held against mirror_queue */
-	struct admission_load l = {
-	    .session_waiting =
-		atomic_load_explicit(&rs->up, memory_order_relaxed) ? atomic_load(&rs->units) : 0,
-	    .queue = r->cfg.queue,
-	    .bytes = atomic_load(&r->item_bytes),
-	    .bytes_max = r->cfg.queue_bytes,
-	    .items = atomic_load(&r->items),
-	    .items_max = CHANNEL_ITEMS_MAX};
+	struct admission_load l = {.session_waiting = atomic_load(&rs->units),
+				   .queue = r->cfg.queue,
+				   .bytes = atomic_load(&r->item_bytes),
+				   .bytes_max = r->cfg.queue_bytes,
+				   .items = atomic_load(&r->items),
+				   .items_max = CHANNEL_ITEMS_MAX};
 
 	admission_begin(&rs->c_adm, &st, &l);
 }
