@@ -49,6 +49,7 @@ and 2), PGSHADOW_BENCH_AGENT_ARGS (more agent flags), PGSHADOW_BIN. Takes about 
 with the defaults.
 """
 
+import collections
 import concurrent.futures
 import os
 import re
@@ -183,6 +184,7 @@ class PoolWatch:
         self.last = self.last_pools = None
         self.pools_row = None
         self.console_error = None
+        self.states = []  # per poll: SHOW MIRROR SESSIONS states and their counts
 
     def poll(self):
         self.last = tp.pool_gauges(tm.scrape(self.agent))
@@ -194,6 +196,12 @@ class PoolWatch:
             self.console_error = repr(e)
             return
         self.last_pools = [dict(zip(cols, r)) for r in rows]
+        try:
+            cols, rows = tr.console_table(self.agent, "SHOW MIRROR SESSIONS")
+            at = cols.index("state")
+            self.states.append(collections.Counter(r[at] for r in rows))
+        except Exception:  # noqa: BLE001 - a timeline sample, best effort
+            pass
         clients = lambda r: int(r["cl_active"]) + int(r["cl_waiting"])  # noqa: E731
         for row in self.last_pools:
             if row["database"] == DB and (self.pools_row is None or
@@ -340,6 +348,9 @@ def many_sessions(src, mir):
     f = mirrored_run(src, mir, "scale-sessions", args,
                      ["--mirror-max-connections", POOL_CAP])
     print_run(f, SESSIONS_RATE)
+    if os.environ.get("PGSHADOW_BENCH_TIMELINE") == "1":
+        for i, c in enumerate(f["watch"].states):
+            print(f"  {i:3d} s: sessions by state {dict(sorted(c.items()))}")
     most = f["activity"].max
     rows = [mirrored_row(f),
             ("mirror connections (sampled max)", str(most), f"<= {POOL_CAP}",
