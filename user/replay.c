@@ -378,6 +378,7 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 {
 	uint64_t until;
 	struct item *it;
+	bool wait;
 
 	*freed = false;
 	for (;;) {
@@ -468,16 +469,21 @@ static uint64_t sess_run(struct replay *r, struct replay_session *s, uint64_t no
 					txn_abort(r, s, now); /* the client left before the Sync */
 				continue;
 			}
-			if (replay_pool_can_release(s) &&
-			    (!it || replay_pool_contended(s) || due_later(r, s, it, now, &until))) {
-				/* between transactions: nothing to run, another session waits
-				 * for the pool, or causal order makes it wait */
+			/* between transactions the connection goes back when there is nothing
+			 * to run, causal order makes the next request wait, or another
+			 * session waits for the pool */
+			if (!it) {
+				if (!replay_pool_can_release(s))
+					goto settled;
 				replay_pool_release(r, s, now);
 				continue;
 			}
-			if (!it)
-				goto settled;
-			if (due_later(r, s, it, now, &until))
+			wait = due_later(r, s, it, now, &until);
+			if ((wait || replay_pool_contended(s)) && replay_pool_can_release(s)) {
+				replay_pool_release(r, s, now);
+				continue;
+			}
+			if (wait)
 				return until;
 			replay_item_start(r, s, now);
 			continue;

@@ -13,11 +13,12 @@ provides it) for the PromQL check, skipped with that reason when promtool is abs
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 
 import pytest
 import yaml
+
+from test_prometheus_rules import promtool
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pgshadow.json"
@@ -171,14 +172,6 @@ def substitute(expr):
     for var, value in SUBSTITUTIONS.items():
         expr = expr.replace(var, value)
     return expr
-
-
-def promtool():
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not found on PATH (`make deps` installs prometheus, "
-                    "which provides it)")
-    return path
 
 
 # ---------------------------------------------------------------------------- tests

@@ -334,6 +334,18 @@ def restart_server(pg, timeout=60):
                                 f"{pg._startup_log()}"
 
 
+def guarded(fn, errors, stop):
+    """fn for a thread: an exception it raises is kept in errors (to be re-raised by the
+    test) and sets stop, so that the other threads end too."""
+    def run():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
+            errors.append(e)
+            stop.set()
+    return run
+
+
 def run_threads(targets):
     """Runs callables in threads, joins them, re-raises the first exception."""
     errors = []
@@ -591,17 +603,8 @@ def test_mirror_stopped_mid_run(pair, mirror_agent):
                 stop.wait(0.5)
 
         errors = []
-
-        def guarded(fn):
-            def run():
-                try:
-                    fn()
-                except BaseException as e:  # noqa: BLE001 - re-raised below
-                    errors.append(e)
-                    stop.set()
-            return run
-
-        threads = [threading.Thread(target=guarded(f), daemon=True) for f in (steady, fresh)]
+        threads = [threading.Thread(target=guarded(f, errors, stop), daemon=True)
+                   for f in (steady, fresh)]
         for t in threads:
             t.start()
         try:

@@ -63,7 +63,7 @@ from test_clients import compare_tables
 from test_mirror import (  # noqa: F401 - pytest fixtures are used by name
     UNTHROTTLED_QUEUE, check_all_mirrored, check_invariant, check_source_clean, connect,
     finish, mark, mirror_agent, mirror_agent_bin, mirror_error_messages, mirror_errors,
-    outcomes, pair, run_threads, scrape, wait_settled)
+    guarded, outcomes, pair, run_threads, scrape, wait_settled)
 from test_readiness import console_table
 
 APP = "pgshadow-pool"          # application_name of every traffic session (one pool)
@@ -567,17 +567,9 @@ def test_session_state_follows(pair, mirror_agent, seed):
         finally:
             conn.close()
 
-    def guarded(fn):
-        def run():
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                errors.append(e)
-                stop.set()
-        return run
-
     errors = []
-    tag_threads = [threading.Thread(target=guarded(lambda i=i: tag_worker(i)), daemon=True)
+    tag_threads = [threading.Thread(target=guarded(lambda i=i: tag_worker(i), errors, stop),
+                                    daemon=True)
                    for i in range(1, TAG_SESSIONS + 1)]
     with ActivitySampler(mir, db) as sampler:
         for t in tag_threads:
