@@ -90,6 +90,7 @@ struct pgshadow_config {
 	uint64_t mirror_pipeline;
 	uint64_t mirror_max_connections;
 	uint64_t mirror_pool_wait_ms;
+	int64_t mirror_replay_nice; /* the replay thread's nice value (-10) */
 	uint64_t mirror_timeout_ms;
 	bool mirror_set_role;
 	int mirror_mode;     /* enum replay_mode */
@@ -226,6 +227,7 @@ void config_shared_free(struct config_shared *s);
 enum config_type {
 	CONFIG_BOOL,
 	CONFIG_UINT,
+	CONFIG_INT, /* int64_t, may be negative */
 	CONFIG_DOUBLE,
 	CONFIG_STRING,
 	CONFIG_ENUM,
@@ -241,7 +243,7 @@ struct config_key {
 	const char *name; /* INI key in [general]; the flag is --name with '_' -> '-' */
 	enum config_type type;
 	size_t offset;				/* of the value in struct pgshadow_config */
-	double min, max;			/* uint/double range; list: at most max items */
+	double min, max;			/* uint/int/double range; list: at most max items */
 	unsigned int flags;			/* CONFIG_F_* */
 	const struct config_enum_value *values; /* enum: NULL-terminated */
 	const char *def; /* default as the file would spell it; NULL: unset */

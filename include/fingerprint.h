@@ -56,6 +56,8 @@
  *   RESET x, RESET ALL), which another connection can be given by running it again. Not SET
  *   LOCAL (of any of these), SET TRANSACTION [SNAPSHOT], nor the SET of ALTER
  *   ROLE/DATABASE/SYSTEM or of a function's definition.
+ * - FINGERPRINT_POOL_DISCARD: DISCARD ALL, which resets everything a session carries (its
+ *   settings, and every kind of state that pins).
  * - FINGERPRINT_POOL_PIN: state that cannot move to another connection: a temporary
  *   relation (CREATE TEMP TABLE [AS], SELECT ... INTO TEMP, CREATE TEMP VIEW or SEQUENCE, at
  *   any depth, e.g. under EXPLAIN ANALYZE; also any relation named in a pg_temp schema, and
@@ -131,11 +133,12 @@ enum fingerprint_nondet {
 /* What a text does to its session that a pooled mirror connection must know (bits;
  * several statements: the union). */
 enum fingerprint_pool {
-	FINGERPRINT_POOL_SET = 1 << 0, /* a session-level SET or RESET, SET SESSION
-					* CHARACTERISTICS included (not SET LOCAL, not SET
-					* TRANSACTION): re-applied on another connection */
-	FINGERPRINT_POOL_PIN = 1 << 1, /* state that cannot move to another connection, a
-					* session-level set_config() included */
+	FINGERPRINT_POOL_SET = 1 << 0,	   /* a session-level SET or RESET, SET SESSION
+					    * CHARACTERISTICS included (not SET LOCAL, not SET
+					    * TRANSACTION): re-applied on another connection */
+	FINGERPRINT_POOL_PIN = 1 << 1,	   /* state that cannot move to another connection, a
+					    * session-level set_config() included */
+	FINGERPRINT_POOL_DISCARD = 1 << 2, /* DISCARD ALL: the session starts over */
 };
 
 /* Levels of message nesting a parse tree may have to be unpacked (see above). protobuf-c's

@@ -58,6 +58,7 @@ struct replay_config {
 	uint32_t pipeline;	       /* items in flight per connection (mirror_pipeline, 16) */
 	uint32_t max_connections;      /* mirror connections at once (default 100) */
 	uint32_t pool_wait_ms;	       /* longest wait for a pooled connection (5000) */
+	int nice;		       /* the replay thread's nice value (0: unchanged) */
 	uint32_t timeout_ms;	       /* mirror statement_timeout (default 30000) */
 	bool set_role;		       /* SET ROLE to the source user after connecting */
 	uint32_t order_wait_ms;	       /* longest causal-order wait (default 1000) */

@@ -1264,6 +1264,7 @@ struct admin *admin_start(const struct admin_config *cfg, const struct admin_pro
 		snprintf(err, errlen, "admin console: cannot start its thread: %s", strerror(rc));
 		goto cleanup;
 	}
+	pthread_setname_np(a->thread, "pgshadow-admin");
 	a->running = true;
 	return a;
 cleanup:

@@ -153,6 +153,10 @@ const struct config_key config_keys[] = {
      false, "N",
      "Longest a transaction waits for a free pooled mirror connection; then it is dropped "
      "whole (pool_wait)."},
+    {"mirror_replay_nice", CONFIG_INT, OFF(mirror_replay_nice), -20, 19, 0, NULL, "-10", false, "N",
+     "Nice value of the replay thread. It needs little CPU but needs it promptly: on a "
+     "saturated CPU, behind hundreds of runnable backends, it waits hundreds of "
+     "milliseconds per wakeup at nice 0. 0 leaves it as the agent runs."},
     {"mirror_timeout_ms", CONFIG_UINT, OFF(mirror_timeout_ms), 1, 86400000, 0, NULL, "30000", false,
      "N", "statement_timeout of every mirror session; 57014 counts as a timeout."},
     {"mirror_compare_ignore", CONFIG_STRING, OFF(mirror_compare_ignore), 0, 0, 0, NULL, NULL, false,
@@ -356,6 +360,22 @@ static bool parse_u64(const char *s, uint64_t *out)
 	return true;
 }
 
+static bool parse_i64(const char *s, int64_t *out)
+{
+	uint64_t u;
+
+	if (*s == '-') {
+		if (!parse_u64(s + 1, &u) || u > (uint64_t)INT64_MAX)
+			return false;
+		*out = -(int64_t)u;
+		return true;
+	}
+	if (!parse_u64(s, &u) || u > (uint64_t)INT64_MAX)
+		return false;
+	*out = (int64_t)u;
+	return true;
+}
+
 /* Plain decimal numbers only: no hex, inf or nan (strtod would take them). */
 static bool parse_double(const char *s, double *out)
 {
@@ -419,6 +439,7 @@ static void describe(const struct config_key *k, char *buf, size_t len)
 		text_add(&t, "on, off, true, false, yes, no, 1 or 0");
 		break;
 	case CONFIG_UINT:
+	case CONFIG_INT:
 		text_add(&t, "%s from %.0f to %.0f",
 			 k->flags & CONFIG_F_POW2 ? "a power of two" : "an integer", k->min,
 			 k->max);
@@ -505,6 +526,7 @@ static int set_value(struct pgshadow_config *cfg, const struct config_key *k, co
 	const struct config_enum_value *e;
 	void *f = field(cfg, k);
 	uint64_t u;
+	int64_t i;
 	double d;
 	bool b;
 	char *copy;
@@ -521,6 +543,11 @@ static int set_value(struct pgshadow_config *cfg, const struct config_key *k, co
 		if ((k->flags & CONFIG_F_POW2) && (u & (u - 1)))
 			return -EINVAL;
 		*(uint64_t *)f = u;
+		return 0;
+	case CONFIG_INT:
+		if (!parse_i64(s, &i) || i < k->min || i > k->max)
+			return -EINVAL;
+		*(int64_t *)f = i;
 		return 0;
 	case CONFIG_DOUBLE:
 		if (!parse_double(s, &d) || d < k->min || d > k->max)
@@ -567,6 +594,8 @@ static bool value_equal(const struct pgshadow_config *a, const struct pgshadow_c
 		return *(const bool *)fa == *(const bool *)fb;
 	case CONFIG_UINT:
 		return *(const uint64_t *)fa == *(const uint64_t *)fb;
+	case CONFIG_INT:
+		return *(const int64_t *)fa == *(const int64_t *)fb;
 	case CONFIG_DOUBLE:
 		return *(const double *)fa == *(const double *)fb;
 	case CONFIG_ENUM:
@@ -602,6 +631,9 @@ static void format_value(const struct pgshadow_config *cfg, const struct config_
 		break;
 	case CONFIG_UINT:
 		text_add(&t, "%llu", (unsigned long long)*(const uint64_t *)f);
+		break;
+	case CONFIG_INT:
+		text_add(&t, "%lld", (long long)*(const int64_t *)f);
 		break;
 	case CONFIG_DOUBLE:
 		fmt_double(buf, len, *(const double *)f);
@@ -1271,6 +1303,9 @@ static void help_suffix(const struct config_key *k, char *buf, size_t len)
 	case CONFIG_UINT:
 		text_add(&t, "%s%.0f-%.0f, ", k->flags & CONFIG_F_POW2 ? "a power of two " : "",
 			 k->min, k->max);
+		break;
+	case CONFIG_INT:
+		text_add(&t, "%.0f to %.0f, ", k->min, k->max);
 		break;
 	case CONFIG_DOUBLE:
 		fmt_number(lo, sizeof(lo), k->min);

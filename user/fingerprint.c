@@ -242,6 +242,10 @@ static unsigned int stmt_pool(const PgQuery__Node *n)
 		return 0;
 	case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
 		return n->declare_cursor_stmt->options & CURSOR_OPT_HOLD ? FINGERPRINT_POOL_PIN : 0;
+	case PG_QUERY__NODE__NODE_DISCARD_STMT:
+		return n->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL
+			   ? FINGERPRINT_POOL_DISCARD
+			   : 0;
 	case PG_QUERY__NODE__NODE_LISTEN_STMT:
 	case PG_QUERY__NODE__NODE_PREPARE_STMT:
 	case PG_QUERY__NODE__NODE_LOAD_STMT:

@@ -141,6 +141,7 @@ static void replay_settings(const struct pgshadow_config *c, struct replay_confi
 	r->pipeline = (uint32_t)c->mirror_pipeline;
 	r->max_connections = c->mirror_max_connections;
 	r->pool_wait_ms = c->mirror_pool_wait_ms;
+	r->nice = (int)c->mirror_replay_nice;
 	r->timeout_ms = c->mirror_timeout_ms;
 	r->set_role = c->mirror_set_role;
 	r->capture_port = c->port;

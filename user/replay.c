@@ -3,6 +3,9 @@
  * replay.c — the replay thread: channel, session state machine, ordering waits, control
  * messages, the epoll loop, SHOW MIRROR SESSIONS, start and stop. See replay_int.h.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
+#include <sys/resource.h>
+
 #include "replay_int.h"
 
 /* Takes every posted message, oldest first (replay thread). */
@@ -92,6 +95,9 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 	}
 	if (o == OUT_SUCCESS && it->pool_act)
 		replay_pool_note(s, it); /* a SET to carry, or state that pins */
+	if (s->sets_pending && it->unit == s->sets_unit && it->unit_last)
+		replay_pool_settle(s, !it->src.error && strcmp(it->src.verb, "ROLLBACK"),
+				   o == OUT_SUCCESS && strcmp(s->run.verb, "ROLLBACK"));
 	if (o == OUT_SUCCESS)
 		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
 	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
@@ -213,6 +219,7 @@ static void txn_abort(struct replay *r, struct replay_session *s, uint64_t now)
 	bool ok;
 
 	s->unit_open = false;
+	replay_pool_settle(s, false, false); /* the source never committed it */
 	replay_run_reset(s);
 	if (s->group_open) {
 		s->run.pipeline = true;
@@ -597,6 +604,21 @@ static void drain(struct replay *r)
 	}
 }
 
+/*
+ * The replay thread needs a few percent of a CPU, promptly: on a CPU saturated by the
+ * source (hundreds of runnable backends) it waited 100-370 ms per wakeup at nice 0
+ * (measured, tests/bench/scale.py), and its pooled connections idled meanwhile. A nice
+ * value changes when it runs, not how much it runs.
+ */
+static void set_nice(const struct replay *r)
+{
+	if (r->cfg.nice && setpriority(PRIO_PROCESS, (id_t)gettid(), r->cfg.nice))
+		fprintf(stderr,
+			"pgshadow: WARN: mirror: cannot set the replay thread's nice value to %d: "
+			"%s (it keeps %d; needs CAP_SYS_NICE)\n",
+			r->cfg.nice, strerror(errno), getpriority(PRIO_PROCESS, (id_t)gettid()));
+}
+
 static void *run(void *arg)
 {
 	struct replay *r = arg;
@@ -604,6 +626,8 @@ static void *run(void *arg)
 	struct mconn *c;
 	uint64_t now;
 	int i, n, timeout;
+
+	set_nice(r);
 
 	while (!atomic_load(&r->stop)) {
 		drain(r);
@@ -824,6 +848,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		snprintf(err, errlen, "mirror: cannot start a thread");
 		goto fail;
 	}
+	pthread_setname_np(r->thread, "pgshadow-replay"); /* top -H, perf, /proc */
 	r->started = true;
 	return r;
 fail:

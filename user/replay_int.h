@@ -192,8 +192,9 @@ struct item {
 /* What a request does to the state a pooled connection must carry (fingerprint.h). */
 enum {
 	POOL_ACT_NONE = 0,
-	POOL_ACT_SET, /* one session-level SET/RESET: re-applied on the next connections */
-	POOL_ACT_PIN, /* state that cannot move: its connection stays with the session */
+	POOL_ACT_SET,	  /* one session-level SET/RESET: re-applied on the next connections */
+	POOL_ACT_PIN,	  /* state that cannot move: its connection stays with the session */
+	POOL_ACT_DISCARD, /* DISCARD ALL: no settings to carry, nothing pins any more */
 };
 
 /* Control messages that travel in a session's queue, in order with its requests. */
@@ -326,7 +327,13 @@ struct replay_session {
 	char *sets; /* its session-level SET/RESET statements, "; "-separated */
 	size_t sets_len;
 	uint64_t sets_hash; /* of sets (0: none) */
-	uint64_t deadline;  /* connect / reply timeout, backoff end, pool wait (NEVER = none) */
+	/* SETs of a transaction still open (sets_unit): the script before them, kept
+	 * unless the transaction commits */
+	bool sets_pending;
+	uint64_t sets_unit;
+	size_t sets_kept_len;
+	uint64_t sets_kept_hash;
+	uint64_t deadline; /* connect / reply timeout, backoff end, pool wait (NEVER = none) */
 	uint32_t backoff_ms;
 	struct run run;
 	bool susp; /* the last Execute of portal susp_key was suspended on the source */
@@ -480,8 +487,12 @@ bool replay_pool_can_release(const struct replay_session *s);
 bool replay_pool_contended(const struct replay_session *s);
 /* The session stops waiting (it has nothing left to run, or gave up). */
 void replay_pool_unwait(struct replay *r, struct replay_session *s);
-/* A session's item completed on its connection: SET recorded, PIN pins. */
+/* A session's item completed on its connection: SET recorded, PIN pins, DISCARD ALL
+ * forgets both. */
 void replay_pool_note(struct replay_session *s, const struct item *it);
+/* The transaction whose SETs are pending ended: the script keeps them if the source
+ * committed it, the connection has them if the mirror did. */
+void replay_pool_settle(struct replay_session *s, bool source_kept, bool mirror_kept);
 /* Should a session with nothing queued warm its pool (its first connection)? */
 bool replay_pool_warm(const struct replay *r, const struct replay_session *s);
 /* An event on a connection no session borrows. */

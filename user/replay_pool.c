@@ -427,16 +427,45 @@ void replay_pool_forget(struct replay *r, struct mconn *c)
 	wake_waiters(r);
 }
 
+/* DISCARD ALL ran: the session and its connection start over (nothing pins). */
+static void discard(struct replay_session *s)
+{
+	s->sets_len = 0;
+	s->sets_hash = 0;
+	s->sets_pending = false;
+	s->c->sets = 0;
+	if (s->pinned) {
+		s->pinned = false;
+		s->c->pinned = false;
+		atomic_fetch_sub(&s->c->pool->n_pinned, 1);
+	}
+}
+
 void replay_pool_note(struct replay_session *s, const struct item *it)
 {
 	size_t len = strlen(it->text);
 	char *grown;
 
-	if (!s->c || s->pinned)
+	if (!s->c)
+		return;
+	if (it->pool_act == POOL_ACT_DISCARD) {
+		discard(s);
+		return;
+	}
+	if (s->pinned)
 		return;
 	if (it->pool_act == POOL_ACT_SET && s->sets_len + len + 2 <= SETS_MAX) {
 		grown = realloc(s->sets, s->sets_len + len + 2);
 		if (grown) {
+			if (s->sets_pending && it->unit != s->sets_unit)
+				s->sets_pending = false; /* its end went unseen: kept */
+			if (!it->unit_last && !s->sets_pending) {
+				/* inside a transaction: a rollback takes it back */
+				s->sets_pending = true;
+				s->sets_unit = it->unit;
+				s->sets_kept_len = s->sets_len;
+				s->sets_kept_hash = s->sets_hash;
+			}
 			s->sets = grown;
 			memcpy(s->sets + s->sets_len, it->text, len);
 			memcpy(s->sets + s->sets_len + len, "; ", 2);
@@ -452,6 +481,19 @@ void replay_pool_note(struct replay_session *s, const struct item *it)
 	s->pinned = true; /* a PIN, or more settings than we keep */
 	s->c->pinned = true;
 	atomic_fetch_add(&s->c->pool->n_pinned, 1);
+}
+
+void replay_pool_settle(struct replay_session *s, bool source_kept, bool mirror_kept)
+{
+	if (!s->sets_pending)
+		return;
+	s->sets_pending = false;
+	if (s->c && !mirror_kept)
+		s->c->sets = s->sets_kept_hash; /* the server took them back */
+	if (!source_kept) {
+		s->sets_len = s->sets_kept_len;
+		s->sets_hash = s->sets_kept_hash;
+	}
 }
 
 bool replay_pool_warm(const struct replay *r, const struct replay_session *s)

@@ -591,6 +591,8 @@ static uint8_t pool_act(const struct session_request *req, const struct fingerpr
 		return POOL_ACT_PIN;
 	if (fi->pool & FINGERPRINT_POOL_SET)
 		return fi->statements == 1 ? POOL_ACT_SET : POOL_ACT_PIN;
+	if (fi->pool & FINGERPRINT_POOL_DISCARD)
+		return POOL_ACT_DISCARD; /* alone: PostgreSQL runs it in no transaction block */
 	return POOL_ACT_NONE;
 }
 

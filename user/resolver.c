@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /* resolver.c — pg_stat_activity lookups: identities of sessions whose start was missed,
  * texts of statements prepared before capture. See include/resolver.h. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -700,6 +701,7 @@ struct resolver *resolver_start(const char *dsn, struct capture *c, char *err, s
 		snprintf(err, errlen, "--source-dsn: cannot start a thread");
 		goto fail;
 	}
+	pthread_setname_np(r->thread, "pgshadow-resolve");
 	r->thread_started = true;
 	return r;
 fail:

@@ -185,6 +185,7 @@ class PoolWatch:
         self.pools_row = None
         self.console_error = None
         self.states = []  # per poll: SHOW MIRROR SESSIONS states and their counts
+        self.sched = []  # per poll: the replay thread's /proc schedstat (or None)
 
     def poll(self):
         self.last = tp.pool_gauges(tm.scrape(self.agent))
@@ -202,6 +203,7 @@ class PoolWatch:
             self.states.append(collections.Counter(r[at] for r in rows))
         except Exception:  # noqa: BLE001 - a timeline sample, best effort
             pass
+        self.sched.append(thread_schedstat(self.agent.proc.pid, "pgshadow-replay"))
         clients = lambda r: int(r["cl_active"]) + int(r["cl_waiting"])  # noqa: E731
         for row in self.last_pools:
             if row["database"] == DB and (self.pools_row is None or
@@ -349,8 +351,10 @@ def many_sessions(src, mir):
                      ["--mirror-max-connections", POOL_CAP])
     print_run(f, SESSIONS_RATE)
     if os.environ.get("PGSHADOW_BENCH_TIMELINE") == "1":
+        sched = f["watch"].sched
         for i, c in enumerate(f["watch"].states):
-            print(f"  {i:3d} s: sessions by state {dict(sorted(c.items()))}")
+            print(f"  {i:3d} s: sessions by state {dict(sorted(c.items()))}"
+                  f"{sched_delta(sched, i)}")
     most = f["activity"].max
     rows = [mirrored_row(f),
             ("mirror connections (sampled max)", str(most), f"<= {POOL_CAP}",
@@ -358,6 +362,26 @@ def many_sessions(src, mir):
             ("mirror_pool_connections_peak", str(f["peak"]), f"<= {POOL_CAP}",
              0 <= f["peak"] <= POOL_CAP), settled_row(f)] + must_hold_rows(f)
     return report(f"{SESSIONS} sessions", rows, f["stderr_tail"])
+
+
+def thread_schedstat(pid, name):
+    """(run ns, runqueue wait ns, times scheduled) of the agent's thread called name."""
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if (task / "comm").read_text().strip() == name:
+                return tuple(int(x) for x in (task / "schedstat").read_text().split())
+    except OSError:
+        pass
+    return None
+
+
+def sched_delta(samples, i):
+    """The replay thread's CPU and mean runqueue wait per wakeup over poll i."""
+    if i == 0 or i >= len(samples) or not samples[i] or not samples[i - 1]:
+        return ""
+    run, wait, slices = (b - a for a, b in zip(samples[i - 1], samples[i]))
+    return (f"; replay thread {run / 1e6:.0f} ms CPU, {slices} wakeups, "
+            f"{wait / max(slices, 1) / 1e3:.0f} us mean runqueue wait")
 
 
 def churn(src, mir):

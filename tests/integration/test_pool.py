@@ -35,7 +35,8 @@ What each test proves, and how it fails if pooling were broken:
   290 sessions are skipped (connection_cap) or the mirror sees more than 10 replay
   connections.
 - test_session_state_follows: 2 connections for 6+ sessions. A SET not re-applied (or a
-  SET LOCAL taken for session state) puts another session's tag in `tagged`; a named
+  SET LOCAL, a rolled-back SET or a script DISCARD ALL reset taken for session state)
+  puts another tag in `tagged`; a named
   statement not prepared again fails with 26000 (query errors); a temp table or an
   advisory lock whose connection is not pinned makes `keep`/`unlocked` differ (relation
   "tmp" does not exist, pg_advisory_unlock false with a WARNING).
@@ -54,6 +55,7 @@ import random
 import re
 import threading
 import time
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -336,6 +338,14 @@ def big_pair():
         yield source, mirror
 
 
+def thread_nice(pid, name):
+    """The nice value of the process's thread called name (/proc/PID/task/TID/stat)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            return int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    raise AssertionError(f"no thread {name!r} in process {pid}")
+
+
 def test_many_sessions_small_pool(big_pair, mirror_agent, seed):
     """300 asyncpg sessions open at once (one event loop), --mirror-max-connections 10.
     Each runs, interleaved with the others (random sleeps), autocommit statements on its
@@ -356,6 +366,8 @@ def test_many_sessions_small_pool(big_pair, mirror_agent, seed):
     since, msince = mark(src), mark(mir)
     agent = mirror_agent(src, mir, extra=["--mirror-max-connections", MANY_MAX])
     require_pool_metrics(agent)
+    assert thread_nice(agent.pid, "pgshadow-replay") == -10, \
+        "the replay thread runs at mirror_replay_nice (-10 by default)"
     sent = collections.Counter()
 
     async def session(conn, i):
@@ -434,6 +446,9 @@ TAG_SESSIONS = 4
 TAG_MIN_STEPS = 30
 TAG_SET_B_STEP = 8             # the session's second SET
 TAG_LOCAL_STEP = 13            # a transaction with SET LOCAL (not session state)
+TAG_ROLLBACK_STEP = 17         # a session-level SET in a transaction rolled back
+TAG_DISCARD_STEP = 21          # DISCARD ALL: the tag is '' until the next SET
+TAG_SET_C_STEP = 26            # the session's third SET
 PREP_GROUPS = 25               # groups of 4 executions of a prepared statement
 TEMP_TXNS = 8
 ADVISORY_KEY = 42
@@ -457,7 +472,9 @@ def test_session_state_follows(pair, mirror_agent, seed):
     """--mirror-max-connections 2; all sessions share one pool (same startup identity).
 
     Throughout: 4 psycopg2 sessions each SET a custom GUC (pgshadow_test.tag = 'sess-N-a',
-    later 'sess-N-b', once a transaction with SET LOCAL) and insert
+    later 'sess-N-b', once a transaction with SET LOCAL, once a session-level SET in a
+    transaction rolled back, then DISCARD ALL (the tag reads '' for a few inserts), then
+    'sess-N-c') and insert
     current_setting('pgshadow_test.tag') into `tagged`, autocommit or 2 per explicit
     transaction, interleaved. Phase A, alongside: 2 psycopg 3 sessions with
     prepare_threshold=0, both with their first statement named _pg3_0 (different texts:
@@ -471,7 +488,7 @@ def test_session_state_follows(pair, mirror_agent, seed):
 
     Every request mirrored with no mismatch and no error (26000 would be a statement not
     prepared again), every table equal (a tag of another session, 'local-N' after its
-    transaction, a missing tmp or an unlock that returned false would differ), no
+    transaction, 'rolled-N' after its rollback, 'sess-N-b' after DISCARD ALL, a missing tmp or an unlock that returned false would differ), no
     "you don't own a lock" WARNING in the mirror's log, never more than 2 replay
     connections. The mirror's log shows that sessions did share connections and the
     prepared statements ran on both. Last, the accounting: while a connection is pinned,
@@ -513,6 +530,19 @@ def test_session_state_follows(pair, mirror_agent, seed):
                 if step == TAG_SET_B_STEP:
                     tag = f"sess-{i}-b"
                     cur.execute("SET pgshadow_test.tag = %s", (tag,))
+                if step == TAG_SET_C_STEP:
+                    tag = f"sess-{i}-c"
+                    cur.execute("SET pgshadow_test.tag = %s", (tag,))
+                if step == TAG_ROLLBACK_STEP:
+                    with gate.exclusive():
+                        conn.autocommit = False
+                        cur.execute("SET pgshadow_test.tag = %s", (f"rolled-{i}",))
+                        conn.rollback()
+                        conn.autocommit = True
+                if step == TAG_DISCARD_STEP:
+                    with gate.shared():
+                        cur.execute("DISCARD ALL")
+                    tag = ""
                 if step == TAG_LOCAL_STEP:
                     with gate.exclusive():
                         conn.autocommit = False

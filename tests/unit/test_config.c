@@ -176,6 +176,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c.mirror_queue, 1000);
 	assert_int_equal(c.mirror_pipeline, 16);
 	assert_int_equal(c.mirror_max_connections, 100);
+	assert_int_equal(c.mirror_replay_nice, -10);
 	assert_int_equal(c.mirror_timeout_ms, 30000);
 	assert_false(c.mirror_set_role);
 	assert_int_equal(c.mirror_mode, REPLAY_MODE_ALL);
@@ -238,6 +239,7 @@ static const char every_key[] = "; every key\n"
 				"mirror_queue = 1000000\n"
 				"mirror_pipeline = 1\n"
 				"mirror_max_connections = 10000\n"
+				"mirror_replay_nice = -20\n"
 				"mirror_timeout_ms = 1\n"
 				"log_mismatches = 1000000\n"
 				"mirror_metrics_enabled = off\n"
@@ -294,6 +296,7 @@ static void check_every_key(const struct pgshadow_config *c)
 	assert_int_equal(c->mirror_queue, 1000000);
 	assert_int_equal(c->mirror_pipeline, 1);
 	assert_int_equal(c->mirror_max_connections, 10000);
+	assert_int_equal(c->mirror_replay_nice, -20);
 	assert_int_equal(c->mirror_timeout_ms, 1);
 	assert_int_equal(c->live.log_mismatches, 1000000);
 	assert_false(c->mirror_metrics_enabled);
@@ -415,6 +418,8 @@ static void test_every_key_from_flags(void **state)
 			      "1",
 			      "--mirror-max-connections",
 			      "10000",
+			      "--mirror-replay-nice",
+			      "-20",
 			      "--mirror-timeout-ms",
 			      "1",
 			      "--log-mismatches",
@@ -521,6 +526,12 @@ static const struct bad_value bad_values[] = {
     {"mirror_queue_mb", "65537", "an integer from 1 to 65536"},
     {"mirror_pipeline", "1001", "an integer from 1 to 1000"},
     {"mirror_max_connections", "10001", "an integer from 1 to 10000"},
+    {"mirror_replay_nice", "-21", "an integer from -20 to 19"},
+    {"mirror_replay_nice", "20", "an integer from -20 to 19"},
+    {"mirror_replay_nice", "--5", "an integer from -20 to 19"},
+    {"mirror_replay_nice", "-", "an integer from -20 to 19"},
+    {"mirror_replay_nice", "+5", "an integer from -20 to 19"},
+    {"mirror_replay_nice", "-99999999999999999999", "an integer from -20 to 19"},
     {"mirror_timeout_ms", "86400001", "an integer from 1 to 86400000"},
     {"log_mismatches", "1000001", "an integer from 0 to 1000000"},
     {"mirror_metrics_enabled", "enable", "on, off, true, false, yes, no, 1 or 0"},

@@ -328,7 +328,12 @@ static const struct {
     {"EXECUTE p", 0},
     {"DEALLOCATE p", 0},
     {"DEALLOCATE ALL", 0},
-    {"DISCARD ALL", 0},
+    /* DISCARD ALL starts the session over; the partial forms do not touch settings */
+    {"DISCARD ALL", FINGERPRINT_POOL_DISCARD},
+    {"discard all", FINGERPRINT_POOL_DISCARD},
+    {"DISCARD PLANS", 0},
+    {"DISCARD SEQUENCES", 0},
+    {"DISCARD TEMP", 0},
     {"LOAD 'auto_explain'", PIN},
     /* session-level advisory locks, at any depth */
     {"SELECT pg_advisory_lock(1)", PIN},
