@@ -127,6 +127,11 @@ void pgwire_gap(struct pgwire_conn *c, enum pgwire_dir dir, uint64_t ts_ns);
 /* Stops decoding for good (encrypted or replication session): later bytes are ignored. */
 void pgwire_stop(struct pgwire_conn *c);
 
+/* Has every byte fed in dir been decoded: none skipped while hunting, dropped or missing
+ * (a gap)? For a connection caught mid-session, true until the first loss: its first
+ * message was found at the first byte seen. */
+bool pgwire_whole(const struct pgwire_conn *c, enum pgwire_dir dir);
+
 const struct pgwire_stats *pgwire_conn_stats(const struct pgwire_conn *c);
 
 /* NULL-safe. Not from inside a handler callback. */

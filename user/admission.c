@@ -6,8 +6,10 @@
 void admission_begin(struct admission *a, const struct admission_start *st,
 		     const struct admission_load *l)
 {
+	/* with no ReadyForQuery seen before it (the first request of a session caught
+	 * mid-way), only a Query that left the source idle is known to be its own unit */
 	bool partial = st->txn_before == 'T' || st->txn_before == 'E' ||
-		       (st->query && !st->txn_before && st->txn_after && st->txn_after != 'I');
+		       (!st->txn_before && (!st->query || st->txn_after != 'I'));
 	bool busy =
 	    l->session_waiting && (l->bytes > l->bytes_max / 2 || l->items > l->items_max / 2);
 

@@ -164,12 +164,14 @@ struct win {
 	uint32_t scan; /* hunting: the next position to try */
 	struct wrec *rec;
 	uint32_t nrec, rcap; /* sorted by off; rec[0] covers head */
+	uint64_t lost;	     /* bytes of this direction skipped, dropped or missing (gap) */
 };
 
 struct wdir {
 	enum pgwire_dir dir;
 	enum phase phase;
 	uint32_t gen;	/* bumped by pgwire_gap: a callback reset this direction */
+	bool decoded;	/* it has had a boundary (from the start, or found by hunting) */
 	bool search;	/* hunting: the window changed since the last search */
 	uint8_t hdr[5]; /* header gathered across chunks */
 	uint8_t hdr_len;
@@ -263,11 +265,13 @@ static void win_clear(struct win *w)
  * caught mid-authentication, say): they are wiped, never left in freed memory. */
 static void win_release(struct win *w)
 {
+	uint64_t lost = w->lost;
+
 	if (w->buf)
 		explicit_bzero(w->buf, w->cap);
 	free(w->buf);
 	free(w->rec);
-	*w = (struct win){0};
+	*w = (struct win){.lost = lost};
 }
 
 /* Discards the live bytes before upto, counting them as skipped. */
@@ -276,6 +280,7 @@ static void win_skip_to(struct pgwire_conn *c, struct win *w, uint32_t upto)
 	if (upto <= w->head)
 		return;
 	c->st.bytes_skipped += upto - w->head;
+	w->lost += upto - w->head;
 	w->head = upto;
 	if (w->scan < upto)
 		w->scan = upto;
@@ -287,6 +292,7 @@ static void win_skip_to(struct pgwire_conn *c, struct win *w, uint32_t upto)
 static void win_drop(struct pgwire_conn *c, struct win *w)
 {
 	c->st.bytes_skipped += w->len - w->head;
+	w->lost += w->len - w->head;
 	win_clear(w);
 }
 
@@ -629,6 +635,36 @@ static enum verdict be_candidate(const struct win *w, uint32_t p, bool more_inpu
 	return confirm_at(w, PGWIRE_BACKEND, p + 6);
 }
 
+/*
+ * Backend, at the first byte of a stream caught mid-session: messages that parse one after
+ * another, each whole, up to and including a ReadyForQuery. The server had sent nothing
+ * since capture began, so this is an answer from its first byte (the session confirms it
+ * answers the client's first batch).
+ */
+static enum verdict be_from_start(const struct win *w, uint32_t p)
+{
+	uint32_t q = p, blen;
+	uint8_t t;
+
+	for (;;) {
+		if (w->len - q < 5)
+			return V_WAIT;
+		t = w->buf[q];
+		if (!length_ok(rule_of(PGWIRE_BACKEND, t), be32(w->buf + q + 1)))
+			return V_REJECT;
+		blen = be32(w->buf + q + 1) - 4;
+		if (blen > CONFIRM_MAX)
+			return V_REJECT; /* too long to check: the ReadyForQuery hunt decides */
+		if (w->len - q - 5 < blen)
+			return V_WAIT;
+		if (!be_body_valid(t, w->buf + q + 5, blen))
+			return V_REJECT;
+		if (t == 'Z')
+			return V_ACCEPT;
+		q += 5 + blen;
+	}
+}
+
 static void reset_msg(struct wdir *d)
 {
 	d->hdr_len = 0;
@@ -664,6 +700,7 @@ static void resync_at(struct pgwire_conn *c, struct wdir *d, uint32_t p)
 	if (w->len == 0) /* cannot happen: p is a message start inside the window */
 		return;
 	d->phase = PH_TYPED;
+	d->decoded = true;
 	d->search = false;
 	reset_msg(d);
 	c->st.resyncs++;
@@ -680,6 +717,16 @@ static void hunt_search(struct pgwire_conn *c, struct wdir *d, bool more_input)
 		uint32_t p = w->scan;
 		enum verdict v;
 
+		if (d->dir == PGWIRE_BACKEND && !d->decoded && !w->lost && p == w->head) {
+			v = be_from_start(w, p);
+			if (v == V_WAIT)
+				break;
+			if (v == V_ACCEPT) {
+				resync_at(c, d, p);
+				return;
+			}
+			/* not an answer from its first byte: hunt for a ReadyForQuery */
+		}
 		if (d->dir == PGWIRE_BACKEND) {
 			const uint8_t *z = memchr(w->buf + p, 'Z', w->len - p);
 
@@ -718,6 +765,7 @@ static size_t hunt_take(struct pgwire_conn *c, struct wdir *d, const uint8_t *da
 	}
 	if (w->head == w->len) { /* empty and still no room: out of memory */
 		c->st.bytes_skipped += len;
+		w->lost += len;
 		return len;
 	}
 	/*
@@ -874,6 +922,7 @@ static size_t msg_step(struct pgwire_conn *c, struct wdir *d, const uint8_t *dat
 			d->hdr_len = 0;
 			if (!begin(c, d, d->hdr, d->ts_start)) {
 				c->st.bytes_skipped += hsz;
+				d->win.lost += hsz;
 				return used;
 			}
 			if (d->len == 0) {
@@ -1096,6 +1145,7 @@ struct pgwire_conn *pgwire_conn_new(const struct pgwire_config *cfg,
 	c->d[PGWIRE_BACKEND].dir = PGWIRE_BACKEND;
 	c->d[PGWIRE_FRONTEND].phase = from_start ? PH_STARTUP : PH_HUNT;
 	c->d[PGWIRE_BACKEND].phase = from_start ? PH_TYPED : PH_HUNT;
+	c->d[PGWIRE_FRONTEND].decoded = c->d[PGWIRE_BACKEND].decoded = from_start;
 	return c;
 }
 
@@ -1121,6 +1171,7 @@ void pgwire_gap(struct pgwire_conn *c, enum pgwire_dir dir, uint64_t ts_ns)
 	if (c->stopped || d->phase == PH_DONE)
 		return;
 	d->gen++;
+	d->win.lost++; /* bytes are missing before what comes next */
 	win_drop(c, &d->win);
 	set_hunting(c, d, ts_ns, d->phase != PH_HUNT);
 	if (negotiating && (o->phase == PH_ENC_WAIT || o->phase == PH_ENC_ANSWER)) {
@@ -1133,6 +1184,11 @@ void pgwire_gap(struct pgwire_conn *c, enum pgwire_dir dir, uint64_t ts_ns)
 void pgwire_stop(struct pgwire_conn *c)
 {
 	stop_all(c);
+}
+
+bool pgwire_whole(const struct pgwire_conn *c, enum pgwire_dir dir)
+{
+	return c->d[dir].win.lost == 0;
 }
 
 const struct pgwire_stats *pgwire_conn_stats(const struct pgwire_conn *c)

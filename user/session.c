@@ -207,6 +207,14 @@ struct session {
 	bool fe_batch_start; /* the next client message starts a batch */
 	bool be_idle;	     /* the server's latest message is a ReadyForQuery */
 	bool have_z;
+	bool ever_aligned;
+	bool midstream;		   /* its start was not seen */
+	bool fed[2];		   /* bytes of the direction have been fed */
+	bool be_fed;		   /* the server has sent something since capture began */
+	bool tentative;		   /* aligned at the first client batch of a session caught mid-way:
+				    * until the server's answer, decoded from its first byte, ends */
+	bool tentative_ended;	   /* ... and that batch has ended (Sync, Query) */
+	uint64_t tentative_end_ts; /* when */
 	uint64_t last_z_ts;
 	uint64_t fe_dirty_ts; /* latest capture time of client bytes not accounted for */
 	uint64_t fe_last_ts;  /* capture time of the last client message handled */
@@ -1026,6 +1034,7 @@ static void tracking_stop(struct session *s)
 static void lose_alignment(struct session *s)
 {
 	fifo_abandon_all(s);
+	s->tentative = false;
 	s->skip_till_sync = false;
 	s->batch_open = false;
 	s->fe_dirty_ts = max_u64(s->fe_dirty_ts, s->fe_last_ts);
@@ -1035,6 +1044,22 @@ static void lose_alignment(struct session *s)
 	if (s->aligned && s->info.state == SESSION_READY)
 		s->info.state = SESSION_HUNTING;
 	s->aligned = false;
+}
+
+static void note_align_ev(struct session *s, uint64_t ts, int d);
+
+/* A tentative alignment (can_align_first) proved unsafe: its requests are abandoned, and
+ * its batch, if it ended, still awaits an answer as far as alignment knows. */
+static void refute(struct session *s)
+{
+	bool ended = s->tentative_ended;
+	uint64_t end = s->tentative_end_ts;
+
+	lose_alignment(s);
+	if (ended) {
+		note_align_ev(s, end, +1);
+		s->fe_dirty_ts = max_u64(s->fe_dirty_ts, end);
+	}
 }
 
 /* Records a batch end (+1) or a ReadyForQuery (-1) seen while unaligned, in capture-time
@@ -1078,6 +1103,18 @@ static int owed_at_least(const struct session *s, uint64_t ts)
 	return d - min;
 }
 
+/*
+ * A session caught mid-way whose first bytes are a client batch, decoded from their first
+ * byte, while the server has sent nothing since capture began: for a client that waits
+ * for ReadyForQuery (as can_align assumes), the server owed nothing when it was sent.
+ * Tentative: the answer must be decoded from the server's first byte and match it.
+ */
+static bool can_align_first(const struct session *s)
+{
+	return !s->ever_aligned && !s->fe_last_ts && !s->be_fed && s->naev == 0 &&
+	       s->synced[PGWIRE_FRONTEND] && pgwire_whole(s->wire, PGWIRE_FRONTEND);
+}
+
 static bool can_align(const struct session *s, const struct pgwire_msg *m)
 {
 	return s->synced[PGWIRE_FRONTEND] && s->synced[PGWIRE_BACKEND] && s->be_idle && s->have_z &&
@@ -1088,8 +1125,10 @@ static bool can_align(const struct session *s, const struct pgwire_msg *m)
 static void align(struct session *s, uint64_t ts)
 {
 	s->aligned = true;
+	s->ever_aligned = true;
 	s->info.state = SESSION_READY;
-	s->st->resyncs++;
+	if (!s->tentative)
+		s->st->resyncs++;
 	/* what came before was processed before the ReadyForQuery that allowed this */
 	tracking_start(s, s->last_z_ts);
 	emit_event(s, SESSION_EV_RESYNC, ts);
@@ -1619,7 +1658,9 @@ static void fe_unaligned(struct session *s, const struct pgwire_msg *m)
 	bool copy = m->type == 'd' || m->type == 'c' || m->type == 'f';
 
 	note_skips(s);
-	if (s->fe_batch_start && !copy && m->type != 'X' && m->type != 'p' && can_align(s, m)) {
+	if (s->fe_batch_start && !copy && m->type != 'X' && m->type != 'p' &&
+	    (can_align(s, m) || can_align_first(s))) {
+		s->tentative = !can_align(s, m); /* counted as a resync once confirmed */
 		align(s, m->ts_start);
 		fe_aligned(s, m);
 		return;
@@ -1649,17 +1690,25 @@ static void fe_msg(struct session *s, const struct pgwire_msg *m)
 	default:
 		break;
 	}
+	if (s->tentative && s->tentative_ended)
+		refute(s); /* a second batch before the first one's answer: a pipelining
+			    * client, which may have been owed an answer when capture began */
 	if (s->aligned)
 		fe_aligned(s, m);
 	else
-		fe_unaligned(s, m);
+		fe_unaligned(s, m); /* may align, tentatively */
+	if (s->tentative && !s->tentative_ended && is_batch_end(m->type)) {
+		s->tentative_ended = true;
+		s->tentative_end_ts = m->ts_start;
+	}
 }
 
 /* ---- the server's messages ------------------------------------------------------------- */
 
 static void unmatched(struct session *s)
 {
-	s->st->unmatched_responses++;
+	if (!s->tentative) /* else the first answer refutes a tentative alignment */
+		s->st->unmatched_responses++;
 	lose_alignment(s);
 }
 
@@ -1859,6 +1908,10 @@ static void be_msg(struct session *s, const struct pgwire_msg *m)
 	}
 	if (s->aligned) {
 		be_aligned(s, m);
+		if (m->type == 'Z' && s->tentative && s->aligned) {
+			s->tentative = false; /* the first answer ended where it should */
+			s->st->resyncs++;
+		}
 		return;
 	}
 	if (m->type == 'Z') {
@@ -1911,6 +1964,8 @@ static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, 
 			s->fe_batch_start = true;
 		else
 			s->be_idle = false;
+		if (dir == PGWIRE_BACKEND && s->tentative && !pgwire_whole(s->wire, dir))
+			refute(s); /* its answer was not found at the server's first byte */
 		break;
 	case PGWIRE_EV_ENCRYPTED:
 		lose_alignment(s);
@@ -1973,7 +2028,8 @@ struct session *session_new(const struct session_config *cfg, const struct sessi
 	s->info.application_name = "";
 	s->info.state = from_start ? SESSION_STARTUP : SESSION_HUNTING;
 	s->info.resynced = !from_start;
-	s->aligned = from_start;
+	s->aligned = s->ever_aligned = from_start;
+	s->midstream = !from_start;
 	s->synced[0] = s->synced[1] = from_start;
 	s->fe_batch_start = true;
 	s->seen_from = UINT64_MAX;
@@ -1988,6 +2044,10 @@ void session_feed(struct session *s, enum pgwire_dir dir, const uint8_t *data, s
 {
 	s->feed_dir = dir;
 	s->feed_ts = ts_ns;
+	if (dir == PGWIRE_BACKEND && len)
+		s->be_fed = true;
+	if (len)
+		s->fed[dir] = true;
 	pgwire_feed(s->wire, dir, data, len, ts_ns);
 	if (!s->aligned)
 		note_skips(s);
@@ -2003,8 +2063,12 @@ void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns)
 	if (s->info.state == SESSION_ENCRYPTED || s->info.state == SESSION_REPLICATION ||
 	    s->info.state == SESSION_CANCEL)
 		return;
+	if (s->midstream && !s->fed[dir])
+		return; /* "what came before is unknown": the missed start, known already */
 	/* Whatever was owed is lost with the bytes, even if the decoder was still hunting
 	 * (then it reports no DESYNC). */
+	if (dir == PGWIRE_BACKEND)
+		s->be_fed = true;
 	desync(s, dir, ts_ns);
 	pgwire_gap(s->wire, dir, ts_ns);
 	s->skip_seen = pgwire_conn_stats(s->wire)->bytes_skipped;

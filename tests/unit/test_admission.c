@@ -116,6 +116,11 @@ static void partial_units_are_dropped(void **state)
 	admission_begin(&a, &st, &idle_load);
 	assert_int_equal(admission_request(&a, true, &why), ADMISSION_SKIP);
 	assert_int_equal(why, STATS_DROP_PARTIAL);
+	/* no ReadyForQuery seen yet: an Execute may be inside a transaction block */
+	st = (struct admission_start){.txn_before = 0};
+	admission_begin(&a, &st, &idle_load);
+	assert_int_equal(admission_request(&a, true, &why), ADMISSION_SKIP);
+	assert_int_equal(why, STATS_DROP_PARTIAL);
 	/* no ReadyForQuery seen yet, but the Query left the source idle: its own unit */
 	st = (struct admission_start){.txn_before = 0, .query = true, .txn_after = 'I'};
 	admission_begin(&a, &st, &idle_load);

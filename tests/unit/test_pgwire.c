@@ -993,6 +993,55 @@ static void test_resync_chunk_edges(void **state)
 	free(b.p);
 }
 
+/*
+ * A server's first bytes seen mid-session: decoded from the first byte when they are whole
+ * messages up to a ReadyForQuery, even split across chunks (pgwire_whole stays true);
+ * hunted for a ReadyForQuery otherwise (what precedes it is skipped: not whole). Bytes
+ * after a first ReadyForQuery found only later (a DataRow tail) never count as the start.
+ */
+static void test_backend_from_first_byte(void **state)
+{
+	struct pgwire_config cfg;
+	struct rec r = {0};
+	struct pgwire_conn *c;
+	struct bb b = {0};
+	size_t half;
+
+	(void)state;
+	pgwire_config_default(&cfg);
+	c = pgwire_conn_new(&cfg, &handler, &r, false);
+	m_empty(&b, '2');
+	m_str(&b, 'C', "INSERT 0 1");
+	m_ready(&b, 'I');
+	half = b.len / 2; /* the answer in two chunks: it waits for the rest */
+	pgwire_feed(c, BE, b.p, half, 1);
+	assert_int_equal(r.nm, 0);
+	pgwire_feed(c, BE, b.p + half, b.len - half, 2);
+	assert_int_equal(r.resync[BE], 1);
+	assert_int_equal(r.nm, 3);
+	assert_int_equal(r.m[0].type, '2');
+	assert_int_equal(r.m[1].type, 'C');
+	assert_int_equal(r.m[2].type, 'Z');
+	assert_true(pgwire_whole(c, BE));
+	assert_true(pgwire_whole(c, FE));
+	pgwire_conn_free(c);
+	rec_free(&r);
+	b.len = 0;
+
+	c = pgwire_conn_new(&cfg, &handler, &r, false);
+	put(&b, "\x00\x00\x00\x01", 4); /* the middle of a DataRow */
+	m_str(&b, 'C', "SELECT 2");
+	m_ready(&b, 'I');
+	pgwire_feed(c, BE, b.p, b.len, 1);
+	assert_int_equal(r.resync[BE], 1);
+	assert_int_equal(r.nm, 1);
+	assert_int_equal(r.m[0].type, 'Z');
+	assert_false(pgwire_whole(c, BE));
+	pgwire_conn_free(c);
+	rec_free(&r);
+	free(b.p);
+}
+
 /* Hunting through a flood of bytes that never holds a boundary stays bounded. */
 static void test_hunting_bounded(void **state)
 {
@@ -1375,6 +1424,7 @@ int main(void)
 	    cmocka_unit_test(test_gap_backend),
 	    cmocka_unit_test(test_callback_reentry),
 	    cmocka_unit_test(test_resync_chunk_edges),
+	    cmocka_unit_test(test_backend_from_first_byte),
 	    cmocka_unit_test(test_hunting_bounded),
 	    cmocka_unit_test(test_resync_random_offsets),
 	    cmocka_unit_test(test_resync_every_offset),

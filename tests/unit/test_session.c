@@ -1519,18 +1519,24 @@ static void test_midstream_identify(void **state)
 	m_str(&f, 'Q', "SELECT 1");
 	m_str(&b, 'C', "SELECT 1");
 	m_ready(&b, 'I');
-	session_feed(s, FE, f.p, f.len, 10); /* boundaries found, but its answer ... */
-	session_feed(s, BE, b.p, b.len, 20); /* ... cannot be trusted yet: no request */
-	assert_int_equal(c.nq, 0);
+	/* the client's first bytes, decoded from the first byte while the server had sent
+	 * nothing: a request, confirmed by its answer decoded from the server's first byte */
+	session_feed(s, FE, f.p, f.len, 10);
+	session_feed(s, BE, b.p, b.len, 20);
+	assert_int_equal(c.nq, 1);
+	assert_string_equal(c.q[0].db, SESSION_UNKNOWN);
+	assert_int_equal(c.q[0].r.ts_start, 10);
+	assert_int_equal(c.q[0].r.ts_end, 20);
+	assert_int_equal(st.unmatched_responses, 0);
 	session_identify(s, "shop", "app_user", 25);
 	assert_int_equal(c.ev[SESSION_EV_IDENTIFIED], 1);
 	session_identify(s, "other", "x", 26); /* only once */
 	session_feed(s, FE, f.p, f.len, 30);
 	session_feed(s, BE, b.p, b.len, 40);
-	assert_int_equal(c.nq, 1);
-	assert_string_equal(c.q[0].db, "shop");
-	assert_int_equal(c.q[0].r.ts_start, 30);
-	assert_int_equal(c.q[0].r.ts_end, 40);
+	assert_int_equal(c.nq, 2);
+	assert_string_equal(c.q[1].db, "shop");
+	assert_int_equal(c.q[1].r.ts_start, 30);
+	assert_int_equal(c.q[1].r.ts_end, 40);
 	assert_int_equal(c.ev[SESSION_EV_RESYNC], 1);
 	assert_int_equal(session_info(s)->state, SESSION_READY);
 	assert_string_equal(session_info(s)->user, "app_user");
@@ -1668,7 +1674,82 @@ static void run_named(struct session *s, struct bb *f, struct bb *b, const char 
 	feed_bb(s, BE, b, t + 10);
 }
 
-/* A session seen mid-stream (aligned at 30), with or without track_activity. */
+/*
+ * A session caught mid-way whose first bytes are a client batch while the server had
+ * sent nothing: that batch is a request when the server's first bytes decode as its
+ * whole answer (an Execute's ReadyForQuery status before it is unknown: txn_before 0). It
+ * is not (abandoned, no unmatched answer counted) when the server's first bytes are the
+ * middle of a message, when the client sends another batch before the answer (a pipeline
+ * may have been under way), or when the answer does not fit it. A later query counts
+ * either way, with its own timings.
+ */
+static void test_first_batch_of_caught_session(void **state)
+{
+	struct session_config cfg;
+	int k;
+
+	(void)state;
+	session_config_default(&cfg);
+	for (k = 0; k < 5; k++) {
+		struct session_stats st = {0};
+		struct col c = {0};
+		struct bb f = {0}, b = {0};
+		struct session *s = session_new(&cfg, &handler, &c, &st, 1, false, 1);
+		int first = k <= 1 ? 1 : 0;
+
+		switch (k) {
+		case 0: /* a named statement prepared before capture */
+			run_named(s, &f, &b, "S_1", 10, true);
+			break;
+		case 1:
+			m_str(&f, 'Q', "SELECT 1");
+			feed_bb(s, FE, &f, 10);
+			answer(s, &b, 20);
+			break;
+		case 2: /* the server's first bytes: the middle of a DataRow */
+			m_str(&f, 'Q', "SELECT 1");
+			feed_bb(s, FE, &f, 10);
+			put(&b, "\x00\x00\x00\x01", 4);
+			answer(s, &b, 20);
+			break;
+		case 3: /* two batches before the first answer */
+			m_str(&f, 'Q', "SELECT 1");
+			feed_bb(s, FE, &f, 10);
+			m_str(&f, 'Q', "SELECT 2");
+			feed_bb(s, FE, &f, 12);
+			answer(s, &b, 20);
+			answer(s, &b, 30);
+			break;
+		case 4: /* an answer that is not a Query's (ParseComplete first) */
+			m_str(&f, 'Q', "SELECT 1");
+			feed_bb(s, FE, &f, 10);
+			m_empty(&b, '1');
+			answer(s, &b, 20);
+			break;
+		}
+		m_str(&f, 'Q', "SELECT 40");
+		feed_bb(s, FE, &f, 40);
+		answer(s, &b, 45);
+		session_free(s, 50);
+		if (c.nq != first + 1 || c.q[c.nq - 1].r.ts_start != 40 ||
+		    c.q[c.nq - 1].r.ts_end != 45 ||
+		    (first && (c.q[0].r.ts_start != 10 || c.q[0].r.txn_before != 0))) {
+			fprintf(stderr, "case %d:\n%s", k, c.log);
+			fail();
+		}
+		if (k == 0)
+			assert_int_equal(c.q[0].r.kind, SESSION_REQ_EXECUTE);
+		assert_int_equal(st.unmatched_responses, 0);
+		assert_int_equal(st.abandoned, k >= 2 ? 1 : 0);
+		assert_int_equal(st.resyncs, 1);
+		col_free(&c);
+		free(f.p);
+		free(b.p);
+	}
+}
+
+/* A session seen mid-stream (aligned at 10, its first batch, once its answer at 20
+ * confirmed it), with or without track_activity. */
 static struct session *midstream(struct session_config *cfg, struct col *c,
 				 struct session_stats *st, struct bb *f, struct bb *b)
 {
@@ -1705,13 +1786,13 @@ static void test_attribute(void **state)
 	s = midstream(&cfg, &c, &st, &f, &b);
 
 	run_named(s, &f, &b, "S_1", 100, true); /* processed within [100, 110] */
-	assert_int_equal(c.nq, 2);
-	assert_null(c.q[1].text);
-	assert_string_equal(c.q[1].stmt_name, "S_1");
+	assert_int_equal(c.nq, 3);
+	assert_null(c.q[2].text);
+	assert_string_equal(c.q[2].stmt_name, "S_1");
 	assert_string_equal(session_attribute(s, 101, 105), "S_1");
 	assert_string_equal(session_attribute(s, 95, 115), "S_1");
 	assert_null(session_attribute(s, 111, 115)); /* nothing ran then */
-	assert_null(session_attribute(s, 25, 35));   /* before alignment: not seen */
+	assert_null(session_attribute(s, 25, 35));   /* a Query ran then */
 	assert_null(session_attribute(s, 105, 101));
 
 	/* a Query right after: a window reaching it is not S_1's alone */
@@ -1971,6 +2052,7 @@ int main(void)
 	    cmocka_unit_test(test_midstream_random),
 	    cmocka_unit_test(test_midstream_identify),
 	    cmocka_unit_test(test_alignment_guards),
+	    cmocka_unit_test(test_first_batch_of_caught_session),
 	    cmocka_unit_test(test_attribute),
 	    cmocka_unit_test(test_define_limits),
 	    cmocka_unit_test(test_throughput),
