@@ -21,7 +21,7 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
-DEB_PACKAGES += libinih-dev libcjson-dev
+DEB_PACKAGES += libinih-dev libcjson-dev systemd util-linux
 # the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
 # Debian's npm only when no npm is on PATH: NodeSource's nodejs ships npm and conflicts
 # with the npm package.
@@ -46,7 +46,7 @@ UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck
 
-.PHONY: all deps test unit integration bench demo format format-check clean
+.PHONY: all deps test unit integration bench demo format format-check clean install
 
 all: $(BUILD)/pgshadow
 
@@ -120,6 +120,19 @@ $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 .PHONY: config-example
 config-example: $(BUILD)/pgshadow
 	$(BUILD)/pgshadow --print-config > deploy/pgshadow.ini
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, the systemd unit (ExecStart
+# at the installed binary) and, when none exists yet, /etc/pgshadow/pgshadow.ini.
+PREFIX ?= /usr/local
+install: $(BUILD)/pgshadow
+	install -D -m 0755 $(BUILD)/pgshadow $(DESTDIR)$(PREFIX)/bin/pgshadow
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|@BINDIR@|$(PREFIX)/bin|' deploy/systemd/pgshadow.service \
+		> $(DESTDIR)$(PREFIX)/lib/systemd/system/pgshadow.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/pgshadow.service
+	install -d -m 0755 $(DESTDIR)/etc/pgshadow
+	[ -e $(DESTDIR)/etc/pgshadow/pgshadow.ini ] || \
+		install -m 0644 deploy/pgshadow.ini $(DESTDIR)/etc/pgshadow/pgshadow.ini
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \

@@ -19,9 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/capability.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "admin.h"
 #include "capture.h"
@@ -427,6 +430,44 @@ static int publish_databases(struct agent *a)
 /* Starts the console unless neither a socket directory nor a TCP address is set. A
  * failure stops the agent at start (exit 2, before anything is attached): an operator
  * who configured a console expects it, and a second agent must choose its own port. */
+/*
+ * Loading and attaching the BPF program needs root, or CAP_BPF with CAP_PERFMON (or
+ * CAP_SYS_ADMIN) and CAP_NET_ADMIN. Said first: without them every later step (the
+ * admin socket in /run, the program load) fails with a message about itself.
+ */
+static bool privileged(void)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2] = {{0}};
+	static const struct {
+		int cap;
+		const char *name;
+	} need[] = {{CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"}};
+	char missing[64] = "";
+	uint64_t eff;
+	size_t i;
+
+	if (syscall(SYS_capget, &hdr, d))
+		return true; /* cannot tell: the load will say */
+	eff = (uint64_t)d[1].effective << 32 | d[0].effective;
+	for (i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+		bool has = eff >> need[i].cap & 1;
+
+		if (need[i].cap != CAP_NET_ADMIN && eff >> CAP_SYS_ADMIN & 1)
+			has = true;
+		if (!has)
+			snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%s%s",
+				 *missing ? ", " : "", need[i].name);
+	}
+	if (!*missing)
+		return true;
+	fprintf(stderr,
+		"pgshadow: not privileged: loading and attaching the BPF program needs root, or "
+		"CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (uid %u lacks %s)\n",
+		(unsigned int)geteuid(), missing);
+	return false;
+}
+
 static int start_console(struct agent *a, struct admin **out)
 {
 	static const char version[] = "pgshadow " PGSHADOW_VERSION;
@@ -889,6 +930,10 @@ int main(int argc, char **argv)
 	err = configure(&a, argc, argv);
 	if (err >= 0)
 		goto cleanup;
+	if (!privileged()) {
+		err = EXIT_USAGE;
+		goto cleanup;
+	}
 
 	if (a.cfg.dump_streams) {
 		struct stat sb;
