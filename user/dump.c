@@ -66,7 +66,8 @@ static int create_files(struct dump *d, struct dump_flow *f, const char *name)
 			snprintf(f->base, sizeof(f->base), "%s/%s.%d", d->dir, name, n);
 		for (i = 0; i < 2; i++) {
 			snprintf(path, sizeof(path), "%s.%s", f->base, dir_ext[i]);
-			fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+			/* every byte of the session, password messages included: root's alone */
+			fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 			if (fd < 0)
 				break;
 			f->out[i] = fdopen(fd, "w");
@@ -136,8 +137,12 @@ void dump_flow_gap(struct dump *d, struct dump_flow *f, enum tcpstream_dir dir, 
 		return;
 	if (!f->gaps) {
 		snprintf(path, sizeof(path), "%s.gaps", f->base);
-		f->gaps = fopen(path, "we");
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+		f->gaps = fd >= 0 ? fdopen(fd, "w") : NULL;
 		if (!f->gaps) {
+			if (fd >= 0)
+				close(fd);
 			dump_error(d, "create", path);
 			return;
 		}

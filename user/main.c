@@ -594,9 +594,12 @@ static bool mirror_not_source(const struct agent *a)
 	    .source_dsn = a->cfg.source_dsn,
 	    .port = (uint16_t)a->cfg.port,
 	};
+	struct selfcheck_probe m = {0};
 	char msg[1024];
-	enum selfcheck_verdict v = selfcheck_mirror(&sc, msg, sizeof(msg));
+	enum selfcheck_verdict v = selfcheck_mirror(&sc, msg, sizeof(msg), &m);
 
+	if (m.reached && v != SELFCHECK_SOURCE)
+		fprintf(stderr, "pgshadow: mirror: PostgreSQL %s at %s\n", m.version, m.where);
 	if (msg[0])
 		fprintf(stderr, "pgshadow: %s\n", msg);
 	return v != SELFCHECK_SOURCE;

@@ -589,6 +589,11 @@ static int probe(const char *conninfo, struct probe_conn *pc, struct selfcheck_p
 		PQclear(res);
 		return 0;
 	}
+	snprintf(out->version, sizeof(out->version), "%s",
+		 PQparameterStatus(pc->conn, "server_version")
+		     ? PQparameterStatus(pc->conn, "server_version")
+		     : "?");
+	snprintf(out->where, sizeof(out->where), "%s:%s", PQhost(pc->conn), PQport(pc->conn));
 	out->backend_pid = atoi(PQgetvalue(res, 0, 0));
 	out->in_recovery = !strcmp(PQgetvalue(res, 0, 1), "t");
 	out->reached = out->backend_pid > 0;
@@ -823,7 +828,8 @@ static void find_backends(const struct selfcheck_postmaster *pm, size_t n_pm,
 		closedir(proc);
 }
 
-enum selfcheck_verdict selfcheck_mirror(const struct selfcheck_config *cfg, char *msg, size_t len)
+enum selfcheck_verdict selfcheck_mirror(const struct selfcheck_config *cfg, char *msg, size_t len,
+				       struct selfcheck_probe *mirror)
 {
 	struct selfcheck_postmaster pm[SELFCHECK_POSTMASTERS_MAX];
 	struct probe_conn mc = {}, sc = {};
@@ -851,6 +857,8 @@ enum selfcheck_verdict selfcheck_mirror(const struct selfcheck_config *cfg, char
 		find_backends(pm, f.n_pm, probes, f.has_source ? 2 : 1);
 	}
 	v = selfcheck_decide(&f, msg, len);
+	if (mirror)
+		*mirror = f.mirror;
 cleanup:
 	probe_close(&sc);
 	probe_close(&mc);

@@ -579,14 +579,17 @@ def compare_bytes(label, expected, actual):
 
 def check_dumps(dump_dir, conns, server_port, client_ip=None, server_ips=None):
     """Every connection dumped exactly once (a reused tuple's later connections as .2, .3
-    ... in order), both directions byte-for-byte equal to what was sent, no .gaps file,
-    nothing else in the directory. server_ips: the server addresses a dump name may
+    ... in order), both directions byte-for-byte equal to what was sent, every file mode
+    0600, no .gaps file, nothing else in the directory. server_ips: the server addresses a dump name may
     carry (None: any)."""
     flows, unexpected = read_dumps(dump_dir)
     problems = []
     if unexpected:
         problems.append(f"unexpected files in the dump directory: {unexpected[:10]}")
     for f in flows:
+        for p in f.files.values():  # every byte of a session, passwords included
+            if p.stat().st_mode & 0o777 != 0o600:
+                problems.append(f"{p.name}: mode {p.stat().st_mode & 0o777:o}, expected 600")
         if "gaps" in f.files:
             problems.append(f"{f.files['gaps'].name}: "
                             f"{f.files['gaps'].read_text(errors='replace')[:500]!r}")

@@ -148,10 +148,13 @@ def test_source_named_by_source_dsn_refused(agent_bin):
 
 
 def test_other_cluster_other_port_starts_silently(mirror_agent):
-    """The usual setup (test_mirror's pair): nothing to say."""
+    """The usual setup (test_mirror's pair): nothing to say but what the mirror is."""
     with pgh.pg_server(name="source") as src, pgh.pg_server(name="mirror") as mir:
         agent = mirror_agent(src, mir)
         assert selfcheck_lines(agent) == [], agent.stderr()
+        version = mir.scalar("SHOW server_version")
+        assert f"pgshadow: mirror: PostgreSQL {version} at {mir.host}:{mir.port}" in \
+            agent.stderr().splitlines(), agent.stderr()
         assert agent.stop(signal.SIGINT).returncode == 0
 
 
@@ -206,6 +209,7 @@ def test_unreachable_mirror_starts(start_agent, mirror_agent_bin):
         assert lines == [f'{UNCHECKED}the mirror: connection to server at "127.0.0.1", '
                          f'port {port} failed: Connection refused; going on'], agent.stderr()
         assert "Sekr1tPw" not in agent.stderr()
+        assert "mirror: PostgreSQL" not in agent.stderr()
         assert agent.stop(signal.SIGINT).returncode == 0
 
 
