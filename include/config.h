@@ -71,6 +71,7 @@ struct pgshadow_config {
 	size_t n_interfaces;	  /* 0: every interface that is up */
 	int attach;		  /* enum capture_attach_mode (tcx) */
 	char *dump_streams;	  /* directory, or NULL */
+	char *user;		  /* run as this user once started, or NULL */
 	uint64_t ringbuf_mb;	  /* power of two 1-1024 (64) */
 	uint64_t max_flows;	  /* (65536) */
 	uint64_t flow_buffer_kb;  /* (4096) */

@@ -88,12 +88,12 @@ struct selfcheck_probe {
 	bool in_recovery;
 	bool has_sysid; /* pg_control_system() was permitted */
 	uint64_t sysid;
-	bool peer_local; /* the server's address is one of this host's, or a Unix socket */
-	char peer[64];	 /* that address, for messages ("": a Unix socket) */
+	bool peer_local;  /* the server's address is one of this host's, or a Unix socket */
+	char peer[64];	  /* that address, for messages ("": a Unix socket) */
 	char version[32]; /* server_version, as the server reports it */
 	char where[160];  /* host:port as libpq connected (a socket directory for Unix) */
-	int parent;	 /* index into the postmasters of the one whose child serves this
-			  * connection, -1: none of them */
+	int parent;	  /* index into the postmasters of the one whose child serves this
+			   * connection, -1: none of them */
 };
 
 struct selfcheck_facts {
@@ -120,7 +120,7 @@ struct selfcheck_config {
  * per connection. *mirror (when not NULL) receives what was learnt of the mirror.
  */
 enum selfcheck_verdict selfcheck_mirror(const struct selfcheck_config *cfg, char *msg, size_t len,
-				       struct selfcheck_probe *mirror);
+					struct selfcheck_probe *mirror);
 
 /* The decision above from the facts gathered; msg as for selfcheck_mirror. Pure. */
 enum selfcheck_verdict selfcheck_decide(const struct selfcheck_facts *f, char *msg, size_t len);

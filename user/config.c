@@ -83,6 +83,11 @@ const struct config_key config_keys[] = {
     {"dump_streams", CONFIG_STRING, OFF(dump_streams), 0, 0, 0, NULL, NULL, false, "DIR",
      "Write each reassembled half-stream to DIR/<client>-<server>.c2s and .s2c (gaps in "
      ".gaps); empty: off."},
+    {"user", CONFIG_STRING, OFF(user), 0, 0, 0, NULL, NULL, false, "NAME",
+     "Run as this user once everything is attached and open, with no capability left "
+     "(--attach tc keeps CAP_NET_ADMIN permitted, not effective, for its clean-up at "
+     "exit). What it opens later must be open to NAME: --dump-streams DIR, the "
+     "configuration file on SIGHUP. Empty: stay as started."},
     {"ringbuf_mb", CONFIG_UINT, OFF(ringbuf_mb), 1, 1024, CONFIG_F_POW2, NULL, "64", false, "N",
      "Ring buffer size in MiB."},
     {"max_flows", CONFIG_UINT, OFF(max_flows), 1, 4000000, 0, NULL, "65536", false, "N",

@@ -9,6 +9,7 @@
  * `pgshadow readiness [--url URL]` is a client of a running agent's GET /readiness
  * (readiness_command): no BPF, no root.
  */
+#define _GNU_SOURCE /* setresuid, setresgid */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -19,7 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <grp.h>
 #include <linux/capability.h>
+#include <pwd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -442,7 +446,8 @@ static bool privileged(void)
 	static const struct {
 		int cap;
 		const char *name;
-	} need[] = {{CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"}};
+	} need[] = {
+	    {CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"}};
 	char missing[64] = "";
 	uint64_t eff;
 	size_t i;
@@ -456,8 +461,8 @@ static bool privileged(void)
 		if (need[i].cap != CAP_NET_ADMIN && eff >> CAP_SYS_ADMIN & 1)
 			has = true;
 		if (!has)
-			snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%s%s",
-				 *missing ? ", " : "", need[i].name);
+			snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing),
+				 "%s%s", *missing ? ", " : "", need[i].name);
 	}
 	if (!*missing)
 		return true;
@@ -466,6 +471,58 @@ static bool privileged(void)
 		"CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (uid %u lacks %s)\n",
 		(unsigned int)geteuid(), missing);
 	return false;
+}
+
+static int capset_self(uint64_t permitted, uint64_t effective)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2] = {
+	    {.permitted = (uint32_t)permitted, .effective = (uint32_t)effective},
+	    {.permitted = (uint32_t)(permitted >> 32), .effective = (uint32_t)(effective >> 32)},
+	};
+
+	return (int)syscall(SYS_capset, &hdr, d);
+}
+
+/*
+ * --user: everything privileged is done (the program attached, its maps and ring mapped,
+ * sockets bound, the replay thread's nice value set): run on as pw with no capability,
+ * every thread (glibc applies set*id to all of them). With --attach tc, the capturing
+ * thread keeps CAP_NET_ADMIN permitted but not effective, to remove its filters at
+ * exit (regain_net_admin). Returns 0, or -1 after saying why.
+ */
+static int drop_privileges(const struct passwd *pw, bool keep_net_admin)
+{
+	if (keep_net_admin && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0))
+		goto fail;
+	if (setgroups(0, NULL) || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) ||
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+		goto fail;
+	if (keep_net_admin &&
+	    (capset_self(1ull << CAP_NET_ADMIN, 0) || prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)))
+		goto fail;
+	if (pw->pw_uid != 0 && !setresuid(0, 0, 0)) {
+		errno = EPERM; /* it could become root again: not dropped */
+		goto fail;
+	}
+	fprintf(stderr, "pgshadow: running as %s (uid %u), no capabilities%s\n", pw->pw_name,
+		(unsigned int)pw->pw_uid,
+		keep_net_admin ? " but CAP_NET_ADMIN permitted for the tc clean-up" : "");
+	return 0;
+fail:
+	fprintf(stderr, "pgshadow: --user %s: cannot drop privileges: %s\n", pw->pw_name,
+		strerror(errno));
+	return -1;
+}
+
+/* --attach tc after --user: what removing the filters needs, for the exit only. */
+static void regain_net_admin(void)
+{
+	if (capset_self(1ull << CAP_NET_ADMIN, 1ull << CAP_NET_ADMIN))
+		fprintf(stderr,
+			"pgshadow: WARN: cannot regain CAP_NET_ADMIN to remove the tc "
+			"filters: %s (the next start replaces them)\n",
+			strerror(errno));
 }
 
 static int start_console(struct agent *a, struct admin **out)
@@ -910,6 +967,7 @@ int main(int argc, char **argv)
 	struct dump *dump = NULL;
 	struct stats *st = NULL;
 	struct pipeline *pipe = NULL;
+	struct passwd *pw, user = {0}; /* --user: its name set once resolved */
 	struct http *http = NULL;
 	struct http_config hc = {};
 	struct admin *console = NULL;
@@ -936,6 +994,18 @@ int main(int argc, char **argv)
 	if (!privileged()) {
 		err = EXIT_USAGE;
 		goto cleanup;
+	}
+	if (a.cfg.user && *a.cfg.user) {
+		errno = 0;
+		pw = getpwnam(a.cfg.user);
+		if (!pw) {
+			fprintf(stderr, "pgshadow: --user %s: %s\n", a.cfg.user,
+				errno ? strerror(errno) : "no such user");
+			err = EXIT_USAGE;
+			goto cleanup;
+		}
+		user = *pw;
+		user.pw_name = a.cfg.user;
 	}
 
 	if (a.cfg.dump_streams) {
@@ -1039,6 +1109,8 @@ int main(int argc, char **argv)
 		hooks.sink = a.replay;
 	}
 	pipeline_set_hooks(pipe, &hooks);
+	if (user.pw_name && drop_privileges(&user, a.cfg.attach == CAPTURE_ATTACH_TC))
+		goto cleanup;
 	fprintf(stderr, "pgshadow: capturing port %llu on %s (%s), metrics on http://%s/metrics\n",
 		(unsigned long long)a.cfg.port, capture_interfaces(c),
 		a.cfg.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc", a.cfg.metrics_listen);
@@ -1049,6 +1121,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pgshadow: admin console on TCP %s\n", a.cfg.admin_listen);
 
 	err = run(&a, c, pipe, resolver);
+	if (user.pw_name && a.cfg.attach == CAPTURE_ATTACH_TC)
+		regain_net_admin();
 	capture_detach_and_drain(c);
 	capture_read_counters(c, k);
 	now = monotonic_ns();

@@ -628,6 +628,7 @@ static void *run(void *arg)
 	int i, n, timeout;
 
 	set_nice(r);
+	sem_post(&r->running);
 
 	while (!atomic_load(&r->stop)) {
 		drain(r);
@@ -844,10 +845,14 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		snprintf(err, errlen, "mirror: cannot set up epoll: %s", strerror(errno));
 		goto fail;
 	}
+	sem_init(&r->running, 0, 0);
 	if (pthread_create(&r->thread, NULL, run, r)) {
 		snprintf(err, errlen, "mirror: cannot start a thread");
 		goto fail;
 	}
+	/* its nice value is set before the caller may give up the privilege (--user) */
+	while (sem_wait(&r->running) && errno == EINTR)
+		;
 	pthread_setname_np(r->thread, "pgshadow-replay"); /* top -H, perf, /proc */
 	r->started = true;
 	return r;
@@ -894,6 +899,7 @@ void replay_stop(struct replay *r)
 	fingerprint_cache_free(r->fp);
 	buf_free(&r->row);
 	replay_map_free(r);
+	sem_destroy(&r->running);
 	free(r->mirror_options);
 	free(r->password);
 	free(r->mirror);

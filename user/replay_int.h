@@ -69,6 +69,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -363,6 +364,7 @@ struct replay {
 	struct capture *cap;
 	int epfd, efd;
 	pthread_t thread;
+	sem_t running; /* posted by the thread once its nice value is set */
 	bool started;
 	_Atomic bool stop;
 	_Atomic(struct msg *) chan; /* newest first */

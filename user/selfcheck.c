@@ -829,7 +829,7 @@ static void find_backends(const struct selfcheck_postmaster *pm, size_t n_pm,
 }
 
 enum selfcheck_verdict selfcheck_mirror(const struct selfcheck_config *cfg, char *msg, size_t len,
-				       struct selfcheck_probe *mirror)
+					struct selfcheck_probe *mirror)
 {
 	struct selfcheck_postmaster pm[SELFCHECK_POSTMASTERS_MAX];
 	struct probe_conn mc = {}, sc = {};

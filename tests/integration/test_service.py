@@ -9,6 +9,9 @@
   them) starts, attaches, and counts every query of a real PostgreSQL session; its
   /proc status shows that uid and exactly those effective capabilities. A missing
   capability in the unit makes it refuse to start ("not privileged").
+- test_user_drops_privileges: started as root with --user nobody (tcx and tc): every
+  thread at uid 65534 with no effective capability once attached, capture and replay
+  going on, a clean exit.
 """
 
 import re
@@ -22,6 +25,8 @@ import pytest
 
 import pg_harness as pgh
 import pgshadow_harness as h
+import test_mirror as tm
+from test_mirror import mirror_agent, mirror_agent_bin, pair  # noqa: F401 fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "pgshadow.service"
@@ -139,3 +144,58 @@ def test_runs_with_capabilities_only(pg, agent_bin, tmp_path, rng):
             f"{m.requests(db)} requests counted of {QUERIES}\n{agent.stderr()}"
     finally:
         agent.kill()
+
+
+@pytest.mark.parametrize("attach", ["tcx", "tc"])
+def test_user_drops_privileges(pair, mirror_agent, attach, request):  # noqa: F811
+    """Started as root with --user nobody: once attached, every thread of the agent runs
+    as uid/gid 65534 with no effective capability (tc: CAP_NET_ADMIN permitted only, for
+    its clean-up at exit), the replay thread keeps its nice value, and capture and replay
+    go on: 30 INSERTs counted and mirrored, the tables equal. SIGINT: exit 0, and (tc) no
+    filter of ours left on lo."""
+    if attach == "tc":
+        request.getfixturevalue("lo_tc_cleanup")
+    src, mir = pair
+    db = "dropped"
+    for pg in pair:
+        pg.createdb(db)
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)", db=db)
+    agent = mirror_agent(src, mir, extra=["--user", "nobody", "--attach", attach])
+    assert re.search(r"^pgshadow: running as nobody \(uid 65534\), no capabilities",
+                     agent.stderr(), re.M), agent.stderr()
+    tasks = sorted(Path(f"/proc/{agent.pid}/task").iterdir())
+    for task in tasks:
+        status = proc_status(task.name)
+        assert status["Uid"] == ["65534"] * 4 and status["Gid"] == ["65534"] * 4, \
+            f"thread {task.name} ({(task / 'comm').read_text().strip()}): Uid {status['Uid']} " \
+            f"Gid {status['Gid']}"
+        assert int(status["CapEff"][0], 16) == 0, \
+            f"thread {task.name}: effective capabilities {status['CapEff'][0]}"
+    main = proc_status(agent.pid)
+    permitted = int(main["CapPrm"][0], 16)
+    assert permitted == (1 << CAP_BITS["CAP_NET_ADMIN"] if attach == "tc" else 0), \
+        f"permitted capabilities {main['CapPrm'][0]} with --attach {attach}"
+    assert tm_nice(agent.pid) == -10, "the replay thread lost its nice value"
+
+    conn = psycopg2.connect(src.conninfo(db))
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        for i in range(QUERIES + 10):
+            cur.execute("INSERT INTO t VALUES (%s, %s)", (i, f"v{i}"))
+    finally:
+        conn.close()
+    m, result = tm.finish(agent)
+    assert m.requests(db) == QUERIES + 10, f"{m.requests(db)} requests counted"
+    # mirrored per database: mirror_latency_seconds_count (one per mirrored request)
+    mirrored = int(sum(v for _, v in m.select("mirror_latency_seconds_count", database=db)))
+    assert mirrored == QUERIES + 10, f"{mirrored} mirrored\n{result.stderr}"
+    rows = "SELECT id, v FROM t ORDER BY id"
+    assert src.psql(rows, db=db).stdout == mir.psql(rows, db=db).stdout
+    if attach == "tc":
+        assert not h.tc_filters_ours("lo"), "a tc filter of ours was left on lo"
+
+
+def tm_nice(pid):
+    from test_pool import thread_nice
+    return thread_nice(pid, "pgshadow-replay")

@@ -240,6 +240,7 @@ static const char every_key[] = "; every key\n"
 				"mirror_pipeline = 1\n"
 				"mirror_max_connections = 10000\n"
 				"mirror_replay_nice = -20\n"
+				"user = pgshadow\n"
 				"mirror_timeout_ms = 1\n"
 				"log_mismatches = 1000000\n"
 				"mirror_metrics_enabled = off\n"
@@ -297,6 +298,7 @@ static void check_every_key(const struct pgshadow_config *c)
 	assert_int_equal(c->mirror_pipeline, 1);
 	assert_int_equal(c->mirror_max_connections, 10000);
 	assert_int_equal(c->mirror_replay_nice, -20);
+	assert_string_equal(c->user, "pgshadow");
 	assert_int_equal(c->mirror_timeout_ms, 1);
 	assert_int_equal(c->live.log_mismatches, 1000000);
 	assert_false(c->mirror_metrics_enabled);
@@ -420,6 +422,8 @@ static void test_every_key_from_flags(void **state)
 			      "10000",
 			      "--mirror-replay-nice",
 			      "-20",
+			      "--user",
+			      "pgshadow",
 			      "--mirror-timeout-ms",
 			      "1",
 			      "--log-mismatches",
@@ -737,8 +741,8 @@ static void test_file_structure_errors(void **state)
 	expect_file_error("[general]\nport = 1\n[general\n", 3,
 			  "expected [section], key = value or a comment");
 	/* an indented line is not a continuation of the previous value */
-	expect_file_error("[general]\nmirror_of = host=a\n  user=b password=c\n", 3,
-			  "unknown key 'user' in [general] (see pgshadow --help)");
+	expect_file_error("[general]\nmirror_of = host=a\n  dbname=b password=c\n", 3,
+			  "unknown key 'dbname' in [general] (see pgshadow --help)");
 	expect_file_error("[general]\nmirror_of = host=a\n  more words\n", 3,
 			  "expected [section], key = value or a comment");
 	/* the first error wins, later ones are not reported */
