@@ -22,6 +22,8 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
 DEB_PACKAGES += libinih-dev libcjson-dev systemd util-linux
+# the landing page is checked in a real headless browser (test_landing_page.py)
+DEB_PACKAGES += chromium
 # the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
 # Debian's npm only when no npm is on PATH: NodeSource's nodejs ships npm and conflicts
 # with the npm package.
@@ -33,7 +35,7 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/replay_submit.o \
               $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
-              $(BUILD)/compare.o $(BUILD)/admission.o
+              $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -44,7 +46,7 @@ UNIT_TESTS += $(BUILD)/test_admin
 UNIT_TESTS += $(BUILD)/test_sampler
 UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
-UNIT_TESTS += $(BUILD)/test_selfcheck
+UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -111,6 +113,9 @@ $(BUILD)/test_compare: tests/unit/test_compare.c $(BUILD)/compare.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_admission: tests/unit/test_admission.c $(BUILD)/admission.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_landing: tests/unit/test_landing.c $(BUILD)/landing.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h

@@ -29,12 +29,17 @@ int http_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len
  */
 typedef int (*http_readiness_fn)(void *ctx, bool json, struct buf *out);
 
+/* Renders the landing page (landing.h) into out; negative errno. The HTTP thread. */
+typedef int (*http_landing_fn)(void *ctx, struct buf *out);
+
 struct http_config {
 	const char *listen;	     /* IPv4:PORT or [IPv6]:PORT (metrics_listen) */
 	struct stats *stats;	     /* must outlive the server */
 	const char *version;	     /* mirror_build_info{version} */
 	http_readiness_fn readiness; /* NULL: /readiness answers 404 (no --mirror) */
 	void *readiness_ctx;
+	http_landing_fn landing; /* GET /; NULL: 404 */
+	void *landing_ctx;
 };
 
 /*

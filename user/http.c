@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSD-2-Clause
-/* http.c — /metrics, /readiness and /healthz on libmicrohttpd, and the small HTTP/1.0
+/* http.c — /, /metrics, /readiness and /healthz on libmicrohttpd, and the small HTTP/1.0
  * client of `pgshadow readiness`. See include/http.h. */
 #define _GNU_SOURCE /* strcasestr */
 #include <arpa/inet.h>
@@ -35,6 +35,8 @@ struct http {
 	const char *version;
 	http_readiness_fn readiness;
 	void *readiness_ctx;
+	http_landing_fn landing;
+	void *landing_ctx;
 };
 
 int http_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
@@ -227,6 +229,25 @@ static enum MHD_Result get_readiness(struct http *h, struct MHD_Connection *conn
 	return ret;
 }
 
+static enum MHD_Result get_landing(struct http *h, struct MHD_Connection *conn)
+{
+	enum MHD_Result ret;
+	struct buf b;
+
+	if (!h->landing)
+		return respond_text(conn, MHD_HTTP_NOT_FOUND,
+				    "not found: try /metrics, /readiness or /healthz\n");
+	buf_init(&b, MAX_REPORT);
+	if (h->landing(h->landing_ctx, &b) || b.overflow) {
+		buf_free(&b);
+		return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				    "cannot render the page\n");
+	}
+	ret = respond(conn, MHD_HTTP_OK, "text/html; charset=utf-8", b.data ? b.data : "", b.len);
+	buf_free(&b);
+	return ret;
+}
+
 static enum MHD_Result get_healthz(struct http *h, struct MHD_Connection *conn)
 {
 	(void)h;
@@ -237,6 +258,7 @@ static const struct route {
 	const char *path;
 	enum MHD_Result (*fn)(struct http *h, struct MHD_Connection *conn);
 } routes[] = {
+    {"/", get_landing},
     {"/metrics", get_metrics},
     {"/readiness", get_readiness},
     {"/healthz", get_healthz},
@@ -287,6 +309,8 @@ struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
 	h->version = cfg->version;
 	h->readiness = cfg->readiness;
 	h->readiness_ctx = cfg->readiness_ctx;
+	h->landing = cfg->landing;
+	h->landing_ctx = cfg->landing_ctx;
 	errno = 0;
 	h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
 				     (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,

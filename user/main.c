@@ -35,6 +35,7 @@
 #include "config.h"
 #include "dump.h"
 #include "http.h"
+#include "landing.h"
 #include "pipeline.h"
 #include "readiness.h"
 #include "replay.h"
@@ -94,6 +95,10 @@ struct agent {
 	pthread_mutex_t dbs_lock;
 	struct db_line *dbs; /* cfg.databases, copied (the main thread refreshes it) */
 	size_t n_dbs;
+	/* for the landing page (HTTP thread): written before attached is set */
+	char captured[256];
+	char mirror_desc[256];
+	_Atomic bool attached;
 };
 
 static void on_signal(int sig)
@@ -251,6 +256,37 @@ static int http_readiness(void *ctx, bool json, struct buf *out)
 	if (json ? !readiness_render_json(&r, out) : !readiness_render_text(&r, out))
 		return -ENOMEM;
 	return 0;
+}
+
+/* GET / (the HTTP thread). */
+static int http_landing(void *ctx, struct buf *out)
+{
+	struct agent *a = ctx;
+	bool attached = atomic_load(&a->attached);
+	struct landing l = {.version = PGSHADOW_VERSION};
+	struct stats_db_row *rows;
+	struct readiness_report r;
+	size_t n, i;
+
+	l.captured = attached ? a->captured : "starting: not attached yet";
+	if (a->cfg.mirror_of)
+		l.mirror = attached && a->mirror_desc[0] ? a->mirror_desc : "configured";
+	n = stats_db_rows(a->st, NULL, 0);
+	rows = calloc(n ? n : 1, sizeof(*rows));
+	if (!rows)
+		return -ENOMEM;
+	n = stats_db_rows(a->st, rows, n);
+	for (i = 0; i < n; i++)
+		l.requests += rows[i].source_requests;
+	free(rows);
+	if (a->cfg.mirror_of) {
+		evaluate(a, monotonic_ns(), &r);
+		l.has_readiness = true;
+		l.ready = r.ready;
+		l.score = r.score;
+		l.recommendation = r.recommendation;
+	}
+	return landing_render(&l, out) ? 0 : -ENOMEM;
 }
 
 /* ---- the admin console's provider (the console's thread) ---- */
@@ -644,7 +680,7 @@ static bool want_statement(void *ctx, uint64_t flow_id, const struct tcpstream_a
 /* Whether --mirror is another cluster than the source (selfcheck.c): false refuses to
  * start. A check that cannot be made is logged, not fatal. Before capture attaches: the
  * check's connections are not source traffic. */
-static bool mirror_not_source(const struct agent *a)
+static bool mirror_not_source(struct agent *a)
 {
 	struct selfcheck_config sc = {
 	    .mirror = a->cfg.mirror_of,
@@ -657,6 +693,9 @@ static bool mirror_not_source(const struct agent *a)
 
 	if (m.reached && v != SELFCHECK_SOURCE)
 		fprintf(stderr, "pgshadow: mirror: PostgreSQL %s at %s\n", m.version, m.where);
+	snprintf(a->mirror_desc, sizeof(a->mirror_desc), m.reached ? "PostgreSQL %s at %s" : "%s%s",
+		 m.reached ? m.version : "not reached at start (replay keeps trying)",
+		 m.reached ? m.where : "");
 	if (msg[0])
 		fprintf(stderr, "pgshadow: %s\n", msg);
 	return v != SELFCHECK_SOURCE;
@@ -1060,6 +1099,8 @@ int main(int argc, char **argv)
 		hc.readiness = http_readiness;
 		hc.readiness_ctx = &a;
 	}
+	hc.landing = http_landing;
+	hc.landing_ctx = &a;
 	http = http_start(&hc, herr, sizeof(herr));
 	if (!http) {
 		fprintf(stderr, "pgshadow: --metrics-listen: %s\n", herr);
@@ -1111,9 +1152,12 @@ int main(int argc, char **argv)
 	pipeline_set_hooks(pipe, &hooks);
 	if (user.pw_name && drop_privileges(&user, a.cfg.attach == CAPTURE_ATTACH_TC))
 		goto cleanup;
-	fprintf(stderr, "pgshadow: capturing port %llu on %s (%s), metrics on http://%s/metrics\n",
-		(unsigned long long)a.cfg.port, capture_interfaces(c),
-		a.cfg.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc", a.cfg.metrics_listen);
+	snprintf(a.captured, sizeof(a.captured), "port %llu on %s (%s)",
+		 (unsigned long long)a.cfg.port, capture_interfaces(c),
+		 a.cfg.attach == CAPTURE_ATTACH_TCX ? "tcx" : "tc");
+	atomic_store(&a.attached, true);
+	fprintf(stderr, "pgshadow: capturing %s, metrics on http://%s/metrics\n", a.captured,
+		a.cfg.metrics_listen);
 	if (console && a.cfg.admin_socket_dir)
 		fprintf(stderr, "pgshadow: admin console: psql -h %s -p %llu pgshadow\n",
 			a.cfg.admin_socket_dir, (unsigned long long)a.cfg.admin_port);
