@@ -35,7 +35,8 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/buf.o $(BUILD)/http.o $(BUILD)/resolver.o $(BUILD)/replay.o $(BUILD)/replay_submit.o \
               $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
-              $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o
+              $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
+              $(BUILD)/statefile.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -46,7 +47,7 @@ UNIT_TESTS += $(BUILD)/test_admin
 UNIT_TESTS += $(BUILD)/test_sampler
 UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
-UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing
+UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -117,6 +118,9 @@ $(BUILD)/test_admission: tests/unit/test_admission.c $(BUILD)/admission.o
 
 $(BUILD)/test_landing: tests/unit/test_landing.c $(BUILD)/landing.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_statefile: tests/unit/test_statefile.c $(BUILD)/statefile.o $(BUILD)/buf.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@

@@ -289,6 +289,25 @@ unsigned int stats_sqlstate_class(const char *sqlstate);
  */
 void stats_readiness_reset(struct stats *st, uint64_t now_ns);
 
+/* The readiness window as a state file keeps it (statefile.h): what it has counted,
+ * since it started, however many agent runs ago. */
+struct stats_readiness_state {
+	uint64_t runtime_ns; /* its age, counting only the time an agent observed */
+	uint64_t total, not_sampled, compared, mismatched, mirrored;
+	uint64_t errors[STATS_ERR_MAX];
+	uint64_t streak;
+	uint64_t mirror_hist[STATS_BUCKETS + 1], source_hist[STATS_BUCKETS + 1];
+	uint64_t mirror_sum_ns, source_sum_ns, mirror_max_ns, source_max_ns;
+};
+
+/* The window at now_ns, for saving. Any thread. */
+void stats_readiness_save(struct stats *st, uint64_t now_ns, struct stats_readiness_state *out);
+
+/* Continues a saved window: it restarts at now_ns carrying what s counted (and its age).
+ * The monotonic counters are not touched. Any thread. */
+void stats_readiness_restore(struct stats *st, uint64_t now_ns,
+			     const struct stats_readiness_state *s);
+
 /* Fills in from the readiness window at now_ns (p99 from the window's histograms, see
  * stats_quantile_ms; NaN latencies when nothing was mirrored). */
 void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_input *in);

@@ -101,7 +101,12 @@ const struct config_key config_keys[] = {
      "Connections silent this long are closed."},
     {"metrics_listen", CONFIG_STRING, OFF(metrics_listen), 0, 0,
      CONFIG_F_ADDRESS | CONFIG_F_NONEMPTY, NULL, "127.0.0.1:9930", false, "ADDR",
-     "Serve /metrics, /readiness and /healthz on ADDR, IPv4:PORT or [IPv6]:PORT."},
+     "Serve /, /metrics, /readiness and /healthz on ADDR, IPv4:PORT or [IPv6]:PORT."},
+    {"state_file", CONFIG_STRING, OFF(state_file), 0, 0, 0, NULL, NULL, false, "FILE",
+     "Keep the readiness window in FILE (e.g. /var/lib/pgshadow/state), written "
+     "atomically every 5 s and at exit, so that a restart continues it; a file from "
+     "another version or mirror, or damaged, is set aside (FILE.refused-TIME). Needs "
+     "--mirror. Empty: a restart starts a new window."},
     {"max_databases", CONFIG_UINT, OFF(max_databases), 1, 10000, 0, NULL, "100", false, "N",
      "Distinct database label values; later databases are counted as database=\"other\"."},
     {"max_message_kb", CONFIG_UINT, OFF(max_message_kb), 1, 1048576, 0, NULL, "1024", false, "N",

@@ -11,7 +11,9 @@
  */
 #define _GNU_SOURCE /* setresuid, setresgid */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -36,6 +38,7 @@
 #include "dump.h"
 #include "http.h"
 #include "landing.h"
+#include "statefile.h"
 #include "pipeline.h"
 #include "readiness.h"
 #include "replay.h"
@@ -59,6 +62,7 @@
 #define POLL_TIMEOUT_MS	      2
 #define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
 #define READINESS_INTERVAL_NS 1000000000ULL /* readiness gauges and alerts every second */
+#define STATE_SAVE_NS	      5000000000ULL /* state_file written at most this often */
 
 /* `pgshadow readiness` */
 #define READINESS_DEFAULT_URL "http://127.0.0.1:9930/readiness"
@@ -92,6 +96,9 @@ struct agent {
 	struct replay *_Atomic replay; /* NULL without a mirror */
 	struct readiness_alert_state alerts;
 	uint64_t last_readiness_ns;
+	uint64_t last_state_ns;
+	uint64_t mirror_id; /* statefile_mirror_id of mirror_of */
+	int state_errno;    /* the last state_file write failure logged (0: none) */
 	pthread_mutex_t dbs_lock;
 	struct db_line *dbs; /* cfg.databases, copied (the main thread refreshes it) */
 	size_t n_dbs;
@@ -256,6 +263,98 @@ static int http_readiness(void *ctx, bool json, struct buf *out)
 	if (json ? !readiness_render_json(&r, out) : !readiness_render_text(&r, out))
 		return -ENOMEM;
 	return 0;
+}
+
+/*
+ * state_file at start: the readiness window continues where the last run left it. A
+ * file this agent refuses (another version, another mirror, damaged) is set aside as
+ * FILE.refused-<unix time>, said, and a new window starts.
+ */
+static void state_load(struct agent *a, uint64_t now)
+{
+	const char *path = a->cfg.state_file;
+	struct stats_readiness_state s;
+	char text[STATEFILE_MAX + 1], why[256], aside[PATH_MAX];
+	size_t len = 0;
+	ssize_t n;
+	int fd;
+
+	a->mirror_id = statefile_mirror_id(a->cfg.mirror_of);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno != ENOENT)
+			fprintf(stderr, "pgshadow: state_file %s: cannot read it: %s\n", path,
+				strerror(errno));
+		return;
+	}
+	while (len < sizeof(text) && (n = read(fd, text + len, sizeof(text) - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	if (!statefile_decode(text, len, PGSHADOW_VERSION, a->mirror_id, &s, why, sizeof(why))) {
+		stats_readiness_restore(a->st, now, &s);
+		fprintf(stderr,
+			"pgshadow: readiness window restored from %s: %.0f s observed, %llu "
+			"requests, %llu mirrored\n",
+			path, s.runtime_ns / 1e9, (unsigned long long)s.total,
+			(unsigned long long)s.mirrored);
+		return;
+	}
+	snprintf(aside, sizeof(aside), "%s.refused-%lld", path, (long long)time(NULL));
+	if (rename(path, aside))
+		fprintf(stderr, "pgshadow: state_file %s: %s; cannot set it aside: %s\n", path, why,
+			strerror(errno));
+	else
+		fprintf(stderr,
+			"pgshadow: state_file %s: %s; set aside as %s, a new readiness window "
+			"starts\n",
+			path, why, aside);
+}
+
+/* state_file: the window now, through FILE.tmp (0600), fsync and rename. A failure is
+ * said once per reason, and again after a success. */
+static void state_save(struct agent *a, uint64_t now)
+{
+	const char *path = a->cfg.state_file;
+	struct stats_readiness_state s;
+	char tmp[PATH_MAX];
+	struct buf b;
+	size_t off = 0;
+	ssize_t n;
+	int fd, err = 0;
+
+	stats_readiness_save(a->st, now, &s);
+	buf_init(&b, STATEFILE_MAX);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (!statefile_encode(&s, PGSHADOW_VERSION, a->mirror_id, &b)) {
+		err = ENOMEM;
+		goto out;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = errno;
+		goto out;
+	}
+	while (off < b.len && ((n = write(fd, b.data + off, b.len - off)) > 0 || errno == EINTR))
+		off += n > 0 ? (size_t)n : 0;
+	if (off < b.len || fsync(fd))
+		err = errno ? errno : EIO;
+	if (close(fd) && !err)
+		err = errno;
+	if (!err && rename(tmp, path))
+		err = errno;
+	if (err)
+		unlink(tmp);
+out:
+	buf_free(&b);
+	if (err && err != a->state_errno)
+		fprintf(stderr, "pgshadow: state_file %s: cannot write it: %s\n", path,
+			strerror(err));
+	a->state_errno = err;
 }
 
 /* GET / (the HTTP thread). */
@@ -799,6 +898,10 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			return EXIT_RUNTIME;
 		}
 		clock = monotonic_ns();
+		if (a->replay && a->cfg.state_file && clock - a->last_state_ns >= STATE_SAVE_NS) {
+			state_save(a, clock);
+			a->last_state_ns = clock;
+		}
 		if (a->replay && clock - a->last_readiness_ns >= READINESS_INTERVAL_NS) {
 			readiness_tick(a, clock);
 			a->last_readiness_ns = clock;
@@ -1086,6 +1189,19 @@ int main(int argc, char **argv)
 		goto cleanup;
 	}
 	a.st = st;
+	if (a.cfg.state_file && *a.cfg.state_file) {
+		if (!a.cfg.mirror_of) {
+			fprintf(stderr,
+				"pgshadow: state_file %s: it keeps the readiness window, "
+				"which needs --mirror\n",
+				a.cfg.state_file);
+			goto cleanup;
+		}
+		state_load(&a, sc.start_ns);
+	} else {
+		free(a.cfg.state_file); /* "": off */
+		a.cfg.state_file = NULL;
+	}
 	pipeline_settings(&a.cfg, &pc);
 	pipe = pipeline_new(&pc, st, dump);
 	if (!pipe) {
@@ -1165,6 +1281,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pgshadow: admin console on TCP %s\n", a.cfg.admin_listen);
 
 	err = run(&a, c, pipe, resolver);
+	if (a.replay && a.cfg.state_file)
+		state_save(&a, monotonic_ns()); /* what the last seconds counted */
 	if (user.pw_name && a.cfg.attach == CAPTURE_ATTACH_TC)
 		regain_net_admin();
 	capture_detach_and_drain(c);

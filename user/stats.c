@@ -83,6 +83,9 @@ struct readiness_window {
 	uint64_t mirrored, errors[STATS_ERR_MAX], streak;
 	uint64_t mirror_hist[STATS_BUCKETS + 1], source_hist[STATS_BUCKETS + 1];
 	uint64_t mirror_sum_ns, source_sum_ns, mirror_max_ns, source_max_ns;
+	/* restored from a state file (stats_readiness_restore): counted before this start */
+	uint64_t carry_runtime_ns, carry_total, carry_not_sampled, carry_compared;
+	uint64_t carry_mismatched;
 };
 
 /* Global mirror numbers. Counters are atomics; the latency window, the streaks and the
@@ -596,23 +599,73 @@ void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_i
 	rd = m->rd;
 	pthread_mutex_unlock(&m->win_lock);
 	memset(in, 0, sizeof(*in));
-	not_sampled = since(load(&m->not_sampled), rd.base_not_sampled);
-	in->total = since(load(&m->total), rd.base_total);
+	not_sampled = since(load(&m->not_sampled), rd.base_not_sampled) + rd.carry_not_sampled;
+	in->total = since(load(&m->total), rd.base_total) + rd.carry_total;
 	in->selected = since(in->total, not_sampled);
 	in->mirrored = rd.mirrored;
 	in->errors_connection = rd.errors[STATS_ERR_CONNECTION];
 	in->errors_query = rd.errors[STATS_ERR_QUERY];
 	in->errors_timeout = rd.errors[STATS_ERR_TIMEOUT];
 	in->dropped = rd.errors[STATS_ERR_BUFFER_FULL];
-	in->compared = since(load(&m->compared), rd.base_compared);
-	in->mismatched = since(load(&m->mismatched), rd.base_mismatched);
+	in->compared = since(load(&m->compared), rd.base_compared) + rd.carry_compared;
+	in->mismatched = since(load(&m->mismatched), rd.base_mismatched) + rd.carry_mismatched;
 	in->consecutive_successes = rd.streak;
-	in->runtime_seconds = since(now_ns, rd.start_ns) / 1e9;
+	in->runtime_seconds = (since(now_ns, rd.start_ns) + rd.carry_runtime_ns) / 1e9;
 	in->uptime_seconds = since(now_ns, m->start_ns) / 1e9;
 	in->mirror_avg_ms = rd.mirrored ? rd.mirror_sum_ns / 1e6 / rd.mirrored : NAN;
 	in->source_avg_ms = rd.mirrored ? rd.source_sum_ns / 1e6 / rd.mirrored : NAN;
 	in->mirror_p99_ms = stats_quantile_ms(rd.mirror_hist, 0.99, rd.mirror_max_ns);
 	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
+}
+
+void stats_readiness_save(struct stats *st, uint64_t now_ns, struct stats_readiness_state *out)
+{
+	struct mirror *m = &st->mirror;
+	struct readiness_window rd;
+
+	pthread_mutex_lock(&m->win_lock);
+	rd = m->rd;
+	pthread_mutex_unlock(&m->win_lock);
+	memset(out, 0, sizeof(*out));
+	out->runtime_ns = since(now_ns, rd.start_ns) + rd.carry_runtime_ns;
+	out->total = since(load(&m->total), rd.base_total) + rd.carry_total;
+	out->not_sampled = since(load(&m->not_sampled), rd.base_not_sampled) + rd.carry_not_sampled;
+	out->compared = since(load(&m->compared), rd.base_compared) + rd.carry_compared;
+	out->mismatched = since(load(&m->mismatched), rd.base_mismatched) + rd.carry_mismatched;
+	out->mirrored = rd.mirrored;
+	memcpy(out->errors, rd.errors, sizeof(out->errors));
+	out->streak = rd.streak;
+	memcpy(out->mirror_hist, rd.mirror_hist, sizeof(out->mirror_hist));
+	memcpy(out->source_hist, rd.source_hist, sizeof(out->source_hist));
+	out->mirror_sum_ns = rd.mirror_sum_ns;
+	out->source_sum_ns = rd.source_sum_ns;
+	out->mirror_max_ns = rd.mirror_max_ns;
+	out->source_max_ns = rd.source_max_ns;
+}
+
+void stats_readiness_restore(struct stats *st, uint64_t now_ns,
+			     const struct stats_readiness_state *s)
+{
+	struct mirror *m = &st->mirror;
+	struct readiness_window *rd = &m->rd;
+
+	pthread_mutex_lock(&m->win_lock);
+	readiness_restart(m, now_ns);
+	rd->carry_runtime_ns = s->runtime_ns;
+	rd->carry_total = s->total;
+	rd->carry_not_sampled = s->not_sampled;
+	rd->carry_compared = s->compared;
+	rd->carry_mismatched = s->mismatched;
+	rd->mirrored = s->mirrored;
+	memcpy(rd->errors, s->errors, sizeof(rd->errors));
+	rd->streak = s->streak;
+	memcpy(rd->mirror_hist, s->mirror_hist, sizeof(rd->mirror_hist));
+	memcpy(rd->source_hist, s->source_hist, sizeof(rd->source_hist));
+	rd->mirror_sum_ns = s->mirror_sum_ns;
+	rd->source_sum_ns = s->source_sum_ns;
+	rd->mirror_max_ns = s->mirror_max_ns;
+	rd->source_max_ns = s->source_max_ns;
+	pthread_mutex_unlock(&m->win_lock);
 }
 
 void stats_alert_input(struct stats *st, uint64_t now_ns, struct readiness_alert_input *in)
