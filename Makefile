@@ -13,7 +13,7 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
-LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lcjson -lm -lpthread
+LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lcjson -lcrypt -lm -lpthread
 LDLIBS    += -linih
 
 # Debian 12 packages the build, the tests and the demo need.
@@ -21,7 +21,7 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
-DEB_PACKAGES += libinih-dev libcjson-dev systemd util-linux
+DEB_PACKAGES += libinih-dev libcjson-dev libcrypt-dev systemd util-linux
 # the landing page is checked in a real headless browser (test_landing_page.py)
 DEB_PACKAGES += chromium
 # the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
@@ -36,7 +36,7 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
-              $(BUILD)/statefile.o
+              $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -47,7 +47,8 @@ UNIT_TESTS += $(BUILD)/test_admin
 UNIT_TESTS += $(BUILD)/test_sampler
 UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
-UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile
+UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
+              $(BUILD)/test_fleet $(BUILD)/test_webauth
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -121,6 +122,12 @@ $(BUILD)/test_landing: tests/unit/test_landing.c $(BUILD)/landing.o $(BUILD)/buf
 
 $(BUILD)/test_statefile: tests/unit/test_statefile.c $(BUILD)/statefile.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -o $@
+
+$(BUILD)/test_fleet: tests/unit/test_fleet.c $(BUILD)/fleet.o $(BUILD)/buf.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -o $@
+
+$(BUILD)/test_webauth: tests/unit/test_webauth.c $(BUILD)/webauth.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lcrypt -lxxhash -o $@
 
 $(BUILD)/test_capture_bpf: tests/unit/test_capture_bpf.c $(BUILD)/capture.skel.h
 	$(CC) $(CFLAGS) $< -lcmocka $(LDLIBS) -o $@

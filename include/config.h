@@ -79,9 +79,12 @@ struct pgshadow_config {
 	uint64_t idle_timeout_s;  /* (600) */
 	char *metrics_listen;	  /* IPv4:PORT or [IPv6]:PORT (127.0.0.1:9930) */
 	char *state_file;	  /* the readiness window kept here, or NULL */
-	uint64_t max_databases;	  /* (100) */
-	uint64_t max_message_kb;  /* (1024) */
-	char *source_dsn;	  /* libpq conninfo, or NULL */
+	char *web_tls_cert_file;  /* HTTPS: PEM certificate (with the key), or NULL */
+	char *web_tls_key_file;
+	char *web_basic_auth_file; /* users with bcrypt hashes, or NULL */
+	uint64_t max_databases;	   /* (100) */
+	uint64_t max_message_kb;   /* (1024) */
+	char *source_dsn;	   /* libpq conninfo, or NULL */
 	bool verbose;
 
 	/* mirror (restart) */

@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "stats.h"
+#include "webauth.h"
 
 /*
  * Parses "HOST:PORT" or "[IPv6]:PORT" (HOST a numeric address; "localhost" means
@@ -40,6 +41,10 @@ struct http_config {
 	void *readiness_ctx;
 	http_landing_fn landing; /* GET /; NULL: 404 */
 	void *landing_ctx;
+	const char *tls_cert_pem; /* web_tls_cert_file's contents: HTTPS (NULL: plain) */
+	const char *tls_key_pem;
+	struct webauth *auth; /* web_basic_auth_file's users (NULL: none); the HTTP thread
+			       * uses it until http_stop */
 };
 
 /*

@@ -102,6 +102,16 @@ const struct config_key config_keys[] = {
     {"metrics_listen", CONFIG_STRING, OFF(metrics_listen), 0, 0,
      CONFIG_F_ADDRESS | CONFIG_F_NONEMPTY, NULL, "127.0.0.1:9930", false, "ADDR",
      "Serve /, /metrics, /readiness and /healthz on ADDR, IPv4:PORT or [IPv6]:PORT."},
+    {"web_tls_cert_file", CONFIG_STRING, OFF(web_tls_cert_file), 0, 0, 0, NULL, NULL, false, "FILE",
+     "Serve the HTTP endpoints over TLS with this PEM certificate (chain); needs "
+     "web_tls_key_file. For scraping across hosts (node_exporter's tls_server_config). "
+     "`pgshadow readiness --url` speaks plain HTTP only."},
+    {"web_tls_key_file", CONFIG_STRING, OFF(web_tls_key_file), 0, 0, 0, NULL, NULL, false, "FILE",
+     "The PEM private key of web_tls_cert_file."},
+    {"web_basic_auth_file", CONFIG_STRING, OFF(web_basic_auth_file), 0, 0, 0, NULL, NULL, false,
+     "FILE",
+     "Require HTTP basic authentication on every endpoint: one user:bcrypt-hash per line "
+     "(htpasswd -B; node_exporter's basic_auth_users). Use it with TLS."},
     {"state_file", CONFIG_STRING, OFF(state_file), 0, 0, 0, NULL, NULL, false, "FILE",
      "Keep the readiness window in FILE (e.g. /var/lib/pgshadow/state), written "
      "atomically every 5 s and at exit, so that a restart continues it; a file from "

@@ -20,6 +20,7 @@
 #include <microhttpd.h>
 
 #include "http.h"
+#include "webauth.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 #define TEXT_CONTENT_TYPE    "text/plain; charset=utf-8"
@@ -37,6 +38,7 @@ struct http {
 	void *readiness_ctx;
 	http_landing_fn landing;
 	void *landing_ctx;
+	struct webauth *auth; /* NULL: no authentication */
 };
 
 int http_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
@@ -254,6 +256,38 @@ static enum MHD_Result get_healthz(struct http *h, struct MHD_Connection *conn)
 	return respond(conn, MHD_HTTP_OK, "text/plain", "ok\n", 3);
 }
 
+/* web_basic_auth_file: the request's Basic credentials, checked. */
+static bool authorized(struct http *h, struct MHD_Connection *conn)
+{
+	char *password = NULL;
+	char *user = MHD_basic_auth_get_username_password(conn, &password);
+	bool ok = user && password && webauth_check(h->auth, user, password);
+
+	if (password) {
+		explicit_bzero(password, strlen(password));
+		MHD_free(password);
+	}
+	if (user)
+		MHD_free(user);
+	return ok;
+}
+
+static enum MHD_Result unauthorized(struct MHD_Connection *conn)
+{
+	static const char body[] = "unauthorized: this agent's endpoints need a user and "
+				   "password (web_basic_auth_file)\n";
+	struct MHD_Response *r =
+	    MHD_create_response_from_buffer(sizeof(body) - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result ret;
+
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+	ret = MHD_queue_basic_auth_fail_response(conn, "pgshadow", r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
 static const struct route {
 	const char *path;
 	enum MHD_Result (*fn)(struct http *h, struct MHD_Connection *conn);
@@ -276,6 +310,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	(void)con_cls;
 	if (*upload_data_size)
 		return respond(conn, MHD_HTTP_BAD_REQUEST, "text/plain", "no body expected\n", 17);
+	if (((struct http *)cls)->auth && !authorized(cls, conn))
+		return unauthorized(conn);
 	for (r = routes; r->path; r++) {
 		if (strcmp(url, r->path))
 			continue;
@@ -295,6 +331,8 @@ struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
 	socklen_t sslen;
 	struct http *h;
 	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
+	struct MHD_OptionItem tls[3] = {
+	    {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
 
 	if (http_parse_listen(listen, &ss, &sslen, err, errlen))
 		return NULL;
@@ -311,14 +349,28 @@ struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
 	h->readiness_ctx = cfg->readiness_ctx;
 	h->landing = cfg->landing;
 	h->landing_ctx = cfg->landing_ctx;
+	h->auth = cfg->auth;
+	if (cfg->tls_cert_pem) { /* GnuTLS inside libmicrohttpd */
+		flags |= MHD_USE_TLS;
+		tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+						 (void *)cfg->tls_cert_pem};
+		tls[1] =
+		    (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key_pem};
+	}
 	errno = 0;
 	h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
 				     (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
 				     (unsigned int)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-				     (unsigned int)CONNECTION_TIMEOUT_S, MHD_OPTION_END);
+				     (unsigned int)CONNECTION_TIMEOUT_S, MHD_OPTION_ARRAY, tls,
+				     MHD_OPTION_END);
 	if (!h->daemon) {
-		snprintf(err, errlen, "cannot listen on %s for HTTP: %s", listen,
-			 errno ? strerror(errno) : "libmicrohttpd refused to start");
+		snprintf(err, errlen, "cannot listen on %s for HTTP%s: %s", listen,
+			 cfg->tls_cert_pem ? "S" : "",
+			 errno		     ? strerror(errno)
+			 : cfg->tls_cert_pem ? "libmicrohttpd refused to start (is the TLS "
+					       "certificate or key not PEM, or do they not "
+					       "match?)"
+					     : "libmicrohttpd refused to start");
 		free(h);
 		return NULL;
 	}
@@ -402,9 +454,14 @@ static int parse_url(const char *url, char *host, size_t hostlen, char *port, si
 	}
 	return 0;
 bad:
-	snprintf(err, errlen,
-		 "not an http://HOST[:PORT][/PATH] URL (HOST a name, an IPv4 address or [IPv6], "
-		 "PORT 1-65535)");
+	if (!strncasecmp(url, "https://", 8))
+		snprintf(err, errlen,
+			 "https is not spoken by this client (plain HTTP/1.0): for an agent "
+			 "with web_tls_cert_file, gate through Prometheus (--prometheus) or curl");
+	else
+		snprintf(err, errlen,
+			 "not an http://HOST[:PORT][/PATH] URL (HOST a name, an IPv4 address or "
+			 "[IPv6], PORT 1-65535)");
 	return -EINVAL;
 }
 

@@ -37,7 +37,9 @@
 #include "config.h"
 #include "dump.h"
 #include "http.h"
+#include "fleet.h"
 #include "landing.h"
+#include "webauth.h"
 #include "statefile.h"
 #include "pipeline.h"
 #include "readiness.h"
@@ -355,6 +357,80 @@ out:
 		fprintf(stderr, "pgshadow: state_file %s: cannot write it: %s\n", path,
 			strerror(err));
 	a->state_errno = err;
+}
+
+/* A small file's whole text (NUL-terminated, at most 1 MiB), or NULL after saying why. */
+static char *read_small_file(const char *key, const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char *text = NULL;
+	size_t len = 0, cap = 0, n;
+
+	if (!f) {
+		fprintf(stderr, "pgshadow: %s %s: %s\n", key, path, strerror(errno));
+		return NULL;
+	}
+	do {
+		if (len + 4096 + 1 > cap) {
+			char *grown = cap >= (1u << 20) ? NULL : realloc(text, cap + 8192);
+
+			if (!grown) {
+				fprintf(stderr, "pgshadow: %s %s: %s\n", key, path,
+					cap >= (1u << 20) ? "longer than 1 MiB" : "out of memory");
+				free(text);
+				fclose(f);
+				return NULL;
+			}
+			text = grown;
+			cap += 8192;
+		}
+		n = fread(text + len, 1, 4096, f);
+		len += n;
+	} while (n);
+	if (ferror(f)) {
+		fprintf(stderr, "pgshadow: %s %s: %s\n", key, path, strerror(errno));
+		free(text);
+		fclose(f);
+		return NULL;
+	}
+	fclose(f);
+	text[len] = 0;
+	return text;
+}
+
+/* web_tls_cert_file, web_tls_key_file, web_basic_auth_file into hc (read before any
+ * privilege is dropped). 0, or -1 after saying what is wrong. */
+static int web_security(const struct pgshadow_config *cfg, struct http_config *hc, char **cert,
+			char **key)
+{
+	char err[256], *users;
+
+	if (!!cfg->web_tls_cert_file != !!cfg->web_tls_key_file) {
+		fprintf(stderr, "pgshadow: web_tls_cert_file and web_tls_key_file go together\n");
+		return -1;
+	}
+	if (cfg->web_tls_cert_file) {
+		*cert = read_small_file("web_tls_cert_file", cfg->web_tls_cert_file);
+		*key = *cert ? read_small_file("web_tls_key_file", cfg->web_tls_key_file) : NULL;
+		if (!*key)
+			return -1;
+		hc->tls_cert_pem = *cert;
+		hc->tls_key_pem = *key;
+	}
+	if (cfg->web_basic_auth_file) {
+		users = read_small_file("web_basic_auth_file", cfg->web_basic_auth_file);
+		if (!users)
+			return -1;
+		hc->auth = webauth_parse(users, err, sizeof(err));
+		explicit_bzero(users, strlen(users));
+		free(users);
+		if (!hc->auth) {
+			fprintf(stderr, "pgshadow: web_basic_auth_file %s: %s\n",
+				cfg->web_basic_auth_file, err);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /* GET / (the HTTP thread). */
@@ -957,22 +1033,105 @@ static int configure(struct agent *a, int argc, char **argv)
 
 static const char readiness_usage[] =
     "Usage: pgshadow readiness [--url URL | --config FILE] [--json]\n"
+    "       pgshadow readiness --prometheus URL --hosts HOST:PORT[,HOST:PORT...]\n"
     "\n"
     "Prints the migration-readiness report of a running agent (its GET /readiness) and\n"
     "exits with its verdict, so a cut-over script can gate on it. Needs no privileges.\n"
+    "With --prometheus it judges a fleet instead: READY only when every host of --hosts\n"
+    "is (its target up, its agent READY); a host Prometheus has no verdict of (never\n"
+    "scraped, down or stale) counts as NOT READY.\n"
     "\n"
-    "      --url URL       the agent's readiness URL (default " READINESS_DEFAULT_URL ")\n"
-    "      --config FILE   the agent's configuration file: use its metrics_listen\n"
-    "      --json          print the report as JSON instead of text\n"
-    "  -h, --help          print this help and exit\n"
+    "      --url URL          the agent's readiness URL (default " READINESS_DEFAULT_URL ")\n"
+    "      --config FILE      the agent's configuration file: use its metrics_listen\n"
+    "      --json             print the report as JSON instead of text\n"
+    "      --prometheus URL   a Prometheus that scrapes the fleet (http://host:9090)\n"
+    "      --hosts LIST       the fleet: instance labels (HOST:PORT) that must be READY\n"
+    "  -h, --help             print this help and exit\n"
     "\n"
-    "Exit status: 0 READY, 1 NOT READY, 2 cannot tell: the agent cannot be reached,\n"
-    "answered something that is not a readiness report, or runs without --mirror (also\n"
-    "for a bad option), with one line on stderr saying why.\n"
+    "Exit status: 0 READY, 1 NOT READY, 2 cannot tell: the agent (or Prometheus) cannot\n"
+    "be reached, answered something that is not a readiness report, or runs without\n"
+    "--mirror (also for a bad option), with one line on stderr saying why.\n"
     "\n"
     "Examples:\n"
     "  pgshadow readiness && ./cut-over.sh\n"
-    "  pgshadow readiness --url http://10.0.0.5:9930/readiness --json\n";
+    "  pgshadow readiness --url http://10.0.0.5:9930/readiness --json\n"
+    "  pgshadow readiness --prometheus http://prom:9090 --hosts db1:9930,db2:9930,db3:9930\n";
+
+/* One instant query of Prometheus (http://host:port, no path) into out; exit status
+ * EXIT_NO_ANSWER after saying why, else 0. */
+static int prometheus_vector(const char *base, const char *query, struct fleet_sample *out, int *n)
+{
+	char url[2048], err[512];
+	unsigned int status = 0;
+	struct buf body;
+	int rc;
+
+	if ((size_t)snprintf(url, sizeof(url), "%s%sapi/v1/query?query=%s", base,
+			     base[strlen(base) - 1] == '/' ? "" : "/", query) >= sizeof(url)) {
+		fprintf(stderr, "pgshadow readiness: --prometheus URL too long\n");
+		return EXIT_NO_ANSWER;
+	}
+	buf_init(&body, HTTP_GET_MAX_BODY + 1);
+	rc = http_get(url, "application/json", READINESS_TIMEOUT_MS, &status, &body, err,
+		      sizeof(err));
+	if (rc) {
+		fprintf(stderr, "pgshadow readiness: cannot reach Prometheus at %s: %s\n", base,
+			err);
+	} else if (status != 200) {
+		fprintf(stderr, "pgshadow readiness: Prometheus at %s answered HTTP %u to %s\n",
+			base, status, query);
+		rc = -1;
+	} else if ((*n = fleet_vector(body.data ? body.data : "", out, FLEET_HOSTS_MAX, err,
+				      sizeof(err))) < 0) {
+		fprintf(stderr, "pgshadow readiness: Prometheus at %s, query %s: %s\n", base, query,
+			err);
+		rc = -1;
+	}
+	buf_free(&body);
+	return rc ? EXIT_NO_ANSWER : 0;
+}
+
+/* --prometheus URL --hosts LIST: the fleet's verdict. */
+static int fleet_command(const char *base, char *hosts)
+{
+	static struct fleet_sample up[FLEET_HOSTS_MAX], ready[FLEET_HOSTS_MAX];
+	static const char *list[FLEET_HOSTS_MAX];
+	static struct fleet_host out[FLEET_HOSTS_MAX];
+	size_t n = 0;
+	int n_up = 0, n_ready = 0, rc;
+	struct buf text;
+	bool all;
+	char *h;
+
+	for (h = strtok(hosts, ", "); h; h = strtok(NULL, ", ")) {
+		if (n == FLEET_HOSTS_MAX) {
+			fprintf(stderr, "pgshadow readiness: more than %d --hosts\n",
+				FLEET_HOSTS_MAX);
+			return EXIT_NO_ANSWER;
+		}
+		list[n++] = h;
+	}
+	if (!n) {
+		fprintf(stderr, "pgshadow readiness: --hosts names no host\n");
+		return EXIT_NO_ANSWER;
+	}
+	rc = prometheus_vector(base, "up", up, &n_up);
+	if (!rc)
+		rc = prometheus_vector(base, "mirror_readiness_ready", ready, &n_ready);
+	if (rc)
+		return rc;
+	all = fleet_decide(list, n, up, (size_t)n_up, ready, (size_t)n_ready, out);
+	buf_init(&text, 1u << 20);
+	if (fleet_render_text(out, n, all, &text))
+		fwrite(text.data, 1, text.len, stdout);
+	buf_free(&text);
+	if (fflush(stdout)) {
+		fprintf(stderr, "pgshadow readiness: cannot write the report: %s\n",
+			strerror(errno));
+		return EXIT_NO_ANSWER;
+	}
+	return all ? EXIT_READY : EXIT_NOT_READY;
+}
 
 /* The agent's URL from its configuration file (metrics_listen). */
 static int url_from_config(const char *file, char *url, size_t len)
@@ -1001,11 +1160,15 @@ static int readiness_command(int argc, char **argv)
 	    {"url", required_argument, NULL, 'u'},
 	    {"config", required_argument, NULL, 'c'},
 	    {"json", no_argument, NULL, 'j'},
+	    {"prometheus", required_argument, NULL, 'p'},
+	    {"hosts", required_argument, NULL, 'H'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct readiness_report r;
-	const char *url = READINESS_DEFAULT_URL, *config = NULL, *host;
+	const char *url = READINESS_DEFAULT_URL, *config = NULL, *host, *prometheus = NULL;
+	char *hosts = NULL;
+	bool url_set = false;
 	char from_config[320], fetch[2048], err[512];
 	struct buf body, text;
 	unsigned int status = 0;
@@ -1018,6 +1181,13 @@ static int readiness_command(int argc, char **argv)
 		switch (c) {
 		case 'u':
 			url = optarg;
+			url_set = true;
+			break;
+		case 'p':
+			prometheus = optarg;
+			break;
+		case 'H':
+			hosts = optarg;
 			break;
 		case 'c':
 			config = optarg;
@@ -1042,6 +1212,14 @@ static int readiness_command(int argc, char **argv)
 		fprintf(stderr, "pgshadow readiness: unexpected argument '%s' (see --help)\n",
 			argv[optind]);
 		return EXIT_NO_ANSWER;
+	}
+	if (prometheus || hosts) {
+		if (!prometheus || !hosts || url_set || config || json) {
+			fprintf(stderr, "pgshadow readiness: --prometheus and --hosts go together, "
+					"without --url, --config or --json (see --help)\n");
+			return EXIT_NO_ANSWER;
+		}
+		return fleet_command(prometheus, hosts);
 	}
 	if (config) {
 		if (url_from_config(config, from_config, sizeof(from_config)))
@@ -1110,6 +1288,7 @@ int main(int argc, char **argv)
 	struct stats *st = NULL;
 	struct pipeline *pipe = NULL;
 	struct passwd *pw, user = {0}; /* --user: its name set once resolved */
+	char *tls_cert = NULL, *tls_key = NULL;
 	struct http *http = NULL;
 	struct http_config hc = {};
 	struct admin *console = NULL;
@@ -1217,6 +1396,8 @@ int main(int argc, char **argv)
 	}
 	hc.landing = http_landing;
 	hc.landing_ctx = &a;
+	if (web_security(&a.cfg, &hc, &tls_cert, &tls_key))
+		goto cleanup;
 	http = http_start(&hc, herr, sizeof(herr));
 	if (!http) {
 		fprintf(stderr, "pgshadow: --metrics-listen: %s\n", herr);
@@ -1296,6 +1477,11 @@ cleanup:
 	replay_stop(a.replay); /* after close_all: sessions closed, queues counted */
 	resolver_stop(resolver);
 	http_stop(http);
+	webauth_free(hc.auth);
+	if (tls_key)
+		explicit_bzero(tls_key, strlen(tls_key));
+	free(tls_key);
+	free(tls_cert);
 	capture_close(c);
 	pipeline_free(pipe);
 	stats_free(st);
