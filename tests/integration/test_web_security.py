@@ -56,8 +56,8 @@ def test_tls_and_basic_auth(start_agent, agent_bin, tls, tmp_path, rng):
     cert, key, users = tls
     addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',), rng=rng)}"
     start_agent(h.free_port(rng=rng), ["lo"], dump=False,
-                extra=["--metrics-listen", addr, "--web-tls-cert-file", cert,
-                       "--web-tls-key-file", key, "--web-basic-auth-file", users])
+                extra=["--metrics-listen", addr, "--web-tls-cert-file", str(cert),
+                       "--web-tls-key-file", str(key), "--web-basic-auth-file", str(users)])
     url = f"https://{addr}/metrics"
     status, _, body = get(url, cert, USER, PASSWORD)
     assert status == 200 and "mirror_build_info" in body, (status, body[:200])
