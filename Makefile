@@ -36,7 +36,7 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
-              $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o
+              $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -48,7 +48,7 @@ UNIT_TESTS += $(BUILD)/test_sampler
 UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
-              $(BUILD)/test_fleet $(BUILD)/test_webauth
+              $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -85,16 +85,17 @@ $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/
 		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -lpthread -o $@
 
-$(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lpthread -o $@
+$(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o \
+		$(BUILD)/webauth.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
 
 $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUILD)/stats.o \
 		$(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -lm -lpthread -o $@
 
 $(BUILD)/test_admin: tests/unit/test_admin.c $(BUILD)/admin.o $(BUILD)/buf.o $(BUILD)/http.o \
-		$(BUILD)/stats.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lm -lpthread -o $@
+		$(BUILD)/stats.o $(BUILD)/webauth.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lm -lpthread -o $@
 
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o
 	$(CC) $(CFLAGS) -DSRCDIR='"$(CURDIR)"' $^ -lcmocka -linih -lm -lpthread -o $@
@@ -125,6 +126,9 @@ $(BUILD)/test_statefile: tests/unit/test_statefile.c $(BUILD)/statefile.o $(BUIL
 
 $(BUILD)/test_fleet: tests/unit/test_fleet.c $(BUILD)/fleet.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -o $@
+
+$(BUILD)/test_redact: tests/unit/test_redact.c $(BUILD)/redact.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_webauth: tests/unit/test_webauth.c $(BUILD)/webauth.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcrypt -lxxhash -o $@

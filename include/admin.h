@@ -101,6 +101,11 @@ struct admin_conn;
  * must outlive it. NULL on ENOMEM. */
 struct admin_conn *admin_conn_new(const struct admin_provider *p, uint32_t pid, uint32_t secret);
 
+/* A connection that may only read: RESET MIRROR STATS is refused (42501). The shell
+ * sets it for the TCP listener's clients; the Unix socket's permissions are the
+ * console's access control. */
+void admin_conn_set_read_only(struct admin_conn *c, bool read_only);
+
 /* NULL-safe. */
 void admin_conn_free(struct admin_conn *c);
 

@@ -41,6 +41,7 @@ struct admin_conn {
 	const struct admin_provider *p;
 	enum conn_state state;
 	uint32_t pid, secret;
+	bool read_only; /* came over TCP: no RESET */
 	size_t in_len;
 	unsigned char in[ADMIN_MAX_MESSAGE + 1]; /* one whole message and its type byte */
 };
@@ -498,6 +499,13 @@ static int cmd_reset(struct admin_conn *c, struct buf *reply, struct cmd_error *
 		unavailable(e, "RESET MIRROR STATS");
 		return -1;
 	}
+	if (c->read_only) {
+		e->code = "42501"; /* insufficient_privilege */
+		snprintf(e->msg, sizeof(e->msg),
+			 "RESET MIRROR STATS needs the console's Unix socket (its permissions are "
+			 "the access control): over TCP the console only reads");
+		return -1;
+	}
 	rc = c->p->reset(c->p->ctx);
 	if (rc < 0)
 		return provider_failed(e, "RESET MIRROR STATS", rc);
@@ -753,8 +761,14 @@ struct admin_conn *admin_conn_new(const struct admin_provider *p, uint32_t pid, 
 	c->state = ST_STARTUP;
 	c->pid = pid;
 	c->secret = secret;
+	c->read_only = false;
 	c->in_len = 0;
 	return c;
+}
+
+void admin_conn_set_read_only(struct admin_conn *c, bool read_only)
+{
+	c->read_only = read_only;
 }
 
 void admin_conn_free(struct admin_conn *c)
@@ -898,6 +912,7 @@ struct client {
 struct admin {
 	struct admin_provider p;
 	int listen_fd[2];
+	bool listen_tcp[2]; /* its clients are read-only */
 	int n_listen;
 	int wake_fd;
 	char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -966,7 +981,7 @@ static void refuse(int fd)
 	close(fd);
 }
 
-static void accept_clients(struct admin *a, int lfd)
+static void accept_clients(struct admin *a, int lfd, bool tcp)
 {
 	struct client *cl;
 	int fd, k;
@@ -990,6 +1005,7 @@ static void accept_clients(struct admin *a, int lfd)
 			close(fd);
 			continue;
 		}
+		admin_conn_set_read_only(cl->conn, tcp);
 		buf_init(&cl->out, ADMIN_OUT_HIGH + ADMIN_MAX_REPLY + 65536);
 		cl->since_ms = now_ms();
 		a->n_clients++;
@@ -1086,7 +1102,7 @@ static void *admin_thread(void *arg)
 		}
 		for (l = 0; l < a->n_listen; l++)
 			if (fds[1 + l].revents & POLLIN)
-				accept_clients(a, a->listen_fd[l]);
+				accept_clients(a, a->listen_fd[l], a->listen_tcp[l]);
 	}
 	free(fds);
 	return NULL;
@@ -1192,6 +1208,18 @@ static int open_unix(struct admin *a, const struct admin_config *cfg, char *err,
 	return 0;
 }
 
+static bool loopback(const struct sockaddr_storage *ss)
+{
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+	const uint8_t *b = s6->sin6_addr.s6_addr;
+
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+	if (IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr))
+		return true;
+	return IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr) && b[12] == 127;
+}
+
 static int open_tcp(struct admin *a, const char *listen_addr, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
@@ -1200,6 +1228,14 @@ static int open_tcp(struct admin *a, const char *listen_addr, char *err, size_t 
 
 	if (http_parse_listen(listen_addr, &ss, &len, err, errlen))
 		return -EINVAL;
+	if (!loopback(&ss)) {
+		snprintf(err, errlen,
+			 "admin console: --admin-listen %s is not a loopback address: the console "
+			 "has no authentication (listen on 127.0.0.1 or [::1] and reach it through "
+			 "SSH, or use the Unix socket)",
+			 listen_addr);
+		return -EINVAL;
+	}
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "admin console: socket: %s", strerror(errno));
@@ -1213,6 +1249,7 @@ static int open_tcp(struct admin *a, const char *listen_addr, char *err, size_t 
 		close(fd);
 		return rc;
 	}
+	a->listen_tcp[a->n_listen] = true;
 	a->listen_fd[a->n_listen++] = fd;
 	return 0;
 }

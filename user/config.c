@@ -231,8 +231,9 @@ const struct config_key config_keys[] = {
      "Port of the admin console: the socket is DIR/.s.PGSQL.PORT."},
     {"admin_listen", CONFIG_STRING, OFF(admin_listen), 0, 0, CONFIG_F_ADDRESS, NULL, NULL, false,
      "ADDR",
-     "Also serve the admin console on TCP, IPv4:PORT or [IPv6]:PORT. Use a loopback "
-     "address: the console has no authentication. Empty: no TCP listener."},
+     "Also serve the admin console on TCP, IPv4:PORT or [IPv6]:PORT: a loopback address "
+     "only (the console has no authentication), and read-only (RESET needs the Unix "
+     "socket). Empty: no TCP listener."},
 
     {"verbose", CONFIG_BOOL, OFF(verbose), 0, 0, CONFIG_F_NO_ARG, NULL, "off", false, NULL,
      "Also print libbpf's messages."},

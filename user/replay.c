@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 #include <sys/resource.h>
 
+#include "redact.h"
 #include "replay_int.h"
 
 /* Takes every posted message, oldest first (replay thread). */
@@ -728,8 +729,12 @@ static int parse_mirror(struct replay *r, char *err, size_t errlen)
 
 	opts = PQconninfoParse(r->mirror, &msg);
 	if (!opts) {
-		snprintf(err, errlen, "--mirror: %s",
-			 msg ? strtok(msg, "\n") : "cannot parse the conninfo (out of memory)");
+		char why[512];
+
+		redact_libpq_message(r->mirror,
+				     msg ? msg : "cannot parse the conninfo (out of memory)", why,
+				     sizeof(why));
+		snprintf(err, errlen, "--mirror: %s", why);
 		PQfreemem(msg);
 		return -EINVAL;
 	}

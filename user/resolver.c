@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 
 #include "ownconn.h"
+#include "redact.h"
 #include "resolver.h"
 
 #define QUEUE_MAX	  1024 /* pending lookups; more are refused and counted */
@@ -250,6 +251,7 @@ static int connect_source(struct resolver *r, char *err, size_t errlen)
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	time_t deadline = time(NULL) + CONNECT_TIMEOUT_S;
 	struct pollfd pfd;
+	char why[512];
 	int rc;
 
 	r->conn = PQconnectStart(r->dsn);
@@ -282,8 +284,9 @@ static int connect_source(struct resolver *r, char *err, size_t errlen)
 		 r->conn ? strtok(PQerrorMessage(r->conn), "\n") : "connection lost");
 	goto out;
 fail:
-	snprintf(err, errlen, "--source-dsn: cannot connect: %s",
-		 r->conn ? strtok(PQerrorMessage(r->conn), "\n") : "out of memory");
+	if (r->conn)
+		redact_libpq_message(r->dsn, PQerrorMessage(r->conn), why, sizeof(why));
+	snprintf(err, errlen, "--source-dsn: cannot connect: %s", r->conn ? why : "out of memory");
 out:
 	disconnect(r);
 	return -1;

@@ -706,3 +706,27 @@ def test_console_socket_taken_or_unusable_is_fatal(start_agent, agent_bin, tmp_p
     assert res.returncode == 0 and res.stdout.startswith("pgshadow "), res
     assert second.stop(signal.SIGINT).returncode == 0
     assert not os.path.exists(sock), "a clean stop leaves its socket file"
+
+
+def test_console_tcp_is_loopback_and_read_only(pair, mirror_agent, agent_bin, rng):  # noqa: F811
+    """--admin-listen: a non-loopback address is refused at start (exit 2, why); on
+    127.0.0.1 the TCP console reads (SHOW VERSION) but RESET MIRROR STATS is refused with
+    42501, while the Unix socket (its permissions are the access control) may RESET."""
+    src, mir = pair
+    rc, _, err = h.run_agent_to_exit(
+        agent_bin, ["--port", src.port, "--interface", "lo", "--admin-socket-dir", "",
+                    "--metrics-listen", f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}",
+                    "--admin-listen", "0.0.0.0:6999"])
+    assert rc == 2 and "--admin-listen 0.0.0.0:6999 is not a loopback address" in err, err
+    port = h.free_port(hosts=("127.0.0.1",), rng=rng)
+    agent = mirror_agent(src, mir, extra=["--admin-listen", f"127.0.0.1:{port}"])
+    tcp = [PSQL, "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "pgshadow", "-v",
+           "VERBOSITY=verbose", "pgshadow", "-c"]
+    r = subprocess.run(tcp + ["SHOW VERSION"], capture_output=True, text=True, timeout=30,
+                       env=clean_env())
+    assert r.returncode == 0 and "pgshadow" in r.stdout, r.stderr
+    r = subprocess.run(tcp + ["RESET MIRROR STATS"], capture_output=True, text=True,
+                       timeout=30, env=clean_env())
+    assert r.returncode != 0 and "42501" in r.stderr and "Unix socket" in r.stderr, r.stderr
+    r = console_psql(agent, "RESET MIRROR STATS")
+    assert r.returncode == 0 and "RESET" in r.stdout, r.stderr

@@ -229,3 +229,18 @@ def test_silent_mirror_starts_after_the_timeout(start_agent, mirror_agent_bin):
             agent.stderr()
         assert CHECK_TIMEOUT <= took < CHECK_TIMEOUT + 10, f"ready after {took:.1f} s"
         assert agent.stop(signal.SIGINT).returncode == 0
+
+
+@pytest.mark.parametrize("flag", ["--mirror", "--source-dsn"])
+def test_conninfo_secret_never_quoted(agent_bin, flag):
+    """libpq quotes the token it cannot parse: of a URI whose password is badly
+    percent-encoded, the password. The agent refuses to start (exit 2) and says why
+    without it."""
+    secret = "Sekr1t%zzPw"
+    rc, _, err = h.run_agent_to_exit(
+        agent_bin, ["--port", h.free_port(), "--interface", "lo", "--admin-socket-dir", "",
+                    "--metrics-listen", f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}",
+                    flag, f"postgresql://u:{secret}@127.0.0.1:1/db"])
+    assert rc == 2, f"exit {rc}: {err}"
+    assert "invalid percent-encoded token" in err and "(withheld)" in err, err
+    assert "Sekr1t" not in err and "zzPw" not in err, err

@@ -687,6 +687,25 @@ static void test_reset(void **state)
 	run_end(&r);
 }
 
+/* Over TCP (read-only): RESET is refused, reading still works. */
+static void test_reset_read_only(void **state)
+{
+	struct bytes want = {.n = 0};
+	struct run r;
+
+	(void)state;
+	fk.resets = 0;
+	run_ready(&r, &provider);
+	admin_conn_set_read_only(r.c, true);
+	b_error(&want, "ERROR", "42501",
+		"RESET MIRROR STATS needs the console's Unix socket (its permissions are the "
+		"access control): over TCP the console only reads");
+	b_ready(&want);
+	expect_query(&r, "RESET MIRROR STATS", &want);
+	assert_int_equal(fk.resets, 0);
+	run_end(&r);
+}
+
 /* A provider without callbacks: 0A000 per command, and the session stays usable. */
 static void test_unavailable(void **state)
 {
@@ -1113,6 +1132,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_show_mirrors, setup),
 	    cmocka_unit_test_setup(test_show_databases_and_sessions, setup),
 	    cmocka_unit_test_setup(test_reset, setup),
+	    cmocka_unit_test_setup(test_reset_read_only, setup),
 	    cmocka_unit_test_setup(test_unavailable, setup),
 	    cmocka_unit_test_setup(test_unknown_command_then_usable, setup),
 	    cmocka_unit_test_setup(test_empty_query, setup),
