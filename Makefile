@@ -36,7 +36,8 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/replay_conn.o $(BUILD)/replay_pool.o $(BUILD)/ownconn.o \
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
-              $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o
+              $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o \
+              $(BUILD)/authblank.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -48,7 +49,8 @@ UNIT_TESTS += $(BUILD)/test_sampler
 UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
-              $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact
+              $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
+              $(BUILD)/test_authblank
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -82,7 +84,8 @@ $(BUILD)/test_session: tests/unit/test_session.c $(BUILD)/session.o $(BUILD)/pgw
 	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -lxxhash -o $@
 
 $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/tcpstream.o \
-		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o
+		$(BUILD)/session.o $(BUILD)/pgwire.o $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/dump.o \
+		$(BUILD)/authblank.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -lpthread -o $@
 
 $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o \
@@ -126,6 +129,9 @@ $(BUILD)/test_statefile: tests/unit/test_statefile.c $(BUILD)/statefile.o $(BUIL
 
 $(BUILD)/test_fleet: tests/unit/test_fleet.c $(BUILD)/fleet.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -o $@
+
+$(BUILD)/test_authblank: tests/unit/test_authblank.c $(BUILD)/authblank.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_redact: tests/unit/test_redact.c $(BUILD)/redact.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@

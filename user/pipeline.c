@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authblank.h"
 #include "pipeline.h"
 
 struct pipeline {
@@ -22,6 +23,7 @@ struct pipeline {
 struct conn {
 	struct session *session;
 	struct dump_flow *dump;
+	struct authblank auth; /* the client's authentication bodies kept out of the dump */
 	struct stats_db *db;
 	uint64_t flow_id;
 	void *sink_handle; /* the mirror's handle of this session */
@@ -164,6 +166,7 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 	c->client = flow->client;
 	if (p->dump)
 		c->dump = dump_flow_open(p->dump, flow);
+	authblank_init(&c->auth, flow->saw_syn);
 	c->session = session_new(&p->session_cfg, &session_handler, p, &p->session_stats, flow->id,
 				 flow->saw_syn, ts_ns);
 	if (c->session) {
@@ -192,8 +195,18 @@ static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir d
 
 	if (!c)
 		return;
-	if (c->dump)
+	if (c->dump && dir == TCPSTREAM_C2S && !authblank_done(&c->auth)) {
+		uint8_t copy[4096]; /* authentication: a few small messages */
+		size_t off, n;
+
+		for (off = 0; off < len; off += n) {
+			n = len - off < sizeof(copy) ? len - off : sizeof(copy);
+			authblank_feed(&c->auth, data + off, n, copy);
+			dump_flow_data(p->dump, c->dump, dir, copy, n);
+		}
+	} else if (c->dump) {
 		dump_flow_data(p->dump, c->dump, dir, data, len);
+	}
 	if (c->session)
 		session_feed(c->session, (enum pgwire_dir)dir, data, len, ts_ns);
 }
@@ -208,6 +221,8 @@ static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir di
 		return;
 	if (c->dump)
 		dump_flow_gap(p->dump, c->dump, dir, missing);
+	if (dir == TCPSTREAM_C2S)
+		authblank_gap(&c->auth);
 	if (c->session)
 		session_gap(c->session, (enum pgwire_dir)dir, ts_ns);
 }
