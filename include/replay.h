@@ -94,6 +94,12 @@ void replay_set_exposure(struct replay *r, const char *db, double exposure);
  * thread after each batch of records; NULL-safe. */
 void replay_wake(struct replay *r);
 
+struct fingerprint_stats;
+
+/* The classification cache's counters (hits, misses, ...). The capture thread (the
+ * cache's owner). */
+void replay_fingerprint_stats(const struct replay *r, struct fingerprint_stats *out);
+
 /* Changes mirror_log_mismatches at run time (SIGHUP). Any thread. */
 void replay_set_log_mismatches(struct replay *r, uint32_t n);
 

@@ -226,6 +226,33 @@ struct stats_capture *stats_capture(struct stats *st);
 /* Databases folded into "other" so far. */
 uint64_t stats_database_overflow(const struct stats *st);
 
+/* The resolver's and the fingerprint cache's counters, published by the capture thread's
+ * tick (their owners keep them unlocked or under their own lock); rendered once set. */
+enum {
+	STATS_RESOLVER_RESOLVED = 0,
+	STATS_RESOLVER_NOT_FOUND,
+	STATS_RESOLVER_QUEUE_FULL,
+	STATS_RESOLVER_QUERIES,
+	STATS_RESOLVER_QUERY_ERRORS,
+	STATS_RESOLVER_RECONNECTS,
+	STATS_RESOLVER_MAX,
+};
+enum {
+	STATS_FP_HITS = 0,
+	STATS_FP_MISSES,
+	STATS_FP_EVICTIONS,
+	STATS_FP_PARSE_ERRORS,
+	STATS_FP_TOO_DEEP,
+	STATS_FP_MAX,
+};
+void stats_set_resolver(struct stats *st, const uint64_t v[STATS_RESOLVER_MAX]);
+void stats_set_fingerprint(struct stats *st, const uint64_t v[STATS_FP_MAX]);
+
+/* A cap reached (mirror_capture_limit_hits_total{limit} > 0) not yet named: its name and
+ * what reaching it means, once per cap in the stats' life; false when none is left.
+ * One thread (the capture thread's tick). */
+bool stats_limit_first_hit(struct stats *st, const char **name, const char **meaning);
+
 /*
  * Mirror outcomes. stats_mirror_request counts a request in mirror_requests_total (at
  * source completion); each such request later gets exactly one of not_sampled, skipped,

@@ -955,10 +955,38 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 
 /* Polls until a signal; ticks the pipeline on capture time while records flow and on
  * the clock when the ring is empty (then nothing older is still on its way). */
+/* The resolver's and the classification cache's counters to /metrics (capture thread). */
+static void publish_aux(struct agent *a, struct resolver *r)
+{
+	struct resolver_stats rs;
+	struct fingerprint_stats fs;
+
+	if (r) {
+		resolver_stats(r, &rs);
+		stats_set_resolver(a->st, (const uint64_t[STATS_RESOLVER_MAX]){
+					      [STATS_RESOLVER_RESOLVED] = rs.resolved,
+					      [STATS_RESOLVER_NOT_FOUND] = rs.not_found,
+					      [STATS_RESOLVER_QUEUE_FULL] = rs.queue_full,
+					      [STATS_RESOLVER_QUERIES] = rs.queries,
+					      [STATS_RESOLVER_QUERY_ERRORS] = rs.query_errors,
+					      [STATS_RESOLVER_RECONNECTS] = rs.reconnects});
+	}
+	if (a->replay) {
+		replay_fingerprint_stats(a->replay, &fs);
+		stats_set_fingerprint(
+		    a->st, (const uint64_t[STATS_FP_MAX]){[STATS_FP_HITS] = fs.hits,
+							  [STATS_FP_MISSES] = fs.misses,
+							  [STATS_FP_EVICTIONS] = fs.evictions,
+							  [STATS_FP_PARSE_ERRORS] = fs.parse_errors,
+							  [STATS_FP_TOO_DEEP] = fs.too_deep});
+	}
+}
+
 static int run(struct agent *a, struct capture *c, struct pipeline *p, struct resolver *r)
 {
 	uint64_t k[CAPTURE_COUNTERS] = {};
 	uint64_t last_tick = 0, now, clock;
+	const char *limit, *meaning;
 	int n;
 
 	while (!exiting) {
@@ -988,6 +1016,13 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			capture_read_counters(c, k);
 			pipeline_tick(p, now, k);
 			last_tick = now;
+			publish_aux(a, r);
+			while (stats_limit_first_hit(a->st, &limit, &meaning))
+				fprintf(
+				    stderr,
+				    "pgshadow: WARN: limit %s reached: %s (counted in "
+				    "mirror_capture_limit_hits_total{limit=\"%s\"}; said once)\n",
+				    limit, meaning, limit);
 		}
 		replay_wake(a->replay); /* once per batch: what the records above submitted */
 	}

@@ -743,3 +743,8 @@ void replay_session_event(struct replay *r, struct replay_session *rs, const str
 		unit_cut(r, rs, STATS_ABORT_CAPTURE_GAP); /* requests of it were lost */
 	}
 }
+
+void replay_fingerprint_stats(const struct replay *r, struct fingerprint_stats *out)
+{
+	*out = *fingerprint_cache_stats(r->fp);
+}

@@ -122,6 +122,10 @@ struct stats {
 	_Atomic uint64_t db_overflow;
 	struct stats_capture capture;
 	struct mirror mirror;
+	uint32_t limits_said; /* stats_limit_first_hit: bit i, limit_metrics[i] (last: databases) */
+	/* published copies (stats_set_resolver, stats_set_fingerprint); shown once set */
+	_Atomic bool resolver_set, fingerprint_set;
+	_Atomic uint64_t resolver[STATS_RESOLVER_MAX], fingerprint[STATS_FP_MAX];
 };
 
 #define RELAXED memory_order_relaxed
@@ -916,20 +920,59 @@ static const struct capture_metric capture_metrics[] = {
      "Replication connections (counted, never decoded).", CAP(replication_sessions)},
 };
 
+/* help: what reaching the cap means, for the log (stats_limit_first_hit) */
 static const struct capture_metric limit_metrics[] = {
-    {"flows", NULL, NULL, CAP(flows_refused)},
-    {"flow_buffer", NULL, NULL, CAP(flow_buffer_full)},
-    {"hole_timeout", NULL, NULL, CAP(hole_timeouts)},
-    {"statements", NULL, NULL, CAP(statements_evicted)},
-    {"inflight", NULL, NULL, CAP(inflight_overflow)},
-    {"message_size", NULL, NULL, CAP(bodies_too_big)},
-    {"portals", NULL, NULL, CAP(portals_evicted)},
-    {"copy_bytes", NULL, NULL, CAP(copy_truncated)},
+    {"flows", NULL, "more connections than max_flows at once: the others are not captured",
+     CAP(flows_refused)},
+    {"flow_buffer", NULL,
+     "a connection held more out-of-order bytes than flow_buffer_kb: it has a gap",
+     CAP(flow_buffer_full)},
+    {"hole_timeout", NULL,
+     "a missing segment never came within hole_timeout_ms: its stream has a gap",
+     CAP(hole_timeouts)},
+    {"statements", NULL,
+     "a session prepared more than 1000 named statements: the oldest were forgotten",
+     CAP(statements_evicted)},
+    {"inflight", NULL, "a session had more requests in flight than the decoder keeps",
+     CAP(inflight_overflow)},
+    {"message_size", NULL,
+     "a message was longer than max_message_kb: counted, its body not decoded",
+     CAP(bodies_too_big)},
+    {"portals", NULL, "a session had more than 100 portals open: the oldest were forgotten",
+     CAP(portals_evicted)},
+    {"copy_bytes", NULL, "a COPY carried more data than is kept for replay", CAP(copy_truncated)},
 };
 
 static uint64_t cap_field(const struct stats_capture *c, size_t offset)
 {
 	return atomic_load_explicit((_Atomic uint64_t *)((char *)c + offset), RELAXED);
+}
+
+static uint64_t cap_field_of(struct stats *st, size_t offset)
+{
+	return cap_field(&st->capture, offset);
+}
+
+#define N_LIMITS (sizeof(limit_metrics) / sizeof(limit_metrics[0]))
+
+bool stats_limit_first_hit(struct stats *st, const char **name, const char **meaning)
+{
+	size_t i;
+
+	for (i = 0; i <= N_LIMITS; i++) {
+		bool hit = i < N_LIMITS ? cap_field_of(st, limit_metrics[i].offset) > 0
+					: stats_database_overflow(st) > 0;
+
+		if (!hit || (st->limits_said & (1u << i)))
+			continue;
+		st->limits_said |= 1u << i;
+		*name = i < N_LIMITS ? limit_metrics[i].name : "databases";
+		*meaning = i < N_LIMITS ? limit_metrics[i].help
+					: "more databases than max_databases: the others are "
+					  "counted as database=\"other\"";
+		return true;
+	}
+	return false;
 }
 
 static bool render_capture(struct buf *b, struct stats *st)
@@ -1176,6 +1219,70 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	return ok;
 }
 
+void stats_set_resolver(struct stats *st, const uint64_t v[STATS_RESOLVER_MAX])
+{
+	int i;
+
+	for (i = 0; i < STATS_RESOLVER_MAX; i++)
+		atomic_store_explicit(&st->resolver[i], v[i], RELAXED);
+	atomic_store(&st->resolver_set, true);
+}
+
+void stats_set_fingerprint(struct stats *st, const uint64_t v[STATS_FP_MAX])
+{
+	int i;
+
+	for (i = 0; i < STATS_FP_MAX; i++)
+		atomic_store_explicit(&st->fingerprint[i], v[i], RELAXED);
+	atomic_store(&st->fingerprint_set, true);
+}
+
+static bool render_aux(struct buf *b, struct stats *st)
+{
+	static const char *const lookups[] = {"resolved", "not_found", "queue_full"};
+	static const char *const cache[] = {"hit", "miss", "eviction"};
+	static const char *const unparsed[] = {"parse_error", "too_deep"};
+	bool ok = true;
+	int i;
+
+	if (atomic_load(&st->resolver_set)) {
+		ok &= header(b, "mirror_resolver_lookups_total", "counter",
+			     "--source-dsn: sessions whose start was missed looked up in "
+			     "pg_stat_activity, by result.");
+		for (i = 0; i < 3; i++)
+			ok &= buf_printf(b, "mirror_resolver_lookups_total{result=\"%s\"} %llu\n",
+					 lookups[i],
+					 (unsigned long long)atomic_load(&st->resolver[i]));
+		ok &= gauge_or_counter(b, "mirror_resolver_queries_total", "counter",
+				       "--source-dsn: queries of pg_stat_activity.",
+				       atomic_load(&st->resolver[STATS_RESOLVER_QUERIES]));
+		ok &= gauge_or_counter(b, "mirror_resolver_query_errors_total", "counter",
+				       "--source-dsn: those that failed.",
+				       atomic_load(&st->resolver[STATS_RESOLVER_QUERY_ERRORS]));
+		ok &= gauge_or_counter(b, "mirror_resolver_reconnects_total", "counter",
+				       "--source-dsn: connections to the source made again.",
+				       atomic_load(&st->resolver[STATS_RESOLVER_RECONNECTS]));
+	}
+	if (atomic_load(&st->fingerprint_set)) {
+		ok &= header(b, "mirror_fingerprint_cache_total", "counter",
+			     "Statement classification cache (libpg_query parses), by result.");
+		for (i = 0; i < 3; i++)
+			ok &= buf_printf(b, "mirror_fingerprint_cache_total{result=\"%s\"} %llu\n",
+					 cache[i],
+					 (unsigned long long)atomic_load(&st->fingerprint[i]));
+		ok &= header(b, "mirror_fingerprint_unparsed_total", "counter",
+			     "Statement texts libpg_query could not classify (replayed as writes "
+			     "of unknown class), by reason.");
+		for (i = 0; i < 2; i++)
+			ok &=
+			    buf_printf(b, "mirror_fingerprint_unparsed_total{reason=\"%s\"} %llu\n",
+				       unparsed[i],
+				       (unsigned long long)atomic_load(
+					   &st->fingerprint[STATS_FP_PARSE_ERRORS + i]));
+	}
+	return ok;
+}
+
 bool stats_render(struct stats *st, const struct stats_process *proc, const char *version,
 		  uint64_t now_ns, struct buf *out)
 {
@@ -1187,6 +1294,7 @@ bool stats_render(struct stats *st, const struct stats_process *proc, const char
 	if (st->mirror.enabled)
 		ok &= render_mirror(out, st, dbs, n, now_ns);
 	ok &= render_capture(out, st);
+	ok &= render_aux(out, st);
 	if (proc)
 		ok &= render_process(out, proc, version);
 	return ok;

@@ -11,10 +11,13 @@ namespace of its own (the server or the forwarding runs there, and the agent run
 with `ip netns exec`): to the agent it is the host.
 """
 
+import re
 import signal
+import time
 
 import pytest
 
+import pg_harness as pgh
 import pgshadow_harness as h
 
 N_CONNS = 40  # concurrent connections in the byte-exact tests
@@ -309,3 +312,36 @@ def test_tc_attach_stale_filter_cleanup(start_agent, procs, rng, tmp_path, lo_tc
         f"filters of ours on lo after a graceful exit: {h.tc_filters_ours('lo')}"
     left = h.wait_no_residue(baseline, second.pid, timeout=5)
     assert not left, f"left behind: {left}"
+
+
+def test_cap_hit_said_once(start_agent, rng):
+    """--max-flows 2 and 6 connections open at once: the refused ones are counted
+    (mirror_capture_limit_hits_total{limit="flows"}) and the agent says so in one line,
+    once, naming the key to raise."""
+    import socket
+    port = h.free_port(rng=rng)
+    addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',), rng=rng)}"
+    agent = start_agent(port, ["lo"], dump=False,
+                        extra=["--max-flows", "2", "--metrics-listen", addr])
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", port))
+        srv.listen(16)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        peers = [srv.accept()[0] for _ in clients]
+        for round_ in range(3):
+            for c in clients:
+                c.sendall(b"x")
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            text = pgh.scrape(addr)[0]
+            m = re.search(r'mirror_capture_limit_hits_total\{limit="flows"\} (\d+)', text)
+            lines = [l for l in agent.stderr().splitlines() if "limit flows reached" in l]
+            if (m and int(m.group(1)) >= 4 and lines) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        for s in clients + peers:
+            s.close()
+    assert m and int(m.group(1)) >= 4, text
+    assert len(lines) == 1 and "max_flows" in lines[0] and lines[0].startswith(
+        "pgshadow: WARN: limit flows reached:"), agent.stderr()

@@ -36,7 +36,18 @@ def test_every_flag_in_readme(agent_bin):
 def test_every_metric_in_readme(pair, mirror_agent):  # noqa: F811
     src, mir = pair
     agent = mirror_agent(src, mir, extra=["--source-dsn", src.conninfo("postgres")])
+    import psycopg2
+    conn = psycopg2.connect(src.conninfo("postgres"))
+    conn.autocommit = True
+    for _ in range(5):  # one text five times: one classification, four cache hits
+        conn.cursor().execute("SELECT 1")
+    conn.close()
+    import test_mirror as tm
+    tm.wait_settled(agent)
     text = pgh.scrape(agent.metrics_addr)[0]
+    assert 'mirror_fingerprint_cache_total{result="hit"} 4' in text or \
+        re.search(r'mirror_fingerprint_cache_total\{result="hit"\} ([4-9]|\d\d+)', text), text
+    assert re.search(r"^mirror_resolver_queries_total \d+$", text, re.M), text
     served = set(re.findall(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*)", text, re.M))
     assert len(served) > 40, f"too few metric families served: {sorted(served)}"
     documented = readme_metrics()

@@ -142,6 +142,34 @@ static void test_capture_block_rendered(void **state)
 	stats_free(st);
 }
 
+/* Each cap reached is named once, in the order of the table, databases last. */
+static void test_limit_first_hit(void **state)
+{
+	struct stats_config cfg = {.max_databases = 1};
+	struct stats *st = stats_new(&cfg);
+	struct stats_capture *c = stats_capture(st);
+	const char *name, *meaning;
+
+	(void)state;
+	assert_false(stats_limit_first_hit(st, &name, &meaning));
+	atomic_store(&c->flows_refused, 1);
+	atomic_store(&c->bodies_too_big, 5);
+	assert_true(stats_limit_first_hit(st, &name, &meaning));
+	assert_string_equal(name, "flows");
+	assert_non_null(strstr(meaning, "max_flows"));
+	assert_true(stats_limit_first_hit(st, &name, &meaning));
+	assert_string_equal(name, "message_size");
+	assert_false(stats_limit_first_hit(st, &name, &meaning));
+	atomic_store(&c->flows_refused, 7); /* again: already said */
+	assert_false(stats_limit_first_hit(st, &name, &meaning));
+	stats_source_request(stats_db(st, "a"), 1, false, "");
+	stats_source_request(stats_db(st, "b"), 1, false, "");
+	assert_true(stats_limit_first_hit(st, &name, &meaning));
+	assert_string_equal(name, "databases");
+	assert_false(stats_limit_first_hit(st, &name, &meaning));
+	stats_free(st);
+}
+
 static void test_buf_limit(void **state)
 {
 	struct buf b;
@@ -354,6 +382,7 @@ int main(void)
 	    cmocka_unit_test(test_histogram_buckets),
 	    cmocka_unit_test(test_database_cap_and_escaping),
 	    cmocka_unit_test(test_capture_block_rendered),
+	    cmocka_unit_test(test_limit_first_hit),
 	    cmocka_unit_test(test_buf_limit),
 	    cmocka_unit_test(test_parse_listen),
 	    cmocka_unit_test(test_mirror_stats_recording),
