@@ -179,7 +179,7 @@ unit: $(UNIT_TESTS)
 integration: $(BUILD)/pgshadow
 	$(PYTHON) -m pytest -v -rs tests/integration
 
-test: deps all unit integration
+test: deps all unit fuzz-regress integration
 
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
@@ -199,3 +199,44 @@ format-check:
 
 clean:
 	rm -rf $(BUILD)
+
+# ---- fuzzing (tests/fuzz/, clang's libFuzzer with ASan and UBSan) ----
+# `make fuzz` runs each harness FUZZ_SECONDS (60) from its corpus, adding what it finds;
+# `make fuzz-regress` (part of `make test`) runs every harness over its corpus once.
+FUZZ_BUILD   := $(BUILD)/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS   := -g -O1 -std=gnu11 -fno-omit-frame-pointer -Iinclude -I$(BUILD) \
+                -I/usr/include/postgresql -I/usr/include/pg_query
+FUZZ_TARGETS := fuzz_wire fuzz_stream fuzz_admin fuzz_config fuzz_parsers
+FUZZ_SRC_fuzz_wire    := user/session.c user/pgwire.c
+FUZZ_LIB_fuzz_wire    := -lxxhash
+FUZZ_SRC_fuzz_stream  := user/tcpstream.c user/session.c user/pgwire.c
+FUZZ_LIB_fuzz_stream  := -lxxhash
+FUZZ_SRC_fuzz_admin   := user/admin.c user/buf.c user/http.c user/stats.c user/webauth.c
+FUZZ_LIB_fuzz_admin   := -lmicrohttpd -lcrypt -lxxhash -lm -lpthread
+FUZZ_SRC_fuzz_config  := user/config.c
+FUZZ_LIB_fuzz_config  := -linih -lm -lpthread
+FUZZ_SRC_fuzz_parsers := user/readiness.c user/stats.c user/buf.c user/fleet.c user/statefile.c \
+                         user/webauth.c user/redact.c user/authblank.c user/http.c
+FUZZ_LIB_fuzz_parsers := -lcjson -lmicrohttpd -lcrypt -lxxhash -lm -lpthread
+
+# the harnesses' sources, named by target: $$(FUZZ_SRC_$$*) after the second expansion
+.SECONDEXPANSION:
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $$(FUZZ_SRC_$$*) include/*.h
+	@mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined $< $(FUZZ_SRC_$*) $(FUZZ_LIB_$*) -o $@
+
+.PHONY: fuzz fuzz-regress
+fuzz: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p tests/fuzz/corpus/$$t; \
+		echo "== $$t ($(FUZZ_SECONDS) s)"; \
+		$(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+			-artifact_prefix=$(FUZZ_BUILD)/$$t- tests/fuzz/corpus/$$t; \
+	done
+
+fuzz-regress: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $$t: $$(ls tests/fuzz/corpus/$$t | wc -l) inputs"; \
+		$(FUZZ_BUILD)/$$t -runs=0 tests/fuzz/corpus/$$t 2>&1 | tail -1; \
+	done

@@ -30,7 +30,8 @@ struct conn {
 	bool sink_open;
 	struct conn *next_unnamed, **prev_unnamed; /* on p->unnamed while waiting */
 	struct tcpstream_addr client;
-	uint64_t asked_ns;			 /* capture time of the outstanding lookup */
+	uint64_t asked_ns;  /* capture time of the outstanding lookup */
+	uint8_t quick_asks; /* no_match answers in a row, asked again at once (at most 3) */
 	struct conn *next_asking, **prev_asking; /* on p->asking while waiting */
 };
 
@@ -394,8 +395,15 @@ bool pipeline_statement(struct pipeline *p, const struct pipeline_statement *a)
 		else if (session_define_statement(c->session, name, a->text, a->len)) {
 			stats_statement_recovered(p->stats);
 			session_unknown_rearm(c->session); /* perhaps not the one asked for */
+			c->quick_asks = 0;
 			return true;
 		}
+	} else if (c->quick_asks < 3) {
+		/* another statement ran in the window (the session went on while the row was
+		 * read): the next execution asks again, not PIPELINE_LOOKUP_INTERVAL_NS later
+		 * (at 10,000 executions a second that would be 1,000 unmirrored) */
+		c->quick_asks++;
+		session_unknown_rearm(c->session);
 	}
 	stats_statement_unrecovered(p->stats, why);
 	return false;

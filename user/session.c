@@ -1129,8 +1129,9 @@ static void align(struct session *s, uint64_t ts)
 	s->info.state = SESSION_READY;
 	if (!s->tentative)
 		s->st->resyncs++;
-	/* what came before was processed before the ReadyForQuery that allowed this */
-	tracking_start(s, s->last_z_ts);
+	/* what came before was processed before the ReadyForQuery that allowed this; a
+	 * tentative alignment has no such ReadyForQuery: nothing is known before its batch */
+	tracking_start(s, s->tentative ? ts : s->last_z_ts);
 	emit_event(s, SESSION_EV_RESYNC, ts);
 }
 

@@ -74,6 +74,15 @@ struct webauth *webauth_parse(const char *text, char *err, size_t errlen)
 			snprintf(err, errlen, "out of memory");
 			goto fail;
 		}
+		if (bcrypt_hash(w->users[w->n].hash) &&
+		    (w->users[w->n].hash[4] - '0') * 10 + (w->users[w->n].hash[5] - '0') > 16) {
+			snprintf(err, errlen,
+				 "line %u: user %.64s: bcrypt cost above 16 (each check would take "
+				 "seconds; htpasswd -B uses 5 to 10)",
+				 line, w->users[w->n].name);
+			w->n++;
+			goto fail;
+		}
 		if (!bcrypt_hash(w->users[w->n].hash)) {
 			snprintf(err, errlen,
 				 "line %u: user %.64s: not a bcrypt hash ($2y$, $2b$ or $2a$, "

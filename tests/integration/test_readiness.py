@@ -448,7 +448,7 @@ def test_readiness_cli_cannot_tell(start_agent, agent_bin, rng):
                    f"readiness: cannot connect to 127.0.0.1 port {free}: Connection "
                    f"refused\n"), err
     rc, out, err = readiness_cli(agent_bin, "--url", "https://127.0.0.1/readiness")
-    assert rc == 2 and len(err.splitlines()) == 1 and "not an http://" in err, err
+    assert rc == 2 and len(err.splitlines()) == 1 and "https is not spoken by this client" in err, err
     rc, out, err = readiness_cli(agent_bin, "--bogus")
     assert rc == 2 and "unknown option '--bogus'" in err, err
     rc, out, err = readiness_cli(agent_bin, "--help")

@@ -52,6 +52,8 @@ static void test_refused(void **state)
 	expect_refused(ALICE "\n:$2b$04$x\n", "line 2: expected user:bcrypt-hash");
 	expect_refused("alice:secret\n", "line 1: user alice: not a bcrypt hash");
 	expect_refused("alice:$1$abc$def\n", "not a bcrypt hash");
+	expect_refused("alice:$2b$20$abcdefghijklmnopqrstuuLZYjhNQAOdpbzt4WxWlUHjv1wsyH5DG\n",
+		       "bcrypt cost above 16");
 }
 
 int main(void)
