@@ -32,11 +32,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "buf.h"
 #include "stats.h"
 
 #define ADMIN_MAX_MESSAGE (64u * 1024) /* largest frontend message, length field included */
+#define ADMIN_USERS_MAX	  64	       /* admin_users, stats_users: OS users each */
 #define ADMIN_MAX_STARTUP 10000u       /* largest startup packet (PostgreSQL's limit) */
 #define ADMIN_OUT_HIGH	  (1u << 20)   /* stop answering while this much output waits */
 #define ADMIN_MAX_REPLY	  (8u << 20)   /* one command's reply; beyond it: 54000 */
@@ -131,6 +133,10 @@ struct admin_config {
 	uint16_t port;		  /* default 6433: the socket is <unix_dir>/.s.PGSQL.<port> */
 	const char *listen;	  /* "IPv4:PORT" or "[IPv6]:PORT" (admin_listen); NULL: none */
 	uint32_t max_connections; /* default 64; more are refused with 53300 */
+	/* Unix socket peers (SO_PEERCRED): root and the agent's own uid always, these uids
+	 * too (full or read-only); either list non-empty opens the socket file (0666) */
+	const uid_t *admin_uids, *stats_uids;
+	size_t n_admin_uids, n_stats_uids;
 };
 
 void admin_config_default(struct admin_config *cfg);

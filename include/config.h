@@ -111,6 +111,8 @@ struct pgshadow_config {
 	char *admin_socket_dir; /* Unix socket directory (/run/pgshadow); NULL: no socket */
 	uint64_t admin_port;	/* the socket's "port" (.s.PGSQL.6433) and TCP port (6433) */
 	char *admin_listen;	/* TCP IPv4:PORT or [IPv6]:PORT; NULL: no TCP listener */
+	char *admin_users;	/* OS users with the full console (comma-separated), or NULL */
+	char *stats_users;	/* OS users with a read-only console, or NULL */
 
 	/* reloadable */
 	struct config_live live;

@@ -920,6 +920,8 @@ struct admin {
 	dev_t sock_dev;
 	bool have_sock;
 	uint32_t max_conn;
+	uid_t admin_uids[ADMIN_USERS_MAX], stats_uids[ADMIN_USERS_MAX];
+	size_t n_admin_uids, n_stats_uids;
 	struct client *clients;
 	size_t n_clients;
 	uint32_t next_pid;
@@ -969,21 +971,49 @@ static void out_reset(struct client *cl)
 }
 
 /* Refuses a connection beyond max_connections (best effort: one non-blocking send). */
-static void refuse(int fd)
+static void refuse(int fd, const char *code, const char *why)
 {
 	struct buf b;
 
 	buf_init(&b, 512);
-	error_response(&b, "FATAL", "53300", "too many connections to the pgshadow console");
+	error_response(&b, "FATAL", code, why);
 	if (b.data && send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 		(void)0; /* it was a courtesy */
 	buf_free(&b);
 	close(fd);
 }
 
+enum access { ACCESS_NONE, ACCESS_READ, ACCESS_FULL };
+
+static bool uid_in(uid_t uid, const uid_t *list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (list[i] == uid)
+			return true;
+	return false;
+}
+
+/* A Unix socket peer: root and the agent's own user in full, admin_users too,
+ * stats_users read-only, anyone else not at all (PgBouncer's console model). */
+static enum access peer_access(const struct admin *a, int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
+		return ACCESS_NONE;
+	if (cred.uid == 0 || cred.uid == geteuid() ||
+	    uid_in(cred.uid, a->admin_uids, a->n_admin_uids))
+		return ACCESS_FULL;
+	return uid_in(cred.uid, a->stats_uids, a->n_stats_uids) ? ACCESS_READ : ACCESS_NONE;
+}
+
 static void accept_clients(struct admin *a, int lfd, bool tcp)
 {
 	struct client *cl;
+	bool read_only = false;
 	int fd, k;
 
 	for (k = 0; k < 16; k++) {
@@ -991,8 +1021,23 @@ static void accept_clients(struct admin *a, int lfd, bool tcp)
 		if (fd < 0)
 			return;
 		if (a->n_clients >= a->max_conn) {
-			refuse(fd);
+			refuse(fd, "53300", "too many connections to the pgshadow console");
 			continue;
+		}
+		if (!tcp) {
+			switch (peer_access(a, fd)) {
+			case ACCESS_NONE:
+				refuse(
+				    fd, "28000",
+				    "this user may not use the pgshadow console (root, the agent's "
+				    "user, admin_users and stats_users may)");
+				continue;
+			case ACCESS_READ:
+				read_only = true;
+				break;
+			default:
+				read_only = false;
+			}
 		}
 		cl = &a->clients[a->n_clients];
 		memset(cl, 0, sizeof(*cl));
@@ -1005,7 +1050,7 @@ static void accept_clients(struct admin *a, int lfd, bool tcp)
 			close(fd);
 			continue;
 		}
-		admin_conn_set_read_only(cl->conn, tcp);
+		admin_conn_set_read_only(cl->conn, tcp || read_only);
 		buf_init(&cl->out, ADMIN_OUT_HIGH + ADMIN_MAX_REPLY + 65536);
 		cl->since_ms = now_ms();
 		a->n_clients++;
@@ -1192,7 +1237,8 @@ static int open_unix(struct admin *a, const struct admin_config *cfg, char *err,
 	/* bind creates the file as 0777 & ~umask (0755 under the usual 022: only the owner
 	 * can connect), so tightening/opening it to 0660 right after leaves no window in
 	 * which others can connect; umask itself is per process, not ours to change */
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) || chmod(sun.sun_path, 0660) ||
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) ||
+	    chmod(sun.sun_path, a->n_admin_uids || a->n_stats_uids ? 0666 : 0660) ||
 	    listen(fd, 64) || stat(sun.sun_path, &sb)) {
 		rc = -errno;
 		snprintf(err, errlen, "admin console: cannot listen on %s: %s", sun.sun_path,
@@ -1279,6 +1325,12 @@ struct admin *admin_start(const struct admin_config *cfg, const struct admin_pro
 	a->wake_fd = -1;
 	a->listen_fd[0] = a->listen_fd[1] = -1;
 	a->max_conn = cfg->max_connections ? cfg->max_connections : 64;
+	a->n_admin_uids = cfg->n_admin_uids < ADMIN_USERS_MAX ? cfg->n_admin_uids : ADMIN_USERS_MAX;
+	a->n_stats_uids = cfg->n_stats_uids < ADMIN_USERS_MAX ? cfg->n_stats_uids : ADMIN_USERS_MAX;
+	if (a->n_admin_uids)
+		memcpy(a->admin_uids, cfg->admin_uids, a->n_admin_uids * sizeof(uid_t));
+	if (a->n_stats_uids)
+		memcpy(a->stats_uids, cfg->stats_uids, a->n_stats_uids * sizeof(uid_t));
 	a->clients = calloc(a->max_conn, sizeof(*a->clients));
 	a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!a->clients || a->wake_fd < 0) {

@@ -229,6 +229,13 @@ const struct config_key config_keys[] = {
      "its permissions are the access control. Empty: no Unix socket."},
     {"admin_port", CONFIG_UINT, OFF(admin_port), 1, 65535, 0, NULL, "6433", false, "PORT",
      "Port of the admin console: the socket is DIR/.s.PGSQL.PORT."},
+    {"admin_users", CONFIG_STRING, OFF(admin_users), 0, 0, 0, NULL, NULL, false, "USERS",
+     "OS users (comma-separated) who may use the console's Unix socket fully, besides root "
+     "and the agent's own user (SO_PEERCRED); setting it or stats_users opens the socket "
+     "file to everyone (0666): the peer's uid decides."},
+    {"stats_users", CONFIG_STRING, OFF(stats_users), 0, 0, 0, NULL, NULL, false, "USERS",
+     "OS users (comma-separated) who may use the console's Unix socket to read only "
+     "(SHOW; RESET gets 42501)."},
     {"admin_listen", CONFIG_STRING, OFF(admin_listen), 0, 0, CONFIG_F_ADDRESS, NULL, NULL, false,
      "ADDR",
      "Also serve the admin console on TCP, IPv4:PORT or [IPv6]:PORT: a loopback address "

@@ -736,6 +736,36 @@ static void regain_net_admin(void)
 			strerror(errno));
 }
 
+/* admin_users / stats_users: comma-separated OS user names to uids. -1 after saying
+ * which name is unknown. */
+static int console_uids(const char *key, const char *list, uid_t *out, size_t *n)
+{
+	char *copy, *name, *save = NULL;
+	struct passwd *pw;
+	int rc = 0;
+
+	*n = 0;
+	if (!list || !*list)
+		return 0;
+	copy = strdup(list);
+	if (!copy)
+		return -1;
+	for (name = strtok_r(copy, ", ", &save); name; name = strtok_r(NULL, ", ", &save)) {
+		errno = 0;
+		pw = getpwnam(name);
+		if (!pw || *n == ADMIN_USERS_MAX) {
+			fprintf(stderr, "pgshadow: %s: %s: %s\n", key, name,
+				!pw ? (errno ? strerror(errno) : "no such user")
+				    : "more users than the console keeps (64)");
+			rc = -1;
+			break;
+		}
+		out[(*n)++] = pw->pw_uid;
+	}
+	free(copy);
+	return rc;
+}
+
 static int start_console(struct agent *a, struct admin **out)
 {
 	static const char version[] = "pgshadow " PGSHADOW_VERSION;
@@ -747,8 +777,15 @@ static int start_console(struct agent *a, struct admin **out)
 	struct admin_config ac;
 	char err[512];
 
+	static uid_t admin_uids[ADMIN_USERS_MAX], stats_uids[ADMIN_USERS_MAX];
+
 	*out = NULL;
 	admin_settings(&a->cfg, &ac);
+	if (console_uids("admin_users", a->cfg.admin_users, admin_uids, &ac.n_admin_uids) ||
+	    console_uids("stats_users", a->cfg.stats_users, stats_uids, &ac.n_stats_uids))
+		return -1;
+	ac.admin_uids = admin_uids;
+	ac.stats_uids = stats_uids;
 	if (!ac.unix_dir && !ac.listen)
 		return 0;
 	if (a->cfg.mirror_of) {

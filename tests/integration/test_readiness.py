@@ -730,3 +730,41 @@ def test_console_tcp_is_loopback_and_read_only(pair, mirror_agent, agent_bin, rn
     assert r.returncode != 0 and "42501" in r.stderr and "Unix socket" in r.stderr, r.stderr
     r = console_psql(agent, "RESET MIRROR STATS")
     assert r.returncode == 0 and "RESET" in r.stdout, r.stderr
+
+
+def test_console_unix_socket_users(pair, mirror_agent, tmp_path):  # noqa: F811
+    """--stats-users nobody: the socket file opens to everyone (0666) and the peer's uid
+    decides (SO_PEERCRED): nobody may SHOW but RESET gets 42501; daemon (not listed) is
+    refused at connection (FATAL 28000, psql shows its message); root may RESET."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    src, mir = pair
+    sockdir = Path(tempfile.mkdtemp(prefix="pgshadow-console-"))
+    try:
+        sockdir.chmod(0o755)
+        agent = mirror_agent(src, mir, extra=["--admin-socket-dir", str(sockdir),
+                                               "--stats-users", "nobody"])
+        sock = sockdir / f".s.PGSQL.{agent.admin_port}"
+        assert sock.stat().st_mode & 0o777 == 0o666
+
+        def as_user(user, sql):
+            return subprocess.run(
+                ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", "--",
+                 PSQL, "-X", "-h", str(sockdir), "-p", str(agent.admin_port), "-U",
+                 "pgshadow", "-v", "VERBOSITY=verbose", "pgshadow", "-c", sql],
+                capture_output=True, text=True, timeout=30, env=clean_env(), cwd="/")
+
+        r = as_user("nobody", "SHOW VERSION")
+        assert r.returncode == 0 and "pgshadow" in r.stdout, r.stderr
+        r = as_user("nobody", "RESET MIRROR STATS")
+        assert r.returncode != 0 and "42501" in r.stderr, r.stderr
+        r = as_user("daemon", "SHOW VERSION")
+        assert r.returncode != 0 and "may not use the pgshadow console" in r.stderr, r.stderr
+        r = subprocess.run([PSQL, "-X", "-h", str(sockdir), "-p", str(agent.admin_port),
+                            "-U", "pgshadow", "pgshadow", "-c", "RESET MIRROR STATS"],
+                           capture_output=True, text=True, timeout=30, env=clean_env())
+        assert r.returncode == 0 and "RESET" in r.stdout, r.stderr
+        agent.stop()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
