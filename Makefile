@@ -1,6 +1,19 @@
-# pgshadow — see README.md. Targets: all (default), deps, test, unit, integration,
-# bench, demo, format, format-check, clean.
+# pgshadow — see README.md. Targets: all (default), deps, test, unit, fuzz-regress,
+# integration, bench, fuzz, demo, install, config-example, format, format-check, clean.
+# SAN=1 (with any target): the sanitizer build in build-san/.
 
+# SAN=1: everything built into build-san/ with AddressSanitizer, UndefinedBehaviorSanitizer
+# and LeakSanitizer, and the integration tests run that agent (PGSHADOW_BIN).
+ifeq ($(SAN),1)
+BUILD     := build-san
+CFLAGS    := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+             -fno-omit-frame-pointer -Wno-format-truncation
+LDFLAGS   += -fsanitize=address,undefined
+export PGSHADOW_BIN := $(CURDIR)/build-san/pgshadow
+export ASAN_OPTIONS := abort_on_error=1:detect_leaks=1
+export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
+export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
+endif
 BUILD     ?= build
 CC        ?= gcc
 CLANG     ?= clang

@@ -135,7 +135,8 @@ static size_t build_frame(uint8_t *buf, int family, const char *src, const char 
 	tcp[12] = 5 << 4;
 	tcp[13] = flags;
 	tcp[14] = 0xff;
-	memcpy(tcp + 20, payload, plen);
+	if (plen)
+		memcpy(tcp + 20, payload, plen);
 	return 14 + iplen + 20 + plen;
 }
 

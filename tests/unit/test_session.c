@@ -167,8 +167,14 @@ static void on_request(void *ctx, struct session_info *s, const struct session_r
 
 static void on_event(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts)
 {
-	static const char *const names[] = {"OPEN",	 "IDENTIFIED",	"RESYNC",
-					    "ENCRYPTED", "REPLICATION", "CLOSE"};
+	static const char *const names[SESSION_EV_CLOSE + 1] = {
+	    [SESSION_EV_OPEN] = "OPEN",
+	    [SESSION_EV_IDENTIFIED] = "IDENTIFIED",
+	    [SESSION_EV_RESYNC] = "RESYNC",
+	    [SESSION_EV_ENCRYPTED] = "ENCRYPTED",
+	    [SESSION_EV_REPLICATION] = "REPLICATION",
+	    [SESSION_EV_SYNC] = "SYNC",
+	    [SESSION_EV_CLOSE] = "CLOSE"};
 	struct col *c = ctx;
 
 	logf_(c, "EV %s ts=%llu db=%s user=%s state=%d\n", names[ev], (unsigned long long)ts,
