@@ -235,7 +235,7 @@ FUZZ_LIB_fuzz_parsers := -lcjson -lmicrohttpd -lcrypt -lxxhash -lm -lpthread
 
 # the harnesses' sources, named by target: $$(FUZZ_SRC_$$*) after the second expansion
 .SECONDEXPANSION:
-$(FUZZ_BUILD)/%: tests/fuzz/%.c $$(FUZZ_SRC_$$*) include/*.h
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $$(FUZZ_SRC_$$*) include/*.h tests/fuzz/*.h
 	@mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined $< $(FUZZ_SRC_$*) $(FUZZ_LIB_$*) -o $@
 

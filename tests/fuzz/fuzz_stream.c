@@ -10,25 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "session.h"
+#include "fuzz_session.h"
 #include "tcpstream.h"
 
-static void on_request(void *ctx, struct session_info *s, const struct session_request *r)
-{
-	(void)ctx;
-	(void)s;
-	(void)r;
-}
-
-static void on_event(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts)
-{
-	(void)ctx;
-	(void)s;
-	(void)ev;
-	(void)ts;
-}
-
-static const struct session_handler sh = {on_request, on_event};
 static struct session_stats sst;
 
 static void on_open(void *ctx, struct tcpstream_flow *f, uint64_t ts)
@@ -37,7 +21,7 @@ static void on_open(void *ctx, struct tcpstream_flow *f, uint64_t ts)
 
 	(void)ctx;
 	session_config_default(&cfg);
-	f->user = session_new(&cfg, &sh, NULL, &sst, f->id, f->saw_syn, ts);
+	f->user = session_new(&cfg, &fuzz_session_handler, NULL, &sst, f->id, f->saw_syn, ts);
 }
 
 static void on_data(void *ctx, struct tcpstream_flow *f, enum tcpstream_dir dir,

@@ -8,24 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "session.h"
+#include "fuzz_session.h"
 
-static void on_request(void *ctx, struct session_info *s, const struct session_request *r)
-{
-	(void)ctx;
-	(void)s;
-	(void)r;
-}
-
-static void on_event(void *ctx, struct session_info *s, enum session_event ev, uint64_t ts)
-{
-	(void)ctx;
-	(void)s;
-	(void)ev;
-	(void)ts;
-}
-
-static const struct session_handler handler = {on_request, on_event};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -40,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	session_config_default(&cfg);
 	cfg.track_activity = data[0] & 2;
 	cfg.wire.keep_datarows = data[0] & 4;
-	s = session_new(&cfg, &handler, NULL, &st, 1, data[0] & 1, ts);
+	s = session_new(&cfg, &fuzz_session_handler, NULL, &st, 1, data[0] & 1, ts);
 	if (!s)
 		return 0;
 	while (i < size) {
