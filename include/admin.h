@@ -42,6 +42,7 @@
 #define ADMIN_MAX_STARTUP 10000u       /* largest startup packet (PostgreSQL's limit) */
 #define ADMIN_OUT_HIGH	  (1u << 20)   /* stop answering while this much output waits */
 #define ADMIN_MAX_REPLY	  (8u << 20)   /* one command's reply; beyond it: 54000 */
+#define ADMIN_ARG_MAX	  63	       /* a command's argument: a database name */
 
 /* A result set being built by a provider callback (rows of text values). */
 struct admin_rows;
@@ -89,6 +90,14 @@ struct admin_provider {
 	 * and waiting for a connection, connections borrowed, idle, being made and pinned,
 	 * the first waiter's wait, and the pool mode (transaction). */
 	int (*pools)(void *ctx, struct admin_rows *rows);
+
+	/* SHOW MIRROR QUERIES [database]: rows of (database, query, regressed, source_calls,
+	 * mirror_calls, source_p50_ms, source_p95_ms, source_p99_ms, mirror_p50_ms,
+	 * mirror_p95_ms, mirror_p99_ms, p99_ratio, extra_ms, impact_ms, source_errors,
+	 * mirror_errors, mirror_only_errors, mirror_only_sqlstate, mismatches, fingerprint)
+	 * — one per statement (querystats.h), regressions first by impact; database NULL:
+	 * every database. */
+	int (*queries)(void *ctx, const char *database, struct admin_rows *rows);
 
 	/* RESET MIRROR STATS: restarts the readiness window (stats_readiness_reset). */
 	int (*reset)(void *ctx);

@@ -58,6 +58,8 @@ struct config_live {
 	double mirror_latency_floor_ms;	      /* readiness: p99 differences below pass (5) */
 	double mirror_max_drop_rate;	      /* readiness: dropped / selected (0.01) */
 	double mirror_max_mismatch_rate;      /* readiness: mismatches / compared (0.001) */
+	uint64_t mirror_min_statement_calls;  /* per statement: calls before latency judges (50) */
+	int64_t mirror_max_regressed_statements; /* readiness: regressed statements (-1: off) */
 };
 
 /*
@@ -106,6 +108,7 @@ struct pgshadow_config {
 	bool mirror_replay_timing;
 	bool mirror_metrics_enabled;		/* render the mirror metrics (true) */
 	uint64_t mirror_metrics_reset_interval; /* seconds (3600) */
+	uint64_t max_query_stats;		/* statements compared one by one (5000; 0: off) */
 
 	/* admin console (restart) */
 	char *admin_socket_dir; /* Unix socket directory (/run/pgshadow); NULL: no socket */

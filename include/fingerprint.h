@@ -191,6 +191,14 @@ const struct fingerprint_stats *fingerprint_cache_stats(const struct fingerprint
 bool fingerprint_wire_depth(const uint8_t *buf, size_t len, unsigned int max_depth,
 			    unsigned int *depth) __attribute__((warn_unused_result));
 
+/*
+ * text's form for display per statement: every constant replaced by $n (libpg_query's
+ * pg_query_normalize), comments dropped, runs of whitespace made one space, cut to cap - 1
+ * bytes at a character boundary. False when it does not parse or nothing is left. Only
+ * for texts with a fingerprint (parsed, not too deep): the normalizer recurses.
+ */
+bool fingerprint_normalize(const char *text, char *out, size_t cap);
+
 /* NULL-safe. */
 void fingerprint_cache_free(struct fingerprint_cache *c);
 

@@ -33,6 +33,15 @@ typedef int (*http_readiness_fn)(void *ctx, bool json, struct buf *out);
 /* Renders the landing page (landing.h) into out; negative errno. The HTTP thread. */
 typedef int (*http_landing_fn)(void *ctx, struct buf *out);
 
+/*
+ * GET /queries: appends the per-statement comparison as JSON (querystats_render_json)
+ * for the query string's database, sort (impact, calls, ratio, errors) and limit (NULL:
+ * not given). Returns 0, -EINVAL with a reason in err (the client's mistake: 400), or
+ * another negative errno. The HTTP thread.
+ */
+typedef int (*http_queries_fn)(void *ctx, const char *database, const char *sort, const char *limit,
+			       struct buf *out, char *err, size_t errlen);
+
 struct http_config {
 	const char *listen;	     /* IPv4:PORT or [IPv6]:PORT (metrics_listen) */
 	struct stats *stats;	     /* must outlive the server */
@@ -41,6 +50,8 @@ struct http_config {
 	void *readiness_ctx;
 	http_landing_fn landing; /* GET /; NULL: 404 */
 	void *landing_ctx;
+	http_queries_fn queries; /* GET /queries; NULL: 404 */
+	void *queries_ctx;
 	const char *tls_cert_pem; /* web_tls_cert_file's contents: HTTPS (NULL: plain) */
 	const char *tls_key_pem;
 	struct webauth *auth; /* web_basic_auth_file's users (NULL: none); the HTTP thread

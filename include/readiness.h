@@ -56,15 +56,16 @@
 
 /* The thresholds (config keys mirror_<name>; defaults in readiness_criteria_default). */
 struct readiness_criteria {
-	double max_error_rate;	      /* 0.01 */
-	double max_latency_ms;	      /* 1000 */
-	double min_runtime_hours;     /* 24 */
-	uint64_t min_requests;	      /* 100000 */
-	uint64_t consecutive_success; /* 10000 */
-	double max_p99_ratio;	      /* 2.0 */
-	double latency_floor_ms;      /* 5 */
-	double max_drop_rate;	      /* 0.01 */
-	double max_mismatch_rate;     /* 0.001 */
+	double max_error_rate;		  /* 0.01 */
+	double max_latency_ms;		  /* 1000 */
+	double min_runtime_hours;	  /* 24 */
+	uint64_t min_requests;		  /* 100000 */
+	uint64_t consecutive_success;	  /* 10000 */
+	double max_p99_ratio;		  /* 2.0 */
+	double latency_floor_ms;	  /* 5 */
+	double max_drop_rate;		  /* 0.01 */
+	double max_mismatch_rate;	  /* 0.001 */
+	int64_t max_regressed_statements; /* -1: not judged */
 };
 
 void readiness_criteria_default(struct readiness_criteria *c);
@@ -73,6 +74,17 @@ void readiness_criteria_default(struct readiness_criteria *c);
  * What readiness is computed from: the readiness window (since the agent started or the
  * last RESET MIRROR STATS). Latencies are milliseconds; NaN means "no data".
  */
+/* One of the top regressions (SHOW MIRROR QUERIES' first rows). */
+#define READINESS_TOP 5
+struct readiness_regression {
+	char database[64];
+	char query[121];  /* normalized text cut to a line */
+	char why[48];	  /* "slower", "fails_on_mirror 42703", "mismatch", comma-joined */
+	double p99_ratio; /* NaN: no latency on both sides */
+	uint64_t calls;
+	double impact_ms;
+};
+
 struct readiness_input {
 	uint64_t total;	   /* requests of mirrored databases the source completed */
 	uint64_t selected; /* total - not_sampled: requests chosen for mirroring */
@@ -85,6 +97,9 @@ struct readiness_input {
 	double uptime_seconds;		     /* since the agent started */
 	double mirror_avg_ms, mirror_p99_ms; /* over the mirrored requests */
 	double source_avg_ms, source_p99_ms; /* the same requests on the source */
+	int64_t regressed_statements;	     /* -1: not known (max_query_stats = 0) */
+	uint32_t n_top;
+	struct readiness_regression top[READINESS_TOP];
 };
 
 enum readiness_criterion_id {
@@ -95,6 +110,7 @@ enum readiness_criterion_id {
 	READINESS_STREAK,
 	READINESS_COVERAGE,
 	READINESS_PARITY,
+	READINESS_STATEMENTS, /* regressed statements (mirror_max_regressed_statements) */
 	READINESS_CRITERIA,
 };
 

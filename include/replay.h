@@ -45,6 +45,7 @@
 #include "capture.h"
 #include "sampler.h" /* the policy enums and struct replay_db_map */
 #include "session.h"
+#include "querystats.h"
 #include "stats.h"
 
 struct replay_config {
@@ -75,6 +76,7 @@ struct replay_config {
 	uint32_t log_mismatches;       /* log the first N mismatches (default 0) */
 	const struct replay_db_map *databases; /* [databases]; copied by replay_start */
 	size_t n_databases;
+	uint32_t max_query_stats; /* statements compared one by one (querystats.h); 0: none */
 };
 
 void replay_config_default(struct replay_config *cfg);
@@ -88,6 +90,21 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 /* Changes the exposure at run time (SIGHUP): db NULL sets the global one, else that
  * database's own (< 0 returns it to the global one). Any thread. */
 void replay_set_exposure(struct replay *r, const char *db, double exposure);
+
+/*
+ * The per-statement comparison (querystats.h), judged with thresholds th (the reloadable
+ * mirror_min_statement_calls, mirror_max_p99_ratio, mirror_latency_floor_ms). Any thread;
+ * each takes the table's lock for one scan. NULL-safe (nothing: 0).
+ */
+size_t replay_query_rows(struct replay *r, const struct querystats_config *th, const char *database,
+			 enum querystats_sort sort, struct querystats_row *out, size_t cap);
+/* Regressed statements per database: up to cap (names, counts); returns how many. */
+size_t replay_query_regressed(struct replay *r, const struct querystats_config *th,
+			      char (*names)[QUERYSTATS_DB_MAX], uint64_t *counts, size_t cap);
+uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th);
+void replay_query_counts(struct replay *r, struct querystats_counts *out);
+/* RESET MIRROR STATS forgets them. */
+void replay_query_reset(struct replay *r);
 
 /* Wakes the replay thread for what the capture thread submitted since the last call
  * (sessions, requests, closes are posted without a system call). Call it from the capture

@@ -248,6 +248,17 @@ enum {
 void stats_set_resolver(struct stats *st, const uint64_t v[STATS_RESOLVER_MAX]);
 void stats_set_fingerprint(struct stats *st, const uint64_t v[STATS_FP_MAX]);
 
+/*
+ * The per-statement comparison's figures (querystats.h), asked for at each scrape: fills
+ * v (entries, evictions, calls of texts that did not parse) and, per database with
+ * statements, its name (up to 63 bytes) and regressed statements, up to cap; returns how
+ * many databases it filled. Called on the scraping thread; must be thread-safe.
+ */
+enum { STATS_QS_ENTRIES = 0, STATS_QS_EVICTIONS, STATS_QS_UNPARSED, STATS_QS_MAX };
+typedef size_t (*stats_queries_fn)(void *ctx, uint64_t v[STATS_QS_MAX], char (*names)[64],
+				   uint64_t *regressed, size_t cap);
+void stats_set_queries(struct stats *st, stats_queries_fn fn, void *ctx);
+
 /* A cap reached (mirror_capture_limit_hits_total{limit} > 0) not yet named: its name and
  * what reaching it means, once per cap in the stats' life; false when none is left.
  * One thread (the capture thread's tick). */

@@ -33,7 +33,7 @@
 #define CODE_GSSENC  80877104u
 #define PROTOCOL_3_0 0x30000u
 
-#define COMMAND_MAX 64 /* longest command text we try to match */
+#define COMMAND_MAX 96 /* longest command text we try to match (one with a database name) */
 
 enum conn_state { ST_STARTUP = 0, ST_READY, ST_CLOSED };
 
@@ -41,7 +41,8 @@ struct admin_conn {
 	const struct admin_provider *p;
 	enum conn_state state;
 	uint32_t pid, secret;
-	bool read_only; /* came over TCP: no RESET */
+	bool read_only;		     /* came over TCP: no RESET */
+	char arg[ADMIN_ARG_MAX + 1]; /* the running command's argument ("" if none) */
 	size_t in_len;
 	unsigned char in[ADMIN_MAX_MESSAGE + 1]; /* one whole message and its type byte */
 };
@@ -491,6 +492,37 @@ static int cmd_pools(struct admin_conn *c, struct buf *reply, struct cmd_error *
 			      sizeof(cols) / sizeof(cols[0]));
 }
 
+static int cmd_queries(struct admin_conn *c, struct buf *reply, struct cmd_error *e)
+{
+	static const struct column cols[] = {
+	    {"database", OID_TEXT},	      {"query", OID_TEXT},
+	    {"regressed", OID_TEXT},	      {"source_calls", OID_INT8},
+	    {"mirror_calls", OID_INT8},	      {"source_p50_ms", OID_FLOAT8},
+	    {"source_p95_ms", OID_FLOAT8},    {"source_p99_ms", OID_FLOAT8},
+	    {"mirror_p50_ms", OID_FLOAT8},    {"mirror_p95_ms", OID_FLOAT8},
+	    {"mirror_p99_ms", OID_FLOAT8},    {"p99_ratio", OID_FLOAT8},
+	    {"extra_ms", OID_FLOAT8},	      {"impact_ms", OID_FLOAT8},
+	    {"source_errors", OID_TEXT},      {"mirror_errors", OID_TEXT},
+	    {"mirror_only_errors", OID_INT8}, {"mirror_only_sqlstate", OID_TEXT},
+	    {"mismatches", OID_INT8},	      {"fingerprint", OID_TEXT},
+	};
+	struct admin_rows rows = {.b = reply, .ncols = sizeof(cols) / sizeof(cols[0])};
+	int rc;
+
+	if (!c->p->queries) {
+		unavailable(e, "SHOW MIRROR QUERIES");
+		return -1;
+	}
+	row_description(reply, cols, rows.ncols);
+	rc = c->p->queries(c->p->ctx, c->arg[0] ? c->arg : NULL, &rows);
+	if (rc < 0)
+		return provider_failed(e, "SHOW MIRROR QUERIES", rc);
+	if (rows_done(&rows, e, "SHOW MIRROR QUERIES"))
+		return -1;
+	command_complete(reply, "SHOW");
+	return 0;
+}
+
 static int cmd_reset(struct admin_conn *c, struct buf *reply, struct cmd_error *e)
 {
 	int rc;
@@ -556,7 +588,11 @@ static const struct command commands[] = {
     {"SHOW MIRROR POOLS", cmd_pools,
      "pools of mirror connections (PgBouncer's SHOW POOLS): sessions active and waiting, "
      "connections in use, idle, being made and pinned"},
-    {"RESET MIRROR STATS", cmd_reset, "restart the readiness window (counters keep counting)"},
+    {"SHOW MIRROR QUERIES", cmd_queries,
+     "per statement (normalized text), source vs mirror: calls, latency quantiles, errors, "
+     "mismatches; regressions first, by impact. SHOW MIRROR QUERIES db: one database"},
+    {"RESET MIRROR STATS", cmd_reset,
+     "restart the readiness window and the per-statement figures (counters keep counting)"},
     {"SHOW VERSION", cmd_version, "the agent's version"},
     {"SHOW HELP", cmd_help, "this list"},
     {NULL, NULL, NULL},
@@ -594,6 +630,43 @@ static bool normalize(const char *s, size_t len, char *out)
 	return true;
 }
 
+/*
+ * Is name (normalized) the command k followed by one argument (only SHOW MIRROR QUERIES
+ * takes one)? Then the argument, as
+ * typed in s[0..len) (its case kept; double quotes around it removed), goes to c->arg.
+ */
+static bool take_arg(struct admin_conn *c, const char *k, const char *name, const char *s,
+		     size_t len)
+{
+	size_t klen = strlen(k), words = 0, i = 0, n;
+	const char *a;
+
+	if (strncmp(name, k, klen) || name[klen] != ' ')
+		return false;
+	for (n = 0; k[n]; n++) /* the command's words */
+		words += k[n] == ' ';
+	words++;
+	while (words--) { /* skip them in s, with the blanks after each */
+		while (i < len && !is_space(s[i]))
+			i++;
+		while (i < len && is_space(s[i]))
+			i++;
+	}
+	a = s + i;
+	n = len - i;
+	if (n >= 2 && a[0] == '"' && a[n - 1] == '"') {
+		a++;
+		n -= 2;
+	} else if (memchr(a, ' ', n) || memchr(a, '\t', n)) {
+		return false; /* one word, or a quoted name */
+	}
+	if (!n || n > ADMIN_ARG_MAX || memchr(a, '"', n))
+		return false;
+	memcpy(c->arg, a, n);
+	c->arg[n] = '\0';
+	return true;
+}
+
 /* Runs one command (s[0..len): trimmed, not empty) with at most *budget bytes of reply
  * (what is left of ADMIN_MAX_REPLY for the whole Query). Returns false when it failed:
  * the rest of the Query is not run, as PostgreSQL aborts a multi-statement Query. */
@@ -606,9 +679,11 @@ static bool run_command(struct admin_conn *c, const char *s, size_t len, size_t 
 	struct buf reply;
 	size_t i, n;
 
+	c->arg[0] = '\0';
 	if (normalize(s, len, name))
 		for (k = commands; k->name && strcmp(k->name, name); k++)
-			;
+			if (k->fn == cmd_queries && take_arg(c, k->name, name, s, len))
+				break;
 	if (!k || !k->name) {
 		/* echo what was sent, printable and bounded */
 		for (i = n = 0; i < len && n < COMMAND_MAX; i++)

@@ -189,6 +189,10 @@ const struct config_key config_keys[] = {
      "on|off",
      "Serve the mirror outcome metrics (README: Metrics, \"With --mirror\") when mirror_of is set; "
      "source, capture, build and process metrics are always served."},
+    {"max_query_stats", CONFIG_UINT, OFF(max_query_stats), 0, 1000000, 0, NULL, "5000", false, "N",
+     "Statements compared one by one between source and mirror (SHOW MIRROR QUERIES, "
+     "/queries), about 1.1 KiB each; beyond it the least used are evicted and counted. 0: "
+     "none."},
     {"mirror_metrics_reset_interval", CONFIG_UINT, OFF(mirror_metrics_reset_interval), 1,
      86400 * 365, 0, NULL, "3600", false, "S",
      "Window, in seconds, of the windowed gauges (mirror_latency_avg_ms, "
@@ -221,6 +225,14 @@ const struct config_key config_keys[] = {
      "X", "Readiness: largest share of sampled requests dropped (dropped / selected)."},
     {"mirror_max_mismatch_rate", CONFIG_DOUBLE, LIVE(mirror_max_mismatch_rate), 0, 1, 0, NULL,
      "0.001", true, "X", "Readiness: largest share of compared answers that differ."},
+    {"mirror_max_regressed_statements", CONFIG_INT, LIVE(mirror_max_regressed_statements), -1,
+     1000000, 0, NULL, "-1", true, "N",
+     "Readiness: most statements that may regress on the mirror (SHOW MIRROR QUERIES); -1: "
+     "not judged."},
+    {"mirror_min_statement_calls", CONFIG_UINT, LIVE(mirror_min_statement_calls), 1, 1e12, 0, NULL,
+     "50", true, "N",
+     "Per statement: mirror answers before its p99 ratio can make it regress (with "
+     "mirror_max_p99_ratio and mirror_latency_floor_ms)."},
 
     /* admin console */
     {"admin_socket_dir", CONFIG_STRING, OFF(admin_socket_dir), 0, 0, 0, NULL, "/run/pgshadow",

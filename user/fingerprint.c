@@ -1107,3 +1107,64 @@ void fingerprint_cache_free(struct fingerprint_cache *c)
 	free(c->sets);
 	free(c);
 }
+
+/*
+ * The statement's text as shown per statement (querystats.h): pg_query_normalize's (each
+ * constant replaced by $n), without comments, with runs of whitespace made one space, cut
+ * to cap - 1 bytes at a character boundary. Call it only for texts that parsed and are not
+ * too deep (fingerprint != 0): the normalizer walks the tree recursively.
+ */
+bool fingerprint_normalize(const char *text, char *out, size_t cap)
+{
+	PgQueryNormalizeResult res;
+	const char *p;
+	size_t n = 0;
+	bool space = false, quoted = false;
+
+	if (!text || !cap)
+		return false;
+	res = pg_query_normalize(text);
+	if (res.error || !res.normalized_query) {
+		pg_query_free_normalize_result(res);
+		return false;
+	}
+	for (p = res.normalized_query; *p && n + 1 < cap; p++) {
+		if (!quoted && p[0] == '-' && p[1] == '-') {
+			while (p[1] && p[1] != '\n')
+				p++;
+			space = true;
+			continue;
+		}
+		if (!quoted && p[0] == '/' && p[1] == '*') {
+			int depth = 1;
+
+			for (p += 2; *p && depth; p++)
+				if (p[0] == '/' && p[1] == '*')
+					depth++, p++;
+				else if (p[0] == '*' && p[1] == '/')
+					depth--, p++;
+			p--;
+			space = true;
+			continue;
+		}
+		if (*p == '"')
+			quoted = !quoted;
+		if (!quoted && isspace((unsigned char)*p)) {
+			space = true;
+			continue;
+		}
+		if (space && n > 0 && n + 2 < cap)
+			out[n++] = ' ';
+		space = false;
+		out[n++] = *p;
+	}
+	if (*p && ((unsigned char)*p & 0xc0) == 0x80) { /* cut inside a character */
+		while (n > 0 && ((unsigned char)out[n - 1] & 0xc0) == 0x80)
+			n--;
+		if (n > 0)
+			n--; /* its lead byte */
+	}
+	out[n] = '\0';
+	pg_query_free_normalize_result(res);
+	return n > 0;
+}

@@ -38,6 +38,8 @@ struct http {
 	void *readiness_ctx;
 	http_landing_fn landing;
 	void *landing_ctx;
+	http_queries_fn queries;
+	void *queries_ctx;
 	struct webauth *auth; /* NULL: no authentication */
 };
 
@@ -231,6 +233,38 @@ static enum MHD_Result get_readiness(struct http *h, struct MHD_Connection *conn
 	return ret;
 }
 
+/* The per-statement comparison as JSON (?database=, ?sort=, ?limit=). */
+static enum MHD_Result get_queries(struct http *h, struct MHD_Connection *conn)
+{
+	const char *db = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "database");
+	const char *sort = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "sort");
+	const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+	char err[160], msg[200];
+	enum MHD_Result ret;
+	struct buf b;
+	int rc;
+
+	if (!h->queries)
+		return respond_text(conn, MHD_HTTP_NOT_FOUND,
+				    "no per-statement comparison: start the agent with --mirror "
+				    "and max_query_stats above 0\n");
+	buf_init(&b, 64u << 20);
+	rc = h->queries(h->queries_ctx, db, sort, limit, &b, err, sizeof(err));
+	if (rc == -EINVAL) {
+		buf_free(&b);
+		snprintf(msg, sizeof(msg), "bad request: %s\n", err);
+		return respond_text(conn, MHD_HTTP_BAD_REQUEST, msg);
+	}
+	if (rc || b.overflow) {
+		buf_free(&b);
+		return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				    "cannot render the statements\n");
+	}
+	ret = respond(conn, MHD_HTTP_OK, JSON_CONTENT_TYPE, b.data ? b.data : "", b.len);
+	buf_free(&b);
+	return ret;
+}
+
 static enum MHD_Result get_landing(struct http *h, struct MHD_Connection *conn)
 {
 	enum MHD_Result ret;
@@ -238,7 +272,7 @@ static enum MHD_Result get_landing(struct http *h, struct MHD_Connection *conn)
 
 	if (!h->landing)
 		return respond_text(conn, MHD_HTTP_NOT_FOUND,
-				    "not found: try /metrics, /readiness or /healthz\n");
+				    "not found: try /metrics, /readiness, /queries or /healthz\n");
 	buf_init(&b, MAX_REPORT);
 	if (h->landing(h->landing_ctx, &b) || b.overflow) {
 		buf_free(&b);
@@ -292,11 +326,8 @@ static const struct route {
 	const char *path;
 	enum MHD_Result (*fn)(struct http *h, struct MHD_Connection *conn);
 } routes[] = {
-    {"/", get_landing},
-    {"/metrics", get_metrics},
-    {"/readiness", get_readiness},
-    {"/healthz", get_healthz},
-    {NULL, NULL},
+    {"/", get_landing},	       {"/metrics", get_metrics}, {"/readiness", get_readiness},
+    {"/queries", get_queries}, {"/healthz", get_healthz}, {NULL, NULL},
 };
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -321,7 +352,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return r->fn(cls, conn);
 	}
 	return respond_text(conn, MHD_HTTP_NOT_FOUND,
-			    "not found: try /metrics, /readiness or /healthz\n");
+			    "not found: try /metrics, /readiness, /queries or /healthz\n");
 }
 
 struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
@@ -349,6 +380,8 @@ struct http *http_start(const struct http_config *cfg, char *err, size_t errlen)
 	h->readiness_ctx = cfg->readiness_ctx;
 	h->landing = cfg->landing;
 	h->landing_ctx = cfg->landing_ctx;
+	h->queries = cfg->queries;
+	h->queries_ctx = cfg->queries_ctx;
 	h->auth = cfg->auth;
 	if (cfg->tls_cert_pem) { /* GnuTLS inside libmicrohttpd */
 		flags |= MHD_USE_TLS;

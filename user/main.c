@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE /* setresuid, setresgid */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -176,6 +177,7 @@ static void replay_settings(const struct pgshadow_config *c, struct replay_confi
 	r->log_mismatches = c->live.log_mismatches;
 	r->databases = c->databases;
 	r->n_databases = c->n_databases;
+	r->max_query_stats = (uint32_t)c->max_query_stats;
 }
 
 static void capture_settings(const struct pgshadow_config *c, struct capture_config *cc)
@@ -212,6 +214,63 @@ static void readiness_settings(const struct config_live *l, struct readiness_cri
 	c->latency_floor_ms = l->mirror_latency_floor_ms;
 	c->max_drop_rate = l->mirror_max_drop_rate;
 	c->max_mismatch_rate = l->mirror_max_mismatch_rate;
+	c->max_regressed_statements = l->mirror_max_regressed_statements;
+}
+
+/* What makes a statement regress (querystats.h), from the reloadable keys. */
+static void query_thresholds(const struct config_live *l, struct querystats_config *th)
+{
+	querystats_config_default(th);
+	th->min_calls = l->mirror_min_statement_calls;
+	th->max_p99_ratio = l->mirror_max_p99_ratio;
+	th->latency_floor_ms = l->mirror_latency_floor_ms;
+}
+
+/* The reasons a row regresses, as the report and /queries name them. */
+static void regression_why(const struct querystats_row *q, char *out, size_t cap)
+{
+	snprintf(
+	    out, cap, "%s%s%s%s%s%s", q->regressed & QUERYSTATS_SLOWER ? "slower" : "",
+	    (q->regressed & QUERYSTATS_SLOWER) && (q->regressed & ~QUERYSTATS_SLOWER) ? "," : "",
+	    q->regressed & QUERYSTATS_FAILS ? "fails_on_mirror " : "",
+	    q->regressed & QUERYSTATS_FAILS ? q->mirror_only_sqlstate : "",
+	    (q->regressed & QUERYSTATS_FAILS) && (q->regressed & QUERYSTATS_MISMATCH) ? "," : "",
+	    q->regressed & QUERYSTATS_MISMATCH ? "mismatch" : "");
+}
+
+/* The readiness input's statement part: how many regress, and the first few. */
+static void readiness_statements(struct agent *a, const struct config_live *live,
+				 struct readiness_input *in)
+{
+	struct querystats_row rows[READINESS_TOP];
+	struct querystats_config th;
+	struct replay *r = atomic_load(&a->replay);
+	size_t n, i, cut;
+
+	in->regressed_statements = -1;
+	in->n_top = 0;
+	if (!r || !a->cfg.max_query_stats)
+		return;
+	query_thresholds(live, &th);
+	n = replay_query_rows(r, &th, NULL, QUERYSTATS_SORT_IMPACT, rows, READINESS_TOP);
+	in->regressed_statements = 0;
+	for (i = 0; i < n && i < READINESS_TOP && rows[i].regressed; i++) {
+		struct readiness_regression *g = &in->top[in->n_top++];
+
+		memcpy(g->database, rows[i].database, sizeof(g->database)); /* both 64 */
+		cut = strlen(rows[i].text);
+		if (cut > sizeof(g->query) - 4) /* one line: cut at a character boundary */
+			for (cut = sizeof(g->query) - 4;
+			     cut > 0 && ((unsigned char)rows[i].text[cut] & 0xc0) == 0x80; cut--)
+				;
+		snprintf(g->query, sizeof(g->query), "%.*s%s", (int)cut, rows[i].text,
+			 rows[i].text[cut] ? "..." : "");
+		regression_why(&rows[i], g->why, sizeof(g->why));
+		g->p99_ratio = rows[i].p99_ratio;
+		g->calls = rows[i].source_calls;
+		g->impact_ms = rows[i].impact_ms;
+	}
+	in->regressed_statements = (int64_t)replay_query_regressed_total(r, &th);
 }
 
 /* The verdict now, from the readiness window and the current criteria. Any thread. */
@@ -224,6 +283,7 @@ static void evaluate(struct agent *a, uint64_t now, struct readiness_report *r)
 	config_shared_get(a->shared, &live);
 	readiness_settings(&live, &c);
 	stats_readiness_input(a->st, now, &in);
+	readiness_statements(a, &live, &in);
 	readiness_evaluate(&in, &c, r);
 }
 
@@ -606,11 +666,154 @@ static int console_pools(void *ctx, struct admin_rows *rows)
 	return 0;
 }
 
+/* Rows of the per-statement figures, sorted, at most cap (NULL on ENOMEM: *n = 0). */
+static struct querystats_row *query_rows(struct agent *a, const char *database,
+					 enum querystats_sort sort, size_t cap, size_t *n,
+					 size_t *matching)
+{
+	struct querystats_config th;
+	struct config_live live;
+	struct querystats_row *rows;
+	struct replay *r = atomic_load(&a->replay);
+
+	*n = *matching = 0;
+	rows = calloc(cap ? cap : 1, sizeof(*rows));
+	if (!rows)
+		return NULL;
+	config_shared_get(a->shared, &live);
+	query_thresholds(&live, &th);
+	*matching = replay_query_rows(r, &th, database, sort, rows, cap);
+	*n = *matching < cap ? *matching : cap;
+	return rows;
+}
+
+/* A figure for the console: "" (NULL) when there is none. */
+static const char *ms_text(double v, char *buf, size_t cap)
+{
+	if (isnan(v))
+		return NULL;
+	snprintf(buf, cap, "%.3f", v);
+	return buf;
+}
+
+static int console_queries(void *ctx, const char *database, struct admin_rows *rows)
+{
+	struct agent *a = ctx;
+	struct querystats_row *q;
+	size_t n, matching, i;
+
+	q = query_rows(a, database, QUERYSTATS_SORT_IMPACT, a->cfg.max_query_stats, &n, &matching);
+	if (!q)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		char num[16][32], why[48], fp[17], serr[96], merr[96];
+		const char *v[20];
+
+		regression_why(&q[i], why, sizeof(why));
+		querystats_classes_text(q[i].source_classes, serr, sizeof(serr));
+		querystats_classes_text(q[i].mirror_classes, merr, sizeof(merr));
+		snprintf(fp, sizeof(fp), "%016llx", (unsigned long long)q[i].fingerprint);
+		snprintf(num[0], sizeof(num[0]), "%llu", (unsigned long long)q[i].source_calls);
+		snprintf(num[1], sizeof(num[1]), "%llu", (unsigned long long)q[i].mirror_calls);
+		snprintf(num[2], sizeof(num[2]), "%llu",
+			 (unsigned long long)q[i].mirror_only_errors);
+		snprintf(num[3], sizeof(num[3]), "%llu",
+			 (unsigned long long)querystats_row_mismatched(&q[i]));
+		v[0] = q[i].database;
+		v[1] = q[i].text;
+		v[2] = why;
+		v[3] = num[0];
+		v[4] = num[1];
+		v[5] = ms_text(q[i].source_p50_ms, num[4], sizeof(num[4]));
+		v[6] = ms_text(q[i].source_p95_ms, num[5], sizeof(num[5]));
+		v[7] = ms_text(q[i].source_p99_ms, num[6], sizeof(num[6]));
+		v[8] = ms_text(q[i].mirror_p50_ms, num[7], sizeof(num[7]));
+		v[9] = ms_text(q[i].mirror_p95_ms, num[8], sizeof(num[8]));
+		v[10] = ms_text(q[i].mirror_p99_ms, num[9], sizeof(num[9]));
+		v[11] = ms_text(q[i].p99_ratio, num[10], sizeof(num[10]));
+		v[12] = ms_text(q[i].extra_ms, num[11], sizeof(num[11]));
+		v[13] = ms_text(q[i].impact_ms, num[12], sizeof(num[12]));
+		v[14] = serr;
+		v[15] = merr;
+		v[16] = num[2];
+		v[17] = q[i].mirror_only_sqlstate;
+		v[18] = num[3];
+		v[19] = q[i].fingerprint ? fp : NULL;
+		if (!admin_rows_add(rows, v, 20))
+			break;
+	}
+	free(q);
+	return 0;
+}
+
+/* GET /queries (the HTTP thread): sort, limit, database from the query string. */
+static int http_queries(void *ctx, const char *database, const char *sort, const char *limit,
+			struct buf *out, char *err, size_t errlen)
+{
+	struct agent *a = ctx;
+	struct querystats_row *q;
+	enum querystats_sort by = QUERYSTATS_SORT_IMPACT;
+	unsigned long long lim = 100;
+	size_t n, matching;
+	char *end;
+	bool ok;
+
+	if (sort && !querystats_sort_parse(sort, &by)) {
+		snprintf(err, errlen, "sort=%.32s: use impact, calls, ratio or errors", sort);
+		return -EINVAL;
+	}
+	if (limit) {
+		errno = 0;
+		lim = strtoull(limit, &end, 10);
+		if (errno || end == limit || *end || limit[0] == '-' || lim < 1 ||
+		    lim > a->cfg.max_query_stats) {
+			snprintf(err, errlen,
+				 "limit=%.32s: a whole number from 1 to %llu "
+				 "(max_query_stats)",
+				 limit, (unsigned long long)a->cfg.max_query_stats);
+			return -EINVAL;
+		}
+	}
+	if (database && (!*database || strlen(database) >= QUERYSTATS_DB_MAX)) {
+		snprintf(err, errlen, "database: a name of 1 to %d bytes", QUERYSTATS_DB_MAX - 1);
+		return -EINVAL;
+	}
+	q = query_rows(a, database, by, lim < a->cfg.max_query_stats ? lim : a->cfg.max_query_stats,
+		       &n, &matching);
+	if (!q)
+		return -ENOMEM;
+	ok = querystats_render_json(q, n, matching, database, by, stats_mismatch_kind_names, out);
+	free(q);
+	return ok ? 0 : -ENOMEM;
+}
+
+/* /metrics: the per-statement figures (the scraping thread). */
+static size_t metrics_queries(void *ctx, uint64_t v[STATS_QS_MAX], char (*names)[64],
+			      uint64_t *regressed, size_t cap)
+{
+	struct agent *a = ctx;
+	struct querystats_config th;
+	struct querystats_counts cnt;
+	struct config_live live;
+	struct replay *r = atomic_load(&a->replay);
+	size_t n;
+
+	replay_query_counts(r, &cnt);
+	v[STATS_QS_ENTRIES] = cnt.entries;
+	v[STATS_QS_EVICTIONS] = cnt.evictions;
+	v[STATS_QS_UNPARSED] = cnt.unparsed_calls;
+	config_shared_get(a->shared, &live);
+	query_thresholds(&live, &th);
+	n = replay_query_regressed(r, &th, names, regressed, cap);
+	return n < cap ? n : cap;
+}
+
 static int console_reset(void *ctx)
 {
 	struct agent *a = ctx;
 
 	stats_readiness_reset(a->st, monotonic_ns());
+	replay_query_reset(atomic_load(&a->replay));
 	fprintf(stderr, "pgshadow: RESET MIRROR STATS: the readiness window restarts\n");
 	return 0;
 }
@@ -794,6 +997,8 @@ static int start_console(struct agent *a, struct admin **out)
 		p.sessions = console_sessions;
 		p.pools = console_pools;
 		p.reset = console_reset;
+		if (a->cfg.max_query_stats)
+			p.queries = console_queries;
 	}
 	*out = admin_start(&ac, &p, err, sizeof(err));
 	if (!*out) {
@@ -1468,6 +1673,11 @@ int main(int argc, char **argv)
 	}
 	hc.landing = http_landing;
 	hc.landing_ctx = &a;
+	if (a.cfg.mirror_of && a.cfg.max_query_stats) {
+		hc.queries = http_queries;
+		hc.queries_ctx = &a;
+		stats_set_queries(st, metrics_queries, &a);
+	}
 	if (web_security(&a.cfg, &hc, &tls_cert, &tls_key))
 		goto cleanup;
 	http = http_start(&hc, herr, sizeof(herr));

@@ -12,16 +12,16 @@
 
 /* Points each failed criterion takes from the score (DESIGN.md "Readiness"). */
 static const double deductions[READINESS_CRITERIA] = {
-    [READINESS_ERROR_RATE] = 30, [READINESS_LATENCY] = 20, [READINESS_RUNTIME] = 25,
-    [READINESS_VOLUME] = 25,	 [READINESS_STREAK] = 10,  [READINESS_COVERAGE] = 10,
-    [READINESS_PARITY] = 30,
+    [READINESS_ERROR_RATE] = 30, [READINESS_LATENCY] = 20,    [READINESS_RUNTIME] = 25,
+    [READINESS_VOLUME] = 25,	 [READINESS_STREAK] = 10,     [READINESS_COVERAGE] = 10,
+    [READINESS_PARITY] = 30,	 [READINESS_STATEMENTS] = 20,
 };
 
 static const char *const criterion_names[READINESS_CRITERIA] = {
     [READINESS_ERROR_RATE] = "error_rate", [READINESS_LATENCY] = "latency",
     [READINESS_RUNTIME] = "runtime",	   [READINESS_VOLUME] = "volume",
     [READINESS_STREAK] = "streak",	   [READINESS_COVERAGE] = "coverage",
-    [READINESS_PARITY] = "parity",
+    [READINESS_PARITY] = "parity",	   [READINESS_STATEMENTS] = "statements",
 };
 
 /* The seed's "Migration Decision Matrix": lower edge, recommendation, action. */
@@ -48,6 +48,7 @@ void readiness_criteria_default(struct readiness_criteria *c)
 	c->latency_floor_ms = 5;
 	c->max_drop_rate = 0.01;
 	c->max_mismatch_rate = 0.001;
+	c->max_regressed_statements = -1;
 }
 
 const char *readiness_verdict_name(enum readiness_verdict v)
@@ -219,6 +220,23 @@ static void eval_parity(const struct readiness_report *r, struct readiness_crite
 		      max * 100);
 }
 
+static void eval_statements(const struct readiness_report *r, struct readiness_criterion *k)
+{
+	int64_t n = r->input.regressed_statements, max = r->criteria.max_regressed_statements;
+
+	if (max < 0)
+		judge(k, READINESS_NO_DATA, n < 0 ? NAN : (double)n, -1,
+		      "Regressed statements: not judged (mirror_max_regressed_statements = -1), "
+		      "deducts nothing");
+	else if (n < 0)
+		judge(k, READINESS_NO_DATA, NAN, (double)max,
+		      "Regressed statements: not known (max_query_stats = 0), deducts nothing");
+	else
+		judge(k, n > max ? READINESS_FAIL : READINESS_PASS, (double)n, (double)max,
+		      "Regressed statements %lld %s threshold %lld", (long long)n,
+		      n > max ? "exceed" : "within", (long long)max);
+}
+
 void readiness_evaluate(const struct readiness_input *in, const struct readiness_criteria *c,
 			struct readiness_report *out)
 {
@@ -227,7 +245,7 @@ void readiness_evaluate(const struct readiness_input *in, const struct readiness
 	    [READINESS_ERROR_RATE] = eval_error_rate, [READINESS_LATENCY] = eval_latency,
 	    [READINESS_RUNTIME] = eval_runtime,	      [READINESS_VOLUME] = eval_volume,
 	    [READINESS_STREAK] = eval_streak,	      [READINESS_COVERAGE] = eval_coverage,
-	    [READINESS_PARITY] = eval_parity,
+	    [READINESS_PARITY] = eval_parity,	      [READINESS_STATEMENTS] = eval_statements,
 	};
 	struct readiness_metrics *m = &out->metrics;
 	uint64_t errors = in->errors_connection + in->errors_query + in->errors_timeout;
@@ -280,6 +298,31 @@ static bool latency_line(struct buf *b, const char *label, double mirror, double
 	return ok;
 }
 
+/* "Top regressions": the statements that regress most (SHOW MIRROR QUERIES). */
+static bool top_text(struct buf *out, const struct readiness_input *in)
+{
+	bool ok = true;
+	uint32_t i;
+
+	if (in->regressed_statements < 0)
+		return true;
+	ok &=
+	    buf_printf(out, "\nTop regressions (%lld regressed; SHOW MIRROR QUERIES lists all):\n",
+		       (long long)in->regressed_statements);
+	if (!in->n_top)
+		ok &= buf_printf(out, "  none\n");
+	for (i = 0; i < in->n_top && i < READINESS_TOP; i++) {
+		const struct readiness_regression *g = &in->top[i];
+
+		ok &= buf_printf(out, "  %u. [%s] %s: %s", i + 1, g->database, g->why, g->query);
+		ok &= isnan(g->p99_ratio) ? buf_printf(out, " (p99 ratio n/a")
+					  : buf_printf(out, " (p99 %.1fx", g->p99_ratio);
+		ok &= buf_printf(out, ", %llu calls, +%.0f ms in all)\n",
+				 (unsigned long long)g->calls, g->impact_ms);
+	}
+	return ok;
+}
+
 bool readiness_render_text(const struct readiness_report *r, struct buf *out)
 {
 	const struct readiness_input *in = &r->input;
@@ -306,6 +349,7 @@ bool readiness_render_text(const struct readiness_report *r, struct buf *out)
 			 (unsigned long long)in->consecutive_successes);
 	ok &= pct(out, "Drop Rate", m->drop_rate, "nothing selected yet");
 	ok &= pct(out, "Mismatch Rate", m->mismatch_rate, "nothing compared yet");
+	ok &= top_text(out, in);
 	ok &= buf_printf(out, "\nAssessment:\n");
 	for (i = 0; i < READINESS_CRITERIA; i++) {
 		const struct readiness_criterion *k = &r->criterion[i];
@@ -367,6 +411,32 @@ static bool json_metrics(cJSON *root, const struct readiness_report *r)
 	ok &= add_num(o, "consecutive_successes", (double)in->consecutive_successes);
 	ok &= add_num(o, "drop_rate", m->drop_rate);
 	ok &= add_num(o, "mismatch_rate", m->mismatch_rate);
+	ok &= add_num(o, "regressed_statements",
+		      in->regressed_statements < 0 ? NAN : (double)in->regressed_statements);
+	return ok;
+}
+
+static bool json_top(cJSON *root, const struct readiness_input *in)
+{
+	cJSON *a = cJSON_AddArrayToObject(root, "top_regressions");
+	bool ok = a != NULL;
+	uint32_t i;
+
+	for (i = 0; ok && i < in->n_top && i < READINESS_TOP; i++) {
+		const struct readiness_regression *g = &in->top[i];
+		cJSON *o = cJSON_CreateObject();
+
+		if (!o || !cJSON_AddItemToArray(a, o)) {
+			cJSON_Delete(o);
+			return false;
+		}
+		ok &= cJSON_AddStringToObject(o, "database", g->database) != NULL;
+		ok &= cJSON_AddStringToObject(o, "query", g->query) != NULL;
+		ok &= cJSON_AddStringToObject(o, "why", g->why) != NULL;
+		ok &= add_num(o, "p99_ratio", g->p99_ratio);
+		ok &= add_num(o, "calls", (double)g->calls);
+		ok &= add_num(o, "impact_ms", g->impact_ms);
+	}
 	return ok;
 }
 
@@ -389,6 +459,7 @@ static bool json_criteria(cJSON *root, const struct readiness_report *r)
 	ok &= add_num(t, "latency_floor_ms", c->latency_floor_ms);
 	ok &= add_num(t, "max_drop_rate", c->max_drop_rate);
 	ok &= add_num(t, "max_mismatch_rate", c->max_mismatch_rate);
+	ok &= add_num(t, "max_regressed_statements", (double)c->max_regressed_statements);
 	for (i = 0; ok && i < READINESS_CRITERIA; i++) {
 		const struct readiness_criterion *k = &r->criterion[i];
 		cJSON *o = cJSON_CreateObject();
@@ -421,7 +492,8 @@ bool readiness_render_json(const struct readiness_report *r, struct buf *out)
 		ok &= add_num(root, "confidence_score", r->score);
 		ok &= cJSON_AddStringToObject(root, "recommendation", r->recommendation) != NULL;
 		ok &= cJSON_AddStringToObject(root, "action", r->action) != NULL;
-		ok = ok && json_metrics(root, r) && json_criteria(root, r);
+		ok = ok && json_metrics(root, r) && json_criteria(root, r) &&
+		     json_top(root, &r->input);
 	}
 	if (ok)
 		text = cJSON_PrintUnformatted(root);
@@ -445,6 +517,17 @@ static bool get_num(const cJSON *o, const char *name, double *v)
 	if (!cJSON_IsNumber(i))
 		return false;
 	*v = i->valuedouble;
+	return true;
+}
+
+/* A whole number, possibly negative; null (no data) reads as -1. */
+static bool get_int(const cJSON *o, const char *name, int64_t *v)
+{
+	double d;
+
+	if (!get_num(o, name, &d) || (!isnan(d) && (d < -1 || d > 9e15 || d != floor(d))))
+		return false;
+	*v = isnan(d) ? -1 : (int64_t)d;
 	return true;
 }
 
@@ -484,7 +567,8 @@ static bool parse_metrics(const cJSON *o, struct readiness_report *r)
 	     get_count(o, "mismatched", &in->mismatched) &&
 	     get_count(o, "consecutive_successes", &in->consecutive_successes) &&
 	     get_num(o, "drop_rate", &m->drop_rate) &&
-	     get_num(o, "mismatch_rate", &m->mismatch_rate);
+	     get_num(o, "mismatch_rate", &m->mismatch_rate) &&
+	     get_int(o, "regressed_statements", &in->regressed_statements);
 	in->runtime_seconds = m->runtime_hours * 3600;
 	in->uptime_seconds = m->uptime_hours * 3600;
 	return ok;
@@ -500,7 +584,34 @@ static bool parse_thresholds(const cJSON *o, struct readiness_criteria *c)
 	       get_num(o, "max_p99_ratio", &c->max_p99_ratio) &&
 	       get_num(o, "latency_floor_ms", &c->latency_floor_ms) &&
 	       get_num(o, "max_drop_rate", &c->max_drop_rate) &&
-	       get_num(o, "max_mismatch_rate", &c->max_mismatch_rate);
+	       get_num(o, "max_mismatch_rate", &c->max_mismatch_rate) &&
+	       get_int(o, "max_regressed_statements", &c->max_regressed_statements);
+}
+
+/* top_regressions: at most READINESS_TOP entries of strings and numbers. */
+static bool parse_top(const cJSON *a, struct readiness_input *in)
+{
+	const cJSON *o;
+
+	if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > READINESS_TOP)
+		return false;
+	in->n_top = 0;
+	cJSON_ArrayForEach(o, a)
+	{
+		struct readiness_regression *g = &in->top[in->n_top++];
+		const cJSON *db = cJSON_GetObjectItemCaseSensitive(o, "database");
+		const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "query");
+		const cJSON *why = cJSON_GetObjectItemCaseSensitive(o, "why");
+
+		if (!cJSON_IsString(db) || !cJSON_IsString(q) || !cJSON_IsString(why) ||
+		    !get_num(o, "p99_ratio", &g->p99_ratio) || !get_count(o, "calls", &g->calls) ||
+		    !get_num(o, "impact_ms", &g->impact_ms))
+			return false;
+		snprintf(g->database, sizeof(g->database), "%s", db->valuestring);
+		snprintf(g->query, sizeof(g->query), "%s", q->valuestring);
+		snprintf(g->why, sizeof(g->why), "%s", why->valuestring);
+	}
+	return true;
 }
 
 /* The criteria array: every criterion once, in order. Returns the failing index or -1. */
@@ -571,6 +682,10 @@ bool readiness_parse_json(const char *text, struct readiness_report *out, char *
 	if (!parse_thresholds(cJSON_GetObjectItemCaseSensitive(root, "thresholds"),
 			      &out->criteria)) {
 		snprintf(err, errlen, "thresholds missing or malformed");
+		goto cleanup;
+	}
+	if (!parse_top(cJSON_GetObjectItemCaseSensitive(root, "top_regressions"), &out->input)) {
+		snprintf(err, errlen, "top_regressions missing or malformed");
 		goto cleanup;
 	}
 	bad = parse_criteria(cJSON_GetObjectItemCaseSensitive(root, "criteria"), out);

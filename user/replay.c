@@ -82,6 +82,38 @@ struct item *replay_queue_pop(struct replay_session *s)
 }
 
 /*
+ * The item's figures per statement: requests selected for the mirror (attempted, or
+ * dropped waiting for a connection) count on the source; those the mirror answered
+ * (success, query error, timeout) on the mirror as well. Skipped ones are not mirrored
+ * requests.
+ */
+static void query_record(struct replay *r, const struct item *it, enum outcome o, uint64_t now)
+{
+	struct querystats_obs ob;
+
+	if (!r->qs || it->as_rollback || (o >= OUT_SKIP_STATE && o <= OUT_SKIP_ABORTED))
+		return;
+	memset(&ob, 0, sizeof(ob));
+	ob.database = it->db->name;
+	ob.fingerprint = it->text ? it->fingerprint : 0;
+	ob.text = it->text;
+	ob.source_ns = it->ord.ts_end > it->ord.ts_start ? it->ord.ts_end - it->ord.ts_start : 0;
+	ob.source_error = it->src.error;
+	ob.source_sqlstate = it->src.sqlstate;
+	ob.mirror_answered = o == OUT_SUCCESS || o == OUT_QUERY || o == OUT_TIMEOUT;
+	ob.mirror_ns = (it->done_ns ? it->done_ns : now) - it->sent_ns;
+	ob.mirror_error = it->m_error || o == OUT_TIMEOUT;
+	ob.mirror_sqlstate = o == OUT_TIMEOUT && !it->m_error ? "57014" : it->m_sqlstate;
+	ob.mirror_only = o == OUT_QUERY || o == OUT_TIMEOUT;
+	/* failing where the source did not is counted once, as mirror_only, not also as
+	 * an sqlstate mismatch */
+	ob.mismatch_kinds = ob.mirror_only ? it->m_kinds & ~(1u << COMPARE_SQLSTATE) : it->m_kinds;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_record(r->qs, &ob);
+	pthread_mutex_unlock(&r->qs_lock);
+}
+
+/*
  * Gives an item its one outcome, then frees it: out of the heap, out of the session's
  * and the global counts. The caller has already unlinked it (queue_pop or s->cur).
  */
@@ -99,6 +131,7 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 	if (s->sets_pending && it->unit == s->sets_unit && it->unit_last)
 		replay_pool_settle(s, !it->src.error && strcmp(it->src.verb, "ROLLBACK"),
 				   o == OUT_SUCCESS && strcmp(s->run.verb, "ROLLBACK"));
+	query_record(r, it, o, now);
 	if (o == OUT_SUCCESS)
 		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
 	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
@@ -704,6 +737,68 @@ void replay_set_log_mismatches(struct replay *r, uint32_t n)
 		atomic_store(&r->log_mismatches, n);
 }
 
+/* ---- per-statement figures (any thread) ---- */
+
+size_t replay_query_rows(struct replay *r, const struct querystats_config *th, const char *database,
+			 enum querystats_sort sort, struct querystats_row *out, size_t cap)
+{
+	size_t n;
+
+	if (!r || !r->qs)
+		return 0;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_set_thresholds(r->qs, th);
+	n = querystats_rows(r->qs, database, sort, out, cap);
+	pthread_mutex_unlock(&r->qs_lock);
+	return n;
+}
+
+size_t replay_query_regressed(struct replay *r, const struct querystats_config *th,
+			      char (*names)[QUERYSTATS_DB_MAX], uint64_t *counts, size_t cap)
+{
+	size_t n;
+
+	if (!r || !r->qs)
+		return 0;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_set_thresholds(r->qs, th);
+	n = querystats_regressed_by_db(r->qs, names, counts, cap);
+	pthread_mutex_unlock(&r->qs_lock);
+	return n;
+}
+
+uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th)
+{
+	uint64_t n;
+
+	if (!r || !r->qs)
+		return 0;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_set_thresholds(r->qs, th);
+	n = querystats_regressed(r->qs, NULL);
+	pthread_mutex_unlock(&r->qs_lock);
+	return n;
+}
+
+void replay_query_counts(struct replay *r, struct querystats_counts *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!r || !r->qs)
+		return;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_counts(r->qs, out);
+	pthread_mutex_unlock(&r->qs_lock);
+}
+
+void replay_query_reset(struct replay *r)
+{
+	if (!r || !r->qs)
+		return;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_reset(r->qs);
+	pthread_mutex_unlock(&r->qs_lock);
+}
+
 /* ---- lifecycle ---- */
 
 void replay_config_default(struct replay_config *cfg)
@@ -823,6 +918,18 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	r->cap = cap;
 	r->mirror = strdup(cfg->mirror ? cfg->mirror : "");
 	r->fp = fingerprint_cache_new(FP_CACHE_ENTRIES);
+	pthread_mutex_init(&r->qs_lock, NULL);
+	if (cfg->max_query_stats) {
+		struct querystats_config qc;
+
+		querystats_config_default(&qc);
+		qc.max_entries = cfg->max_query_stats;
+		r->qs = querystats_new(&qc, fingerprint_normalize);
+		if (!r->qs) {
+			snprintf(err, errlen, "mirror: out of memory (max_query_stats)");
+			goto fail;
+		}
+	}
 	buf_init(&r->row, 16u << 20);
 	r->seed = now_ns() | 1;
 	r->cfg.databases = NULL;
@@ -902,6 +1009,8 @@ void replay_stop(struct replay *r)
 	order_free(&r->order);
 	free(r->ignore);
 	fingerprint_cache_free(r->fp);
+	querystats_free(r->qs);
+	pthread_mutex_destroy(&r->qs_lock);
 	buf_free(&r->row);
 	replay_map_free(r);
 	sem_destroy(&r->running);

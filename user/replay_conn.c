@@ -1067,6 +1067,8 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 		}
 	}
 	o = run_outcome(r, s, it);
+	it->m_error = s->run.error;
+	memcpy(it->m_sqlstate, s->run.sqlstate, sizeof(it->m_sqlstate));
 	if (s->run.pipeline && !s->run.synced) {
 		s->group_open = true;
 		s->group_id = it->sync_group;
@@ -1092,6 +1094,7 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	if (r->cfg.compare != REPLAY_COMPARE_NONE && !it->as_rollback && !it->no_compare &&
 	    (o == OUT_SUCCESS || o == OUT_QUERY)) {
 		kinds = compare(r, s, it);
+		it->m_kinds = (uint8_t)kinds;
 		stats_mirror_compared(r->st, it->db, kinds);
 		if (kinds)
 			log_mismatch(r, s, it, kinds);

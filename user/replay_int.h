@@ -188,6 +188,10 @@ struct item {
 	uint64_t done_ns;  /* when the main stage completed (wrapped items) */
 	bool waited;
 	uint64_t sent_ns;
+	/* the mirror's answer, kept for the per-statement figures (querystats.h) */
+	bool m_error;
+	char m_sqlstate[6];
+	uint8_t m_kinds; /* mismatch bits */
 };
 
 /* What a request does to the state a pooled connection must carry (fingerprint.h). */
@@ -402,6 +406,10 @@ struct replay {
 	struct stats_pool pool_stats; /* published each pass */
 	unsigned int last_util;
 	bool rerun; /* a session was handed a connection: step again at once */
+	/* per-statement figures (querystats.h): written by the replay thread as items
+	 * finish, read by the console, /queries, /metrics and readiness under qs_lock */
+	struct querystats *qs;
+	pthread_mutex_t qs_lock;
 };
 
 _Static_assert((int)COMPARE_TAG == (int)STATS_MISMATCH_TAG &&
@@ -409,6 +417,7 @@ _Static_assert((int)COMPARE_TAG == (int)STATS_MISMATCH_TAG &&
 		   (int)COMPARE_SQLSTATE == (int)STATS_MISMATCH_SQLSTATE &&
 		   (int)COMPARE_ROWS == (int)STATS_MISMATCH_ROWS,
 	       "compare.h kinds are stats' mismatch kinds");
+_Static_assert(STATS_MISMATCH_MAX == QUERYSTATS_KINDS, "querystats keeps every mismatch kind");
 
 enum outcome {
 	OUT_SUCCESS,

@@ -126,6 +126,8 @@ struct stats {
 	/* published copies (stats_set_resolver, stats_set_fingerprint); shown once set */
 	_Atomic bool resolver_set, fingerprint_set;
 	_Atomic uint64_t resolver[STATS_RESOLVER_MAX], fingerprint[STATS_FP_MAX];
+	stats_queries_fn queries; /* set before serving (stats_set_queries) */
+	void *queries_ctx;
 };
 
 #define RELAXED memory_order_relaxed
@@ -1237,6 +1239,45 @@ void stats_set_fingerprint(struct stats *st, const uint64_t v[STATS_FP_MAX])
 	atomic_store(&st->fingerprint_set, true);
 }
 
+void stats_set_queries(struct stats *st, stats_queries_fn fn, void *ctx)
+{
+	st->queries = fn;
+	st->queries_ctx = ctx;
+}
+
+static bool render_queries(struct buf *b, struct stats *st)
+{
+	uint64_t v[STATS_QS_MAX] = {0};
+	size_t cap = st->max_dbs + 1, n, i;
+	char(*names)[64] = calloc(cap, sizeof(*names));
+	uint64_t *regressed = calloc(cap, sizeof(*regressed));
+	bool ok = names && regressed;
+
+	n = ok ? st->queries(st->queries_ctx, v, names, regressed, cap) : 0;
+	ok &= header(b, "mirror_regressed_statements", "gauge",
+		     "Statements that regress on the mirror (SHOW MIRROR QUERIES), per database: "
+		     "slower past mirror_max_p99_ratio, failing only there, or answering "
+		     "differently.");
+	for (i = 0; ok && i < n && i < cap; i++) {
+		ok &= buf_printf(b, "mirror_regressed_statements{database=\"");
+		ok &= buf_append_label_value(b, names[i]);
+		ok &= buf_printf(b, "\"} %llu\n", (unsigned long long)regressed[i]);
+	}
+	ok &= gauge_or_counter(b, "mirror_query_stats_entries", "gauge",
+			       "Statements compared one by one now (max_query_stats bounds them).",
+			       v[STATS_QS_ENTRIES]);
+	ok &= gauge_or_counter(b, "mirror_query_stats_evictions_total", "counter",
+			       "Statements forgotten to make room (max_query_stats).",
+			       v[STATS_QS_EVICTIONS]);
+	ok &= gauge_or_counter(b, "mirror_query_stats_unparsed_total", "counter",
+			       "Mirrored requests whose text libpg_query did not parse or was not "
+			       "known: counted in one entry per database that shows no text.",
+			       v[STATS_QS_UNPARSED]);
+	free(names);
+	free(regressed);
+	return ok;
+}
+
 static bool render_aux(struct buf *b, struct stats *st)
 {
 	static const char *const lookups[] = {"resolved", "not_found", "queue_full"};
@@ -1295,6 +1336,8 @@ bool stats_render(struct stats *st, const struct stats_process *proc, const char
 		ok &= render_mirror(out, st, dbs, n, now_ns);
 	ok &= render_capture(out, st);
 	ok &= render_aux(out, st);
+	if (st->mirror.enabled && st->queries)
+		ok &= render_queries(out, st);
 	if (proc)
 		ok &= render_process(out, proc, version);
 	return ok;

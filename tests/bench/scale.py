@@ -77,6 +77,9 @@ POOL_CAP = 40
 CHURN_CLIENTS, CHURN_RATE = 4, 200
 COST_CLIENTS, COST_RATE = 4, 3000
 DB = "bench"
+# the system calls counted one by one in scenario 3 (besides their total)
+SYSCALLS_SHOWN = ("sendto", "recvfrom", "epoll_wait", "write", "setsockopt", "ppoll",
+                  "poll", "clock_nanosleep", "nanosleep", "read")
 SETTLE_TIMEOUT = 30  # replay at these rates ends within seconds of pgbench
 ACTIVITY_INTERVAL = 0.1
 
@@ -411,7 +414,9 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
     try:
         rp.quiesce(src, mir)
         m0, cpu0 = tm.scrape(agent), agent.cpu_seconds()
-        perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
+        events = ",".join(["raw_syscalls:sys_enter"] +
+                          [f"syscalls:sys_enter_{c}" for c in SYSCALLS_SHOWN])
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events,
                                  "-p", str(agent.pid), "--", "sleep", str(SECONDS)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         run, run_cpu = pgbench_rusage(src, args)
@@ -440,6 +445,9 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
     else:
         print(f"  agent system calls: {syscalls} in the window, {per_req:.2f} per mirrored "
               f"request")
+        each = {c: perf_count(perf_err, f"syscalls:sys_enter_{c}") for c in SYSCALLS_SHOWN}
+        print("  per mirrored request: " + ", ".join(
+            f"{c} {n / max(window, 1):.2f}" for c, n in each.items() if n))
     print(f"  agent CPU {agent_cpu:.2f} s ({agent_us:.1f} µs per mirrored request); pgbench "
           f"CPU {run_cpu:.2f} s ({run_us:.1f} µs per request); agent/pgbench {ratio:.2f} "
           f"(agent/pgbench without the agent {agent_us / base_us if base_us else 0:.2f})")

@@ -2,6 +2,7 @@
 /* admin: the console's protocol core, byte for byte (startup, every command, errors,
  * protocol violations, input split anywhere, output back-pressure), and its shell on a
  * Unix socket (mode, stale and live socket files). */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -213,6 +214,8 @@ struct fake {
 	size_t rl_bytes;   /* readiness: this many bytes instead of the fixed report */
 	bool wrong_width;  /* sessions: a row of the wrong width */
 	bool endless_rows; /* sessions: rows until refused */
+	int queries;	   /* SHOW MIRROR QUERIES calls */
+	char query_db[80]; /* its database argument ("(all)" for NULL) */
 };
 
 static int fake_readiness(void *ctx, struct buf *text)
@@ -295,6 +298,19 @@ static int fake_pools(void *ctx, struct admin_rows *rows)
 	return admin_rows_add(rows, v, 11) ? 0 : -1;
 }
 
+static int fake_queries(void *ctx, const char *database, struct admin_rows *rows)
+{
+	struct fake *f = ctx;
+	const char *v[20] = {"app", "SELECT * FROM t WHERE id = $1", "slower"};
+	int i;
+
+	for (i = 3; i < 20; i++)
+		v[i] = "1";
+	f->queries++;
+	snprintf(f->query_db, sizeof(f->query_db), "%s", database ? database : "(all)");
+	return admin_rows_add(rows, v, 20) ? 0 : -1;
+}
+
 static int fake_reset(void *ctx)
 {
 	struct fake *f = ctx;
@@ -312,6 +328,7 @@ static struct admin_provider provider = {
     .databases = fake_databases,
     .sessions = fake_sessions,
     .pools = fake_pools,
+    .queries = fake_queries,
     .reset = fake_reset,
 };
 
@@ -504,7 +521,13 @@ static void test_show_version_and_help(void **state)
 	    {"SHOW MIRROR POOLS",
 	     "pools of mirror connections (PgBouncer's SHOW POOLS): sessions active and waiting, "
 	     "connections in use, idle, being made and pinned"},
-	    {"RESET MIRROR STATS", "restart the readiness window (counters keep counting)"},
+	    {"SHOW MIRROR QUERIES",
+	     "per statement (normalized text), source vs mirror: calls, latency quantiles, "
+	     "errors, mismatches; regressions first, by impact. SHOW MIRROR QUERIES db: one "
+	     "database"},
+	    {"RESET MIRROR STATS",
+	     "restart the readiness window and the per-statement figures (counters keep "
+	     "counting)"},
 	    {"SHOW VERSION", "the agent's version"},
 	    {"SHOW HELP", "this list"},
 	};
@@ -729,6 +752,48 @@ static void test_unavailable(void **state)
 	run_end(&r);
 }
 
+/* SHOW MIRROR QUERIES takes one database name, its case kept, quoted or not. */
+static void test_show_mirror_queries_argument(void **state)
+{
+	static const struct {
+		const char *q, *db; /* db NULL: refused as unrecognized */
+	} cases[] = {
+	    {"SHOW MIRROR QUERIES", "(all)"},
+	    {"show mirror queries", "(all)"},
+	    {"show  mirror\tqueries   App_1", "App_1"},
+	    {"SHOW MIRROR QUERIES \"my db\"", "my db"},
+	    {"SHOW MIRROR QUERIES a b", NULL},
+	    {"SHOW MIRROR QUERIES \"a\"b\"", NULL},
+	    {"SHOW MIRROR QUERIESX", NULL},
+	    {"SHOW MIRROR POOLS app", NULL}, /* only QUERIES takes an argument */
+	};
+	struct bytes in;
+	struct run r;
+	size_t i;
+
+	(void)state;
+	run_ready(&r, &provider);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int before = fk.queries;
+
+		in.n = 0;
+		b_query(&in, cases[i].q);
+		run_feed(&r, &in);
+		assert_true(r.open);
+		if (cases[i].db) {
+			assert_int_equal(fk.queries, before + 1);
+			assert_string_equal(fk.query_db, cases[i].db);
+			assert_non_null(
+			    memmem(r.out.data, r.out.len, "SELECT * FROM t WHERE id = $1", 29));
+		} else {
+			assert_int_equal(fk.queries, before);
+			assert_non_null(memmem(r.out.data, r.out.len, "unrecognized command", 20));
+		}
+		r.out.len = 0;
+	}
+	run_end(&r);
+}
+
 static void test_unknown_command_then_usable(void **state)
 {
 	static const char *const vcol[] = {"version"};
@@ -750,7 +815,7 @@ static void test_unknown_command_then_usable(void **state)
 	longq[1] = '\t';
 	want.n = 0;
 	snprintf(msg, sizeof(msg),
-		 "unrecognized command \"x %.62s...\": SHOW HELP lists the commands", longq + 2);
+		 "unrecognized command \"x %.94s...\": SHOW HELP lists the commands", longq + 2);
 	b_error(&want, "ERROR", "42601", msg);
 	b_ready(&want);
 	expect_query(&r, longq, &want);
@@ -1135,6 +1200,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_reset_read_only, setup),
 	    cmocka_unit_test_setup(test_unavailable, setup),
 	    cmocka_unit_test_setup(test_unknown_command_then_usable, setup),
+	    cmocka_unit_test_setup(test_show_mirror_queries_argument, setup),
 	    cmocka_unit_test_setup(test_empty_query, setup),
 	    cmocka_unit_test_setup(test_terminate, setup),
 	    cmocka_unit_test_setup(test_extended_protocol_refused, setup),

@@ -142,7 +142,8 @@ static void test_table_sane(void **state)
 		 * them; other threads read them through config_shared) */
 		if (k->reloadable) {
 			assert_true(k->offset >= live_lo && k->offset < live_hi);
-			assert_true(k->type == CONFIG_UINT || k->type == CONFIG_DOUBLE);
+			assert_true(k->type == CONFIG_UINT || k->type == CONFIG_INT ||
+				    k->type == CONFIG_DOUBLE);
 		} else {
 			assert_false(k->offset >= live_lo && k->offset < live_hi);
 		}
@@ -203,6 +204,9 @@ static void test_defaults(void **state)
 	assert_true(c.live.mirror_latency_floor_ms == 5);
 	assert_true(c.live.mirror_max_drop_rate == 0.01);
 	assert_true(c.live.mirror_max_mismatch_rate == 0.001);
+	assert_int_equal(c.live.mirror_max_regressed_statements, -1);
+	assert_int_equal(c.live.mirror_min_statement_calls, 50);
+	assert_int_equal(c.max_query_stats, 5000);
 	assert_int_equal(c.n_databases, 0);
 	assert_null(c.config_file);
 	config_free(&c);
@@ -553,6 +557,10 @@ static const struct bad_value bad_values[] = {
     {"mirror_consecutive_success", "many", "an integer from 0 to 1000000000000"},
     {"mirror_max_drop_rate", "2", "a number from 0.0 to 1.0"},
     {"mirror_max_mismatch_rate", "1e-3x", "a number from 0.0 to 1.0"},
+    {"mirror_max_regressed_statements", "-2", "an integer from -1 to 1000000"},
+    {"mirror_max_regressed_statements", "1.5", "an integer from -1 to 1000000"},
+    {"mirror_min_statement_calls", "0", "an integer from 1 to 1000000000000"},
+    {"max_query_stats", "1000001", "an integer from 0 to 1000000"},
     {"admin_port", "65536", "an integer from 1 to 65535"},
     {"admin_listen", "127.0.0.1",
      "IPv4:PORT or [IPv6]:PORT with a numeric address and a port from 1 to 65535, or nothing"},
@@ -657,7 +665,8 @@ static void test_flag_messages(void **state)
 	assert_string_equal(err, "ambiguous option '--mirror-max': could be "
 				 "--mirror-max-connections, --mirror-max-error-rate, "
 				 "--mirror-max-latency-ms, --mirror-max-p99-ratio, "
-				 "--mirror-max-drop-rate, --mirror-max-mismatch-rate");
+				 "--mirror-max-drop-rate, --mirror-max-mismatch-rate, "
+				 "--mirror-max-regressed-statements");
 	assert_int_equal(load_args(&c, NULL, missing, err, sizeof(err)), -EINVAL);
 	assert_string_equal(err, "option --port needs a value (see --help)");
 	assert_int_equal(load_args(&c, NULL, stray, err, sizeof(err)), -EINVAL);

@@ -62,6 +62,7 @@ static void good_input(struct readiness_input *in)
 	in->mirror_p99_ms = 20;
 	in->source_avg_ms = 8;
 	in->source_p99_ms = 15;
+	in->regressed_statements = 0;
 }
 
 /* Evaluates in with the default criteria and checks that only `which` failed. */
@@ -74,6 +75,7 @@ static void expect_only_failure(const struct readiness_input *in, int which, dou
 	int i;
 
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(in, &c, &r);
 	assert_false(r.ready);
 	assert_true(r.score == score);
@@ -90,7 +92,7 @@ static void expect_only_failure(const struct readiness_input *in, int which, dou
 	assert_string_equal(r.criterion[which].reason, reason);
 	text = render_text(&r);
 	assert_contains(text, "Status: NOT READY\n");
-	assert_contains(text, "1 of 7 criteria failed\n");
+	assert_contains(text, "1 of 8 criteria failed\n");
 	free(text);
 }
 
@@ -104,6 +106,7 @@ static void test_all_pass(void **state)
 	(void)state;
 	good_input(&in);
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	assert_true(r.ready);
 	assert_true(r.score == 100);
@@ -143,6 +146,7 @@ static void test_error_rate_at_threshold_passes(void **state)
 	in.mirrored = 198000;
 	in.errors_query = 2000; /* exactly 1% */
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	assert_true(r.ready);
 	assert_string_equal(r.criterion[READINESS_ERROR_RATE].reason,
@@ -189,6 +193,7 @@ static void test_latency_floor(void **state)
 	in.mirror_p99_ms = 4;
 	in.source_p99_ms = 1;
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	assert_true(r.ready);
 	assert_string_equal(r.criterion[READINESS_LATENCY].reason,
@@ -279,7 +284,9 @@ static void test_score_clamped(void **state)
 	in.mirror_p99_ms = 9000;
 	in.source_avg_ms = 1;
 	in.source_p99_ms = 2;
+	in.regressed_statements = 3;
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	for (i = 0; i < READINESS_CRITERIA; i++)
 		assert_int_equal(r.criterion[i].verdict, READINESS_FAIL);
@@ -302,6 +309,7 @@ static void test_no_data(void **state)
 	memset(&in, 0, sizeof(in));
 	in.mirror_avg_ms = in.mirror_p99_ms = in.source_avg_ms = in.source_p99_ms = NAN;
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	c.min_runtime_hours = 0;
 	c.min_requests = 0;
 	c.consecutive_success = 0;
@@ -333,6 +341,7 @@ static void test_no_data(void **state)
 
 	/* with the default criteria, no traffic is NOT READY: runtime, volume, streak */
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	assert_false(r.ready);
 	assert_true(r.score == 40);
@@ -407,6 +416,7 @@ static void test_readiness_calculation(void **state)
 		stats_mirror_error(st, db, STATS_ERR_QUERY, 2 * SEC + i);
 	}
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	c.max_error_rate = 0.02;
 	c.max_latency_ms = 100;
 	c.min_runtime_hours = 0;
@@ -450,41 +460,56 @@ static void test_text_report(void **state)
 	in.errors_query = 10;
 	in.dropped = 4000;
 	in.mismatched = 20;
+	in.regressed_statements = 1;
+	in.n_top = 1;
+	snprintf(in.top[0].database, sizeof(in.top[0].database), "app");
+	snprintf(in.top[0].query, sizeof(in.top[0].query), "SELECT * FROM t WHERE id = $1");
+	snprintf(in.top[0].why, sizeof(in.top[0].why), "slower");
+	in.top[0].p99_ratio = 12.5;
+	in.top[0].calls = 600;
+	in.top[0].impact_ms = 5400;
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 1;
 	readiness_evaluate(&in, &c, &r);
 	text = render_text(&r);
 	assert_string_equal(
-	    text, "=== Mirror Migration Readiness Report ===\n"
-		  "\n"
-		  "Status: NOT READY\n"
-		  "Confidence Score: 90.0%\n"
-		  "Recommendation: Confident (Review specific issues, likely safe)\n"
-		  "\n"
-		  "Metrics:\n"
-		  "  Error Rate: 0.005%\n"
-		  "  Success Rate: 99.995%\n"
-		  "  Avg Latency: 10.00ms (source 8.00ms)\n"
-		  "  P99 Latency: 20.00ms (source 15.00ms)\n"
-		  "  Uptime: 30.0 hours\n"
-		  "  Runtime: 25.0 hours (since start or the last RESET MIRROR STATS)\n"
-		  "  Total Requests: 250000\n"
-		  "  Attempted Requests: 200010\n"
-		  "  Consecutive Successes: 20000\n"
-		  "  Drop Rate: 2.000%\n"
-		  "  Mismatch Rate: 0.010%\n"
-		  "\n"
-		  "Assessment:\n"
-		  "  \u2713 Error rate 0.005% within threshold 1.000%\n"
-		  "  \u2713 Average latency 10.00ms within threshold 1000ms; p99 20.00ms within 2x "
-		  "source p99 15.00ms\n"
-		  "  \u2713 Runtime 25.00 hours meets minimum 24 hours\n"
-		  "  \u2713 Attempted requests 200010 meets minimum 100000\n"
-		  "  \u2713 Consecutive successes 20000 meet required 10000\n"
-		  "  \u2717 Drop rate 2.000% (4000 of 200000 selected requests dropped) exceeds "
-		  "threshold 1.000% (-10)\n"
-		  "  \u2713 Mismatch rate 0.010% (20 of 200000 compared answers differ) within "
-		  "threshold 0.100%\n"
-		  "  1 of 7 criteria failed\n");
+	    text,
+	    "=== Mirror Migration Readiness Report ===\n"
+	    "\n"
+	    "Status: NOT READY\n"
+	    "Confidence Score: 90.0%\n"
+	    "Recommendation: Confident (Review specific issues, likely safe)\n"
+	    "\n"
+	    "Metrics:\n"
+	    "  Error Rate: 0.005%\n"
+	    "  Success Rate: 99.995%\n"
+	    "  Avg Latency: 10.00ms (source 8.00ms)\n"
+	    "  P99 Latency: 20.00ms (source 15.00ms)\n"
+	    "  Uptime: 30.0 hours\n"
+	    "  Runtime: 25.0 hours (since start or the last RESET MIRROR STATS)\n"
+	    "  Total Requests: 250000\n"
+	    "  Attempted Requests: 200010\n"
+	    "  Consecutive Successes: 20000\n"
+	    "  Drop Rate: 2.000%\n"
+	    "  Mismatch Rate: 0.010%\n"
+	    "\n"
+	    "Top regressions (1 regressed; SHOW MIRROR QUERIES lists all):\n"
+	    "  1. [app] slower: SELECT * FROM t WHERE id = $1 (p99 12.5x, 600 calls, +5400 ms "
+	    "in all)\n"
+	    "\n"
+	    "Assessment:\n"
+	    "  \u2713 Error rate 0.005% within threshold 1.000%\n"
+	    "  \u2713 Average latency 10.00ms within threshold 1000ms; p99 20.00ms within 2x "
+	    "source p99 15.00ms\n"
+	    "  \u2713 Runtime 25.00 hours meets minimum 24 hours\n"
+	    "  \u2713 Attempted requests 200010 meets minimum 100000\n"
+	    "  \u2713 Consecutive successes 20000 meet required 10000\n"
+	    "  \u2717 Drop rate 2.000% (4000 of 200000 selected requests dropped) exceeds "
+	    "threshold 1.000% (-10)\n"
+	    "  \u2713 Mismatch rate 0.010% (20 of 200000 compared answers differ) within "
+	    "threshold 0.100%\n"
+	    "  \u2713 Regressed statements 1 within threshold 1\n"
+	    "  1 of 8 criteria failed\n");
 	assert_matches(text, "Error Rate: [0-9]+\\.[0-9]+%");
 	free(text);
 }
@@ -514,6 +539,7 @@ static void test_json_report(void **state)
 	in.dropped = 4000;
 	in.compared = 0; /* parity: no data */
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	buf_init(&b, 1 << 20);
 	assert_true(readiness_render_json(&r, &b));
@@ -597,6 +623,7 @@ static void test_json_round_trip(void **state)
 	in[3].mismatched = 77777; /* parity fails; fractional rates */
 	in[3].uptime_seconds = 1.0 / 7;
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	c.max_error_rate = 0.0123;
 	for (i = 0; i < 4; i++) {
 		readiness_evaluate(&in[i], &c, &r);
@@ -653,6 +680,7 @@ static void test_json_parse_refuses(void **state)
 	/* a valid report with one criterion renamed, one count missing */
 	good_input(&in);
 	readiness_criteria_default(&c);
+	c.max_regressed_statements = 0; /* judged */
 	readiness_evaluate(&in, &c, &r);
 	buf_init(&b, 1 << 20);
 	assert_true(readiness_render_json(&r, &b));

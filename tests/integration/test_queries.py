@@ -1,0 +1,240 @@
+"""Which statements get slower on the mirror: the per-statement comparison (issue 17).
+
+Real source and mirror clusters, the real agent mirroring between them, real clients
+(pgbench, psycopg2). The server's log (log_statement = all) is the truth for the source's
+calls per statement; SHOW MIRROR QUERIES, GET /queries, /metrics and /readiness are what
+the agent says.
+"""
+
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+
+import psycopg2
+import pytest
+
+import pg_harness as pgh
+import test_mirror as tm
+import test_readiness as tr
+from test_mirror import (  # noqa: F401 - pytest fixtures are used by name
+    mirror_agent, mirror_agent_bin, pair)
+
+SECRET = "pgshadow-planted-secret-4417"  # a literal that must never be shown
+
+
+def canon(text):
+    """A statement with every literal and parameter made '?', whitespace collapsed and the
+    trailing ';' dropped, its first 150 characters (the agent cuts texts at 200 bytes and
+    marks the cut with "..."): how the log's texts and the agent's normalized ones are
+    matched."""
+    t = text[:-3] if text.endswith("...") else text
+    t = re.sub(r"'(?:[^']|'')*'", "?", t)
+    t = re.sub(r"\$\d+", "?", t)
+    t = re.sub(r"(?<![\w$?])\d+(?:\.\d+)?", "?", t)
+    t = re.sub(r"(?<=[\s(,=+*/<>])-\?", "?", t)
+    return re.sub(r"\s+", " ", t).strip().rstrip(";").strip()[:150]
+
+
+def logged_statements(pg, db, since):
+    """{canon(text): count} of the statements the source logged in db after since."""
+    out = {}
+    pg.sync_log()
+    for r in pg.request_records(db, since):
+        if r.message.startswith("statement: "):
+            key = canon(r.message[len("statement: "):])
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def queries_json(agent, query=""):
+    with urllib.request.urlopen(f"http://{agent.metrics_addr}/queries{query}",
+                                timeout=10) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        return json.loads(r.read())
+
+
+def console_rows(agent, sql):
+    cols, rows = tr.console_table(agent, sql)
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def run_sql(pg, db, statements, threads=1):
+    """Runs the statements (autocommit; psycopg2 sends each as a simple Query with its
+    literals inlined) on `threads` connections at once, each the whole list."""
+    errors = []
+
+    def one():
+        try:
+            conn = psycopg2.connect(pg.conninfo(db))
+            conn.autocommit = True
+            cur = conn.cursor()
+            for sql, args in statements:
+                try:
+                    cur.execute(sql, args)
+                    if cur.description:
+                        cur.fetchall()
+                except psycopg2.Error:
+                    pass  # expected errors are part of the workload
+            conn.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=one) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+def test_identical_clusters_match_the_log(pair, mirror_agent):
+    """pgbench TPC-B and a psycopg2 workload on two identical clusters: no statement
+    regresses, nothing mismatches, the source calls of every statement equal the source's
+    log grouped by normalized text, and no literal (a planted secret included) appears in
+    any answer of the agent."""
+    src, mir = pair
+    db = "app"
+    for pg in (src, mir):
+        pg.createdb(db)
+        pg.pgbench_init(db)
+        pg.psql("CREATE TABLE notes (id int PRIMARY KEY, body text)", db=db)
+    since = tm.mark(src)
+    # p99s of the same statement on two clusters sharing 2 CPUs differ by scheduling
+    # noise: a 20 ms floor keeps noise from reading as a regression (the default is 5)
+    agent = mirror_agent(src, mir, extra=["--mirror-latency-floor-ms", 20])
+    work = [("INSERT INTO notes VALUES (%s, %s)", (i, f"{SECRET}-{i}")) for i in range(60)]
+    work += [("SELECT body FROM notes WHERE id = %s AND body <> %s", (i, SECRET))
+             for i in range(60)]
+    work += [("SELECT 1/0", None)] * 5
+    t = threading.Thread(target=run_sql, args=(src, db, work))
+    t.start()
+    src.pgbench(["-c", 2, "-j", 2, "-R", 150, "-T", 4], db)
+    t.join()
+    tm.wait_settled(agent)
+
+    doc = queries_json(agent, "?limit=1000")
+    rows = [s for s in doc["statements"] if s["database"] == db]
+    assert rows and doc["source_covers"] == "mirrored requests"
+    regressed = [(s["query"], s["regressed"]) for s in rows if s["regressed"]]
+    assert not regressed, f"statements regress on an identical mirror: {regressed}"
+    agent_calls = {}
+    for s in rows:
+        assert s["parsed"], s
+        agent_calls[canon(s["query"])] = agent_calls.get(canon(s["query"]), 0) + \
+            s["source"]["calls"]
+        assert s["mirror"]["calls"] == s["source"]["calls"], s
+        assert sum(s["mismatches"].values()) == 0, s
+    truth = logged_statements(src, db, since)
+    assert agent_calls == truth, \
+        f"per statement, agent vs log:\n" + "\n".join(
+            f"  {agent_calls.get(k)} vs {truth.get(k)}: {k}"
+            for k in sorted(set(agent_calls) | set(truth))
+            if agent_calls.get(k) != truth.get(k))
+    div = [s for s in rows if s["query"] == "SELECT $1/$2"]
+    assert div and div[0]["source"]["errors_by_class"] == {"22": 5} and \
+        div[0]["mirror"]["errors_by_class"] == {"22": 5} and not div[0]["regressed"], div
+    # nothing regressed: the gauge says 0 for the database
+    m = tm.scrape(agent)
+    assert m.get("mirror_regressed_statements", database=db) == 0
+    # every statement of every database (the log's sync markers ran in postgres)
+    assert m.get("mirror_query_stats_entries") == \
+        len(queries_json(agent, "?limit=1000")["statements"])
+    # the planted literal is nowhere
+    texts = [json.dumps(doc), pgh.scrape(agent.metrics_addr)[0],
+             pgh.scrape(agent.metrics_addr, "/readiness")[0],
+             repr(console_rows(agent, "SHOW MIRROR QUERIES")), agent.stderr()]
+    for text in texts:
+        assert SECRET not in text
+
+
+@pytest.fixture
+def regressing_pair(pair):
+    """Source and mirror with the same data in database app, except that the mirror lacks
+    the index on big.k and the column small.note."""
+    src, mir = pair
+    for pg in (src, mir):
+        pg.createdb("app")
+        pg.psql("CREATE TABLE big (id int, k int, pad text); "
+                "INSERT INTO big SELECT g, g, repeat('x', 40) FROM generate_series(1, 300000) g; "
+                "CREATE INDEX big_k ON big (k); "
+                "CREATE TABLE small (id int PRIMARY KEY, note text); "
+                "INSERT INTO small SELECT g, 'n' FROM generate_series(1, 100) g", db="app")
+        pg.psql("VACUUM ANALYZE", db="app")
+    mir.psql("DROP INDEX big_k; ALTER TABLE small DROP COLUMN note", db="app")
+    return src, mir
+
+
+def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
+    """A mirror without an index: the statement that used it leads SHOW MIRROR QUERIES and
+    /queries with a p99 ratio >= 10, the readiness report names it among its top
+    regressions, the statements criterion fails; a column missing on the mirror makes its
+    statement fail there only (42703); the other statement does not regress."""
+    src, mir = regressing_pair
+    agent = mirror_agent(src, mir, extra=["--mirror-min-statement-calls", 20,
+                                          "--mirror-max-regressed-statements", 0])
+    work = [("SELECT pad FROM big WHERE k = %s", (i * 7 + 1,)) for i in range(60)]
+    work += [("SELECT id FROM small WHERE id = %s", (i % 100 + 1,)) for i in range(60)]
+    work += [("SELECT note FROM small WHERE id = %s", (i + 1,)) for i in range(10)]
+    run_sql(src, "app", work)
+    tm.wait_settled(agent)
+
+    rows = console_rows(agent, "SHOW MIRROR QUERIES app")
+    top = rows[0]
+    assert top["query"] == "SELECT pad FROM big WHERE k = $1", rows
+    assert top["regressed"] == "slower" and float(top["p99_ratio"]) >= 10, top
+    assert int(top["source_calls"]) == 60 and int(top["mirror_calls"]) == 60, top
+    by_query = {r["query"]: r for r in rows}
+    note = by_query["SELECT note FROM small WHERE id = $1"]
+    assert note["regressed"] == "fails_on_mirror 42703" and \
+        note["mirror_only_sqlstate"] == "42703" and int(note["mirror_only_errors"]) == 10, note
+    assert note["mirror_errors"] == "42:10" and note["source_errors"] == "", note
+    fine = by_query["SELECT id FROM small WHERE id = $1"]
+    assert fine["regressed"] == "" and int(fine["source_calls"]) == 60, fine
+    assert console_rows(agent, "SHOW MIRROR QUERIES other") == []
+
+    doc = queries_json(agent, "?database=app&sort=ratio&limit=1")
+    assert doc["matching"] == 3 and len(doc["statements"]) == 1, doc
+    assert doc["statements"][0]["query"] == top["query"]
+    assert doc["statements"][0]["regressed"] == ["slower"]
+    for bad in ("?sort=bogus", "?limit=0", "?limit=x"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            queries_json(agent, bad)
+        assert e.value.code == 400
+
+    report = pgh.scrape(agent.metrics_addr, "/readiness")[0]
+    assert "Top regressions (2 regressed; SHOW MIRROR QUERIES lists all):" in report, report
+    assert "[app] slower: SELECT pad FROM big WHERE k = $1 (p99 " in report, report
+    assert "[app] fails_on_mirror 42703: SELECT note FROM small WHERE id = $1" in report
+    assert "Regressed statements 2 exceed threshold 0 (-20)" in report, report
+    m = tm.scrape(agent)
+    assert m.get("mirror_regressed_statements", database="app") == 2
+    # RESET MIRROR STATS forgets them
+    conn = tr.console_connect(agent)
+    conn.cursor().execute("RESET MIRROR STATS")
+    conn.close()
+    assert console_rows(agent, "SHOW MIRROR QUERIES") == []
+
+
+def test_bounded_by_max_query_stats(pair, mirror_agent):
+    """More distinct statements than max_query_stats: the table stays at its cap, the
+    evictions are counted, and the most called statement stays."""
+    src, mir = pair
+    cols = 120
+    for pg in (src, mir):
+        pg.createdb("app")
+        pg.psql("CREATE TABLE w (" + ", ".join(f"c{i} int" for i in range(cols)) + "); "
+                "INSERT INTO w DEFAULT VALUES", db="app")
+    agent = mirror_agent(src, mir, extra=["--max-query-stats", 20])
+    work = [("SELECT 1 FROM w WHERE c0 IS NULL", None)] * 50
+    work += [(f"SELECT c{i} FROM w", None) for i in range(cols)]
+    run_sql(src, "app", work)
+    tm.wait_settled(agent)
+    m = tm.scrape(agent)
+    assert m.get("mirror_query_stats_entries") == 20
+    assert m.get("mirror_query_stats_evictions_total") == cols + 1 - 20
+    rows = queries_json(agent, "?sort=calls&limit=20")["statements"]
+    assert len(rows) == 20
+    assert rows[0]["query"] == "SELECT $1 FROM w WHERE c0 IS NULL" and \
+        rows[0]["source"]["calls"] == 50, rows[0]
