@@ -29,9 +29,10 @@
  * when it failed on the mirror only; or when an answer mismatched. Its impact is calls x
  * extra time per call (ms): the rows sort by it.
  *
- * Bounded: at most max_entries entries (about 1.1 KiB each: 5,000 take ~5.5 MiB). A new
- * statement when full evicts the least used of QUERYSTATS_EVICT_SAMPLE entries (fewest
- * calls; a regressed one only when all sampled are), counted in evictions.
+ * Bounded: at most max_entries entries (1.4 KiB each, taken in order from one zeroed allocation, so
+ * only the ones used are resident: 5,000 take up to 7 MiB). A new statement when full evicts the
+ * least used of QUERYSTATS_EVICT_SAMPLE entries (fewest calls; a regressed one only when all
+ * sampled are), counted in evictions.
  */
 #ifndef PGSHADOW_QUERYSTATS_H
 #define PGSHADOW_QUERYSTATS_H

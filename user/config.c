@@ -191,7 +191,8 @@ const struct config_key config_keys[] = {
      "source, capture, build and process metrics are always served."},
     {"max_query_stats", CONFIG_UINT, OFF(max_query_stats), 0, 1000000, 0, NULL, "5000", false, "N",
      "Statements compared one by one between source and mirror (SHOW MIRROR QUERIES, "
-     "/queries), about 1.1 KiB each; beyond it the least used are evicted and counted. 0: "
+     "/queries), 1.4 KiB each (5,000: up to 7 MiB); beyond it the least used are evicted and "
+     "counted. 0: "
      "none."},
     {"mirror_metrics_reset_interval", CONFIG_UINT, OFF(mirror_metrics_reset_interval), 1,
      86400 * 365, 0, NULL, "3600", false, "S",

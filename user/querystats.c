@@ -90,7 +90,7 @@ void querystats_reset(struct querystats *qs)
 {
 	if (!qs)
 		return;
-	memset(qs->e, 0, qs->cfg.max_entries * sizeof(*qs->e));
+	memset(qs->e, 0, qs->used * sizeof(*qs->e)); /* the rest was never touched */
 	memset(qs->heads, 0xff, (qs->mask + 1) * sizeof(*qs->heads));
 	qs->used = qs->cursor = 0;
 	qs->unparsed_calls = 0;
