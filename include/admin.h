@@ -65,9 +65,10 @@ struct admin_provider {
 	void *ctx;	     /* passed to every callback */
 	const char *version; /* "pgshadow <ver>": SHOW VERSION and server_version */
 
-	/* SHOW MIRROR READINESS: appends the text report (readiness_render_text); each line
+	/* SHOW MIRROR READINESS [database]: appends the text report (readiness_render_text)
+	 * of the agent, or of one database (-ENOENT: none seen of that name); each line
 	 * becomes one row of the single column "mirror_readiness". */
-	int (*readiness)(void *ctx, struct buf *text);
+	int (*readiness)(void *ctx, const char *database, struct buf *text);
 
 	/* SHOW MIRROR STATS and SHOW MIRRORS: copies up to cap databases' rows and returns
 	 * how many there are (stats_db_rows has this contract). */

@@ -28,7 +28,7 @@ int http_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len
  * report (readiness_render_text) or, when json, readiness_render_json. Returns 0 or a
  * negative errno. Called on the HTTP thread, concurrently with capture and replay.
  */
-typedef int (*http_readiness_fn)(void *ctx, bool json, struct buf *out);
+typedef int (*http_readiness_fn)(void *ctx, const char *database, bool json, struct buf *out);
 
 /* Renders the landing page (landing.h) into out; negative errno. The HTTP thread. */
 typedef int (*http_landing_fn)(void *ctx, struct buf *out);

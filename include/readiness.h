@@ -143,6 +143,7 @@ struct readiness_metrics {
 };
 
 struct readiness_report {
+	char database[64]; /* "" for the whole agent; else the report of this database */
 	bool ready;
 	double score;		    /* 0-100 */
 	const char *recommendation; /* decision matrix: "Highly Confident" ... "Very Low" */

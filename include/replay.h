@@ -101,7 +101,8 @@ size_t replay_query_rows(struct replay *r, const struct querystats_config *th, c
 /* Regressed statements per database: up to cap (names, counts); returns how many. */
 size_t replay_query_regressed(struct replay *r, const struct querystats_config *th,
 			      char (*names)[QUERYSTATS_DB_MAX], uint64_t *counts, size_t cap);
-uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th);
+uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th,
+				      const char *database);
 void replay_query_counts(struct replay *r, struct querystats_counts *out);
 /* RESET MIRROR STATS forgets them. */
 void replay_query_reset(struct replay *r);

@@ -120,6 +120,8 @@ enum stats_mismatch_kind {
 
 extern const char *const stats_mismatch_kind_names[STATS_MISMATCH_MAX];
 
+struct readiness_window;
+
 struct stats_db {
 	char name[STATS_DB_NAME_MAX];
 	_Atomic uint64_t source_requests;
@@ -140,6 +142,7 @@ struct stats_db {
 	struct stats_histogram mirrored_source_latency; /* the mirrored requests, on the source */
 	struct stats_histogram replay_delay;
 	uint64_t win_latency_sum_ns, win_latency_count; /* guarded by the stats lock */
+	struct readiness_window *rd; /* its readiness window (stats.c, under win_lock) */
 };
 
 /* Capture health, published by the capture thread (each field a running total unless
@@ -349,6 +352,13 @@ void stats_readiness_restore(struct stats *st, uint64_t now_ns,
 /* Fills in from the readiness window at now_ns (p99 from the window's histograms, see
  * stats_quantile_ms; NaN latencies when nothing was mirrored). */
 void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_input *in);
+
+/* The same for one database: its own counts, streak and histograms since the window
+ * started (or since the database first appeared), the window's runtime. A window carried
+ * from a state file carries the total only: the databases' own start with the agent.
+ * -ENOENT when no such database has been seen. */
+int stats_readiness_input_db(struct stats *st, const char *database, uint64_t now_ns,
+			     struct readiness_input *in);
 
 /* The alert inputs at now_ns: the current run of errors (drops included, as
  * mirror_consecutive_errors) and the mirror p99 over the current reset interval (rolls

@@ -279,7 +279,14 @@ static int cmd_readiness(struct admin_conn *c, struct buf *reply, struct cmd_err
 		return -1;
 	}
 	buf_init(&text, ADMIN_MAX_REPLY / 2);
-	rc = c->p->readiness(c->p->ctx, &text);
+	rc = c->p->readiness(c->p->ctx, c->arg[0] ? c->arg : NULL, &text);
+	if (rc == -ENOENT) {
+		buf_free(&text);
+		e->code = "42704"; /* undefined_object */
+		snprintf(e->msg, sizeof(e->msg),
+			 "SHOW MIRROR READINESS: no database \"%s\" seen by this agent", c->arg);
+		return -1;
+	}
 	if (rc < 0 || text.overflow) {
 		buf_free(&text);
 		return provider_failed(e, "the readiness report", rc < 0 ? rc : -ENOMEM);
@@ -576,7 +583,8 @@ static int cmd_help(struct admin_conn *c, struct buf *reply, struct cmd_error *e
 
 static const struct command commands[] = {
     {"SHOW MIRROR READINESS", cmd_readiness,
-     "the migration readiness report (Status, Confidence Score, Metrics, Assessment)"},
+     "the migration readiness report (Status, Confidence Score, Metrics, Assessment). "
+     "SHOW MIRROR READINESS db: one database's"},
     {"SHOW MIRROR STATS", cmd_mirror_stats,
      "per database: requests, outcomes, errors by type, source vs mirror latency, mismatches"},
     {"SHOW MIRRORS", cmd_mirrors,
@@ -631,8 +639,8 @@ static bool normalize(const char *s, size_t len, char *out)
 }
 
 /*
- * Is name (normalized) the command k followed by one argument (only SHOW MIRROR QUERIES
- * takes one)? Then the argument, as
+ * Is name (normalized) the command k followed by one argument (SHOW MIRROR QUERIES and
+ * SHOW MIRROR READINESS take a database name)? Then the argument, as
  * typed in s[0..len) (its case kept; double quotes around it removed), goes to c->arg.
  */
 static bool take_arg(struct admin_conn *c, const char *k, const char *name, const char *s,
@@ -682,7 +690,8 @@ static bool run_command(struct admin_conn *c, const char *s, size_t len, size_t 
 	c->arg[0] = '\0';
 	if (normalize(s, len, name))
 		for (k = commands; k->name && strcmp(k->name, name); k++)
-			if (k->fn == cmd_queries && take_arg(c, k->name, name, s, len))
+			if ((k->fn == cmd_queries || k->fn == cmd_readiness) &&
+			    take_arg(c, k->name, name, s, len))
 				break;
 	if (!k || !k->name) {
 		/* echo what was sent, printable and bounded */

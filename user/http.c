@@ -210,6 +210,7 @@ static int wants_json(struct MHD_Connection *conn)
 /* The readiness report, evaluated afresh; 200 whatever the verdict (it is in the body). */
 static enum MHD_Result get_readiness(struct http *h, struct MHD_Connection *conn)
 {
+	const char *db = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "database");
 	enum MHD_Result ret;
 	struct buf b;
 	int json = wants_json(conn), rc;
@@ -221,7 +222,13 @@ static enum MHD_Result get_readiness(struct http *h, struct MHD_Connection *conn
 	if (json < 0)
 		return respond_text(conn, MHD_HTTP_BAD_REQUEST, "format must be text or json\n");
 	buf_init(&b, MAX_REPORT);
-	rc = h->readiness(h->readiness_ctx, json, &b);
+	rc = h->readiness(h->readiness_ctx, db, json, &b);
+	if (rc == -ENOENT) {
+		buf_free(&b);
+		return respond_text(conn, MHD_HTTP_NOT_FOUND,
+				    "no such database: none of that name has been seen (its report "
+				    "exists once the agent has seen a request of it)\n");
+	}
 	if (rc || b.overflow) {
 		buf_free(&b);
 		return respond_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,

@@ -10,6 +10,7 @@
  * (readiness_command): no BPF, no root.
  */
 #define _GNU_SOURCE /* setresuid, setresgid */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
@@ -240,7 +241,7 @@ static void regression_why(const struct querystats_row *q, char *out, size_t cap
 
 /* The readiness input's statement part: how many regress, and the first few. */
 static void readiness_statements(struct agent *a, const struct config_live *live,
-				 struct readiness_input *in)
+				 const char *database, struct readiness_input *in)
 {
 	struct querystats_row rows[READINESS_TOP];
 	struct querystats_config th;
@@ -252,7 +253,7 @@ static void readiness_statements(struct agent *a, const struct config_live *live
 	if (!r || !a->cfg.max_query_stats)
 		return;
 	query_thresholds(live, &th);
-	n = replay_query_rows(r, &th, NULL, QUERYSTATS_SORT_IMPACT, rows, READINESS_TOP);
+	n = replay_query_rows(r, &th, database, QUERYSTATS_SORT_IMPACT, rows, READINESS_TOP);
 	in->regressed_statements = 0;
 	for (i = 0; i < n && i < READINESS_TOP && rows[i].regressed; i++) {
 		struct readiness_regression *g = &in->top[in->n_top++];
@@ -270,11 +271,11 @@ static void readiness_statements(struct agent *a, const struct config_live *live
 		g->calls = rows[i].source_calls;
 		g->impact_ms = rows[i].impact_ms;
 	}
-	in->regressed_statements = (int64_t)replay_query_regressed_total(r, &th);
+	in->regressed_statements = (int64_t)replay_query_regressed_total(r, &th, database);
 }
 
 /* The verdict now, from the readiness window and the current criteria. Any thread. */
-static void evaluate(struct agent *a, uint64_t now, struct readiness_report *r)
+static int evaluate(struct agent *a, uint64_t now, const char *database, struct readiness_report *r)
 {
 	struct readiness_criteria c;
 	struct readiness_input in;
@@ -282,9 +283,16 @@ static void evaluate(struct agent *a, uint64_t now, struct readiness_report *r)
 
 	config_shared_get(a->shared, &live);
 	readiness_settings(&live, &c);
-	stats_readiness_input(a->st, now, &in);
-	readiness_statements(a, &live, &in);
+	if (!database)
+		stats_readiness_input(a->st, now, &in);
+	else if (stats_readiness_input_db(a->st, database, now, &in))
+		return -ENOENT;
+	readiness_statements(a, &live, database, &in);
+	memset(r->database, 0, sizeof(r->database));
+	if (database)
+		snprintf(r->database, sizeof(r->database), "%s", database);
 	readiness_evaluate(&in, &c, r);
+	return 0;
 }
 
 /*
@@ -301,7 +309,7 @@ static void readiness_tick(struct agent *a, uint64_t now)
 	struct config_live live;
 	int n, i;
 
-	evaluate(a, now, &r);
+	evaluate(a, now, NULL, &r);
 	stats_set_readiness(a->st, r.ready, r.score);
 	config_shared_get(a->shared, &live);
 	acfg.error_threshold = live.mirror_error_threshold;
@@ -317,11 +325,12 @@ static void readiness_tick(struct agent *a, uint64_t now)
 }
 
 /* GET /readiness (the HTTP thread). */
-static int http_readiness(void *ctx, bool json, struct buf *out)
+static int http_readiness(void *ctx, const char *database, bool json, struct buf *out)
 {
 	struct readiness_report r;
 
-	evaluate(ctx, monotonic_ns(), &r);
+	if (evaluate(ctx, monotonic_ns(), database, &r))
+		return -ENOENT;
 	if (json ? !readiness_render_json(&r, out) : !readiness_render_text(&r, out))
 		return -ENOMEM;
 	return 0;
@@ -515,7 +524,7 @@ static int http_landing(void *ctx, struct buf *out)
 		l.requests += rows[i].source_requests;
 	free(rows);
 	if (a->cfg.mirror_of) {
-		evaluate(a, monotonic_ns(), &r);
+		evaluate(a, monotonic_ns(), NULL, &r);
 		l.has_readiness = true;
 		l.ready = r.ready;
 		l.score = r.score;
@@ -526,9 +535,9 @@ static int http_landing(void *ctx, struct buf *out)
 
 /* ---- the admin console's provider (the console's thread) ---- */
 
-static int console_readiness(void *ctx, struct buf *text)
+static int console_readiness(void *ctx, const char *database, struct buf *text)
 {
-	return http_readiness(ctx, false, text);
+	return http_readiness(ctx, database, false, text);
 }
 
 static size_t console_db_rows(void *ctx, struct stats_db_row *out, size_t cap)
@@ -1308,8 +1317,35 @@ static int configure(struct agent *a, int argc, char **argv)
 
 /* ---- `pgshadow readiness`: a client of a running agent ---- */
 
+/* "name=value&" with value percent-encoded (RFC 3986 unreserved kept); -1 when value is
+ * empty or longer than a database name. */
+static int url_query_value(const char *name, const char *value, char *out, size_t cap)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n, len = strlen(value);
+	const unsigned char *v;
+
+	if (!len || len > 63)
+		return -1;
+	n = (size_t)snprintf(out, cap, "%s=", name);
+	for (v = (const unsigned char *)value; *v && n + 4 < cap; v++) {
+		if (isalnum(*v) || strchr("-._~", *v)) {
+			out[n++] = (char)*v;
+		} else {
+			out[n++] = '%';
+			out[n++] = hex[*v >> 4];
+			out[n++] = hex[*v & 15];
+		}
+	}
+	if (n + 2 > cap)
+		return -1;
+	out[n++] = '&';
+	out[n] = '\0';
+	return 0;
+}
+
 static const char readiness_usage[] =
-    "Usage: pgshadow readiness [--url URL | --config FILE] [--json]\n"
+    "Usage: pgshadow readiness [--url URL | --config FILE] [--database NAME] [--json]\n"
     "       pgshadow readiness --prometheus URL --hosts HOST:PORT[,HOST:PORT...]\n"
     "\n"
     "Prints the migration-readiness report of a running agent (its GET /readiness) and\n"
@@ -1320,6 +1356,8 @@ static const char readiness_usage[] =
     "\n"
     "      --url URL          the agent's readiness URL (default " READINESS_DEFAULT_URL ")\n"
     "      --config FILE      the agent's configuration file: use its metrics_listen\n"
+    "      --database NAME    the report of one source database (its own counts and\n"
+    "                         statements, the same criteria): ready before the others?\n"
     "      --json             print the report as JSON instead of text\n"
     "      --prometheus URL   a Prometheus that scrapes the fleet (http://host:9090)\n"
     "      --hosts LIST       the fleet: instance labels (HOST:PORT) that must be READY\n"
@@ -1332,6 +1370,7 @@ static const char readiness_usage[] =
     "Examples:\n"
     "  pgshadow readiness && ./cut-over.sh\n"
     "  pgshadow readiness --url http://10.0.0.5:9930/readiness --json\n"
+    "  pgshadow readiness --database app && ./move-app.sh\n"
     "  pgshadow readiness --prometheus http://prom:9090 --hosts db1:9930,db2:9930,db3:9930\n";
 
 /* One instant query of Prometheus (http://host:port, no path) into out; exit status
@@ -1437,6 +1476,7 @@ static int readiness_command(int argc, char **argv)
 	    {"url", required_argument, NULL, 'u'},
 	    {"config", required_argument, NULL, 'c'},
 	    {"json", no_argument, NULL, 'j'},
+	    {"database", required_argument, NULL, 'd'},
 	    {"prometheus", required_argument, NULL, 'p'},
 	    {"hosts", required_argument, NULL, 'H'},
 	    {"help", no_argument, NULL, 'h'},
@@ -1446,7 +1486,8 @@ static int readiness_command(int argc, char **argv)
 	const char *url = READINESS_DEFAULT_URL, *config = NULL, *host, *prometheus = NULL;
 	char *hosts = NULL;
 	bool url_set = false;
-	char from_config[320], fetch[2048], err[512];
+	const char *database = NULL;
+	char from_config[320], fetch[2048], err[512], dbq[200];
 	struct buf body, text;
 	unsigned int status = 0;
 	bool json = false;
@@ -1472,6 +1513,9 @@ static int readiness_command(int argc, char **argv)
 		case 'j':
 			json = true;
 			break;
+		case 'd':
+			database = optarg;
+			break;
 		case 'h':
 			fputs(readiness_usage, stdout);
 			return 0;
@@ -1491,9 +1535,10 @@ static int readiness_command(int argc, char **argv)
 		return EXIT_NO_ANSWER;
 	}
 	if (prometheus || hosts) {
-		if (!prometheus || !hosts || url_set || config || json) {
+		if (!prometheus || !hosts || url_set || config || json || database) {
 			fprintf(stderr, "pgshadow readiness: --prometheus and --hosts go together, "
-					"without --url, --config or --json (see --help)\n");
+					"without --url, --config, --database or --json (see "
+					"--help)\n");
 			return EXIT_NO_ANSWER;
 		}
 		return fleet_command(prometheus, hosts);
@@ -1505,9 +1550,14 @@ static int readiness_command(int argc, char **argv)
 	}
 	/* no path: the agent's /readiness; always ask for JSON (the verdict is read from it) */
 	host = strncasecmp(url, "http://", 7) ? url : url + 7;
-	if ((size_t)snprintf(fetch, sizeof(fetch), "%s%s%sformat=json", url,
+	dbq[0] = '\0';
+	if (database && url_query_value("database", database, dbq, sizeof(dbq))) {
+		fprintf(stderr, "pgshadow readiness: --database: a name of 1 to 63 bytes\n");
+		return EXIT_NO_ANSWER;
+	}
+	if ((size_t)snprintf(fetch, sizeof(fetch), "%s%s%s%sformat=json", url,
 			     host[strcspn(host, "/?")] ? "" : "/readiness",
-			     strchr(url, '?') ? "&" : "?") >= sizeof(fetch)) {
+			     strchr(url, '?') ? "&" : "?", dbq) >= sizeof(fetch)) {
 		fprintf(stderr, "pgshadow readiness: URL too long\n");
 		return EXIT_NO_ANSWER;
 	}

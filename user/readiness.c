@@ -240,6 +240,7 @@ static void eval_statements(const struct readiness_report *r, struct readiness_c
 void readiness_evaluate(const struct readiness_input *in, const struct readiness_criteria *c,
 			struct readiness_report *out)
 {
+	/* out->database is the caller's: kept */
 	static void (*const eval[READINESS_CRITERIA])(const struct readiness_report *,
 						      struct readiness_criterion *) = {
 	    [READINESS_ERROR_RATE] = eval_error_rate, [READINESS_LATENCY] = eval_latency,
@@ -252,7 +253,11 @@ void readiness_evaluate(const struct readiness_input *in, const struct readiness
 	double score = 100;
 	int i;
 
+	char database[sizeof(out->database)];
+
+	memcpy(database, out->database, sizeof(database));
 	memset(out, 0, sizeof(*out));
+	memcpy(out->database, database, sizeof(database));
 	out->input = *in;
 	out->criteria = *c;
 	m->attempted = in->mirrored + errors;
@@ -331,6 +336,8 @@ bool readiness_render_text(const struct readiness_report *r, struct buf *out)
 	bool ok = true;
 
 	ok &= buf_printf(out, "=== Mirror Migration Readiness Report ===\n\n");
+	if (r->database[0])
+		ok &= buf_printf(out, "Database: %s\n", r->database);
 	ok &= buf_printf(out, "Status: %s\n", r->ready ? "READY" : "NOT READY");
 	ok &= buf_printf(out, "Confidence Score: %.1f%%\n", r->score);
 	ok &= buf_printf(out, "Recommendation: %s (%s)\n\n", r->recommendation, r->action);
@@ -488,6 +495,8 @@ bool readiness_render_json(const struct readiness_report *r, struct buf *out)
 	if (ok) {
 		ok &= cJSON_AddStringToObject(root, "status", r->ready ? "READY" : "NOT READY") !=
 		      NULL;
+		ok &= (r->database[0] ? cJSON_AddStringToObject(root, "database", r->database)
+				      : cJSON_AddNullToObject(root, "database")) != NULL;
 		ok &= cJSON_AddBoolToObject(root, "ready", r->ready) != NULL;
 		ok &= add_num(root, "confidence_score", r->score);
 		ok &= cJSON_AddStringToObject(root, "recommendation", r->recommendation) != NULL;
@@ -651,7 +660,7 @@ static int parse_criteria(const cJSON *a, struct readiness_report *r)
 bool readiness_parse_json(const char *text, struct readiness_report *out, char *err, size_t errlen)
 {
 	cJSON *root = cJSON_Parse(text);
-	const cJSON *ready, *rec;
+	const cJSON *ready, *rec, *db;
 	bool ok = false;
 	int bad;
 
@@ -668,6 +677,9 @@ bool readiness_parse_json(const char *text, struct readiness_report *out, char *
 		goto cleanup;
 	}
 	out->ready = cJSON_IsTrue(ready);
+	db = cJSON_GetObjectItemCaseSensitive(root, "database");
+	if (cJSON_IsString(db))
+		snprintf(out->database, sizeof(out->database), "%s", db->valuestring);
 	/* the static strings of the band the score is in; the answer must agree */
 	readiness_recommendation(out->score, &out->recommendation, &out->action);
 	if (strcmp(rec->valuestring, out->recommendation)) {

@@ -767,7 +767,8 @@ size_t replay_query_regressed(struct replay *r, const struct querystats_config *
 	return n;
 }
 
-uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th)
+uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th,
+				      const char *database)
 {
 	uint64_t n;
 
@@ -775,7 +776,7 @@ uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_
 		return 0;
 	pthread_mutex_lock(&r->qs_lock);
 	querystats_set_thresholds(r->qs, th);
-	n = querystats_regressed(r->qs, NULL);
+	n = querystats_regressed(r->qs, database);
 	pthread_mutex_unlock(&r->qs_lock);
 	return n;
 }

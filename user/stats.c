@@ -136,9 +136,22 @@ static struct stats_db *db_new(const char *name)
 {
 	struct stats_db *db = calloc(1, sizeof(*db));
 
-	if (db)
-		snprintf(db->name, sizeof(db->name), "%s", name);
+	if (!db)
+		return NULL;
+	db->rd = calloc(1, sizeof(*db->rd)); /* its counters start at 0: so do the bases */
+	if (!db->rd) {
+		free(db);
+		return NULL;
+	}
+	snprintf(db->name, sizeof(db->name), "%s", name);
 	return db;
+}
+
+static void db_free(struct stats_db *db)
+{
+	if (db)
+		free(db->rd);
+	free(db);
 }
 
 struct stats *stats_new(const struct stats_config *cfg)
@@ -177,9 +190,9 @@ void stats_free(struct stats *st)
 	if (!st)
 		return;
 	for (i = 0; st->dbs && i < atomic_load(&st->n_dbs); i++)
-		free(st->dbs[i]);
+		db_free(st->dbs[i]);
 	free(st->dbs);
-	free(st->other);
+	db_free(st->other);
 	pthread_mutex_destroy(&st->mirror.win_lock);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
@@ -327,6 +340,30 @@ void stats_mirror_skipped(struct stats *st, struct stats_db *db, enum stats_skip
 	atomic_fetch_add_explicit(&db->mirror_skipped[why], 1, RELAXED);
 }
 
+/* A readiness window counts an error (caller holds win_lock). */
+static void rd_error(struct readiness_window *rd, enum stats_error_type type)
+{
+	rd->errors[type]++;
+	if (type != STATS_ERR_BUFFER_FULL)
+		rd->streak = 0; /* a drop was never attempted: coverage judges it */
+}
+
+/* A readiness window counts a success: the mirror and the source latency of the same
+ * request (caller holds win_lock). */
+static void rd_success(struct readiness_window *rd, uint64_t latency_ns, uint64_t source_latency_ns)
+{
+	rd->mirrored++;
+	rd->streak++;
+	rd->mirror_hist[bucket_index(latency_ns)]++;
+	rd->source_hist[bucket_index(source_latency_ns)]++;
+	rd->mirror_sum_ns += latency_ns;
+	rd->source_sum_ns += source_latency_ns;
+	if (latency_ns > rd->mirror_max_ns)
+		rd->mirror_max_ns = latency_ns;
+	if (source_latency_ns > rd->source_max_ns)
+		rd->source_max_ns = source_latency_ns;
+}
+
 static void count_error(struct stats *st, struct stats_db *db, enum stats_error_type type,
 			uint64_t now_ns)
 {
@@ -339,9 +376,8 @@ static void count_error(struct stats *st, struct stats_db *db, enum stats_error_
 	roll_window(st, now_ns);
 	m->consecutive_errors++;
 	m->consecutive_successes = 0;
-	m->rd.errors[type]++;
-	if (type != STATS_ERR_BUFFER_FULL)
-		m->rd.streak = 0; /* a drop was never attempted: coverage judges it */
+	rd_error(&m->rd, type);
+	rd_error(db->rd, type);
 	pthread_mutex_unlock(&m->win_lock);
 }
 
@@ -410,7 +446,6 @@ void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latenc
 			  uint64_t source_latency_ns, uint64_t delay_ns, uint64_t now_ns)
 {
 	struct mirror *m = &st->mirror;
-	struct readiness_window *rd = &m->rd;
 
 	atomic_fetch_add_explicit(&m->mirrored, 1, RELAXED);
 	atomic_fetch_add_explicit(&db->mirror_mirrored, 1, RELAXED);
@@ -424,17 +459,8 @@ void stats_mirror_success(struct stats *st, struct stats_db *db, uint64_t latenc
 	if (latency_ns > m->win_max_ns)
 		m->win_max_ns = latency_ns;
 	m->win_hist[bucket_index(latency_ns)]++;
-	/* readiness: the mirror and the source latency of the same request */
-	rd->mirrored++;
-	rd->streak++;
-	rd->mirror_hist[bucket_index(latency_ns)]++;
-	rd->source_hist[bucket_index(source_latency_ns)]++;
-	rd->mirror_sum_ns += latency_ns;
-	rd->source_sum_ns += source_latency_ns;
-	if (latency_ns > rd->mirror_max_ns)
-		rd->mirror_max_ns = latency_ns;
-	if (source_latency_ns > rd->source_max_ns)
-		rd->source_max_ns = source_latency_ns;
+	rd_success(&m->rd, latency_ns, source_latency_ns);
+	rd_success(db->rd, latency_ns, source_latency_ns);
 	db->win_latency_sum_ns += latency_ns;
 	db->win_latency_count++;
 	m->consecutive_errors = 0;
@@ -582,10 +608,34 @@ static void readiness_restart(struct mirror *m, uint64_t now_ns)
 	rd->base_mismatched = load(&m->mismatched);
 }
 
+/* Caller holds win_lock. */
+static void db_readiness_restart(struct stats_db *db, uint64_t now_ns)
+{
+	struct readiness_window *rd = db->rd;
+
+	memset(rd, 0, sizeof(*rd));
+	rd->start_ns = now_ns;
+	rd->base_total = load(&db->mirror_requests);
+	rd->base_not_sampled = load(&db->mirror_not_sampled);
+	rd->base_compared = load(&db->mirror_compared);
+	rd->base_mismatched = load(&db->mirror_mismatched);
+}
+
+/* Every database's window restarts with the global one (caller holds win_lock). */
+static void dbs_readiness_restart(struct stats *st, uint64_t now_ns)
+{
+	uint32_t i, n = atomic_load(&st->n_dbs);
+
+	for (i = 0; i < n; i++)
+		db_readiness_restart(st->dbs[i], now_ns);
+	db_readiness_restart(st->other, now_ns);
+}
+
 void stats_readiness_reset(struct stats *st, uint64_t now_ns)
 {
 	pthread_mutex_lock(&st->mirror.win_lock);
 	readiness_restart(&st->mirror, now_ns);
+	dbs_readiness_restart(st, now_ns);
 	pthread_mutex_unlock(&st->mirror.win_lock);
 }
 
@@ -624,6 +674,46 @@ void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_i
 	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
 }
 
+int stats_readiness_input_db(struct stats *st, const char *database, uint64_t now_ns,
+			     struct readiness_input *in)
+{
+	struct readiness_window rd, global;
+	struct stats_db *db = NULL;
+	uint32_t i, n = atomic_load(&st->n_dbs);
+	uint64_t not_sampled;
+
+	for (i = 0; i < n && !db; i++)
+		if (!strcmp(st->dbs[i]->name, database))
+			db = st->dbs[i];
+	if (!db && !strcmp(database, OTHER_DB))
+		db = st->other;
+	if (!db)
+		return -ENOENT;
+	pthread_mutex_lock(&st->mirror.win_lock);
+	rd = *db->rd;
+	global = st->mirror.rd;
+	pthread_mutex_unlock(&st->mirror.win_lock);
+	memset(in, 0, sizeof(*in));
+	not_sampled = since(load(&db->mirror_not_sampled), rd.base_not_sampled);
+	in->total = since(load(&db->mirror_requests), rd.base_total);
+	in->selected = since(in->total, not_sampled);
+	in->mirrored = rd.mirrored;
+	in->errors_connection = rd.errors[STATS_ERR_CONNECTION];
+	in->errors_query = rd.errors[STATS_ERR_QUERY];
+	in->errors_timeout = rd.errors[STATS_ERR_TIMEOUT];
+	in->dropped = rd.errors[STATS_ERR_BUFFER_FULL];
+	in->compared = since(load(&db->mirror_compared), rd.base_compared);
+	in->mismatched = since(load(&db->mirror_mismatched), rd.base_mismatched);
+	in->consecutive_successes = rd.streak;
+	in->runtime_seconds = (since(now_ns, global.start_ns) + global.carry_runtime_ns) / 1e9;
+	in->uptime_seconds = since(now_ns, st->mirror.start_ns) / 1e9;
+	in->mirror_avg_ms = rd.mirrored ? rd.mirror_sum_ns / 1e6 / rd.mirrored : NAN;
+	in->source_avg_ms = rd.mirrored ? rd.source_sum_ns / 1e6 / rd.mirrored : NAN;
+	in->mirror_p99_ms = stats_quantile_ms(rd.mirror_hist, 0.99, rd.mirror_max_ns);
+	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
+	return 0;
+}
+
 void stats_readiness_save(struct stats *st, uint64_t now_ns, struct stats_readiness_state *out)
 {
 	struct mirror *m = &st->mirror;
@@ -657,6 +747,7 @@ void stats_readiness_restore(struct stats *st, uint64_t now_ns,
 
 	pthread_mutex_lock(&m->win_lock);
 	readiness_restart(m, now_ns);
+	dbs_readiness_restart(st, now_ns);
 	rd->carry_runtime_ns = s->runtime_ns;
 	rd->carry_total = s->total;
 	rd->carry_not_sampled = s->not_sampled;

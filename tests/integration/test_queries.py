@@ -8,6 +8,7 @@ the agent says.
 
 import json
 import re
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ import psycopg2
 import pytest
 
 import pg_harness as pgh
+import pgshadow_harness as h
 import test_mirror as tm
 import test_readiness as tr
 from test_mirror import (  # noqa: F401 - pytest fixtures are used by name
@@ -163,6 +165,9 @@ def regressing_pair(pair):
                 "INSERT INTO small SELECT g, 'n' FROM generate_series(1, 100) g", db="app")
         pg.psql("VACUUM ANALYZE", db="app")
     mir.psql("DROP INDEX big_k; ALTER TABLE small DROP COLUMN note", db="app")
+    for pg in (src, mir):
+        pg.createdb("other")
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)", db="other")
     return src, mir
 
 
@@ -172,12 +177,17 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     regressions, the statements criterion fails; a column missing on the mirror makes its
     statement fail there only (42703); the other statement does not regress."""
     src, mir = regressing_pair
+    # the time and volume criteria lowered so that a database can be READY in this test
     agent = mirror_agent(src, mir, extra=["--mirror-min-statement-calls", 20,
-                                          "--mirror-max-regressed-statements", 0])
+                                          "--mirror-max-regressed-statements", 0,
+                                          "--mirror-min-runtime-hours", 0,
+                                          "--mirror-min-requests", 1,
+                                          "--mirror-consecutive-success", 1])
     work = [("SELECT pad FROM big WHERE k = %s", (i * 7 + 1,)) for i in range(60)]
     work += [("SELECT id FROM small WHERE id = %s", (i % 100 + 1,)) for i in range(60)]
     work += [("SELECT note FROM small WHERE id = %s", (i + 1,)) for i in range(10)]
     run_sql(src, "app", work)
+    run_sql(src, "other", [("SELECT id FROM t WHERE id = %s", (1,))] * 30)
     tm.wait_settled(agent)
 
     rows = console_rows(agent, "SHOW MIRROR QUERIES app")
@@ -192,7 +202,7 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     assert note["mirror_errors"] == "42:10" and note["source_errors"] == "", note
     fine = by_query["SELECT id FROM small WHERE id = $1"]
     assert fine["regressed"] == "" and int(fine["source_calls"]) == 60, fine
-    assert console_rows(agent, "SHOW MIRROR QUERIES other") == []
+    assert console_rows(agent, "SHOW MIRROR QUERIES nope") == []
 
     doc = queries_json(agent, "?database=app&sort=ratio&limit=1")
     assert doc["matching"] == 3 and len(doc["statements"]) == 1, doc
@@ -210,6 +220,27 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     assert "Regressed statements 2 exceed threshold 0 (-20)" in report, report
     m = tm.scrape(agent)
     assert m.get("mirror_regressed_statements", database="app") == 2
+    assert m.get("mirror_regressed_statements", database="other") == 0
+
+    # readiness per database: "other" is ready before "app" (and before the whole)
+    other = pgh.scrape(agent.metrics_addr, "/readiness?database=other")[0]
+    assert "Database: other\nStatus: READY\n" in other, other
+    assert "Top regressions (0 regressed; SHOW MIRROR QUERIES lists all):\n  none" in other
+    assert "Regressed statements 0 within threshold 0" in other, other
+    app = pgh.scrape(agent.metrics_addr, "/readiness?database=app")[0]
+    assert "Database: app\nStatus: NOT READY\n" in app, app
+    assert "Regressed statements 2 exceed threshold 0 (-20)" in app, app
+    assert "Status: NOT READY\n" in report and "Database:" not in report
+    lines = [r[0] for r in tr.console_table(agent, "SHOW MIRROR READINESS other")[1]]
+    assert "Database: other" in lines and "Status: READY" in lines, lines
+    with pytest.raises(urllib.error.HTTPError) as e:
+        pgh.scrape(agent.metrics_addr, "/readiness?database=nope")
+    assert e.value.code == 404
+    url = f"http://{agent.metrics_addr}"
+    for db, code in (("other", 0), ("app", 1), ("nope", 2)):
+        res = subprocess.run([h.agent_binary(), "readiness", "--url", url, "--database", db],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == code, (db, res.returncode, res.stdout, res.stderr)
     # RESET MIRROR STATS forgets them
     conn = tr.console_connect(agent)
     conn.cursor().execute("RESET MIRROR STATS")

@@ -218,11 +218,17 @@ struct fake {
 	char query_db[80]; /* its database argument ("(all)" for NULL) */
 };
 
-static int fake_readiness(void *ctx, struct buf *text)
+static int fake_readiness(void *ctx, const char *database, struct buf *text)
 {
 	struct fake *f = ctx;
 	size_t i;
 
+	if (database && strcmp(database, "app"))
+		return -ENOENT;
+	if (database) {
+		buf_printf(text, "Database: %s", database);
+		return 0;
+	}
 	if (f->fail)
 		return f->fail;
 	if (f->rl_bytes) {
@@ -509,7 +515,8 @@ static void test_show_version_and_help(void **state)
 	static const uint32_t text1[] = {25}, text2[] = {25, 25};
 	static const char *const help[][2] = {
 	    {"SHOW MIRROR READINESS",
-	     "the migration readiness report (Status, Confidence Score, Metrics, Assessment)"},
+	     "the migration readiness report (Status, Confidence Score, Metrics, Assessment). "
+	     "SHOW MIRROR READINESS db: one database's"},
 	    {"SHOW MIRROR STATS", "per database: requests, outcomes, errors by type, source vs "
 				  "mirror latency, mismatches"},
 	    {"SHOW MIRRORS",
@@ -765,7 +772,7 @@ static void test_show_mirror_queries_argument(void **state)
 	    {"SHOW MIRROR QUERIES a b", NULL},
 	    {"SHOW MIRROR QUERIES \"a\"b\"", NULL},
 	    {"SHOW MIRROR QUERIESX", NULL},
-	    {"SHOW MIRROR POOLS app", NULL}, /* only QUERIES takes an argument */
+	    {"SHOW MIRROR POOLS app", NULL}, /* only QUERIES and READINESS take one */
 	};
 	struct bytes in;
 	struct run r;
@@ -791,6 +798,30 @@ static void test_show_mirror_queries_argument(void **state)
 		}
 		r.out.len = 0;
 	}
+	run_end(&r);
+}
+
+/* SHOW MIRROR READINESS db: that database's report; an unknown one is 42704. */
+static void test_show_mirror_readiness_of_a_database(void **state)
+{
+	static const char *const col[] = {"mirror_readiness"};
+	static const uint32_t oid[] = {25};
+	struct bytes want = {.n = 0};
+	const char *v = "Database: app";
+	struct run r;
+
+	(void)state;
+	run_ready(&r, &provider);
+	b_rowdesc(&want, 1, col, oid);
+	b_datarow(&want, 1, &v);
+	b_complete(&want, "SHOW");
+	b_ready(&want);
+	expect_query(&r, "show mirror readiness app", &want);
+	want.n = 0;
+	b_error(&want, "ERROR", "42704",
+		"SHOW MIRROR READINESS: no database \"nope\" seen by this agent");
+	b_ready(&want);
+	expect_query(&r, "SHOW MIRROR READINESS nope", &want);
 	run_end(&r);
 }
 
@@ -1201,6 +1232,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_unavailable, setup),
 	    cmocka_unit_test_setup(test_unknown_command_then_usable, setup),
 	    cmocka_unit_test_setup(test_show_mirror_queries_argument, setup),
+	    cmocka_unit_test_setup(test_show_mirror_readiness_of_a_database, setup),
 	    cmocka_unit_test_setup(test_empty_query, setup),
 	    cmocka_unit_test_setup(test_terminate, setup),
 	    cmocka_unit_test_setup(test_extended_protocol_refused, setup),
