@@ -204,6 +204,7 @@ bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/replay.py
 	$(PYTHON) tests/bench/contention.py
 	$(PYTHON) tests/bench/scale.py
+	$(PYTHON) tests/bench/soak.py
 
 demo: deps all
 	$(PYTHON) tests/demo.py
