@@ -50,7 +50,7 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
               $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o \
-              $(BUILD)/authblank.o $(BUILD)/querystats.o
+              $(BUILD)/authblank.o $(BUILD)/querystats.o $(BUILD)/plan.o $(BUILD)/explain.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -63,7 +63,7 @@ UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
-              $(BUILD)/test_authblank $(BUILD)/test_querystats
+              $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -149,6 +149,9 @@ $(BUILD)/test_authblank: tests/unit/test_authblank.c $(BUILD)/authblank.o
 $(BUILD)/test_querystats: tests/unit/test_querystats.c $(BUILD)/querystats.o \
 		$(BUILD)/fingerprint.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lcjson -lxxhash -lm -o $@
+
+$(BUILD)/test_plan: tests/unit/test_plan.c $(BUILD)/plan.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -o $@
 
 $(BUILD)/test_redact: tests/unit/test_redact.c $(BUILD)/redact.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@

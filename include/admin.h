@@ -95,7 +95,8 @@ struct admin_provider {
 	/* SHOW MIRROR QUERIES [database]: rows of (database, query, regressed, source_calls,
 	 * mirror_calls, source_p50_ms, source_p95_ms, source_p99_ms, mirror_p50_ms,
 	 * mirror_p95_ms, mirror_p99_ms, p99_ratio, extra_ms, impact_ms, source_errors,
-	 * mirror_errors, mirror_only_errors, mirror_only_sqlstate, mismatches, fingerprint)
+	 * mirror_errors, mirror_only_errors, mirror_only_sqlstate, mismatches, fingerprint,
+	 * mirror_plan)
 	 * — one per statement (querystats.h), regressions first by impact; database NULL:
 	 * every database. */
 	int (*queries)(void *ctx, const char *database, struct admin_rows *rows);

@@ -109,6 +109,7 @@ struct pgshadow_config {
 	bool mirror_metrics_enabled;		/* render the mirror metrics (true) */
 	uint64_t mirror_metrics_reset_interval; /* seconds (3600) */
 	uint64_t max_query_stats;		/* statements compared one by one (5000; 0: off) */
+	bool explain_regressions;		/* EXPLAIN top regressions on the mirror (off) */
 
 	/* admin console (restart) */
 	char *admin_socket_dir; /* Unix socket directory (/run/pgshadow); NULL: no socket */

@@ -42,6 +42,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "plan.h"
 
 #define QUERYSTATS_TEXT_MAX	200 /* bytes of normalized text kept (then "...") */
 #define QUERYSTATS_DB_MAX	64  /* a database name (NAMEDATALEN) */
@@ -49,6 +50,7 @@
 #define QUERYSTATS_CLASSES	4   /* SQLSTATE classes counted one by one, per side */
 #define QUERYSTATS_KINDS	4   /* mismatch kinds (compare.h) */
 #define QUERYSTATS_EVICT_SAMPLE 8
+#define QUERYSTATS_PLANS	16 /* mirror plans kept (--explain-regressions), newest */
 
 struct querystats_config {
 	uint32_t max_entries;	 /* max_query_stats (default 5000) */
@@ -107,10 +109,11 @@ struct querystats_row {
 	uint64_t mismatches[QUERYSTATS_KINDS];
 	double source_p50_ms, source_p95_ms, source_p99_ms;
 	double mirror_p50_ms, mirror_p95_ms, mirror_p99_ms;
-	double p99_ratio;	/* mirror p99 / source p99 (NaN without both) */
-	double extra_ms;	/* mean (mirror - source) over answered calls (NaN: none) */
-	double impact_ms;	/* calls x extra time per call, >= 0 */
-	unsigned int regressed; /* QUERYSTATS_* bits; 0: does not regress */
+	double p99_ratio;	     /* mirror p99 / source p99 (NaN without both) */
+	double extra_ms;	     /* mean (mirror - source) over answered calls (NaN: none) */
+	double impact_ms;	     /* calls x extra time per call, >= 0 */
+	unsigned int regressed;	     /* QUERYSTATS_* bits; 0: does not regress */
+	char plan[PLAN_SUMMARY_MAX]; /* the mirror's plan (plan.h), "" if none */
 };
 
 struct querystats_counts {
@@ -130,7 +133,15 @@ void querystats_set_thresholds(struct querystats *qs, const struct querystats_co
 /* Records one observation (a database name longer than QUERYSTATS_DB_MAX - 1 is cut). */
 void querystats_record(struct querystats *qs, const struct querystats_obs *o);
 
-/* Forgets every entry (RESET MIRROR STATS); evictions keep counting. */
+/* Keeps a plan summary of a statement (the newest QUERYSTATS_PLANS are kept); its rows
+ * show it. */
+void querystats_set_plan(struct querystats *qs, const char *database, uint64_t fingerprint,
+			 const char *plan);
+
+/* Has this statement a plan kept? */
+bool querystats_has_plan(const struct querystats *qs, const char *database, uint64_t fingerprint);
+
+/* Forgets every entry and plan (RESET MIRROR STATS); evictions keep counting. */
 void querystats_reset(struct querystats *qs);
 
 enum querystats_sort {

@@ -83,6 +83,7 @@ struct readiness_regression {
 	double p99_ratio; /* NaN: no latency on both sides */
 	uint64_t calls;
 	double impact_ms;
+	char plan[240]; /* the mirror's plan (--explain-regressions), "" if none */
 };
 
 struct readiness_input {

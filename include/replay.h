@@ -43,6 +43,7 @@
 #include <stdint.h>
 
 #include "capture.h"
+#include "explain.h"
 #include "sampler.h" /* the policy enums and struct replay_db_map */
 #include "session.h"
 #include "querystats.h"
@@ -104,6 +105,11 @@ size_t replay_query_regressed(struct replay *r, const struct querystats_config *
 uint64_t replay_query_regressed_total(struct replay *r, const struct querystats_config *th,
 				      const char *database);
 void replay_query_counts(struct replay *r, struct querystats_counts *out);
+/* Keeps a statement's mirror plan (explain.h). */
+void replay_query_set_plan(struct replay *r, const char *database, uint64_t fingerprint,
+			   const char *plan);
+/* Hands the next executions of statements ex wants to it (NULL: none). Any thread. */
+void replay_set_explain(struct replay *r, struct explain *ex);
 /* RESET MIRROR STATS forgets them. */
 void replay_query_reset(struct replay *r);
 

@@ -512,6 +512,7 @@ static int cmd_queries(struct admin_conn *c, struct buf *reply, struct cmd_error
 	    {"source_errors", OID_TEXT},      {"mirror_errors", OID_TEXT},
 	    {"mirror_only_errors", OID_INT8}, {"mirror_only_sqlstate", OID_TEXT},
 	    {"mismatches", OID_INT8},	      {"fingerprint", OID_TEXT},
+	    {"mirror_plan", OID_TEXT},
 	};
 	struct admin_rows rows = {.b = reply, .ncols = sizeof(cols) / sizeof(cols[0])};
 	int rc;

@@ -189,6 +189,12 @@ const struct config_key config_keys[] = {
      "on|off",
      "Serve the mirror outcome metrics (README: Metrics, \"With --mirror\") when mirror_of is set; "
      "source, capture, build and process metrics are always served."},
+    {"explain_regressions", CONFIG_BOOL, OFF(explain_regressions), 0, 0, CONFIG_F_NO_ARG, NULL,
+     "off", false, NULL,
+     "Run EXPLAIN (FORMAT JSON), never ANALYZE, on the mirror only, for the statements that "
+     "regress by latency, with the parameters of one captured execution; SHOW MIRROR "
+     "QUERIES and /queries show the plan's node types, relations, indexes and estimates "
+     "(never its conditions). The source is never queried."},
     {"max_query_stats", CONFIG_UINT, OFF(max_query_stats), 0, 1000000, 0, NULL, "5000", false, "N",
      "Statements compared one by one between source and mirror (SHOW MIRROR QUERIES, "
      "/queries), 1.4 KiB each (5,000: up to 7 MiB); beyond it the least used are evicted and "

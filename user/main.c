@@ -98,6 +98,7 @@ struct agent {
 	struct config_shared *shared;
 	struct stats *st;
 	struct replay *_Atomic replay; /* NULL without a mirror */
+	struct explain *explain;       /* --explain-regressions, or NULL */
 	struct readiness_alert_state alerts;
 	uint64_t last_readiness_ns;
 	uint64_t last_state_ns;
@@ -239,6 +240,9 @@ static void regression_why(const struct querystats_row *q, char *out, size_t cap
 	    q->regressed & QUERYSTATS_MISMATCH ? "mismatch" : "");
 }
 
+_Static_assert(sizeof(((struct readiness_regression *)0)->plan) == PLAN_SUMMARY_MAX,
+	       "a regression's plan holds a summary");
+
 /* The readiness input's statement part: how many regress, and the first few. */
 static void readiness_statements(struct agent *a, const struct config_live *live,
 				 const char *database, struct readiness_input *in)
@@ -270,6 +274,7 @@ static void readiness_statements(struct agent *a, const struct config_live *live
 		g->p99_ratio = rows[i].p99_ratio;
 		g->calls = rows[i].source_calls;
 		g->impact_ms = rows[i].impact_ms;
+		memcpy(g->plan, rows[i].plan, sizeof(g->plan));
 	}
 	in->regressed_statements = (int64_t)replay_query_regressed_total(r, &th, database);
 }
@@ -716,7 +721,7 @@ static int console_queries(void *ctx, const char *database, struct admin_rows *r
 		return -ENOMEM;
 	for (i = 0; i < n; i++) {
 		char num[16][32], why[48], fp[17], serr[96], merr[96];
-		const char *v[20];
+		const char *v[21];
 
 		regression_why(&q[i], why, sizeof(why));
 		querystats_classes_text(q[i].source_classes, serr, sizeof(serr));
@@ -748,7 +753,8 @@ static int console_queries(void *ctx, const char *database, struct admin_rows *r
 		v[17] = q[i].mirror_only_sqlstate;
 		v[18] = num[3];
 		v[19] = q[i].fingerprint ? fp : NULL;
-		if (!admin_rows_add(rows, v, 20))
+		v[20] = q[i].plan[0] ? q[i].plan : NULL;
+		if (!admin_rows_add(rows, v, 21))
 			break;
 	}
 	free(q);
@@ -815,6 +821,54 @@ static size_t metrics_queries(void *ctx, uint64_t v[STATS_QS_MAX], char (*names)
 	query_thresholds(&live, &th);
 	n = replay_query_regressed(r, &th, names, regressed, cap);
 	return n < cap ? n : cap;
+}
+
+/* --explain-regressions: the current top regressions (the explain thread). */
+static size_t explain_top(void *ctx, struct querystats_row *out, size_t cap)
+{
+	struct agent *a = ctx;
+	struct querystats_config th;
+	struct config_live live;
+	size_t n;
+
+	config_shared_get(a->shared, &live);
+	query_thresholds(&live, &th);
+	n = replay_query_rows(atomic_load(&a->replay), &th, NULL, QUERYSTATS_SORT_IMPACT, out, cap);
+	return n < cap ? n : cap;
+}
+
+static void explain_set_plan(void *ctx, const char *database, uint64_t fingerprint,
+			     const char *plan)
+{
+	struct agent *a = ctx;
+
+	replay_query_set_plan(atomic_load(&a->replay), database, fingerprint, plan);
+}
+
+static int start_explain(struct agent *a, struct capture *c)
+{
+	struct explain_config ec = {
+	    .mirror = a->cfg.mirror_of,
+	    .cap = c,
+	    .capture_port = (uint16_t)a->cfg.port,
+	    .top = explain_top,
+	    .set_plan = explain_set_plan,
+	    .ctx = a,
+	};
+	char err[256];
+
+	if (!a->cfg.max_query_stats) {
+		fprintf(stderr, "pgshadow: --explain-regressions needs max_query_stats above 0 "
+				"(the statements it explains)\n");
+		return -1;
+	}
+	a->explain = explain_start(&ec, err, sizeof(err));
+	if (!a->explain) {
+		fprintf(stderr, "pgshadow: %s\n", err);
+		return -1;
+	}
+	replay_set_explain(a->replay, a->explain);
+	return 0;
 }
 
 static int console_reset(void *ctx)
@@ -1777,6 +1831,8 @@ int main(int argc, char **argv)
 		hooks.session_close = mirror_session_close;
 		hooks.session_event = mirror_session_event;
 		hooks.sink = a.replay;
+		if (a.cfg.explain_regressions && start_explain(&a, c))
+			goto cleanup;
 	}
 	pipeline_set_hooks(pipe, &hooks);
 	if (user.pw_name && drop_privileges(&user, a.cfg.attach == CAPTURE_ATTACH_TC))
@@ -1805,8 +1861,10 @@ int main(int argc, char **argv)
 	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
 		    dump ? dump_errors(dump) : 0);
 cleanup:
-	admin_stop(console);   /* first: SHOW MIRROR SESSIONS reads the replay engine */
-	replay_stop(a.replay); /* after close_all: sessions closed, queues counted */
+	admin_stop(console);	 /* first: SHOW MIRROR SESSIONS reads the replay engine */
+	explain_stop(a.explain); /* it reads the replay's statements */
+	replay_stop(a.replay);	 /* after close_all: sessions closed, queues counted */
+	explain_free(a.explain); /* the replay thread, which offers it executions, is gone */
 	resolver_stop(resolver);
 	http_stop(http);
 	webauth_free(hc.auth);

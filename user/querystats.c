@@ -33,8 +33,16 @@ struct entry {
 	int64_t extra_ns; /* sum of (mirror - source) over answered calls */
 };
 
+struct plan_slot {
+	char database[QUERYSTATS_DB_MAX];
+	uint64_t fingerprint, seq; /* seq 0: empty */
+	char text[PLAN_SUMMARY_MAX];
+};
+
 struct querystats {
 	struct querystats_config cfg;
+	struct plan_slot plans[QUERYSTATS_PLANS];
+	uint64_t plan_seq;
 	querystats_normalize_fn normalize;
 	struct entry *e;
 	uint32_t *heads, mask, used, cursor;
@@ -94,6 +102,7 @@ void querystats_reset(struct querystats *qs)
 	memset(qs->heads, 0xff, (qs->mask + 1) * sizeof(*qs->heads));
 	qs->used = qs->cursor = 0;
 	qs->unparsed_calls = 0;
+	memset(qs->plans, 0, sizeof(qs->plans));
 }
 
 static uint64_t key_of(const char *db, uint64_t fingerprint)
@@ -283,8 +292,47 @@ void querystats_record(struct querystats *qs, const struct querystats_obs *o)
 			e->mismatches[k]++;
 }
 
+static const struct plan_slot *plan_find(const struct querystats *qs, const char *database,
+					 uint64_t fingerprint)
+{
+	int i;
+
+	for (i = 0; i < QUERYSTATS_PLANS; i++)
+		if (qs->plans[i].seq && qs->plans[i].fingerprint == fingerprint &&
+		    !strcmp(qs->plans[i].database, database))
+			return &qs->plans[i];
+	return NULL;
+}
+
+void querystats_set_plan(struct querystats *qs, const char *database, uint64_t fingerprint,
+			 const char *plan)
+{
+	struct plan_slot *s;
+	int i;
+
+	if (!qs || !database || !plan)
+		return;
+	s = (struct plan_slot *)plan_find(qs, database, fingerprint);
+	if (!s) { /* an empty slot (seq 0), else the oldest */
+		s = &qs->plans[0];
+		for (i = 1; i < QUERYSTATS_PLANS; i++)
+			if (qs->plans[i].seq < s->seq)
+				s = &qs->plans[i];
+	}
+	snprintf(s->database, sizeof(s->database), "%s", database);
+	s->fingerprint = fingerprint;
+	s->seq = ++qs->plan_seq;
+	snprintf(s->text, sizeof(s->text), "%s", plan);
+}
+
+bool querystats_has_plan(const struct querystats *qs, const char *database, uint64_t fingerprint)
+{
+	return qs && database && plan_find(qs, database, fingerprint);
+}
+
 static void fill_row(const struct querystats *qs, const struct entry *e, struct querystats_row *r)
 {
+	const struct plan_slot *plan;
 	const struct querystats_config *c = &qs->cfg;
 	double calls;
 	int k;
@@ -321,6 +369,9 @@ static void fill_row(const struct querystats *qs, const struct entry *e, struct 
 	for (k = 0; k < QUERYSTATS_KINDS; k++)
 		if (e->mismatches[k])
 			r->regressed |= QUERYSTATS_MISMATCH;
+	plan = plan_find(qs, e->database, e->fingerprint);
+	if (plan)
+		memcpy(r->plan, plan->text, sizeof(r->plan));
 }
 
 static bool entry_regressed(const struct querystats *qs, const struct entry *e)
@@ -575,6 +626,8 @@ static cJSON *row_json(const struct querystats_row *r, const char *const *kind_n
 	     cJSON_AddStringToObject(o, "query", r->text) &&
 	     add_num(o, "mirror_only_errors", (double)r->mirror_only_errors) &&
 	     cJSON_AddStringToObject(o, "mirror_only_sqlstate", r->mirror_only_sqlstate) &&
+	     (r->plan[0] ? cJSON_AddStringToObject(o, "mirror_plan", r->plan)
+			 : cJSON_AddNullToObject(o, "mirror_plan")) &&
 	     add_num(o, "p99_ratio", r->p99_ratio) && add_num(o, "extra_ms", r->extra_ms) &&
 	     add_num(o, "impact_ms", r->impact_ms);
 	if (!ok) {

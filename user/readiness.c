@@ -324,6 +324,8 @@ static bool top_text(struct buf *out, const struct readiness_input *in)
 					  : buf_printf(out, " (p99 %.1fx", g->p99_ratio);
 		ok &= buf_printf(out, ", %llu calls, +%.0f ms in all)\n",
 				 (unsigned long long)g->calls, g->impact_ms);
+		if (g->plan[0])
+			ok &= buf_printf(out, "     mirror plan: %s\n", g->plan);
 	}
 	return ok;
 }
@@ -443,6 +445,8 @@ static bool json_top(cJSON *root, const struct readiness_input *in)
 		ok &= add_num(o, "p99_ratio", g->p99_ratio);
 		ok &= add_num(o, "calls", (double)g->calls);
 		ok &= add_num(o, "impact_ms", g->impact_ms);
+		ok &= (g->plan[0] ? cJSON_AddStringToObject(o, "mirror_plan", g->plan)
+				  : cJSON_AddNullToObject(o, "mirror_plan")) != NULL;
 	}
 	return ok;
 }
@@ -610,7 +614,7 @@ static bool parse_top(const cJSON *a, struct readiness_input *in)
 		struct readiness_regression *g = &in->top[in->n_top++];
 		const cJSON *db = cJSON_GetObjectItemCaseSensitive(o, "database");
 		const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "query");
-		const cJSON *why = cJSON_GetObjectItemCaseSensitive(o, "why");
+		const cJSON *why = cJSON_GetObjectItemCaseSensitive(o, "why"), *plan;
 
 		if (!cJSON_IsString(db) || !cJSON_IsString(q) || !cJSON_IsString(why) ||
 		    !get_num(o, "p99_ratio", &g->p99_ratio) || !get_count(o, "calls", &g->calls) ||
@@ -619,6 +623,9 @@ static bool parse_top(const cJSON *a, struct readiness_input *in)
 		snprintf(g->database, sizeof(g->database), "%s", db->valuestring);
 		snprintf(g->query, sizeof(g->query), "%s", q->valuestring);
 		snprintf(g->why, sizeof(g->why), "%s", why->valuestring);
+		plan = cJSON_GetObjectItemCaseSensitive(o, "mirror_plan");
+		if (cJSON_IsString(plan))
+			snprintf(g->plan, sizeof(g->plan), "%s", plan->valuestring);
 	}
 	return true;
 }

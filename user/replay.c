@@ -87,8 +87,10 @@ struct item *replay_queue_pop(struct replay_session *s)
  * (success, query error, timeout) on the mirror as well. Skipped ones are not mirrored
  * requests.
  */
-static void query_record(struct replay *r, const struct item *it, enum outcome o, uint64_t now)
+static void query_record(struct replay *r, const struct replay_session *s, const struct item *it,
+			 enum outcome o, uint64_t now)
 {
+	struct explain *ex = atomic_load_explicit(&r->explain, memory_order_relaxed);
 	struct querystats_obs ob;
 
 	if (!r->qs || it->as_rollback || (o >= OUT_SKIP_STATE && o <= OUT_SKIP_ABORTED))
@@ -111,6 +113,11 @@ static void query_record(struct replay *r, const struct item *it, enum outcome o
 	pthread_mutex_lock(&r->qs_lock);
 	querystats_record(r->qs, &ob);
 	pthread_mutex_unlock(&r->qs_lock);
+	if (ex && ob.mirror_answered && s->params &&
+	    explain_wants(ex, it->db->name, ob.fingerprint))
+		explain_offer(ex, it->db->name, ob.fingerprint, s->params->database,
+			      s->params->options, it->text, it->n_params, it->values, it->lengths,
+			      it->formats);
 }
 
 /*
@@ -131,7 +138,7 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 	if (s->sets_pending && it->unit == s->sets_unit && it->unit_last)
 		replay_pool_settle(s, !it->src.error && strcmp(it->src.verb, "ROLLBACK"),
 				   o == OUT_SUCCESS && strcmp(s->run.verb, "ROLLBACK"));
-	query_record(r, it, o, now);
+	query_record(r, s, it, o, now);
 	if (o == OUT_SUCCESS)
 		atomic_fetch_add_explicit(&s->n_mirrored, 1, memory_order_relaxed);
 	else if (o == OUT_QUERY || o == OUT_TIMEOUT || o == OUT_CONNECTION)
@@ -789,6 +796,22 @@ void replay_query_counts(struct replay *r, struct querystats_counts *out)
 	pthread_mutex_lock(&r->qs_lock);
 	querystats_counts(r->qs, out);
 	pthread_mutex_unlock(&r->qs_lock);
+}
+
+void replay_query_set_plan(struct replay *r, const char *database, uint64_t fingerprint,
+			   const char *plan)
+{
+	if (!r || !r->qs)
+		return;
+	pthread_mutex_lock(&r->qs_lock);
+	querystats_set_plan(r->qs, database, fingerprint, plan);
+	pthread_mutex_unlock(&r->qs_lock);
+}
+
+void replay_set_explain(struct replay *r, struct explain *ex)
+{
+	if (r)
+		atomic_store(&r->explain, ex);
 }
 
 void replay_query_reset(struct replay *r)

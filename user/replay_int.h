@@ -88,6 +88,7 @@
 #include "admission.h"
 #include "buf.h"
 #include "compare.h"
+#include "explain.h"
 #include "fingerprint.h"
 #include "order.h"
 #include "ownconn.h"
@@ -410,6 +411,7 @@ struct replay {
 	 * finish, read by the console, /queries, /metrics and readiness under qs_lock */
 	struct querystats *qs;
 	pthread_mutex_t qs_lock;
+	struct explain *_Atomic explain; /* --explain-regressions (replay_set_explain) */
 };
 
 _Static_assert((int)COMPARE_TAG == (int)STATS_MISMATCH_TAG &&

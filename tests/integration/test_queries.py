@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -174,15 +175,19 @@ def regressing_pair(pair):
 def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     """A mirror without an index: the statement that used it leads SHOW MIRROR QUERIES and
     /queries with a p99 ratio >= 10, the readiness report names it among its top
-    regressions, the statements criterion fails; a column missing on the mirror makes its
-    statement fail there only (42703); the other statement does not regress."""
+    regressions, the statements criterion fails, and --explain-regressions shows its
+    mirror plan, a sequential scan, without ever asking the source; a column missing on
+    the mirror makes its statement fail there only (42703); the other statement does not
+    regress. Per database: "other" is READY while "app" is not."""
     src, mir = regressing_pair
+    since, msince = tm.mark(src), tm.mark(mir)
     # the time and volume criteria lowered so that a database can be READY in this test
     agent = mirror_agent(src, mir, extra=["--mirror-min-statement-calls", 20,
                                           "--mirror-max-regressed-statements", 0,
                                           "--mirror-min-runtime-hours", 0,
                                           "--mirror-min-requests", 1,
-                                          "--mirror-consecutive-success", 1])
+                                          "--mirror-consecutive-success", 1,
+                                          "--explain-regressions"])
     work = [("SELECT pad FROM big WHERE k = %s", (i * 7 + 1,)) for i in range(60)]
     work += [("SELECT id FROM small WHERE id = %s", (i % 100 + 1,)) for i in range(60)]
     work += [("SELECT note FROM small WHERE id = %s", (i + 1,)) for i in range(10)]
@@ -213,9 +218,32 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
             queries_json(agent, bad)
         assert e.value.code == 400
 
+    # --explain-regressions: the plan comes from an execution after the statement was
+    # found to regress, so keep executing it until the plan is there
+    plan, deadline = None, time.monotonic() + 30
+    conn = psycopg2.connect(src.conninfo("app"))
+    conn.autocommit = True
+    while plan is None and time.monotonic() < deadline:
+        conn.cursor().execute("SELECT pad FROM big WHERE k = %s", (4242,))
+        time.sleep(0.1)
+        rows = queries_json(agent, "?database=app&limit=1")["statements"]
+        plan = rows[0]["mirror_plan"] if rows else None
+    conn.close()
+    # a sequential scan (under a Gather when parallel), no index, no literal
+    assert plan and "Seq Scan on big rows=" in plan and "big_k" not in plan and \
+        "4242" not in plan, plan
+    assert console_rows(agent, "SHOW MIRROR QUERIES app")[0]["mirror_plan"] == plan
+    src.sync_log()
+    assert not [r for r in src.log_records(since) if "EXPLAIN" in r.message.upper()], \
+        "the agent asked the source for a plan"
+    mir.sync_log()
+    assert [r for r in mir.log_records(msince) if "EXPLAIN (FORMAT JSON) SELECT pad" in
+            r.message], "no EXPLAIN in the mirror's log"
+
     report = pgh.scrape(agent.metrics_addr, "/readiness")[0]
     assert "Top regressions (2 regressed; SHOW MIRROR QUERIES lists all):" in report, report
     assert "[app] slower: SELECT pad FROM big WHERE k = $1 (p99 " in report, report
+    assert f"     mirror plan: {plan}\n" in report, report
     assert "[app] fails_on_mirror 42703: SELECT note FROM small WHERE id = $1" in report
     assert "Regressed statements 2 exceed threshold 0 (-20)" in report, report
     m = tm.scrape(agent)
@@ -246,6 +274,7 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     conn.cursor().execute("RESET MIRROR STATS")
     conn.close()
     assert console_rows(agent, "SHOW MIRROR QUERIES") == []
+    tm.finish(agent)  # SIGINT: exit 0 with the explain thread running
 
 
 def test_bounded_by_max_query_stats(pair, mirror_agent):

@@ -307,14 +307,14 @@ static int fake_pools(void *ctx, struct admin_rows *rows)
 static int fake_queries(void *ctx, const char *database, struct admin_rows *rows)
 {
 	struct fake *f = ctx;
-	const char *v[20] = {"app", "SELECT * FROM t WHERE id = $1", "slower"};
+	const char *v[21] = {"app", "SELECT * FROM t WHERE id = $1", "slower"};
 	int i;
 
-	for (i = 3; i < 20; i++)
+	for (i = 3; i < 21; i++)
 		v[i] = "1";
 	f->queries++;
 	snprintf(f->query_db, sizeof(f->query_db), "%s", database ? database : "(all)");
-	return admin_rows_add(rows, v, 20) ? 0 : -1;
+	return admin_rows_add(rows, v, 21) ? 0 : -1;
 }
 
 static int fake_reset(void *ctx)

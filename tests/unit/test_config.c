@@ -567,6 +567,7 @@ static const struct bad_value bad_values[] = {
     {"admin_listen", "db.example.com:6433",
      "IPv4:PORT or [IPv6]:PORT with a numeric address and a port from 1 to 65535, or nothing"},
     {"verbose", "loud", "on, off, true, false, yes, no, 1 or 0"},
+    {"explain_regressions", "maybe", "on, off, true, false, yes, no, 1 or 0"},
 };
 
 static void test_bad_values_in_file(void **state)
@@ -620,8 +621,8 @@ static void test_bad_values_as_flags(void **state)
 		for (j = 2; flag[j]; j++)
 			if (flag[j] == '_')
 				flag[j] = '-';
-		if (!strcmp(b->key, "verbose"))
-			continue; /* --verbose takes no value */
+		if (config_key_find(b->key)->flags & CONFIG_F_NO_ARG)
+			continue; /* --verbose, --explain-regressions take no value */
 		assert_int_not_equal(load_args(&c, NULL, args, err, sizeof(err)), 0);
 		snprintf(want, sizeof(want), "invalid value '%s' for %s: expected %s", b->value,
 			 flag, b->expected);
