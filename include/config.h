@@ -86,6 +86,7 @@ struct pgshadow_config {
 	char *web_basic_auth_file; /* users with bcrypt hashes, or NULL */
 	uint64_t max_databases;	   /* (100) */
 	uint64_t max_message_kb;   /* (1024) */
+	uint64_t decode_buffer_mb; /* the decoders' budget, all connections (64) */
 	char *source_dsn;	   /* libpq conninfo, or NULL */
 	bool verbose;
 

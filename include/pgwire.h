@@ -89,9 +89,22 @@ struct pgwire_handler {
 	void (*event)(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, uint64_t ts_ns);
 };
 
+/*
+ * The memory the decoders of one thread may hold at once: the bodies they assemble (a
+ * message split across chunks) and their hunting windows, together. Past max_bytes a body
+ * is reported without its bytes and a window takes no more (its bytes are skipped, as
+ * when it is full), each counted in over_budget: a crowd of clients each holding back
+ * part of a large message cannot grow the agent without bound. Single-threaded.
+ */
+struct pgwire_budget {
+	uint64_t max_bytes; /* 0: no limit */
+	uint64_t used, peak;
+};
+
 struct pgwire_config {
 	uint32_t max_body;  /* largest body assembled (split across chunks); default 1 MiB */
 	bool keep_datarows; /* report DataRow bodies too (for row hashing); default false */
+	struct pgwire_budget *budget; /* shared by the thread's decoders; NULL: none */
 };
 
 /* Decoder counters (per connection; session.c sums them). */
@@ -100,6 +113,8 @@ struct pgwire_stats {
 	uint64_t bytes;		 /* bytes fed */
 	uint64_t bytes_skipped;	 /* discarded while hunting */
 	uint64_t bodies_too_big; /* bodies longer than max_body reported without body */
+	uint64_t over_budget;	 /* bodies without body, or window bytes skipped, because
+				  * the thread's budget (struct pgwire_budget) was spent */
 	uint64_t bad_lengths;	 /* impossible lengths (or types, startup codes) that forced
 				  * a resync; checked from the header, before any allocation */
 	uint64_t resyncs;

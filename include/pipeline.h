@@ -20,7 +20,9 @@
 
 struct pipeline_config {
 	struct tcpstream_config tcp;
-	struct session_config session;
+	struct session_config session; /* session.wire.budget is the pipeline's own */
+	uint64_t decode_buffer_bytes;  /* the decoders' budget (struct pgwire_budget;
+					* default 64 MiB; 0: none) */
 };
 
 void pipeline_config_default(struct pipeline_config *cfg);

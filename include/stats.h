@@ -155,8 +155,8 @@ struct stats_capture {
 	_Atomic uint64_t encrypted_sessions, replication_sessions;
 	/* caps hit (mirror_capture_limit_hits_total{limit}) */
 	_Atomic uint64_t flows_refused, flow_buffer_full, hole_timeouts, statements_evicted,
-	    inflight_overflow, bodies_too_big, abandoned_requests, unmatched_responses,
-	    portals_evicted, copy_truncated;
+	    inflight_overflow, bodies_too_big, decode_buffer_full, abandoned_requests,
+	    unmatched_responses, portals_evicted, copy_truncated;
 };
 
 /* Process figures gathered by the shell at scrape time. */

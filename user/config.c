@@ -117,6 +117,11 @@ const struct config_key config_keys[] = {
      "atomically every 5 s and at exit, so that a restart continues it; a file from "
      "another version or mirror, or damaged, is set aside (FILE.refused-TIME). Needs "
      "--mirror. Empty: a restart starts a new window."},
+    {"decode_buffer_mb", CONFIG_UINT, OFF(decode_buffer_mb), 1, 65536, 0, NULL, "64", false, "N",
+     "MiB the decoders may hold at once, all connections together: messages split across "
+     "packets (each up to max_message_kb) and streams being searched for a message "
+     "boundary. Beyond it a message is counted without its body (not mirrored): clients "
+     "holding back parts of large messages cannot grow the agent without bound."},
     {"max_databases", CONFIG_UINT, OFF(max_databases), 1, 10000, 0, NULL, "100", false, "N",
      "Distinct database label values; later databases are counted as database=\"other\"."},
     {"max_message_kb", CONFIG_UINT, OFF(max_message_kb), 1, 1048576, 0, NULL, "1024", false, "N",

@@ -143,6 +143,7 @@ static void pipeline_settings(const struct pgshadow_config *c, struct pipeline_c
 	p->tcp.hole_timeout_ns = c->hole_timeout_ms * 1000000ULL;
 	p->tcp.idle_timeout_ns = c->idle_timeout_s * 1000000000ULL;
 	p->session.wire.max_body = c->max_message_kb * 1024;
+	p->decode_buffer_bytes = c->decode_buffer_mb << 20;
 	/* the source's rows are hashed only when the mirror's are compared with them */
 	p->session.wire.keep_datarows = c->mirror_of && c->mirror_compare == REPLAY_COMPARE_ROWS;
 }

@@ -255,6 +255,45 @@ static uint32_t rec_index(const struct win *w, uint32_t off)
 	return lo;
 }
 
+/* Memory from the thread's budget (false: over it, counted). */
+static bool budget_take(struct pgwire_conn *c, uint64_t n)
+{
+	struct pgwire_budget *b = c->cfg.budget;
+
+	if (!b || !n)
+		return true;
+	if (b->max_bytes && b->used + n > b->max_bytes) {
+		c->st.over_budget++;
+		return false;
+	}
+	b->used += n;
+	if (b->used > b->peak)
+		b->peak = b->used;
+	return true;
+}
+
+static void budget_give(struct pgwire_conn *c, uint64_t n)
+{
+	struct pgwire_budget *b = c->cfg.budget;
+
+	if (b)
+		b->used = b->used > n ? b->used - n : 0;
+}
+
+/* realloc of a buffer growing from old to new bytes, within the budget (NULL: over it,
+ * or out of memory; p is then untouched). */
+static uint8_t *budget_realloc(struct pgwire_conn *c, uint8_t *p, uint32_t old, uint32_t new)
+{
+	uint8_t *nb;
+
+	if (!budget_take(c, new - old))
+		return NULL;
+	nb = realloc(p, new);
+	if (!nb)
+		budget_give(c, new - old);
+	return nb;
+}
+
 static void win_clear(struct win *w)
 {
 	w->head = w->len = w->scan = 0;
@@ -263,10 +302,11 @@ static void win_clear(struct win *w)
 
 /* Frees the window. It may have held raw client bytes (a password message of a session
  * caught mid-authentication, say): they are wiped, never left in freed memory. */
-static void win_release(struct win *w)
+static void win_release(struct pgwire_conn *c, struct win *w)
 {
 	uint64_t lost = w->lost;
 
+	budget_give(c, w->cap);
 	if (w->buf)
 		explicit_bzero(w->buf, w->cap);
 	free(w->buf);
@@ -329,8 +369,8 @@ static void win_compact(struct win *w)
  * Returns how many fit: 0 when the window is at WIN_MAX bytes or WIN_RECS_MAX pieces (the
  * caller drops something), or when memory runs out.
  */
-static size_t win_append(struct win *w, const uint8_t *data, size_t n, uint64_t ts,
-			 bool chunk_start)
+static size_t win_append(struct pgwire_conn *c, struct win *w, const uint8_t *data, size_t n,
+			 uint64_t ts, bool chunk_start)
 {
 	bool merge;
 	size_t take;
@@ -348,7 +388,7 @@ static size_t win_append(struct win *w, const uint8_t *data, size_t n, uint64_t 
 			cap *= 2;
 		if (cap > WIN_MAX)
 			cap = WIN_MAX;
-		nb = realloc(w->buf, cap);
+		nb = budget_realloc(c, w->buf, w->cap, cap);
 		if (nb) {
 			w->buf = nb;
 			w->cap = cap;
@@ -756,7 +796,7 @@ static size_t hunt_take(struct pgwire_conn *c, struct wdir *d, const uint8_t *da
 			uint64_t ts, bool chunk_start)
 {
 	struct win *w = &d->win;
-	size_t n = win_append(w, data, len, ts, chunk_start);
+	size_t n = win_append(c, w, data, len, ts, chunk_start);
 	uint32_t drop;
 
 	if (n > 0) {
@@ -882,6 +922,7 @@ static void finish(struct pgwire_conn *c, struct wdir *d, const uint8_t *body, u
 	else
 		emit_msg(c, d, d->type, body, d->len, d->keep, d->ts_start, ts_end);
 	if (d->asm_cap > ASM_KEEP && !d->in_body) {
+		budget_give(c, d->asm_cap);
 		free(d->asm_buf);
 		d->asm_buf = NULL;
 		d->asm_cap = 0;
@@ -932,7 +973,7 @@ static size_t msg_step(struct pgwire_conn *c, struct wdir *d, const uint8_t *dat
 		}
 		d->in_body = true;
 		if (d->keep && d->asm_cap < d->len) {
-			uint8_t *nb = realloc(d->asm_buf, d->len);
+			uint8_t *nb = budget_realloc(c, d->asm_buf, d->asm_cap, d->len);
 
 			if (nb) {
 				d->asm_buf = nb;
@@ -1052,7 +1093,7 @@ static void win_replay(struct pgwire_conn *c, struct wdir *d)
 	if (w->head == w->len) {
 		win_clear(w);
 		if (d->phase != PH_HUNT && d->phase != PH_ENC_WAIT)
-			win_release(w); /* synchronised: the window is not needed any more */
+			win_release(c, w); /* synchronised: the window is not needed any more */
 	} else if (d->phase == PH_HUNT) {
 		w->scan = w->head;
 		d->search = true;
@@ -1067,7 +1108,7 @@ static size_t hold(struct pgwire_conn *c, struct wdir *d, const uint8_t *data, s
 	size_t n = 0;
 
 	if (w->len - w->head + len <= HOLD_MAX)
-		n = win_append(w, data, len, ts, chunk_start);
+		n = win_append(c, w, data, len, ts, chunk_start);
 	if (n == len)
 		return n;
 	/* Too much to be a startup packet (or no memory): whatever it is, it is lost (the n
@@ -1203,8 +1244,9 @@ void pgwire_conn_free(struct pgwire_conn *c)
 	if (!c)
 		return;
 	for (i = 0; i < 2; i++) {
+		budget_give(c, c->d[i].asm_cap);
 		free(c->d[i].asm_buf);
-		win_release(&c->d[i].win);
+		win_release(c, &c->d[i].win);
 	}
 	free(c);
 }

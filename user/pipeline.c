@@ -15,8 +15,9 @@ struct pipeline {
 	struct dump *dump;
 	uint64_t last_ts;
 	struct pipeline_hooks hooks;
-	struct conn *unnamed; /* sessions waiting for want_identity's answer */
-	struct conn *asking;  /* sessions waiting for want_statement's answer */
+	struct conn *unnamed;	     /* sessions waiting for want_identity's answer */
+	struct conn *asking;	     /* sessions waiting for want_statement's answer */
+	struct pgwire_budget budget; /* every session's decoder draws on it */
 };
 
 /* Per-flow state, hung on tcpstream_flow.user and session_info.user_ptr. */
@@ -73,6 +74,7 @@ void pipeline_config_default(struct pipeline_config *cfg)
 {
 	tcpstream_config_default(&cfg->tcp);
 	session_config_default(&cfg->session);
+	cfg->decode_buffer_bytes = 64ull << 20;
 }
 
 /* ---- session -> stats ---- */
@@ -264,6 +266,8 @@ struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *s
 	p->stats = st;
 	p->dump = dump;
 	p->session_cfg = cfg->session;
+	p->budget.max_bytes = cfg->decode_buffer_bytes;
+	p->session_cfg.wire.budget = &p->budget;
 	p->tcp = tcpstream_new(&cfg->tcp, &tcp_handler, p);
 	if (!p->tcp) {
 		free(p);
@@ -331,6 +335,7 @@ static void publish(struct pipeline *p, const uint64_t *k)
 	atomic_store_explicit(&c->abandoned_requests, s->abandoned, RELAXED);
 	atomic_store_explicit(&c->unmatched_responses, s->unmatched_responses, RELAXED);
 	atomic_store_explicit(&c->bodies_too_big, s->wire.bodies_too_big, RELAXED);
+	atomic_store_explicit(&c->decode_buffer_full, s->wire.over_budget, RELAXED);
 	atomic_store_explicit(&c->portals_evicted, s->portals_evicted, RELAXED);
 	atomic_store_explicit(&c->copy_truncated, s->copy_truncated, RELAXED);
 }

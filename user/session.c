@@ -1992,6 +1992,7 @@ static void wire_sync(struct session *s)
 	t->bytes += w->bytes - seen->bytes;
 	t->bytes_skipped += w->bytes_skipped - seen->bytes_skipped;
 	t->bodies_too_big += w->bodies_too_big - seen->bodies_too_big;
+	t->over_budget += w->over_budget - seen->over_budget;
 	t->bad_lengths += w->bad_lengths - seen->bad_lengths;
 	t->resyncs += w->resyncs - seen->resyncs;
 	*seen = *w;

@@ -1031,6 +1031,11 @@ static const struct capture_metric limit_metrics[] = {
     {"message_size", NULL,
      "a message was longer than max_message_kb: counted, its body not decoded",
      CAP(bodies_too_big)},
+    {"decode_buffer", NULL,
+     "the decoders held decode_buffer_mb of messages split across packets: a message was "
+     "counted without its body (not mirrored), or bytes of a stream being searched for a "
+     "message boundary were skipped",
+     CAP(decode_buffer_full)},
     {"portals", NULL, "a session had more than 100 portals open: the oldest were forgotten",
      CAP(portals_evicted)},
     {"copy_bytes", NULL, "a COPY carried more data than is kept for replay", CAP(copy_truncated)},
@@ -1083,7 +1088,8 @@ static bool render_capture(struct buf *b, struct stats *st)
 	}
 	ok &= header(b, "mirror_capture_limit_hits_total", "counter",
 		     "Times a configured cap was reached (flows, flow_buffer, hole_timeout, "
-		     "statements, inflight, message_size, portals, copy_bytes, databases).");
+		     "statements, inflight, message_size, decode_buffer, portals, copy_bytes, "
+		     "databases).");
 	for (i = 0; i < sizeof(limit_metrics) / sizeof(limit_metrics[0]); i++)
 		ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"%s\"} %llu\n",
 				 limit_metrics[i].name,

@@ -561,6 +561,7 @@ static const struct bad_value bad_values[] = {
     {"mirror_max_regressed_statements", "1.5", "an integer from -1 to 1000000"},
     {"mirror_min_statement_calls", "0", "an integer from 1 to 1000000000000"},
     {"max_query_stats", "1000001", "an integer from 0 to 1000000"},
+    {"decode_buffer_mb", "0", "an integer from 1 to 65536"},
     {"admin_port", "65536", "an integer from 1 to 65535"},
     {"admin_listen", "127.0.0.1",
      "IPv4:PORT or [IPv6]:PORT with a numeric address and a port from 1 to 65535, or nothing"},

@@ -1409,11 +1409,64 @@ static void test_throughput(void **state)
 	free(b.p);
 }
 
+/* The decoders' shared budget: a body split across chunks is assembled while the budget
+ * holds it, reported without its bytes (counted) once it does not, and given back. */
+static void test_budget(void **state)
+{
+	static const uint8_t startup[] = {0,   0,   0,	 17, 0,	  3, 0, 0, 'u',
+					  's', 'e', 'r', 0,  'u', 0, 0, 0};
+	struct pgwire_budget b = {.max_bytes = 300 * 1024};
+	struct pgwire_config cfg;
+	struct rec r1 = {0}, r2 = {0};
+	struct pgwire_conn *c1, *c2;
+	uint32_t body = 200 * 1024;
+	uint8_t *q = calloc(1, 5 + body);
+
+	(void)state;
+	assert_non_null(q);
+	q[0] = 'Q';
+	q[1] = (uint8_t)((body + 4) >> 24);
+	q[2] = (uint8_t)((body + 4) >> 16);
+	q[3] = (uint8_t)((body + 4) >> 8);
+	q[4] = (uint8_t)(body + 4);
+	memset(q + 5, 'x', body - 1); /* the text, NUL-terminated */
+	pgwire_config_default(&cfg);
+	cfg.budget = &b;
+	c1 = pgwire_conn_new(&cfg, &handler, &r1, true);
+	c2 = pgwire_conn_new(&cfg, &handler, &r2, true);
+	assert_non_null(c1);
+	assert_non_null(c2);
+	pgwire_feed(c1, FE, startup, sizeof(startup), 1);
+	pgwire_feed(c2, FE, startup, sizeof(startup), 1);
+	/* both send the first half: the first holds 200 KiB of the 300 */
+	pgwire_feed(c1, FE, q, 5 + body / 2, 2);
+	pgwire_feed(c2, FE, q, 5 + body / 2, 2);
+	assert_true(b.used >= body && b.used < 2 * body);
+	assert_int_equal(pgwire_conn_stats(c1)->over_budget, 0);
+	assert_int_equal(pgwire_conn_stats(c2)->over_budget, 1);
+	pgwire_feed(c1, FE, q + 5 + body / 2, body / 2, 3);
+	pgwire_feed(c2, FE, q + 5 + body / 2, body / 2, 3);
+	assert_int_equal(r1.nm, 2);
+	assert_int_equal(r2.nm, 2);
+	assert_true(r1.m[1].kept && r1.m[1].len == body);
+	assert_false(r2.m[1].kept); /* counted, its length known, its bytes not kept */
+	assert_int_equal(r2.m[1].len, body);
+	assert_int_equal(b.used, 0); /* a large body's buffer is freed once reported */
+	assert_true(b.peak >= body && b.peak <= b.max_bytes);
+	pgwire_conn_free(c1);
+	pgwire_conn_free(c2);
+	assert_int_equal(b.used, 0);
+	rec_free(&r1);
+	rec_free(&r2);
+	free(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_all_types),
 	    cmocka_unit_test(test_ssl_refused),
+	    cmocka_unit_test(test_budget),
 	    cmocka_unit_test(test_ssl_accepted),
 	    cmocka_unit_test(test_direct_tls),
 	    cmocka_unit_test(test_cancel_request),
