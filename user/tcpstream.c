@@ -232,15 +232,31 @@ static bool flow_matches(const struct flow *f, uint32_t hash, const struct tcpst
 	       !memcmp(f->pub.client.addr, seg->client.addr, sizeof(seg->client.addr));
 }
 
+static bool same_server(const struct flow *f, const struct tcpstream_segment *seg)
+{
+	return f->pub.server.family == seg->server.family &&
+	       !memcmp(f->pub.server.addr, seg->server.addr, sizeof(seg->server.addr));
+}
+
+/*
+ * The flow of seg's key: the one under seg's own server address if there is one (a client
+ * port may talk to two server addresses on the captured port at once, e.g. a VIP and the
+ * host's address), else any (another view of it: DNAT, a bridge; flow_classify decides).
+ */
 static struct flow *flow_lookup(struct tcpstream *ts, uint32_t hash,
 				const struct tcpstream_segment *seg)
 {
-	struct flow *f;
+	struct flow *f, *first = NULL;
 
-	for (f = ts->buckets[hash & ts->mask]; f; f = f->hnext)
-		if (flow_matches(f, hash, seg))
+	for (f = ts->buckets[hash & ts->mask]; f; f = f->hnext) {
+		if (!flow_matches(f, hash, seg))
+			continue;
+		if (same_server(f, seg))
 			return f;
-	return NULL;
+		if (!first)
+			first = f;
+	}
+	return first;
 }
 
 static void flow_unhash(struct tcpstream *ts, struct flow *f)
@@ -650,6 +666,8 @@ enum verdict {
 	SEG_TAKE,   /* belongs to the flow */
 	SEG_REUSED, /* a new connection on the same tuple: the flow must be closed first */
 	SEG_REJECT, /* does not fit the flow; dropped */
+	SEG_OTHER,  /* another connection of the client port, to another server address: a
+		     * flow of its own, the flow stays */
 };
 
 /* A direction that has carried nothing but its SYN (or nothing at all). */
@@ -677,8 +695,11 @@ static bool client_syn_reuses(const struct flow *f, uint32_t seq)
 /*
  * Decides whether seg belongs to the open flow f. A client SYN with another ISN than the
  * flow's (or arriving after the flow's own traffic without being its late first SYN) starts
- * a new connection. A SYN of a known direction with another ISN, or a segment under another
- * server address that is not plausible for the flow, is not this connection.
+ * a new connection: on the flow's own server address it replaces the flow, on another one
+ * it is another connection of the same client port (a flow of its own; the client's SYN is
+ * the only proof of that: a midstream segment under another address that does not fit is
+ * dropped, as a view of the flow that cannot be placed). A SYN of a known direction with
+ * another ISN is not this connection.
  */
 static enum verdict flow_classify(struct tcpstream *ts, struct flow *f,
 				  const struct tcpstream_segment *seg)
@@ -688,14 +709,15 @@ static enum verdict flow_classify(struct tcpstream *ts, struct flow *f,
 	bool client_syn = syn && seg->dir == TCPSTREAM_C2S && !(seg->flags & TCPSTREAM_ACK);
 	uint32_t data_seq = seg->seq + syn;
 
+	bool same = same_server(f, seg);
+
 	if (client_syn) {
 		if (client_syn_reuses(f, seg->seq))
-			return SEG_REUSED;
+			return same ? SEG_REUSED : SEG_OTHER;
 	} else if (syn && h->isn_known && seg->seq != h->isn) {
 		return SEG_REJECT;
 	}
-	if (f->pub.server.family == seg->server.family &&
-	    !memcmp(f->pub.server.addr, seg->server.addr, sizeof(seg->server.addr)))
+	if (same)
 		return SEG_TAKE;
 	/* Another view of the connection (DNAT, a bridge): same ISN, or a sequence number the
 	 * direction could carry. A direction with nothing seen yet cannot contradict it. */
@@ -939,6 +961,9 @@ void tcpstream_feed(struct tcpstream *ts, const struct tcpstream_segment *seg)
 		case SEG_REJECT:
 			ts->st.segments_rejected++;
 			return;
+		case SEG_OTHER:
+			f = NULL; /* opened below, under its own server address */
+			break;
 		}
 	}
 	if (f && (seg->flags & TCPSTREAM_RST) && !rst_acceptable(f, seg)) {

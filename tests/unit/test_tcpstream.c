@@ -1320,6 +1320,44 @@ static void test_two_views(void **state)
 	col_free(col);
 }
 
+/* One client port, two server addresses on the captured port, at once (a VIP and the
+ * host's own address): two connections, each its own flow and stream, not views. */
+static void test_client_port_two_servers(void **state)
+{
+	uint8_t *b = make_bytes(600, 21);
+	struct col *col = col_new(false);
+	struct tcpstream *ts = new_ts(NULL, col);
+	const struct tcpstream_stats *st = tcpstream_stats(ts);
+	struct conn a, v;
+
+	(void)state;
+	conn_init(&a, 40033, 1000, 2000);
+	conn_init(&v, 40033, 777777, 888888);
+	addr4(&v.server, 10, 0, 0, 99, 5432);
+	handshake(ts, &a, 1);
+	feed_off(ts, &a, TCPSTREAM_C2S, 0, 0, b, 100, 4);
+	handshake(ts, &v, 5); /* another ISN: a new connection, not a reuse of a's tuple */
+	feed_off(ts, &v, TCPSTREAM_C2S, 0, 0, b + 100, 200, 8);
+	feed_off(ts, &a, TCPSTREAM_C2S, 100, 0, b + 300, 100, 9);
+	feed_off(ts, &v, TCPSTREAM_S2C, 0, 0, b + 400, 50, 10);
+	feed_off(ts, &a, TCPSTREAM_S2C, 0, 0, b + 450, 150, 11);
+	assert_int_equal(st->flows_opened, 2);
+	assert_int_equal(st->views_merged, 0);
+	assert_int_equal(st->gaps, 0);
+	assert_int_equal(col->opens, 2);
+	assert_int_equal(col->closes, 0);
+	assert_int_equal(col->rec[1].d[TCPSTREAM_C2S].len, 200);
+	assert_memory_equal(col->rec[1].d[TCPSTREAM_C2S].buf, b, 100);
+	assert_memory_equal(col->rec[1].d[TCPSTREAM_C2S].buf + 100, b + 300, 100);
+	assert_int_equal(col->rec[1].d[TCPSTREAM_S2C].len, 150);
+	assert_int_equal(col->rec[2].d[TCPSTREAM_C2S].len, 200);
+	assert_memory_equal(col->rec[2].d[TCPSTREAM_C2S].buf, b + 100, 200);
+	assert_int_equal(col->rec[2].d[TCPSTREAM_S2C].len, 50);
+	tcpstream_free(ts);
+	col_free(col);
+	free(b);
+}
+
 static void test_tuple_reuse(void **state)
 {
 	uint8_t *b = make_bytes(4000, 15);
@@ -2148,6 +2186,7 @@ int main(void)
 	    cmocka_unit_test(test_idle),
 	    cmocka_unit_test(test_linger),
 	    cmocka_unit_test(test_two_views),
+	    cmocka_unit_test(test_client_port_two_servers),
 	    cmocka_unit_test(test_tuple_reuse),
 	    cmocka_unit_test(test_reuse_time_wait_rst),
 	    cmocka_unit_test(test_rst_acceptance),
