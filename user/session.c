@@ -204,6 +204,9 @@ struct session {
 	/* alignment (see the top of this file) */
 	bool aligned;
 	bool synced[2];
+	bool fe_bad;	     /* the client sent bytes that are no message, no byte lost: the
+			      * requests before them still get their answers (see desync) */
+	uint64_t bad_seen;   /* the decoder's bad_lengths when last looked at */
 	bool fe_batch_start; /* the next client message starts a batch */
 	bool be_idle;	     /* the server's latest message is a ReadyForQuery */
 	bool have_z;
@@ -1936,6 +1939,26 @@ static void on_wire_msg(void *ctx, const struct pgwire_msg *m)
 /* A direction lost its boundaries (decoder) or bytes (gap): nothing owed can be trusted. */
 static void desync(struct session *s, enum pgwire_dir dir, uint64_t ts)
 {
+	uint64_t bad = pgwire_conn_stats(s->wire)->bad_lengths;
+	bool bad_input = bad != s->bad_seen;
+
+	s->bad_seen = bad;
+	/*
+	 * The client sent something that is no message (a length or type that cannot be),
+	 * and nothing was lost before it: the requests already whole are answered in order
+	 * by a server whose stream is intact, so alignment holds for them. PostgreSQL then
+	 * ends the connection (FATAL); if the client goes on instead, alignment is given up
+	 * when its stream is found again (the bytes skipped meanwhile may have been messages
+	 * the server took).
+	 */
+	if (dir == PGWIRE_FRONTEND && bad_input && s->aligned && !s->tentative &&
+	    s->synced[PGWIRE_BACKEND]) {
+		s->synced[dir] = false;
+		s->fe_batch_start = false;
+		s->fe_bad = true;
+		return;
+	}
+	s->fe_bad = false;
 	s->synced[dir] = false;
 	if (dir == PGWIRE_FRONTEND) {
 		s->fe_batch_start = false; /* until the decoder finds a boundary */
@@ -1960,6 +1983,10 @@ static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, 
 		desync(s, dir, ts);
 		break;
 	case PGWIRE_EV_RESYNC:
+		if (dir == PGWIRE_FRONTEND && s->fe_bad) {
+			s->fe_bad = false;
+			desync(s, dir, ts); /* what it skipped may have been messages */
+		}
 		s->synced[dir] = true;
 		if (dir == PGWIRE_FRONTEND)
 			s->fe_batch_start = true;

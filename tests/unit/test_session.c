@@ -1215,6 +1215,41 @@ static void test_caps(void **state)
 }
 
 /* Malformed client messages: counted; the server's answers still line up. */
+/* A Query, then bytes that are no message, in one write (nothing lost before them): the
+ * Query is still answered by the server, in order, and counted; then the server ends the
+ * connection. Later client bytes found to be messages again give alignment up. */
+static void test_garbage_after_query(void **state)
+{
+	static const uint8_t junk[] = {0xff, 0x7f, 0xff, 0xff, 0xff, 'j', 'u', 'n', 'k'};
+	static const char *const one[] = {"1"};
+	struct script *sc = calloc(1, sizeof(*sc));
+	struct session_config cfg;
+	struct session_stats st;
+	struct col c = {0};
+	struct bb *f = &sc->s[FE], *b = &sc->s[BE];
+
+	(void)state;
+	session_config_default(&cfg);
+	startup(sc, startup_kv);
+	m_str(f, 'Q', "SELECT 1");
+	put(f, junk, sizeof(junk));
+	cut(sc, FE);
+	m_rowdesc(b, 1);
+	m_datarow(b, 1, one);
+	m_str(b, 'C', "SELECT 1");
+	m_ready(b, 'I');
+	m_error(b, 'E', "08P01", "invalid frontend message type 255");
+	cut(sc, BE);
+	check_split_invariance(sc, &cfg, true, &c, &st);
+	assert_int_equal(c.nq, 1);
+	assert_false(c.q[0].r.error);
+	assert_string_equal(c.q[0].r.tag, "SELECT 1");
+	assert_int_equal(st.abandoned, 0);
+	col_free(&c);
+	script_free(sc);
+	free(sc);
+}
+
 static void test_malformed(void **state)
 {
 	struct script *sc = calloc(1, sizeof(*sc));
@@ -2054,6 +2089,7 @@ int main(void)
 	    cmocka_unit_test(test_unmatched),
 	    cmocka_unit_test(test_caps),
 	    cmocka_unit_test(test_malformed),
+	    cmocka_unit_test(test_garbage_after_query),
 	    cmocka_unit_test(test_error_skips_query),
 	    cmocka_unit_test(test_midstream_random),
 	    cmocka_unit_test(test_midstream_identify),
