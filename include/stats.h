@@ -157,6 +157,8 @@ struct stats_capture {
 	_Atomic uint64_t flows_refused, flow_buffer_full, hole_timeouts, statements_evicted,
 	    inflight_overflow, bodies_too_big, decode_buffer_full, abandoned_requests,
 	    unmatched_responses, portals_evicted, copy_truncated;
+	/* what the decoders could not read (mirror_capture_malformed_total{kind}) */
+	_Atomic uint64_t bad_lengths, protocol_errors, skipped_bytes;
 };
 
 /* Process figures gathered by the shell at scrape time. */

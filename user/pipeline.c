@@ -336,6 +336,9 @@ static void publish(struct pipeline *p, const uint64_t *k)
 	atomic_store_explicit(&c->unmatched_responses, s->unmatched_responses, RELAXED);
 	atomic_store_explicit(&c->bodies_too_big, s->wire.bodies_too_big, RELAXED);
 	atomic_store_explicit(&c->decode_buffer_full, s->wire.over_budget, RELAXED);
+	atomic_store_explicit(&c->bad_lengths, s->wire.bad_lengths, RELAXED);
+	atomic_store_explicit(&c->protocol_errors, s->protocol_errors, RELAXED);
+	atomic_store_explicit(&c->skipped_bytes, s->wire.bytes_skipped, RELAXED);
 	atomic_store_explicit(&c->portals_evicted, s->portals_evicted, RELAXED);
 	atomic_store_explicit(&c->copy_truncated, s->copy_truncated, RELAXED);
 }

@@ -1101,6 +1101,21 @@ static bool render_capture(struct buf *b, struct stats *st)
 		     "server after an error in a pipeline).");
 	ok &= buf_printf(b, "mirror_capture_abandoned_requests_total %llu\n",
 			 (unsigned long long)cap_field(c, CAP(abandoned_requests)));
+	ok &= header(b, "mirror_capture_malformed_total", "counter",
+		     "What the decoders could not read: bad_length (a length, type or startup code "
+		     "that cannot be: the direction hunts for a boundary), protocol_error (a "
+		     "message that breaks the protocol's rules), unmatched_response (a server "
+		     "message no request waited for: the session realigns).");
+	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"bad_length\"} %llu\n",
+			 (unsigned long long)cap_field(c, CAP(bad_lengths)));
+	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"protocol_error\"} %llu\n",
+			 (unsigned long long)cap_field(c, CAP(protocol_errors)));
+	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"unmatched_response\"} %llu\n",
+			 (unsigned long long)cap_field(c, CAP(unmatched_responses)));
+	ok &= header(b, "mirror_capture_skipped_bytes_total", "counter",
+		     "Stream bytes the decoders skipped while hunting for a message boundary.");
+	ok &= buf_printf(b, "mirror_capture_skipped_bytes_total %llu\n",
+			 (unsigned long long)cap_field(c, CAP(skipped_bytes)));
 	return ok;
 }
 

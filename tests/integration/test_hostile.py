@@ -535,12 +535,9 @@ def test_random_garbage(pg, case_agent, rng):
     those databases and the scripted one, none "unknown"); every connection was tracked
     as one session and none stays active once they are closed; the scripted sessions find
     their footing again (mirror_capture_resyncs_total) and count every query after the
-    garbage but the one they realign on; memory bounded.
-
-    There is no counter of malformed client input to assert: the decoder's bad lengths,
-    skipped bytes and protocol errors (pgwire_stats.bad_lengths, bytes_skipped,
-    session_stats.protocol_errors, unmatched_responses) are kept but neither on /metrics
-    nor in the stats line."""
+    garbage but the one they realign on; the garbage shows in
+    mirror_capture_malformed_total{kind="bad_length"} and
+    mirror_capture_skipped_bytes_total; memory bounded."""
     since = mark(pg)
     agent, watch = case_agent()
     fake = FakeServer(pg.port)
@@ -625,6 +622,10 @@ def test_random_garbage(pg, case_agent, rng):
     assert set(dbs) <= {"g_good", "g_hostile", "g_scripted"}, \
         f"requests counted in databases nobody used: {dbs}"
     assert m.get("mirror_capture_bytes_total") >= garbage_bytes
+    assert m.get("mirror_capture_malformed_total", kind="bad_length") > 0, \
+        "garbage on the port never showed as a bad length"
+    assert m.get("mirror_capture_skipped_bytes_total") > 0, \
+        "garbage on the port never showed as skipped bytes"
     conns = 40 + 150 + 4 + 1
     assert result.stats["sessions"] == conns and result.stats["flows"] == conns, \
         f"{conns} connections, the agent tracked flows={result.stats['flows']} " \
