@@ -294,10 +294,9 @@ static int evaluate(struct agent *a, uint64_t now, const char *database, struct 
 	else if (stats_readiness_input_db(a->st, database, now, &in))
 		return -ENOENT;
 	readiness_statements(a, &live, database, &in);
-	memset(r->database, 0, sizeof(r->database));
+	readiness_evaluate(&in, &c, r);
 	if (database)
 		snprintf(r->database, sizeof(r->database), "%s", database);
-	readiness_evaluate(&in, &c, r);
 	return 0;
 }
 

@@ -240,7 +240,6 @@ static void eval_statements(const struct readiness_report *r, struct readiness_c
 void readiness_evaluate(const struct readiness_input *in, const struct readiness_criteria *c,
 			struct readiness_report *out)
 {
-	/* out->database is the caller's: kept */
 	static void (*const eval[READINESS_CRITERIA])(const struct readiness_report *,
 						      struct readiness_criterion *) = {
 	    [READINESS_ERROR_RATE] = eval_error_rate, [READINESS_LATENCY] = eval_latency,
@@ -253,11 +252,7 @@ void readiness_evaluate(const struct readiness_input *in, const struct readiness
 	double score = 100;
 	int i;
 
-	char database[sizeof(out->database)];
-
-	memcpy(database, out->database, sizeof(database));
-	memset(out, 0, sizeof(*out));
-	memcpy(out->database, database, sizeof(database));
+	memset(out, 0, sizeof(*out)); /* database "": the caller names it afterwards */
 	out->input = *in;
 	out->criteria = *c;
 	m->attempted = in->mirrored + errors;

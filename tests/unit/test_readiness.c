@@ -616,6 +616,21 @@ static void test_json_round_trip(void **state)
 	in[1].dropped = 123;
 	in[1].runtime_seconds = 1234.5678;
 	in[1].mirror_p99_ms = 1e-3 / 3;
+	in[1].regressed_statements = 2; /* the statements criterion fails; two regressions */
+	in[1].n_top = 2;
+	snprintf(in[1].top[0].database, sizeof(in[1].top[0].database), "app");
+	snprintf(in[1].top[0].query, sizeof(in[1].top[0].query),
+		 "SELECT pad FROM big WHERE k = $1");
+	snprintf(in[1].top[0].why, sizeof(in[1].top[0].why), "slower");
+	snprintf(in[1].top[0].plan, sizeof(in[1].top[0].plan), "Seq Scan on big rows=1 cost=5.5");
+	in[1].top[0].p99_ratio = 31.25;
+	in[1].top[0].calls = 60;
+	in[1].top[0].impact_ms = 1234;
+	snprintf(in[1].top[1].database, sizeof(in[1].top[1].database), "app");
+	snprintf(in[1].top[1].query, sizeof(in[1].top[1].query), "SELECT note FROM small");
+	snprintf(in[1].top[1].why, sizeof(in[1].top[1].why), "fails_on_mirror 42703");
+	in[1].top[1].p99_ratio = NAN;
+	in[1].top[1].calls = 10;
 	memset(&in[2], 0, sizeof(in[2])); /* no data at all */
 	in[2].mirror_avg_ms = in[2].mirror_p99_ms = NAN;
 	in[2].source_avg_ms = in[2].source_p99_ms = NAN;
@@ -627,6 +642,8 @@ static void test_json_round_trip(void **state)
 	c.max_error_rate = 0.0123;
 	for (i = 0; i < 4; i++) {
 		readiness_evaluate(&in[i], &c, &r);
+		if (i == 1)
+			snprintf(r.database, sizeof(r.database), "app"); /* one database's */
 		buf_init(&b, 1 << 20);
 		assert_true(readiness_render_json(&r, &b));
 		if (!readiness_parse_json(b.data, &back, err, sizeof(err)))
@@ -645,6 +662,14 @@ static void test_json_round_trip(void **state)
 		want = render_text(&r);
 		got = render_text(&back);
 		assert_string_equal(got, want);
+		if (i == 1) {
+			assert_string_equal(back.database, "app");
+			assert_int_equal(back.input.n_top, 2);
+			assert_string_equal(back.input.top[0].plan,
+					    "Seq Scan on big rows=1 cost=5.5");
+			assert_non_null(strstr(got, "     mirror plan: Seq Scan on big"));
+			assert_non_null(strstr(got, "Database: app\n"));
+		}
 		free(want);
 		free(got);
 		buf_free(&b);
