@@ -27,14 +27,14 @@ CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/includ
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror
 LDLIBS    := -lbpf -lelf -lz -lmicrohttpd -lpq -lpg_query -lxxhash -lcjson -lcrypt -lm -lpthread
-LDLIBS    += -linih
+LDLIBS    += -linih -lcrypto
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg-config \
                 libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
-DEB_PACKAGES += libinih-dev libcjson-dev libcrypt-dev systemd util-linux
+DEB_PACKAGES += libinih-dev libcjson-dev libcrypt-dev systemd util-linux libssl-dev
 # the landing page is checked in a real headless browser (test_landing_page.py)
 DEB_PACKAGES += chromium
 # the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
@@ -50,7 +50,8 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/fingerprint.o $(BUILD)/readiness.o $(BUILD)/sampler.o $(BUILD)/order.o \
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
               $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o \
-              $(BUILD)/authblank.o $(BUILD)/querystats.o $(BUILD)/plan.o $(BUILD)/explain.o
+              $(BUILD)/authblank.o $(BUILD)/querystats.o $(BUILD)/plan.o $(BUILD)/explain.o \
+              $(BUILD)/scram.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness
@@ -63,7 +64,8 @@ UNIT_TESTS += $(BUILD)/test_order $(BUILD)/test_compare $(BUILD)/test_admission
 AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
-              $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan
+              $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
+              $(BUILD)/test_scram
 
 .PHONY: all deps test unit integration bench demo format format-check clean install
 
@@ -110,8 +112,8 @@ $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUIL
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -lm -lpthread -o $@
 
 $(BUILD)/test_admin: tests/unit/test_admin.c $(BUILD)/admin.o $(BUILD)/buf.o $(BUILD)/http.o \
-		$(BUILD)/stats.o $(BUILD)/webauth.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lm -lpthread -o $@
+		$(BUILD)/stats.o $(BUILD)/webauth.o $(BUILD)/scram.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lcrypto -lxxhash -lm -lpthread -o $@
 
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o
 	$(CC) $(CFLAGS) -DSRCDIR='"$(CURDIR)"' $^ -lcmocka -linih -lm -lpthread -o $@
@@ -149,6 +151,9 @@ $(BUILD)/test_authblank: tests/unit/test_authblank.c $(BUILD)/authblank.o
 $(BUILD)/test_querystats: tests/unit/test_querystats.c $(BUILD)/querystats.o \
 		$(BUILD)/fingerprint.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lcjson -lxxhash -lm -o $@
+
+$(BUILD)/test_scram: tests/unit/test_scram.c $(BUILD)/scram.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lcrypto -o $@
 
 $(BUILD)/test_plan: tests/unit/test_plan.c $(BUILD)/plan.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcjson -o $@
@@ -233,8 +238,9 @@ FUZZ_SRC_fuzz_wire    := user/session.c user/pgwire.c
 FUZZ_LIB_fuzz_wire    := -lxxhash
 FUZZ_SRC_fuzz_stream  := user/tcpstream.c user/session.c user/pgwire.c
 FUZZ_LIB_fuzz_stream  := -lxxhash
-FUZZ_SRC_fuzz_admin   := user/admin.c user/buf.c user/http.c user/stats.c user/webauth.c
-FUZZ_LIB_fuzz_admin   := -lmicrohttpd -lcrypt -lxxhash -lm -lpthread
+FUZZ_SRC_fuzz_admin   := user/admin.c user/buf.c user/http.c user/stats.c user/webauth.c \
+                         user/scram.c
+FUZZ_LIB_fuzz_admin   := -lmicrohttpd -lcrypt -lcrypto -lxxhash -lm -lpthread
 FUZZ_SRC_fuzz_config  := user/config.c
 FUZZ_LIB_fuzz_config  := -linih -lm -lpthread
 FUZZ_SRC_fuzz_parsers := user/readiness.c user/stats.c user/buf.c user/fleet.c user/statefile.c \

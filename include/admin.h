@@ -35,6 +35,7 @@
 #include <sys/types.h>
 
 #include "buf.h"
+#include "scram.h"
 #include "stats.h"
 
 #define ADMIN_MAX_MESSAGE (64u * 1024) /* largest frontend message, length field included */
@@ -139,6 +140,24 @@ bool admin_conn_feed(struct admin_conn *c, const void *in, size_t len, struct bu
 
 /* ---- the shell ---- */
 
+/*
+ * Authentication of the TCP listener (admin_auth_file): SCRAM-SHA-256 against users, then
+ * the role decides — admin_roles may do everything, stats_roles only SHOW, anyone else is
+ * refused (28000) after authenticating. The strings must outlive the console.
+ */
+struct admin_auth {
+	const struct scram_users *users;
+	const char *const *admin_roles;
+	size_t n_admin_roles;
+	const char *const *stats_roles;
+	size_t n_stats_roles;
+};
+
+/* The connection must authenticate (SASL, SCRAM-SHA-256) after its startup packet;
+ * server_nonce: fresh, printable, no ',' (the shell's random bytes in base64). */
+void admin_conn_require_auth(struct admin_conn *c, const struct admin_auth *auth,
+			     const char *server_nonce);
+
 struct admin_config {
 	const char *unix_dir;	  /* default "/run/pgshadow" (created 0755); NULL/"": none */
 	uint16_t port;		  /* default 6433: the socket is <unix_dir>/.s.PGSQL.<port> */
@@ -148,6 +167,9 @@ struct admin_config {
 	 * too (full or read-only); either list non-empty opens the socket file (0666) */
 	const uid_t *admin_uids, *stats_uids;
 	size_t n_admin_uids, n_stats_uids;
+	/* TCP clients authenticate (SCRAM) when set; then any address may be listened on,
+	 * else the listener is loopback-only and read-only */
+	const struct admin_auth *auth;
 };
 
 void admin_config_default(struct admin_config *cfg);

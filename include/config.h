@@ -118,6 +118,7 @@ struct pgshadow_config {
 	char *admin_listen;	/* TCP IPv4:PORT or [IPv6]:PORT; NULL: no TCP listener */
 	char *admin_users;	/* OS users with the full console (comma-separated), or NULL */
 	char *stats_users;	/* OS users with a read-only console, or NULL */
+	char *admin_auth_file;	/* the TCP console's SCRAM users (userlist.txt), or NULL */
 
 	/* reloadable */
 	struct config_live live;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -35,13 +36,17 @@
 
 #define COMMAND_MAX 96 /* longest command text we try to match (one with a database name) */
 
-enum conn_state { ST_STARTUP = 0, ST_READY, ST_CLOSED };
+enum conn_state { ST_STARTUP = 0, ST_SASL_INIT, ST_SASL_CONT, ST_READY, ST_CLOSED };
 
 struct admin_conn {
 	const struct admin_provider *p;
 	enum conn_state state;
 	uint32_t pid, secret;
-	bool read_only;		     /* came over TCP: no RESET */
+	bool read_only; /* came over TCP without authentication, or a stats role: no RESET */
+	const struct admin_auth *auth; /* must authenticate (SCRAM) before anything else */
+	char user[SCRAM_NAME_MAX];     /* the startup packet's user */
+	char nonce[48];		       /* the server's nonce for this exchange */
+	struct scram_exchange x;
 	char arg[ADMIN_ARG_MAX + 1]; /* the running command's argument ("" if none) */
 	size_t in_len;
 	unsigned char in[ADMIN_MAX_MESSAGE + 1]; /* one whole message and its type byte */
@@ -775,6 +780,25 @@ static bool startup_params(const unsigned char *p, size_t len, struct buf *opts,
 	return false; /* no terminator */
 }
 
+/* The value of "user" among the startup parameters (checked by startup_params). */
+static void startup_user(const unsigned char *p, size_t len, char *out, size_t cap)
+{
+	size_t off = 0, n;
+
+	out[0] = '\0';
+	while (off < len && p[off]) {
+		n = strnlen((const char *)p + off, len - off);
+		if (off + n + 1 >= len)
+			return;
+		if (!strcmp((const char *)p + off, "user"))
+			snprintf(out, cap, "%s", (const char *)p + off + n + 1);
+		off += n + 1;
+		off += strnlen((const char *)p + off, len - off) + 1;
+	}
+}
+
+static void welcome(struct admin_conn *c, struct buf *out);
+
 static void handle_startup(struct admin_conn *c, const unsigned char *p, size_t len,
 			   struct buf *out)
 {
@@ -816,6 +840,25 @@ static void handle_startup(struct admin_conn *c, const unsigned char *p, size_t 
 		msg_end(out, at);
 	}
 	buf_free(&opts);
+	startup_user(p + 8, len - 8, c->user, sizeof(c->user));
+	if (c->auth) { /* AuthenticationSASL: the one mechanism */
+		at = msg_begin(out, 'R');
+		put_u32(out, 10);
+		buf_append(out, "SCRAM-SHA-256\0", 14);
+		buf_append(out, "", 1);
+		msg_end(out, at);
+		c->state = ST_SASL_INIT;
+		return;
+	}
+	welcome(c, out);
+}
+
+/* AuthenticationOk, the parameters, BackendKeyData and ReadyForQuery. */
+static void welcome(struct admin_conn *c, struct buf *out)
+{
+	char version[160];
+	size_t at;
+
 	at = msg_begin(out, 'R');
 	put_u32(out, 0); /* AuthenticationOk */
 	msg_end(out, at);
@@ -847,8 +890,18 @@ struct admin_conn *admin_conn_new(const struct admin_provider *p, uint32_t pid, 
 	c->pid = pid;
 	c->secret = secret;
 	c->read_only = false;
+	c->auth = NULL;
+	c->user[0] = '\0';
+	c->nonce[0] = '\0';
 	c->in_len = 0;
 	return c;
+}
+
+void admin_conn_require_auth(struct admin_conn *c, const struct admin_auth *auth,
+			     const char *server_nonce)
+{
+	c->auth = auth;
+	snprintf(c->nonce, sizeof(c->nonce), "%s", server_nonce);
 }
 
 void admin_conn_set_read_only(struct admin_conn *c, bool read_only)
@@ -877,6 +930,15 @@ static bool check_header(struct admin_conn *c, unsigned char type, uint32_t len,
 {
 	char msg[96];
 
+	if (c->state == ST_SASL_INIT || c->state == ST_SASL_CONT) {
+		if (type != 'p' && type != 'X') {
+			fatal(c, out, "08P01",
+			      "expected a SASL response (the console authenticates "
+			      "with SCRAM-SHA-256)");
+			return false;
+		}
+		type = 'Q'; /* its length is checked below like a Query's */
+	}
 	switch (type) {
 	case 'Q':
 	case 'X':
@@ -907,6 +969,86 @@ static bool check_header(struct admin_conn *c, unsigned char type, uint32_t len,
 	return true;
 }
 
+static bool in_list(const char *name, const char *const *list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!strcmp(name, list[i]))
+			return true;
+	return false;
+}
+
+/* One SASL message: SASLInitialResponse (mechanism, length, client-first-message), then
+ * SASLResponse (client-final-message). */
+static void sasl(struct admin_conn *c, const unsigned char *body, size_t len, struct buf *out)
+{
+	char answer[SCRAM_MESSAGE_MAX], msg[SCRAM_MESSAGE_MAX + 96];
+	const unsigned char *data = body;
+	uint32_t dlen = (uint32_t)len;
+	const char *mech;
+	size_t at, n;
+	int rc;
+
+	if (c->state == ST_SASL_INIT) {
+		mech = (const char *)body;
+		n = strnlen(mech, len);
+		if (n + 5 > len || strcmp(mech, "SCRAM-SHA-256")) {
+			fatal(c, out, "28000",
+			      "the pgshadow console authenticates with SCRAM-SHA-256 "
+			      "only");
+			return;
+		}
+		dlen = get_u32(body + n + 1);
+		data = body + n + 5;
+		if (dlen != len - n - 5) {
+			fatal(c, out, "08P01", "malformed SASLInitialResponse");
+			return;
+		}
+		if (!scram_server_first(&c->x, scram_users_find(c->auth->users, c->user),
+					(const char *)data, dlen, c->nonce, answer,
+					sizeof(answer))) {
+			fatal(c, out, "08P01", answer);
+			return;
+		}
+		at = msg_begin(out, 'R');
+		put_u32(out, 11); /* AuthenticationSASLContinue */
+		buf_append(out, answer, strlen(answer));
+		msg_end(out, at);
+		c->state = ST_SASL_CONT;
+		return;
+	}
+	rc = scram_server_final(&c->x, (const char *)data, dlen, answer, sizeof(answer));
+	explicit_bzero(&c->x, sizeof(c->x));
+	if (rc < 0) {
+		fatal(c, out, "08P01", answer);
+		return;
+	}
+	if (rc == 0) {
+		snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"",
+			 c->user);
+		fatal(c, out, "28P01", msg);
+		return;
+	}
+	if (in_list(c->user, c->auth->admin_roles, c->auth->n_admin_roles)) {
+		c->read_only = false;
+	} else if (in_list(c->user, c->auth->stats_roles, c->auth->n_stats_roles)) {
+		c->read_only = true;
+	} else {
+		snprintf(msg, sizeof(msg),
+			 "role \"%s\" may not use the pgshadow console (admin_users and "
+			 "stats_users name the roles that may)",
+			 c->user);
+		fatal(c, out, "28000", msg);
+		return;
+	}
+	at = msg_begin(out, 'R');
+	put_u32(out, 12); /* AuthenticationSASLFinal */
+	buf_append(out, answer, strlen(answer));
+	msg_end(out, at);
+	welcome(c, out);
+}
+
 static void handle_message(struct admin_conn *c, unsigned char type, const unsigned char *body,
 			   size_t len, struct buf *out)
 {
@@ -914,6 +1056,10 @@ static void handle_message(struct admin_conn *c, unsigned char type, const unsig
 
 	if (type == 'X') {
 		c->state = ST_CLOSED;
+		return;
+	}
+	if (c->state == ST_SASL_INIT || c->state == ST_SASL_CONT) {
+		sasl(c, body, len, out);
 		return;
 	}
 	nul = memchr(body, '\0', len);
@@ -1007,6 +1153,7 @@ struct admin {
 	uint32_t max_conn;
 	uid_t admin_uids[ADMIN_USERS_MAX], stats_uids[ADMIN_USERS_MAX];
 	size_t n_admin_uids, n_stats_uids;
+	const struct admin_auth *auth; /* TCP clients authenticate (NULL: read-only) */
 	struct client *clients;
 	size_t n_clients;
 	uint32_t next_pid;
@@ -1136,6 +1283,18 @@ static void accept_clients(struct admin *a, int lfd, bool tcp)
 			continue;
 		}
 		admin_conn_set_read_only(cl->conn, tcp || read_only);
+		if (tcp && a->auth) {
+			uint8_t raw[SCRAM_NONCE_RAW];
+			char nonce[4 * SCRAM_NONCE_RAW / 3 + 4];
+
+			if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+				admin_conn_free(cl->conn);
+				refuse(fd, "58000", "the console cannot draw random bytes");
+				continue;
+			}
+			scram_b64(raw, sizeof(raw), nonce);
+			admin_conn_require_auth(cl->conn, a->auth, nonce);
+		}
 		buf_init(&cl->out, ADMIN_OUT_HIGH + ADMIN_MAX_REPLY + 65536);
 		cl->since_ms = now_ms();
 		a->n_clients++;
@@ -1359,11 +1518,12 @@ static int open_tcp(struct admin *a, const char *listen_addr, char *err, size_t 
 
 	if (http_parse_listen(listen_addr, &ss, &len, err, errlen))
 		return -EINVAL;
-	if (!loopback(&ss)) {
+	if (!a->auth && !loopback(&ss)) {
 		snprintf(err, errlen,
-			 "admin console: --admin-listen %s is not a loopback address: the console "
-			 "has no authentication (listen on 127.0.0.1 or [::1] and reach it through "
-			 "SSH, or use the Unix socket)",
+			 "admin console: --admin-listen %s is not a loopback address and no "
+			 "admin_auth_file is set: without one the console cannot authenticate "
+			 "(set admin_auth_file, or listen on 127.0.0.1 or [::1] and reach it "
+			 "through SSH, or use the Unix socket)",
 			 listen_addr);
 		return -EINVAL;
 	}
@@ -1410,6 +1570,7 @@ struct admin *admin_start(const struct admin_config *cfg, const struct admin_pro
 	a->wake_fd = -1;
 	a->listen_fd[0] = a->listen_fd[1] = -1;
 	a->max_conn = cfg->max_connections ? cfg->max_connections : 64;
+	a->auth = cfg->auth && cfg->auth->users && cfg->auth->users->n ? cfg->auth : NULL;
 	a->n_admin_uids = cfg->n_admin_uids < ADMIN_USERS_MAX ? cfg->n_admin_uids : ADMIN_USERS_MAX;
 	a->n_stats_uids = cfg->n_stats_uids < ADMIN_USERS_MAX ? cfg->n_stats_uids : ADMIN_USERS_MAX;
 	if (a->n_admin_uids)

@@ -260,11 +260,18 @@ const struct config_key config_keys[] = {
     {"stats_users", CONFIG_STRING, OFF(stats_users), 0, 0, 0, NULL, NULL, false, "USERS",
      "OS users (comma-separated) who may use the console's Unix socket to read only "
      "(SHOW; RESET gets 42501)."},
+    {"admin_auth_file", CONFIG_STRING, OFF(admin_auth_file), 0, 0, 0, NULL, NULL, false, "FILE",
+     "Users of the console's TCP listener, PgBouncer's userlist.txt format (\"name\" "
+     "\"secret\" per line; a secret is a SCRAM-SHA-256 verifier as pg_authid keeps it, or a "
+     "password). They authenticate with SCRAM-SHA-256; then admin_users and stats_users "
+     "name the roles that may use the console fully or read-only (names there that are no "
+     "OS user are roles only). With it, admin_listen may be any address. Read at start."},
     {"admin_listen", CONFIG_STRING, OFF(admin_listen), 0, 0, CONFIG_F_ADDRESS, NULL, NULL, false,
      "ADDR",
-     "Also serve the admin console on TCP, IPv4:PORT or [IPv6]:PORT: a loopback address "
-     "only (the console has no authentication), and read-only (RESET needs the Unix "
-     "socket). Empty: no TCP listener."},
+     "Also serve the admin console on TCP, IPv4:PORT or [IPv6]:PORT. Without "
+     "admin_auth_file: a loopback address only and read-only (RESET needs the Unix "
+     "socket); with it, any address, clients authenticate with SCRAM-SHA-256 and their "
+     "role decides. Empty: no TCP listener."},
 
     {"verbose", CONFIG_BOOL, OFF(verbose), 0, 0, CONFIG_F_NO_ARG, NULL, "off", false, NULL,
      "Also print libbpf's messages."},

@@ -28,6 +28,7 @@
 #include <linux/capability.h>
 #include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1003,8 +1004,9 @@ static void regain_net_admin(void)
 }
 
 /* admin_users / stats_users: comma-separated OS user names to uids. -1 after saying
- * which name is unknown. */
-static int console_uids(const char *key, const char *list, uid_t *out, size_t *n)
+ * which name is unknown — unless roles may be named too (admin_auth_file: the TCP
+ * console's roles), then a name that is no OS user is a role only. */
+static int console_uids(const char *key, const char *list, uid_t *out, size_t *n, bool roles)
 {
 	char *copy, *name, *save = NULL;
 	struct passwd *pw;
@@ -1019,6 +1021,8 @@ static int console_uids(const char *key, const char *list, uid_t *out, size_t *n
 	for (name = strtok_r(copy, ", ", &save); name; name = strtok_r(NULL, ", ", &save)) {
 		errno = 0;
 		pw = getpwnam(name);
+		if (!pw && roles)
+			continue;
 		if (!pw || *n == ADMIN_USERS_MAX) {
 			fprintf(stderr, "pgshadow: %s: %s: %s\n", key, name,
 				!pw ? (errno ? strerror(errno) : "no such user")
@@ -1029,6 +1033,88 @@ static int console_uids(const char *key, const char *list, uid_t *out, size_t *n
 		out[(*n)++] = pw->pw_uid;
 	}
 	free(copy);
+	return rc;
+}
+
+/* A comma-separated list into at most ADMIN_USERS_MAX names (pointers into copy). */
+static size_t split_names(char *copy, const char **out)
+{
+	char *name, *save = NULL;
+	size_t n = 0;
+
+	for (name = strtok_r(copy, ", ", &save); name && n < ADMIN_USERS_MAX;
+	     name = strtok_r(NULL, ", ", &save))
+		out[n++] = name;
+	return n;
+}
+
+/*
+ * admin_auth_file: the TCP console's users (SCRAM verifiers, or passwords made into
+ * verifiers with random salts), and the roles of admin_users and stats_users. Read once,
+ * at start, before privileges are dropped (the file may be root's alone). -1 after
+ * saying what is wrong, where.
+ */
+static int load_console_auth(struct agent *a, struct admin_config *ac)
+{
+	static struct scram_users users;
+	static struct admin_auth auth;
+	static const char *admin_roles[ADMIN_USERS_MAX], *stats_roles[ADMIN_USERS_MAX];
+	static char *admin_copy, *stats_copy;
+	const char *path = a->cfg.admin_auth_file;
+	char err[256], *text = NULL;
+	uint8_t *salts = NULL;
+	size_t len = 0, lines = 1, i;
+	FILE *f = fopen(path, "re");
+	int rc = -1;
+
+	if (!f) {
+		fprintf(stderr, "pgshadow: admin_auth_file %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	text = calloc(1, 1u << 20);
+	if (text)
+		len = fread(text, 1, (1u << 20) - 1, f);
+	fclose(f);
+	if (!text || len == (1u << 20) - 1) {
+		fprintf(stderr, "pgshadow: admin_auth_file %s: %s\n", path,
+			text ? "larger than 1 MiB" : "out of memory");
+		goto out;
+	}
+	for (i = 0; i < len; i++)
+		lines += text[i] == '\n';
+	salts = malloc(lines * SCRAM_SALT_MAX);
+	if (!salts ||
+	    getrandom(salts, lines * SCRAM_SALT_MAX, 0) != (ssize_t)(lines * SCRAM_SALT_MAX)) {
+		fprintf(stderr, "pgshadow: admin_auth_file %s: no random salts\n", path);
+		goto out;
+	}
+	if (!scram_users_parse(text, salts, lines, &users, err, sizeof(err))) {
+		fprintf(stderr, "pgshadow: admin_auth_file %s, %s\n", path, err);
+		goto out;
+	}
+	if (!users.n) {
+		fprintf(stderr,
+			"pgshadow: admin_auth_file %s lists no user (\"name\" \"secret\" "
+			"lines)\n",
+			path);
+		goto out;
+	}
+	admin_copy = strdup(a->cfg.admin_users ? a->cfg.admin_users : "");
+	stats_copy = strdup(a->cfg.stats_users ? a->cfg.stats_users : "");
+	if (!admin_copy || !stats_copy)
+		goto out;
+	auth.users = &users;
+	auth.admin_roles = admin_roles;
+	auth.n_admin_roles = split_names(admin_copy, admin_roles);
+	auth.stats_roles = stats_roles;
+	auth.n_stats_roles = split_names(stats_copy, stats_roles);
+	ac->auth = &auth;
+	rc = 0;
+out:
+	if (text)
+		explicit_bzero(text, 1u << 20);
+	free(text);
+	free(salts);
 	return rc;
 }
 
@@ -1047,11 +1133,15 @@ static int start_console(struct agent *a, struct admin **out)
 
 	*out = NULL;
 	admin_settings(&a->cfg, &ac);
-	if (console_uids("admin_users", a->cfg.admin_users, admin_uids, &ac.n_admin_uids) ||
-	    console_uids("stats_users", a->cfg.stats_users, stats_uids, &ac.n_stats_uids))
+	bool roles = a->cfg.admin_auth_file != NULL;
+
+	if (console_uids("admin_users", a->cfg.admin_users, admin_uids, &ac.n_admin_uids, roles) ||
+	    console_uids("stats_users", a->cfg.stats_users, stats_uids, &ac.n_stats_uids, roles))
 		return -1;
 	ac.admin_uids = admin_uids;
 	ac.stats_uids = stats_uids;
+	if (roles && load_console_auth(a, &ac))
+		return -1;
 	if (!ac.unix_dir && !ac.listen)
 		return 0;
 	if (a->cfg.mirror_of) {

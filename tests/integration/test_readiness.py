@@ -768,3 +768,68 @@ def test_console_unix_socket_users(pair, mirror_agent, tmp_path):  # noqa: F811
         agent.stop()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_console_tcp_scram(pair, mirror_agent, agent_bin, tmp_path, rng):  # noqa: F811
+    """admin_auth_file: TCP clients authenticate with SCRAM-SHA-256 (psycopg2, libpq)
+    against PgBouncer-style lines — a verifier PostgreSQL itself made (pg_authid) and a
+    password in clear — then their role decides: admin_users may RESET, stats_users only
+    SHOW (42501), another listed user is refused (28000), a wrong password fails (28P01),
+    and with the file any address may be listened on (0.0.0.0 here; without it the agent
+    refuses to start)."""
+    src, mir = pair
+    src.psql(["SET password_encryption = 'scram-sha-256'",
+              "CREATE ROLE verifier_maker PASSWORD 'Adm-Pw-11aa'"])
+    verifier = src.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'verifier_maker'")
+    assert verifier.startswith("SCRAM-SHA-256$4096:"), verifier
+    auth = tmp_path / "userlist.txt"
+    auth.write_text(f'; console users\n"adm" "{verifier}"\n"viewer" "View-Pw-22bb"\n'
+                    f'"other" "Other-Pw-33cc"\n')
+    auth.chmod(0o600)
+    port = h.free_port(hosts=("127.0.0.1",), rng=rng)
+    agent = mirror_agent(src, mir, extra=["--admin-listen", f"0.0.0.0:{port}",
+                                          "--admin-auth-file", str(auth),
+                                          "--admin-users", "adm", "--stats-users", "viewer"])
+
+    def connect(user, password):
+        conn = psycopg2.connect(host="127.0.0.1", port=port, dbname="pgshadow", user=user,
+                                password=password, connect_timeout=10)
+        conn.autocommit = True
+        return conn
+
+    conn = connect("adm", "Adm-Pw-11aa")
+    conn.cursor().execute("RESET MIRROR STATS")
+    conn.close()
+    conn = connect("viewer", "View-Pw-22bb")
+    cur = conn.cursor()
+    cur.execute("SHOW VERSION")
+    assert cur.fetchone()[0].startswith("pgshadow ")
+    with pytest.raises(psycopg2.Error) as e:
+        cur.execute("RESET MIRROR STATS")
+    assert e.value.pgcode == "42501"
+    conn.close()
+    with pytest.raises(psycopg2.OperationalError) as e:
+        connect("adm", "wrong")
+    assert 'password authentication failed for user "adm"' in str(e.value)
+    with pytest.raises(psycopg2.OperationalError) as e:
+        connect("nobody-listed", "x")
+    assert "password authentication failed" in str(e.value)
+    with pytest.raises(psycopg2.OperationalError) as e:
+        connect("other", "Other-Pw-33cc")
+    assert 'role "other" may not use the pgshadow console' in str(e.value)
+    # no secret of the file in what the agent says
+    _, result = finish(agent)
+    for secret in ("Adm-Pw-11aa", "View-Pw-22bb", "Other-Pw-33cc", verifier.split("$")[2]):
+        assert secret not in result.stderr
+    # without the file, 0.0.0.0 is refused at start; a bad file is named with its line
+    rc, _, err = h.run_agent_to_exit(
+        agent_bin, ["--port", src.port, "--interface", "lo", "--admin-socket-dir", "",
+                    "--metrics-listen", f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}",
+                    "--admin-listen", f"0.0.0.0:{port}"])
+    assert rc == 2 and "no admin_auth_file is set" in err, err
+    auth.write_text('"adm" "md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"\n')
+    rc, _, err = h.run_agent_to_exit(
+        agent_bin, ["--port", src.port, "--interface", "lo", "--admin-socket-dir", "",
+                    "--metrics-listen", f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}",
+                    "--admin-listen", f"127.0.0.1:{port}", "--admin-auth-file", str(auth)])
+    assert rc == 2 and f"admin_auth_file {auth}, line 1: an md5 hash" in err, err

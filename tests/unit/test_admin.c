@@ -1216,6 +1216,134 @@ static void test_shell_unix_socket(void **state)
 	rmdir(base);
 }
 
+/* SCRAM-SHA-256 on the console (RFC 7677's exchange: user "user", password "pencil"). */
+static const char rfc_first[] = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+static const char rfc_final[] = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+				"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+
+static void b_sasl_initial(struct bytes *b, const char *data)
+{
+	size_t at = b_begin(b, 'p');
+
+	b_str(b, "SCRAM-SHA-256");
+	b_u32(b, (uint32_t)strlen(data));
+	b_raw(b, data, strlen(data));
+	b_end(b, at);
+}
+
+static void b_sasl(struct bytes *b, const char *data)
+{
+	size_t at = b_begin(b, 'p');
+
+	b_raw(b, data, strlen(data));
+	b_end(b, at);
+}
+
+static bool has(const struct run *r, const char *s)
+{
+	return memmem(r->out.data, r->out.len, s, strlen(s)) != NULL;
+}
+
+/* One exchange as user (admin_roles: "user" when admin): what the console answered. */
+static void scram_run(struct run *r, struct scram_users *users, struct admin_auth *auth,
+		      const char *user, const char *final)
+{
+	static const uint8_t salt[16] = {0x5b, 0x6d, 0x99, 0x68, 0x9d, 0x12, 0x35, 0x8e,
+					 0xec, 0xa0, 0x4b, 0x14, 0x12, 0x36, 0xfa, 0x81};
+	struct bytes in = {.n = 0};
+
+	users->n = users->cap = 1;
+	users->user = calloc(1, sizeof(*users->user));
+	assert_non_null(users->user);
+	snprintf(users->user[0].name, sizeof(users->user[0].name), "user");
+	assert_true(scram_make_verifier("pencil", salt, sizeof(salt), 4096, &users->user[0].v));
+	auth->users = users;
+	run_start(r, &provider);
+	admin_conn_require_auth(r->c, auth, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
+	b_startup(&in, 0x30000, user, "pgshadow");
+	run_feed(r, &in);
+	assert_true(has(r, "SCRAM-SHA-256"));
+	assert_false(admin_conn_started(r->c));
+	in.n = 0;
+	b_sasl_initial(&in, rfc_first);
+	run_feed(r, &in);
+	assert_true(has(r, "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+			   "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"));
+	r->out.len = 0;
+	in.n = 0;
+	b_sasl(&in, final);
+	run_feed(r, &in);
+}
+
+static void test_scram_console(void **state)
+{
+	static const char *const roles[] = {"user"};
+	struct scram_users users;
+	struct admin_auth auth = {.admin_roles = roles, .n_admin_roles = 1};
+	struct bytes in = {.n = 0};
+	char bad[sizeof(rfc_final)];
+	struct run r;
+
+	(void)state;
+	/* right proof, an admin role: the server's signature, then the console, RESET allowed */
+	scram_run(&r, &users, &auth, "user", rfc_final);
+	assert_true(has(&r, "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="));
+	assert_true(admin_conn_started(r.c));
+	b_query(&in, "RESET MIRROR STATS");
+	run_feed(&r, &in);
+	assert_int_equal(fk.resets, 1);
+	run_end(&r);
+	scram_users_free(&users);
+
+	/* a stats role: SHOW only */
+	auth.admin_roles = NULL;
+	auth.n_admin_roles = 0;
+	auth.stats_roles = roles;
+	auth.n_stats_roles = 1;
+	scram_run(&r, &users, &auth, "user", rfc_final);
+	assert_true(admin_conn_started(r.c));
+	in.n = 0;
+	b_query(&in, "RESET MIRROR STATS");
+	run_feed(&r, &in);
+	assert_true(has(&r, "42501"));
+	assert_int_equal(fk.resets, 1);
+	run_end(&r);
+	scram_users_free(&users);
+
+	/* authenticated, but no role named: refused */
+	auth.n_stats_roles = 0;
+	scram_run(&r, &users, &auth, "user", rfc_final);
+	assert_true(has(&r, "28000"));
+	assert_false(r.open && admin_conn_started(r.c));
+	run_end(&r);
+	scram_users_free(&users);
+
+	/* a wrong proof */
+	auth.n_stats_roles = 1;
+	memcpy(bad, rfc_final, sizeof(bad));
+	bad[sizeof(bad) - 6] ^= 1;
+	scram_run(&r, &users, &auth, "user", bad);
+	assert_true(has(&r, "28P01"));
+	assert_true(has(&r, "password authentication failed for user \"user\""));
+	assert_false(admin_conn_started(r.c));
+	run_end(&r);
+	scram_users_free(&users);
+
+	/* a query before authenticating */
+	users.n = users.cap = 0;
+	users.user = NULL;
+	auth.users = &users;
+	run_start(&r, &provider);
+	admin_conn_require_auth(r.c, &auth, "n");
+	in.n = 0;
+	b_startup(&in, 0x30000, "user", "pgshadow");
+	b_query(&in, "SHOW HELP");
+	run_feed(&r, &in);
+	assert_true(has(&r, "expected a SASL response"));
+	assert_false(admin_conn_started(r.c));
+	run_end(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1233,6 +1361,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_unknown_command_then_usable, setup),
 	    cmocka_unit_test_setup(test_show_mirror_queries_argument, setup),
 	    cmocka_unit_test_setup(test_show_mirror_readiness_of_a_database, setup),
+	    cmocka_unit_test_setup(test_scram_console, setup),
 	    cmocka_unit_test_setup(test_empty_query, setup),
 	    cmocka_unit_test_setup(test_terminate, setup),
 	    cmocka_unit_test_setup(test_extended_protocol_refused, setup),
