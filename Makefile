@@ -1,6 +1,6 @@
 # pgshadow — see README.md. Targets: all (default), deps, test, unit, fuzz-regress,
 # integration, bench, fuzz, demo, install, config-example, format, format-check, clean.
-# SAN=1 (with any target): the sanitizer build in build-san/.
+# SAN=1 (with any target): the sanitizer build in build-san/; `make test` runs both.
 
 # SAN=1: everything built into build-san/ with AddressSanitizer, UndefinedBehaviorSanitizer
 # and LeakSanitizer, and the integration tests run that agent (PGSHADOW_BIN).
@@ -204,7 +204,13 @@ unit: $(UNIT_TESTS)
 integration: $(BUILD)/pgshadow
 	$(PYTHON) -m pytest -v -rs tests/integration
 
+# `make test`: the whole suite, then again under the sanitizers (ASan, UBSan, LSan: the
+# unit and integration tests against build-san/pgshadow). `make test SAN=1`: only the
+# sanitizer pass.
 test: deps all unit fuzz-regress integration
+ifneq ($(SAN),1)
+	$(MAKE) SAN=1 all unit integration
+endif
 
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
