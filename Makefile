@@ -14,6 +14,12 @@ export ASAN_OPTIONS := abort_on_error=1:detect_leaks=1
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 endif
+# COV=1: everything built into build-cov/ with gcov instrumentation (make coverage).
+ifeq ($(COV),1)
+BUILD     := build-cov
+CFLAGS    := -O0 -g --coverage -Wno-format-truncation
+export PGSHADOW_BIN := $(CURDIR)/build-cov/pgshadow
+endif
 BUILD     ?= build
 CC        ?= gcc
 CLANG     ?= clang
@@ -34,7 +40,7 @@ DEB_PACKAGES := make gcc clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev pkg
                 libmicrohttpd-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libpq-dev \
                 libcmocka-dev python3-pytest python3-psycopg2 iproute2 nftables procps \
                 postgresql postgresql-contrib prometheus openssl curl
-DEB_PACKAGES += libinih-dev libcjson-dev libcrypt-dev systemd util-linux libssl-dev
+DEB_PACKAGES += libinih-dev libcjson-dev libcrypt-dev systemd util-linux libssl-dev gcovr
 # the landing page is checked in a real headless browser (test_landing_page.py)
 DEB_PACKAGES += chromium
 # the client matrix (tests/integration/test_clients.py): drivers and their runtimes.
@@ -67,7 +73,7 @@ UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statef
               $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
               $(BUILD)/test_scram
 
-.PHONY: all deps test unit integration bench demo format format-check clean install
+.PHONY: all deps test unit integration bench demo format format-check clean install coverage
 
 all: $(BUILD)/pgshadow
 
@@ -211,6 +217,19 @@ test: deps all unit fuzz-regress integration
 ifneq ($(SAN),1)
 	$(MAKE) SAN=1 all unit integration
 endif
+
+# `make coverage`: line and branch coverage of user/ from the unit and integration tests
+# (gcov instrumentation in build-cov/, every agent the tests start writes its counts at
+# exit), reported by gcovr into build-cov/coverage.txt and on stdout.
+coverage:
+	rm -f build-cov/*.gcda
+	$(MAKE) COV=1 all unit
+	-$(MAKE) COV=1 integration
+	gcovr --root . --object-directory build-cov --filter 'user/' --txt \
+		--txt-metric branch --print-summary -o build-cov/coverage-branches.txt
+	gcovr --root . --object-directory build-cov --filter 'user/' --txt --print-summary \
+		-o build-cov/coverage.txt
+	@cat build-cov/coverage.txt
 
 bench: $(BUILD)/pgshadow
 	$(PYTHON) tests/bench/capture.py
