@@ -42,6 +42,11 @@ const volatile __u64 wakeup_bytes = 1 << 20;
  * common case pays no hash lookup. */
 __u32 exclude_active = 0;
 
+/* Written by the agent: non-zero while its reader sleeps without a timeout to poll on
+ * (nothing came for a while): the next record wakes it at once, so an idle agent does
+ * not poll and the first packet after a quiet spell is not left waiting. */
+__u32 reader_idle = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 << 20); /* resized by the loader */
@@ -240,6 +245,22 @@ static __always_inline __u64 wakeup_flag(void)
 }
 
 /*
+ * The packet's records are committed: if the reader sleeps idle, wake it (a discarded
+ * empty record carries the wakeup; the reader skips it). Read after the commits, so that
+ * with the reader's "set the flag, then look at the ring" one of the two sees the other.
+ */
+static __always_inline void wake_idle_reader(void)
+{
+	void *r;
+
+	if (!*(volatile __u32 *)&reader_idle)
+		return;
+	r = bpf_ringbuf_reserve(&events, 8, 0);
+	if (r)
+		bpf_ringbuf_discard(r, BPF_RB_FORCE_WAKEUP);
+}
+
+/*
  * Copies [off, off+len) of the payload into one record. Returns 0 or -1 on loss.
  * A full chunk is loaded straight into a reserved record (one copy; its size is the
  * constant bpf_ringbuf_reserve needs); a shorter one is staged in the per-CPU scratch
@@ -339,6 +360,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 
 	if (p.payload_len == 0) {
 		emit(skb, s, &p, cnt, wake, 0, 0);
+		wake_idle_reader();
 		return TCX_NEXT;
 	}
 	copy_len = p.payload_len;
@@ -360,6 +382,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	 * an empty record at the end of the payload carries it. */
 	if (copy_len < p.payload_len && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
 		emit(skb, s, &p, cnt, wake, p.payload_len, 0);
+	wake_idle_reader();
 	return TCX_NEXT;
 }
 

@@ -43,6 +43,14 @@ struct capture *capture_open(const struct capture_config *cfg, capture_record_fn
  * delivered, or a negative errno (-EINTR when a signal arrived). */
 int capture_poll(struct capture *c, int timeout_ms);
 
+/*
+ * Sleeps up to timeout_ms with the BPF program told to wake the reader on the next record
+ * (it otherwise submits without a wakeup and relies on capture_poll's short timeout):
+ * for when nothing has come for a while. Records that came before the program saw the
+ * flag are delivered first, without sleeping. Same return as capture_poll.
+ */
+int capture_poll_idle(struct capture *c, int timeout_ms);
+
 /* Detaches from every interface (no new records after it returns), then delivers every
  * record still in the ring buffer. Returns records delivered or a negative errno. */
 int capture_detach_and_drain(struct capture *c);

@@ -415,6 +415,24 @@ int capture_poll(struct capture *c, int timeout_ms)
 	return n;
 }
 
+int capture_poll_idle(struct capture *c, int timeout_ms)
+{
+	volatile __u32 *idle = &c->skel->bss->reader_idle;
+	int n;
+
+	*idle = 1;
+	/* the program stores a record, then reads the flag; we store the flag, then read the
+	 * ring: with a full barrier on each side one of us sees the other's store */
+	atomic_thread_fence(memory_order_seq_cst);
+	n = ring_buffer__consume(c->rb);
+	if (n == 0)
+		n = ring_buffer__poll(c->rb, timeout_ms);
+	*idle = 0;
+	if (n == 0)
+		n = ring_buffer__consume(c->rb);
+	return n;
+}
+
 int capture_detach_and_drain(struct capture *c)
 {
 	if (!c->detached)

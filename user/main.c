@@ -66,6 +66,8 @@
  * replay_wake batched the replay thread's wakeups). */
 #define POLL_TIMEOUT_MS	      2
 #define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
+#define IDLE_AFTER_NS	      200000000ULL  /* no record for this long: the reader sleeps */
+#define IDLE_POLL_MS	      1000	    /* ... woken by the next record, or by the timers */
 #define READINESS_INTERVAL_NS 1000000000ULL /* readiness gauges and alerts every second */
 #define STATE_SAVE_NS	      5000000000ULL /* state_file written at most this often */
 
@@ -1380,7 +1382,7 @@ static void publish_aux(struct agent *a, struct resolver *r)
 static int run(struct agent *a, struct capture *c, struct pipeline *p, struct resolver *r)
 {
 	uint64_t k[CAPTURE_COUNTERS] = {};
-	uint64_t last_tick = 0, now, clock;
+	uint64_t last_tick = 0, now, clock, last_record = monotonic_ns();
 	const char *limit, *meaning;
 	int n;
 
@@ -1389,7 +1391,15 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			reload_requested = 0;
 			reload(a);
 		}
-		n = capture_poll(c, POLL_TIMEOUT_MS);
+		clock = monotonic_ns();
+		/* busy: poll every POLL_TIMEOUT_MS (records come without wakeups); quiet for
+		 * IDLE_AFTER_NS: sleep until the next record wakes us, or a second passes */
+		if (clock - last_record > IDLE_AFTER_NS)
+			n = capture_poll_idle(c, IDLE_POLL_MS);
+		else
+			n = capture_poll(c, POLL_TIMEOUT_MS);
+		if (n > 0)
+			last_record = monotonic_ns();
 		if (n == -EINTR)
 			continue;
 		if (n < 0) {

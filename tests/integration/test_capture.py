@@ -345,3 +345,47 @@ def test_cap_hit_said_once(start_agent, rng):
     assert m and int(m.group(1)) >= 4, text
     assert len(lines) == 1 and "max_flows" in lines[0] and lines[0].startswith(
         "pgshadow: WARN: limit flows reached:"), agent.stderr()
+
+
+def test_idle_agent_sleeps_and_wakes_on_the_first_packet(start_agent, rng):
+    """No traffic: the agent's reader sleeps instead of polling every 2 ms (CPU over 5 s
+    idle, read from /proc/PID/stat, at most 2 ticks of 10 ms: it was 6); after a quiet
+    spell the first packet wakes it at once (the BPF program forces a wakeup while the
+    reader sleeps idle): three times, a byte sent after 1.5 s of silence shows in
+    mirror_capture_bytes_total within 200 ms, where the idle sleep lasts 1 s."""
+    import socket
+    port = h.free_port(rng=rng)
+    addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',), rng=rng)}"
+    agent = start_agent(port, ["lo"], dump=False, extra=["--metrics-listen", addr])
+
+    def ticks():
+        with open(f"/proc/{agent.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def captured():
+        m = re.search(r"^mirror_capture_bytes_total (\d+)", pgh.scrape(addr)[0], re.M)
+        return int(m.group(1))
+
+    time.sleep(1)
+    before = ticks()
+    time.sleep(5)
+    idle_ticks = ticks() - before
+    assert idle_ticks <= 2, f"{idle_ticks} CPU ticks in 5 s of silence"
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", port))
+        srv.listen(4)
+        client = socket.create_connection(("127.0.0.1", port))
+        peer = srv.accept()[0]
+        delays = []
+        for _ in range(3):
+            seen = captured()
+            time.sleep(1.5)
+            sent = time.monotonic()
+            client.sendall(b"x")
+            while captured() == seen and time.monotonic() - sent < 3:
+                time.sleep(0.005)
+            delays.append(time.monotonic() - sent)
+        client.close()
+        peer.close()
+    assert max(delays) < 0.2, f"first byte after silence seen after {delays} s"
