@@ -79,7 +79,7 @@ SESSIONS_COLUMNS = ["client", "database", "user", "state", "queue_length", "mirr
                     "error_count", "dropped_count"]
 COMMANDS = ["SHOW MIRROR READINESS", "SHOW MIRROR STATS", "SHOW MIRRORS",
             "SHOW MIRROR DATABASES", "SHOW MIRROR SESSIONS", "SHOW MIRROR POOLS",
-            "RESET MIRROR STATS", "SHOW VERSION", "SHOW HELP"]
+            "SHOW MIRROR QUERIES", "RESET MIRROR STATS", "SHOW VERSION", "SHOW HELP"]
 
 
 # --------------------------------------------------------------------------- helpers
