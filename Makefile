@@ -10,7 +10,7 @@ CFLAGS    := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined
              -fno-omit-frame-pointer -Wno-format-truncation
 LDFLAGS   += -fsanitize=address,undefined
 export PGSHADOW_BIN := $(CURDIR)/build-san/pgshadow
-export ASAN_OPTIONS := abort_on_error=1:detect_leaks=1
+export ASAN_OPTIONS := abort_on_error=1:detect_leaks=1:quarantine_size_mb=16
 export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS := suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 endif
