@@ -1164,6 +1164,7 @@ struct admin {
 
 void admin_config_default(struct admin_config *cfg)
 {
+	memset(cfg, 0, sizeof(*cfg)); /* no uid lists, no authentication */
 	cfg->unix_dir = "/run/pgshadow";
 	cfg->port = 6433;
 	cfg->listen = NULL;
