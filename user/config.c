@@ -256,10 +256,12 @@ const struct config_key config_keys[] = {
     {"admin_users", CONFIG_STRING, OFF(admin_users), 0, 0, 0, NULL, NULL, false, "USERS",
      "OS users (comma-separated) who may use the console's Unix socket fully, besides root "
      "and the agent's own user (SO_PEERCRED); setting it or stats_users opens the socket "
-     "file to everyone (0666): the peer's uid decides."},
+     "file to everyone (0666): the peer's uid decides. With admin_auth_file, also the "
+     "roles with the full TCP console."},
     {"stats_users", CONFIG_STRING, OFF(stats_users), 0, 0, 0, NULL, NULL, false, "USERS",
      "OS users (comma-separated) who may use the console's Unix socket to read only "
-     "(SHOW; RESET gets 42501)."},
+     "(SHOW; RESET gets 42501). With admin_auth_file, also the roles with a read-only TCP "
+     "console."},
     {"admin_auth_file", CONFIG_STRING, OFF(admin_auth_file), 0, 0, 0, NULL, NULL, false, "FILE",
      "Users of the console's TCP listener, PgBouncer's userlist.txt format (\"name\" "
      "\"secret\" per line; a secret is a SCRAM-SHA-256 verifier as pg_authid keeps it, or a "
