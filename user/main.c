@@ -283,8 +283,14 @@ static void readiness_statements(struct agent *a, const struct config_live *live
 	in->regressed_statements = (int64_t)replay_query_regressed_total(r, &th, database);
 }
 
-/* The verdict now, from the readiness window and the current criteria. Any thread. */
-static int evaluate(struct agent *a, uint64_t now, const char *database, struct readiness_report *r)
+/*
+ * The verdict now (of one database, or of all when database is NULL). tick: for the
+ * gauges, on the capture thread — the per-statement scan (thousands of entries) is left
+ * out unless the statements criterion judges (it is shown only in the report). Any
+ * thread. -ENOENT: no such database.
+ */
+static int evaluate_as(struct agent *a, uint64_t now, const char *database, bool tick,
+		       struct readiness_report *r)
 {
 	struct readiness_criteria c;
 	struct readiness_input in;
@@ -296,11 +302,19 @@ static int evaluate(struct agent *a, uint64_t now, const char *database, struct 
 		stats_readiness_input(a->st, now, &in);
 	else if (stats_readiness_input_db(a->st, database, now, &in))
 		return -ENOENT;
-	readiness_statements(a, &live, database, &in);
+	if (!tick || c.max_regressed_statements >= 0)
+		readiness_statements(a, &live, database, &in);
+	else
+		in.regressed_statements = -1; /* not judged: not needed for the gauges */
 	readiness_evaluate(&in, &c, r);
 	if (database)
 		snprintf(r->database, sizeof(r->database), "%s", database);
 	return 0;
+}
+
+static int evaluate(struct agent *a, uint64_t now, const char *database, struct readiness_report *r)
+{
+	return evaluate_as(a, now, database, false, r);
 }
 
 /*
@@ -317,7 +331,7 @@ static void readiness_tick(struct agent *a, uint64_t now)
 	struct config_live live;
 	int n, i;
 
-	evaluate(a, now, NULL, &r);
+	evaluate_as(a, now, NULL, true, &r);
 	stats_set_readiness(a->st, r.ready, r.score);
 	config_shared_get(a->shared, &live);
 	acfg.error_threshold = live.mirror_error_threshold;
