@@ -18,6 +18,7 @@ struct landing {
 	const char *captured; /* "port 5432 on lo,eth0 (tcx)" */
 	const char *mirror;   /* "host=… port=…" with the password blanked, or NULL */
 	bool has_readiness;   /* --mirror: the fields below are set */
+	bool has_queries;     /* /queries answers (--mirror, max_query_stats > 0) */
 	bool ready;
 	double score; /* 0-100 */
 	const char *recommendation;

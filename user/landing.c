@@ -72,6 +72,9 @@ bool landing_render(const struct landing *l, struct buf *b)
 		buf_printf(b, "<li><a href=\"/readiness\">/readiness</a>: the readiness report"
 			      "</li>\n<li><a href=\"/readiness?format=json\">/readiness?format=json"
 			      "</a>: the same, as JSON</li>\n");
+	if (l->has_queries)
+		buf_printf(b, "<li><a href=\"/queries\">/queries</a>: which statements get "
+			      "slower, fail or answer differently on the mirror (JSON)</li>\n");
 	buf_printf(b, "<li><a href=\"/healthz\">/healthz</a>: liveness</li>\n</ul>\n"
 		      "</body>\n</html>\n");
 	return !b->overflow;

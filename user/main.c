@@ -548,6 +548,7 @@ static int http_landing(void *ctx, struct buf *out)
 	if (a->cfg.mirror_of) {
 		evaluate(a, monotonic_ns(), NULL, &r);
 		l.has_readiness = true;
+		l.has_queries = a->cfg.max_query_stats > 0;
 		l.ready = r.ready;
 		l.score = r.score;
 		l.recommendation = r.recommendation;

@@ -4,7 +4,7 @@ An agent with --mirror capturing a real source: chromium loads http://<metrics>/
 DOM (--dump-dom, after scripts and rendering) shows the version, the captured port and
 interface, the mirror's server version and address, the requests seen (25 queries
 sent), the readiness status and score — the same as /readiness?format=json says — and
-links to /metrics, /readiness and /readiness?format=json, each of which answers 200. A
+links to /metrics, /readiness, /readiness?format=json and /queries, each of which answers 200. A
 screenshot is written (PGSHADOW_SCREENSHOT, default in the test's tmp directory) for the
 record. An agent without --mirror shows no readiness.
 """
@@ -102,7 +102,8 @@ def test_landing_page_in_a_browser(pair, mirror_agent, tmp_path):  # noqa: F811
     assert f"Status: {status}" in text, text
     m = re.search(r"Confidence score: ([\d.]+) / 100", text)
     assert m and abs(float(m.group(1)) - report["confidence_score"]) < 0.051, (text, report["confidence_score"])
-    assert page.links == ["/metrics", "/readiness", "/readiness?format=json", "/healthz"], \
+    assert page.links == ["/metrics", "/readiness", "/readiness?format=json", "/queries",
+                          "/healthz"], \
         page.links
     for href in page.links:
         assert get(agent.metrics_addr, href)[0] == 200, href

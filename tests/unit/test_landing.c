@@ -24,6 +24,7 @@ static void test_with_mirror(void **state)
 			    .captured = "port 5432 on lo (tcx)",
 			    .mirror = "PostgreSQL 15.4 at 10.0.0.2:5432",
 			    .has_readiness = true,
+			    .has_queries = true,
 			    .ready = true,
 			    .score = 92.46,
 			    .recommendation = "Highly Confident",
@@ -42,6 +43,7 @@ static void test_with_mirror(void **state)
 	assert_non_null(strstr(p, "<a href=\"/metrics\">"));
 	assert_non_null(strstr(p, "<a href=\"/readiness\">"));
 	assert_non_null(strstr(p, "<a href=\"/readiness?format=json\">"));
+	assert_non_null(strstr(p, "<a href=\"/queries\">"));
 	assert_non_null(strstr(p, "</html>\n"));
 	buf_free(&b);
 }
