@@ -225,8 +225,6 @@ coverage:
 	rm -f build-cov/*.gcda
 	$(MAKE) COV=1 all unit
 	-$(MAKE) COV=1 integration
-	gcovr --root . --object-directory build-cov --filter 'user/' --txt \
-		--txt-metric branch --print-summary -o build-cov/coverage-branches.txt
 	gcovr --root . --object-directory build-cov --filter 'user/' --txt --print-summary \
 		-o build-cov/coverage.txt
 	@cat build-cov/coverage.txt
