@@ -71,7 +71,7 @@ AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
               $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
-              $(BUILD)/test_scram
+              $(BUILD)/test_scram $(BUILD)/test_dump
 
 .PHONY: all deps test unit integration bench demo format format-check clean install coverage
 
@@ -157,6 +157,9 @@ $(BUILD)/test_authblank: tests/unit/test_authblank.c $(BUILD)/authblank.o
 $(BUILD)/test_querystats: tests/unit/test_querystats.c $(BUILD)/querystats.o \
 		$(BUILD)/fingerprint.o $(BUILD)/buf.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lpg_query -lcjson -lxxhash -lm -o $@
+
+$(BUILD)/test_dump: tests/unit/test_dump.c $(BUILD)/dump.o
+	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
 $(BUILD)/test_scram: tests/unit/test_scram.c $(BUILD)/scram.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lcrypto -o $@
