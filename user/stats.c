@@ -595,46 +595,48 @@ static uint64_t load(const _Atomic uint64_t *a)
 	return atomic_load_explicit(a, RELAXED);
 }
 
-/* Caller holds win_lock. */
-static void readiness_restart(struct mirror *m, uint64_t now_ns)
-{
-	struct readiness_window *rd = &m->rd;
+/* The monotonic counters a readiness window counts from: the agent's, or a database's. */
+struct window_counters {
+	uint64_t total, not_sampled, compared, mismatched;
+};
 
-	memset(rd, 0, sizeof(*rd));
-	rd->start_ns = now_ns;
-	rd->base_total = load(&m->total);
-	rd->base_not_sampled = load(&m->not_sampled);
-	rd->base_compared = load(&m->compared);
-	rd->base_mismatched = load(&m->mismatched);
+static struct window_counters agent_counters(struct mirror *m)
+{
+	return (struct window_counters){load(&m->total), load(&m->not_sampled), load(&m->compared),
+					load(&m->mismatched)};
 }
 
-/* Caller holds win_lock. */
-static void db_readiness_restart(struct stats_db *db, uint64_t now_ns)
+static struct window_counters db_counters(struct stats_db *db)
 {
-	struct readiness_window *rd = db->rd;
-
-	memset(rd, 0, sizeof(*rd));
-	rd->start_ns = now_ns;
-	rd->base_total = load(&db->mirror_requests);
-	rd->base_not_sampled = load(&db->mirror_not_sampled);
-	rd->base_compared = load(&db->mirror_compared);
-	rd->base_mismatched = load(&db->mirror_mismatched);
+	return (struct window_counters){load(&db->mirror_requests), load(&db->mirror_not_sampled),
+					load(&db->mirror_compared), load(&db->mirror_mismatched)};
 }
 
-/* Every database's window restarts with the global one (caller holds win_lock). */
+/* A window starts now from counters c (caller holds win_lock). */
+static void window_restart(struct readiness_window *rd, uint64_t now_ns, struct window_counters c)
+{
+	memset(rd, 0, sizeof(*rd));
+	rd->start_ns = now_ns;
+	rd->base_total = c.total;
+	rd->base_not_sampled = c.not_sampled;
+	rd->base_compared = c.compared;
+	rd->base_mismatched = c.mismatched;
+}
+
+/* Every database's window restarts with the agent's (caller holds win_lock). */
 static void dbs_readiness_restart(struct stats *st, uint64_t now_ns)
 {
 	uint32_t i, n = atomic_load(&st->n_dbs);
 
 	for (i = 0; i < n; i++)
-		db_readiness_restart(st->dbs[i], now_ns);
-	db_readiness_restart(st->other, now_ns);
+		window_restart(st->dbs[i]->rd, now_ns, db_counters(st->dbs[i]));
+	window_restart(st->other->rd, now_ns, db_counters(st->other));
 }
 
 void stats_readiness_reset(struct stats *st, uint64_t now_ns)
 {
 	pthread_mutex_lock(&st->mirror.win_lock);
-	readiness_restart(&st->mirror, now_ns);
+	window_restart(&st->mirror.rd, now_ns, agent_counters(&st->mirror));
 	dbs_readiness_restart(st, now_ns);
 	pthread_mutex_unlock(&st->mirror.win_lock);
 }
@@ -645,42 +647,49 @@ static uint64_t since(uint64_t a, uint64_t b)
 	return a > b ? a - b : 0;
 }
 
+/* The input of a window rd (a copy) over counters c now; runtime from the agent's
+ * window (a database's runs with it). */
+static void window_input(struct stats *st, const struct readiness_window *rd,
+			 const struct readiness_window *agent, struct window_counters c,
+			 uint64_t now_ns, struct readiness_input *in)
+{
+	uint64_t not_sampled = since(c.not_sampled, rd->base_not_sampled) + rd->carry_not_sampled;
+
+	memset(in, 0, sizeof(*in));
+	in->total = since(c.total, rd->base_total) + rd->carry_total;
+	in->selected = since(in->total, not_sampled);
+	in->mirrored = rd->mirrored;
+	in->errors_connection = rd->errors[STATS_ERR_CONNECTION];
+	in->errors_query = rd->errors[STATS_ERR_QUERY];
+	in->errors_timeout = rd->errors[STATS_ERR_TIMEOUT];
+	in->dropped = rd->errors[STATS_ERR_BUFFER_FULL];
+	in->compared = since(c.compared, rd->base_compared) + rd->carry_compared;
+	in->mismatched = since(c.mismatched, rd->base_mismatched) + rd->carry_mismatched;
+	in->consecutive_successes = rd->streak;
+	in->runtime_seconds = (since(now_ns, agent->start_ns) + agent->carry_runtime_ns) / 1e9;
+	in->uptime_seconds = since(now_ns, st->mirror.start_ns) / 1e9;
+	in->mirror_avg_ms = rd->mirrored ? rd->mirror_sum_ns / 1e6 / rd->mirrored : NAN;
+	in->source_avg_ms = rd->mirrored ? rd->source_sum_ns / 1e6 / rd->mirrored : NAN;
+	in->mirror_p99_ms = stats_quantile_ms(rd->mirror_hist, 0.99, rd->mirror_max_ns);
+	in->source_p99_ms = stats_quantile_ms(rd->source_hist, 0.99, rd->source_max_ns);
+}
+
 void stats_readiness_input(struct stats *st, uint64_t now_ns, struct readiness_input *in)
 {
-	struct mirror *m = &st->mirror;
 	struct readiness_window rd;
-	uint64_t not_sampled;
 
-	pthread_mutex_lock(&m->win_lock);
-	rd = m->rd;
-	pthread_mutex_unlock(&m->win_lock);
-	memset(in, 0, sizeof(*in));
-	not_sampled = since(load(&m->not_sampled), rd.base_not_sampled) + rd.carry_not_sampled;
-	in->total = since(load(&m->total), rd.base_total) + rd.carry_total;
-	in->selected = since(in->total, not_sampled);
-	in->mirrored = rd.mirrored;
-	in->errors_connection = rd.errors[STATS_ERR_CONNECTION];
-	in->errors_query = rd.errors[STATS_ERR_QUERY];
-	in->errors_timeout = rd.errors[STATS_ERR_TIMEOUT];
-	in->dropped = rd.errors[STATS_ERR_BUFFER_FULL];
-	in->compared = since(load(&m->compared), rd.base_compared) + rd.carry_compared;
-	in->mismatched = since(load(&m->mismatched), rd.base_mismatched) + rd.carry_mismatched;
-	in->consecutive_successes = rd.streak;
-	in->runtime_seconds = (since(now_ns, rd.start_ns) + rd.carry_runtime_ns) / 1e9;
-	in->uptime_seconds = since(now_ns, m->start_ns) / 1e9;
-	in->mirror_avg_ms = rd.mirrored ? rd.mirror_sum_ns / 1e6 / rd.mirrored : NAN;
-	in->source_avg_ms = rd.mirrored ? rd.source_sum_ns / 1e6 / rd.mirrored : NAN;
-	in->mirror_p99_ms = stats_quantile_ms(rd.mirror_hist, 0.99, rd.mirror_max_ns);
-	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
+	pthread_mutex_lock(&st->mirror.win_lock);
+	rd = st->mirror.rd;
+	pthread_mutex_unlock(&st->mirror.win_lock);
+	window_input(st, &rd, &rd, agent_counters(&st->mirror), now_ns, in);
 }
 
 int stats_readiness_input_db(struct stats *st, const char *database, uint64_t now_ns,
 			     struct readiness_input *in)
 {
-	struct readiness_window rd, global;
+	struct readiness_window rd, agent;
 	struct stats_db *db = NULL;
 	uint32_t i, n = atomic_load(&st->n_dbs);
-	uint64_t not_sampled;
 
 	for (i = 0; i < n && !db; i++)
 		if (!strcmp(st->dbs[i]->name, database))
@@ -691,26 +700,9 @@ int stats_readiness_input_db(struct stats *st, const char *database, uint64_t no
 		return -ENOENT;
 	pthread_mutex_lock(&st->mirror.win_lock);
 	rd = *db->rd;
-	global = st->mirror.rd;
+	agent = st->mirror.rd;
 	pthread_mutex_unlock(&st->mirror.win_lock);
-	memset(in, 0, sizeof(*in));
-	not_sampled = since(load(&db->mirror_not_sampled), rd.base_not_sampled);
-	in->total = since(load(&db->mirror_requests), rd.base_total);
-	in->selected = since(in->total, not_sampled);
-	in->mirrored = rd.mirrored;
-	in->errors_connection = rd.errors[STATS_ERR_CONNECTION];
-	in->errors_query = rd.errors[STATS_ERR_QUERY];
-	in->errors_timeout = rd.errors[STATS_ERR_TIMEOUT];
-	in->dropped = rd.errors[STATS_ERR_BUFFER_FULL];
-	in->compared = since(load(&db->mirror_compared), rd.base_compared);
-	in->mismatched = since(load(&db->mirror_mismatched), rd.base_mismatched);
-	in->consecutive_successes = rd.streak;
-	in->runtime_seconds = (since(now_ns, global.start_ns) + global.carry_runtime_ns) / 1e9;
-	in->uptime_seconds = since(now_ns, st->mirror.start_ns) / 1e9;
-	in->mirror_avg_ms = rd.mirrored ? rd.mirror_sum_ns / 1e6 / rd.mirrored : NAN;
-	in->source_avg_ms = rd.mirrored ? rd.source_sum_ns / 1e6 / rd.mirrored : NAN;
-	in->mirror_p99_ms = stats_quantile_ms(rd.mirror_hist, 0.99, rd.mirror_max_ns);
-	in->source_p99_ms = stats_quantile_ms(rd.source_hist, 0.99, rd.source_max_ns);
+	window_input(st, &rd, &agent, db_counters(db), now_ns, in);
 	return 0;
 }
 
@@ -746,7 +738,7 @@ void stats_readiness_restore(struct stats *st, uint64_t now_ns,
 	struct readiness_window *rd = &m->rd;
 
 	pthread_mutex_lock(&m->win_lock);
-	readiness_restart(m, now_ns);
+	window_restart(&m->rd, now_ns, agent_counters(m));
 	dbs_readiness_restart(st, now_ns);
 	rd->carry_runtime_ns = s->runtime_ns;
 	rd->carry_total = s->total;

@@ -103,6 +103,8 @@ import psycopg2.errorcodes  # noqa: E402
 import pg_harness as pgh  # noqa: E402
 import pgshadow_harness as h  # noqa: E402
 import test_mirror as tm  # noqa: E402  (outcomes, invariant, settling)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale  # noqa: E402  (stop_agent)
 
 MINUTES = float(os.environ.get("PGSHADOW_BENCH_SOAK_MINUTES", 30))
 TPCB_RATE = int(os.environ.get("PGSHADOW_BENCH_SOAK_TPCB_RATE", 20))
@@ -186,16 +188,6 @@ def start_agent(src, mir):
     except BaseException:
         agent.kill()
         raise
-
-
-def stop_agent(agent, timeout=30):
-    """SIGINT: the AgentResult, its returncode a sentence when it did not exit."""
-    try:
-        return agent.stop(signal.SIGINT, timeout=timeout)
-    except AssertionError:
-        agent.kill()
-        return h.AgentResult(f"no exit {timeout} s after SIGINT (killed)", agent.stderr(),
-                             None)
 
 
 # --------------------------------------------------------------------------- the server's count
@@ -759,7 +751,7 @@ def main():
             except AssertionError as e:
                 problems.append(f"run stopped: {e}")
                 print(f"  run stopped: {e}", flush=True)
-            result = stop_agent(agent)
+            result = scale.stop_agent(agent, timeout=30)
         finally:
             if workers is not None:
                 workers.stop.set()
