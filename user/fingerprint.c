@@ -1164,6 +1164,8 @@ bool fingerprint_normalize(const char *text, char *out, size_t cap)
 		if (n > 0)
 			n--; /* its lead byte */
 	}
+	while (n > 0 && (out[n - 1] == ';' || out[n - 1] == ' ')) /* one statement: no end mark */
+		n--;
 	out[n] = '\0';
 	pg_query_free_normalize_result(res);
 	return n > 0;

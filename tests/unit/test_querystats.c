@@ -70,6 +70,8 @@ static void test_normalize(void **state)
 	/* cut at a character boundary: "é" is two bytes */
 	assert_true(fingerprint_normalize("select \"ééééé\"", out, 12));
 	assert_string_equal(out, "select \"é"); /* 10 bytes: the next é would need 12 */
+	assert_true(fingerprint_normalize("SELECT 1 ;  \n", out, sizeof(out)));
+	assert_string_equal(out, "SELECT $1");
 	assert_false(fingerprint_normalize("selec oops", out, sizeof(out)));
 }
 
