@@ -192,7 +192,7 @@ bool fingerprint_wire_depth(const uint8_t *buf, size_t len, unsigned int max_dep
 			    unsigned int *depth) __attribute__((warn_unused_result));
 
 /*
-  * text's form for display per statement: every constant replaced by $n (libpg_query's
+ * text's form for display per statement: every constant replaced by $n (libpg_query's
  * pg_query_normalize), comments and a trailing ';' dropped, runs of whitespace made one
  * space, cut to cap - 1
  * bytes at a character boundary. False when it does not parse or nothing is left. Only
