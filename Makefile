@@ -210,8 +210,12 @@ deps:
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-integration: $(BUILD)/pgshadow
-	$(PYTHON) -m pytest -v -rs tests/integration
+integration: $(BUILD)/pgshadow $(BUILD)/lossy.bpf.o
+	PGSHADOW_LOSSY_BPF=$(CURDIR)/$(BUILD)/lossy.bpf.o $(PYTHON) -m pytest -v -rs tests/integration
+
+# A test-only tc program that loses and duplicates segments on a test veth (no netem here).
+$(BUILD)/lossy.bpf.o: tests/integration/lossy.bpf.c vmlinux/vmlinux.h | $(BUILD)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 # `make test`: the whole suite, then again under the sanitizers (ASan, UBSan, LSan: the
 # unit and integration tests against build-san/pgshadow). `make test SAN=1`: only the
@@ -244,10 +248,10 @@ demo: deps all
 	$(PYTHON) tests/demo.py
 
 format:
-	clang-format -i user/*.c user/*.h include/*.h bpf/*.c tests/unit/*.[ch]
+	clang-format -i user/*.c user/*.h include/*.h bpf/*.c tests/integration/*.bpf.c tests/unit/*.[ch]
 
 format-check:
-	clang-format --dry-run --Werror user/*.c user/*.h include/*.h bpf/*.c tests/unit/*.[ch]
+	clang-format --dry-run --Werror user/*.c user/*.h include/*.h bpf/*.c tests/integration/*.bpf.c tests/unit/*.[ch]
 
 clean:
 	rm -rf $(BUILD)

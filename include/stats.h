@@ -150,6 +150,8 @@ struct stats_db {
 struct stats_capture {
 	_Atomic uint64_t packets, bytes, records, ringbuf_drops, truncated, copy_errors;
 	_Atomic uint64_t stream_gaps, gap_bytes, resyncs;
+	/* loss and reordering on the path (mirror_capture_irregular_segments_total{kind}) */
+	_Atomic uint64_t dup_segments, ooo_segments;
 	_Atomic uint64_t sessions_active; /* gauge */
 	_Atomic uint64_t flows_active;	  /* gauge */
 	_Atomic uint64_t encrypted_sessions, replication_sessions;

@@ -322,6 +322,8 @@ static void publish(struct pipeline *p, const uint64_t *k)
 	}
 	atomic_store_explicit(&c->stream_gaps, t->gaps, RELAXED);
 	atomic_store_explicit(&c->gap_bytes, t->gap_bytes, RELAXED);
+	atomic_store_explicit(&c->dup_segments, t->dup_segments, RELAXED);
+	atomic_store_explicit(&c->ooo_segments, t->ooo_segments, RELAXED);
 	atomic_store_explicit(&c->flows_active, t->flows_active, RELAXED);
 	atomic_store_explicit(&c->flows_refused, t->flows_refused, RELAXED);
 	atomic_store_explicit(&c->flow_buffer_full, t->buffer_cap_hits, RELAXED);

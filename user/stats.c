@@ -1104,6 +1104,14 @@ static bool render_capture(struct buf *b, struct stats *st)
 			 (unsigned long long)cap_field(c, CAP(protocol_errors)));
 	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"unmatched_response\"} %llu\n",
 			 (unsigned long long)cap_field(c, CAP(unmatched_responses)));
+	ok &= header(b, "mirror_capture_irregular_segments_total", "counter",
+		     "Segments showing loss or reordering on the path: duplicate (a "
+		     "retransmission carrying no new byte), out_of_order (arrived before an "
+		     "earlier byte and held until the hole filled).");
+	ok &= buf_printf(b, "mirror_capture_irregular_segments_total{kind=\"duplicate\"} %llu\n",
+			 (unsigned long long)cap_field(c, CAP(dup_segments)));
+	ok &= buf_printf(b, "mirror_capture_irregular_segments_total{kind=\"out_of_order\"} %llu\n",
+			 (unsigned long long)cap_field(c, CAP(ooo_segments)));
 	ok &= header(b, "mirror_capture_skipped_bytes_total", "counter",
 		     "Stream bytes the decoders skipped while hunting for a message boundary.");
 	ok &= buf_printf(b, "mirror_capture_skipped_bytes_total %llu\n",

@@ -166,11 +166,14 @@ class PgServer:
 
     ipv6: also listen on ::1. ssl: ssl=on with a self-signed certificate for CN=localhost
     (helper clients then use sslmode=disable so that only the sessions a test opens with
-    sslmode=require are encrypted). settings: more postgresql.conf lines {name: literal}.
+    sslmode=require are encrypted). settings: more postgresql.conf lines {name: literal}. netns, listen:
+    the postmaster runs in network namespace netns and listens on address listen only
+    (trusting clients from 192.0.2.0/24); the test's own helpers then connect over the
+    Unix socket, which a namespace does not hide.
     """
 
     def __init__(self, name="pg", ipv6=False, ssl=False, port=None, settings=None,
-                 parent_dir=None):
+                 parent_dir=None, netns=None, listen=None):
         self.name = name
         self.ipv6 = ipv6
         self.ssl = ssl
@@ -181,6 +184,8 @@ class PgServer:
         self.dir = None
         self.running = False
         self.host = "127.0.0.1"
+        self.netns = netns
+        self.listen = listen
 
     # ------------------------------------------------------------------ paths
 
@@ -202,6 +207,8 @@ class PgServer:
 
     @property
     def hosts(self):
+        if self.listen:
+            return (self.listen,)
         return ("127.0.0.1", "::1") if self.ipv6 else ("127.0.0.1",)
 
     # ------------------------------------------------------------------ lifecycle
@@ -252,10 +259,13 @@ class PgServer:
             "host  all         all  ::1/128       trust\n"
             "local replication all                trust\n"
             "host  replication all  127.0.0.1/32  trust\n"
-            "host  replication all  ::1/128       trust\n")
-        res = h.run(as_postgres([pg_tool("pg_ctl"), "start", "-w", "-t", str(timeout),
-                                 "-D", self.data_dir, "-l", self.dir / "pg_ctl.log"]),
-                    check=False, timeout=timeout + 30)
+            "host  replication all  ::1/128       trust\n"
+            + ("host  all         all  192.0.2.0/24  trust\n" if self.listen else ""))
+        if self.netns:
+            self.host = str(self.socket_dir)
+        start = as_postgres([pg_tool("pg_ctl"), "start", "-w", "-t", str(timeout), "-D",
+                             self.data_dir, "-l", self.dir / "pg_ctl.log"])
+        res = h.run(h.netns_prefix(self.netns) + start, check=False, timeout=timeout + 30)
         if res.returncode != 0:
             raise AssertionError(f"pg_ctl start failed (exit {res.returncode}) for "
                                  f"{self.name} on port {self.port}:\n{res.stderr}\n"
