@@ -71,7 +71,7 @@ AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
               $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
-              $(BUILD)/test_scram $(BUILD)/test_dump
+              $(BUILD)/test_scram $(BUILD)/test_dump $(BUILD)/test_http
 
 .PHONY: all deps test unit integration bench demo format format-check clean install coverage
 
@@ -110,6 +110,10 @@ $(BUILD)/test_pipeline: tests/unit/test_pipeline.c $(BUILD)/pipeline.o $(BUILD)/
 	$(CC) $(CFLAGS) $^ -lcmocka -lxxhash -lpthread -o $@
 
 $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(BUILD)/http.o \
+		$(BUILD)/webauth.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
+
+$(BUILD)/test_http: tests/unit/test_http.c $(BUILD)/http.o $(BUILD)/buf.o $(BUILD)/stats.o \
 		$(BUILD)/webauth.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
 
@@ -236,7 +240,12 @@ coverage:
 		-o build-cov/coverage.txt
 	@cat build-cov/coverage.txt
 
-bench: $(BUILD)/pgshadow
+# The kernel program's cost per packet beside an empty program (tests/bench/bpf_cost.c).
+$(BUILD)/bpf_cost: tests/bench/bpf_cost.c $(BUILD)/capture.skel.h
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+bench: $(BUILD)/pgshadow $(BUILD)/bpf_cost
+	$(BUILD)/bpf_cost run
 	$(PYTHON) tests/bench/capture.py
 	$(PYTHON) tests/bench/overhead.py
 	$(PYTHON) tests/bench/replay.py

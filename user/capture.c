@@ -299,7 +299,8 @@ static int on_record(void *ctx, void *data, size_t size)
 	struct capture *c = ctx;
 	const struct capture_event *ev = data;
 
-	if (size < sizeof(*ev) || size != sizeof(*ev) + ev->chunk_len ||
+	/* a record is reserved in a size class: the chunk may not fill it */
+	if (size < sizeof(*ev) || size < sizeof(*ev) + ev->chunk_len ||
 	    ev->chunk_len > CAPTURE_CHUNK_MAX) {
 		c->malformed++;
 		return 0;

@@ -635,11 +635,10 @@ static int parse_answer(const struct buf *in, unsigned int *status, struct buf *
 		}
 		blen = v;
 	}
-	if (!buf_append(body, hdr_end + 4, blen) || !buf_append(body, "", 1)) {
+	if (!buf_append(body, hdr_end + 4, blen)) { /* buf_append keeps a NUL after the data */
 		snprintf(err, errlen, "the HTTP answer is too large");
 		return -EPROTO;
 	}
-	body->len--; /* the NUL stays after the data */
 	*status = code;
 	return 0;
 }
