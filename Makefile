@@ -71,7 +71,8 @@ AGENT_OBJS += $(BUILD)/selfcheck.o
 UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statefile \
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
               $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
-              $(BUILD)/test_scram $(BUILD)/test_dump $(BUILD)/test_http
+              $(BUILD)/test_scram $(BUILD)/test_dump $(BUILD)/test_http \
+              $(BUILD)/test_explain $(BUILD)/test_resolver
 
 .PHONY: all deps test unit integration bench demo format format-check clean install coverage
 
@@ -116,6 +117,14 @@ $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(B
 $(BUILD)/test_http: tests/unit/test_http.c $(BUILD)/http.o $(BUILD)/buf.o $(BUILD)/stats.o \
 		$(BUILD)/webauth.o
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
+
+$(BUILD)/test_explain: tests/unit/test_explain.c $(BUILD)/explain.o $(BUILD)/ownconn.o \
+		$(BUILD)/plan.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpq -lcjson -lpthread -o $@
+
+$(BUILD)/test_resolver: tests/unit/test_resolver.c $(BUILD)/resolver.o $(BUILD)/ownconn.o \
+		$(BUILD)/redact.o
+	$(CC) $(CFLAGS) $^ -lcmocka -lpq -lpthread -o $@
 
 $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUILD)/stats.o \
 		$(BUILD)/buf.o

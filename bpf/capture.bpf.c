@@ -352,8 +352,8 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
 	rec->ev.chunk_off = off;
 	rec->ev.chunk_len = len;
 	asm volatile("" : "+r"(len)); /* keep the bound check below for the verifier */
-	if (len > cap || (len > 0 && bpf_skb_load_bytes(skb, p->payload_off + off, rec->data,
-							len))) {
+	if (len > cap ||
+	    (len > 0 && bpf_skb_load_bytes(skb, p->payload_off + off, rec->data, len))) {
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
 		return -1;

@@ -251,6 +251,7 @@ static int connect_source(struct resolver *r, char *err, size_t errlen)
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	time_t deadline = time(NULL) + CONNECT_TIMEOUT_S;
 	struct pollfd pfd;
+	const char *msg;
 	char why[512];
 	int rc;
 
@@ -280,8 +281,12 @@ static int connect_source(struct resolver *r, char *err, size_t errlen)
 		if (r->conn)
 			return 0;
 	}
+	/* no error message when the query worked but its answer is of no use (no row, 0) */
+	msg = r->conn ? strtok(PQerrorMessage(r->conn), "\n") : NULL;
 	snprintf(err, errlen, "--source-dsn: cannot read track_activity_query_size: %s",
-		 r->conn ? strtok(PQerrorMessage(r->conn), "\n") : "connection lost");
+		 msg	   ? msg
+		 : r->conn ? "unexpected answer"
+			   : "connection lost");
 	goto out;
 fail:
 	if (r->conn)

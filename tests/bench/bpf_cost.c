@@ -17,6 +17,12 @@
  *	was attached (kernel.bpf_stats_enabled must be 1): the same-run baseline of
  *	tests/bench/overhead.py, which runs the source with it attached and the agent not.
  *
+ *   bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]
+ *	The capture program alone on IFACE's ingress for PORT, its ring read by a loop like
+ *	the agent's, without the agent's decoding: for bisecting the program's cost under
+ *	real traffic (variants of bpf/capture.bpf.c built against this file). RING_MB: the
+ *	ring's size (default 64, the agent's default).
+ *
  * Needs root. Built by `make bench` into build/bpf_cost.
  */
 #include <errno.h>
@@ -216,12 +222,63 @@ static int cmd_attach_empty(const char *iface, int seconds)
 	return 0;
 }
 
+/* The capture program attached to IFACE's ingress for PORT, its ring read as the agent
+ * reads it (poll, then consume everything); prints its program statistics. */
+static int cmd_attach_capture(const char *iface, int port, int seconds, int ring_mb)
+{
+	struct bpf_prog_info info = {};
+	uint32_t info_len = sizeof(info);
+	int ifindex = if_nametoindex(iface), link;
+	time_t end = time(NULL) + seconds;
+	struct capture_bpf *skel;
+	struct ring_buffer *rb;
+
+	if (!ifindex) {
+		fprintf(stderr, "bpf_cost: no interface %s\n", iface);
+		return 2;
+	}
+	skel = capture_bpf__open();
+	if (!skel)
+		return 1;
+	skel->rodata->server_port = port;
+	bpf_map__set_max_entries(skel->maps.events, (uint32_t)ring_mb << 20);
+	if (capture_bpf__load(skel))
+		return 1;
+	rb = ring_buffer__new(bpf_map__fd(skel->maps.events), on_record, NULL, NULL);
+	link = bpf_link_create(bpf_program__fd(skel->progs.capture_ingress), ifindex,
+			       (enum bpf_attach_type)TCX_INGRESS, NULL);
+	if (!rb || link < 0) {
+		fprintf(stderr, "bpf_cost: attach on %s: %s\n", iface, strerror(errno));
+		return 1;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	printf("attached\n");
+	fflush(stdout);
+	while (!stop && time(NULL) < end)
+		ring_buffer__poll(rb, 10);
+	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.capture_ingress), &info,
+				   &info_len))
+		return 1;
+	printf("capture run_cnt=%llu run_time_ns=%llu ring_bytes=%llu\n",
+	       (unsigned long long)info.run_cnt, (unsigned long long)info.run_time_ns,
+	       (unsigned long long)ring_bytes);
+	close(link);
+	ring_buffer__free(rb);
+	capture_bpf__destroy(skel);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "attach-capture"))
+		return cmd_attach_capture(argv[2], atoi(argv[3]), atoi(argv[4]),
+					  argc == 6 ? atoi(argv[5]) : 64);
 	if (argc >= 2 && !strcmp(argv[1], "run"))
 		return cmd_run(argc >= 3 ? atoi(argv[2]) : 20000);
 	if (argc == 4 && !strcmp(argv[1], "attach-empty"))
 		return cmd_attach_empty(argv[2], atoi(argv[3]));
-	fprintf(stderr, "usage: bpf_cost run [REPEAT] | bpf_cost attach-empty IFACE SECONDS\n");
+	fprintf(stderr, "usage: bpf_cost run [REPEAT] | bpf_cost attach-empty IFACE SECONDS | "
+			"bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]\n");
 	return 2;
 }

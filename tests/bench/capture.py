@@ -12,6 +12,12 @@ drops, gaps and the agent's CPU seconds, and verifies the capture:
   .gaps file's "c2s offset=N missing=M" lines tell where), and dumped + missing bytes
   make the whole stream (a lost tail must be a gap too).
 
+Then, paced: the same transfer held at fixed fractions of the median rate measured
+without the agent (PGSHADOW_BENCH_FRACTIONS, default 0.1,0.25,0.5,0.75), with the agent at
+each ring size of PGSHADOW_BENCH_RING_MB (default 16,64; the agent's --ringbuf-mb), the
+same checks each time. Prints, per ring size, the highest fraction (and Gbit/s) with 0
+ring-buffer drops and the agent's CPU seconds per GiB at each fraction.
+
 Exit status 0 when every check passed, 1 otherwise. Needs root. Figures, not a timed
 test: run it with `make bench` (or /usr/bin/python3 tests/bench/capture.py).
 Environment: PGSHADOW_BENCH_BYTES (default 1 GiB), PGSHADOW_BENCH_PAIRS (default 3),
@@ -40,10 +46,13 @@ PATTERN_SIZE = 16 * BLOCK        # the stream repeats this pseudo-random buffer
 SOCK_BUF = 8 << 20               # SO_SNDBUF / SO_RCVBUF asked for
 TOTAL = int(os.environ.get("PGSHADOW_BENCH_BYTES", GIB))
 PAIRS = int(os.environ.get("PGSHADOW_BENCH_PAIRS", 3))
+FRACTIONS = [float(x) for x in
+             os.environ.get("PGSHADOW_BENCH_FRACTIONS", "0.1,0.25,0.5,0.75").split(",") if x]
+RING_MB = [int(x) for x in os.environ.get("PGSHADOW_BENCH_RING_MB", "16,64").split(",") if x]
 TRANSFER_TIMEOUT = 120           # seconds for one transfer
 STOP_TIMEOUT = 120               # seconds for the agent to drain and exit
 KEEP_FAILED = os.environ.get("PGSHADOW_BENCH_KEEP") == "1"
-DEADLINE = 600                   # the whole benchmark
+DEADLINE = 1200                  # the whole benchmark
 
 PATTERN = random.Random(20240601).randbytes(PATTERN_SIZE)
 
@@ -119,9 +128,10 @@ def check_pieces_against_stream(c2s_path, gaps_path):
                            f"listed as a gap"))]
 
 
-def transfer(port):
-    """Send TOTAL bytes over one loopback connection; returns seconds from connect to
-    the receiver having read the last byte."""
+def transfer(port, rate=None):
+    """Send TOTAL bytes over one loopback connection (at most rate bytes/s when given,
+    paced per block); returns seconds from connect to the receiver having read the last
+    byte."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
@@ -153,8 +163,14 @@ def transfer(port):
     start = time.monotonic()
     with sender:
         sender.connect(("127.0.0.1", port))
+        sent = 0
         for block in stream_blocks():
+            if rate:
+                ahead = start + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             sender.sendall(block)
+            sent += len(block)
         sender.shutdown(socket.SHUT_WR)
         receiver.join(TRANSFER_TIMEOUT)
     listener.close()
@@ -168,15 +184,15 @@ def run_plain():
     return {"seconds": transfer(h.free_port(hosts=("127.0.0.1",)))}
 
 
-def run_with_agent(binary, expected_sha, shm_root):
+def run_with_agent(binary, expected_sha, shm_root, rate=None, ring_mb=None):
     port = h.free_port(hosts=("127.0.0.1",))
     out = {"checks": []}
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=shm_root))
     agent = h.Agent(binary, port, ["lo"], dump_dir=run_dir / "dumps", logdir=run_dir,
-                    name="agent")
+                    name="agent", extra=["--ringbuf-mb", str(ring_mb)] if ring_mb else [])
     try:
         agent.start().wait_ready()
-        seconds = transfer(port)
+        seconds = transfer(port, rate)
         cpu = agent.cpu_seconds()
         result = agent.stop(timeout=STOP_TIMEOUT)
         out = {"seconds": seconds, "cpu": cpu, "rc": result.returncode,
@@ -220,6 +236,35 @@ def gbit(seconds):
     return TOTAL * 8 / seconds / 1e9
 
 
+def paced(binary, expected_sha, shm_root, plain_gbit, began):
+    """The paced runs (see the module docstring); returns the number of failed checks."""
+    failures, best = 0, {}
+    print(f"paced: fractions {FRACTIONS} of {plain_gbit:.2f} Gbit/s, ring sizes {RING_MB} MiB")
+    for ring in RING_MB:
+        for frac in FRACTIONS:
+            if time.monotonic() - began > DEADLINE:
+                print(f"stopping early: past the {DEADLINE}s budget")
+                return failures
+            rate = plain_gbit * frac * 1e9 / 8
+            w = run_with_agent(binary, expected_sha, shm_root, rate=rate, ring_mb=ring)
+            s = w["stats"]
+            drops = s.get("ringbuf_drops")
+            print(f"ring {ring:3d} MiB, {frac:.2f} x: {gbit(w['seconds']):6.2f} Gbit/s, "
+                  f"ringbuf_drops={drops} gaps={s.get('gaps')}, agent CPU "
+                  f"{w.get('cpu', 0) / (TOTAL / GIB):.2f} s per GiB")
+            for name, ok, detail in w["checks"]:
+                failures += not ok
+                if not ok:
+                    print(f"        FAIL: {name} ({detail})")
+            if drops == 0:
+                best[ring] = max(best.get(ring, 0), frac)
+    for ring in RING_MB:
+        frac = best.get(ring)
+        print(f"ring {ring} MiB: highest fraction with 0 drops: "
+              + (f"{frac:.2f} ({frac * plain_gbit:.2f} Gbit/s)" if frac else "none"))
+    return failures
+
+
 def main():
     if os.geteuid() != 0:
         print("capture benchmark: needs root (BPF); skipped", file=sys.stderr)
@@ -258,6 +303,8 @@ def main():
                 print(f"        {'PASS' if ok else 'FAIL'}: {name} ({detail})")
             if w.get("kept"):
                 print(f"        kept this run's dumps and logs in {w['kept']}")
+        if plain:
+            failures += paced(binary, expected_sha, shm_root, statistics.median(plain), began)
     finally:
         shutil.rmtree(shm_root, ignore_errors=True)
     if ratios:

@@ -6,12 +6,21 @@
    (attached to lo, a fresh agent per run), alternating PAIRS pairs (which one goes first
    alternates too, so drift cancels out). Prints each run's TPS and the median of the
    with/without ratios.
-2. Fixed rate: the same with `-R` at half the median maximum TPS measured without the
-   agent, with the agent: the agent's CPU per request (utime+stime delta from
-   /proc/PID/stat over the run, divided by the requests it counted) and the BPF program's
-   ns per packet (kernel.bpf_stats_enabled=1 during the run only, run_time_ns/run_cnt
-   deltas of the agent's capture_ingress/capture_egress programs from `bpftool -j prog
-   show`; the sysctl is restored afterwards).
+2. Fixed rate: `-R` at half the median maximum TPS measured without the agent, in
+   RATE_ROUNDS interleaved rounds of three runs (their order rotates): nothing attached,
+   an empty tcx program attached to lo's ingress and egress (tests/bench/bpf_cost.c
+   attach-empty: the floor any tcx program pays), and the agent. Measured per run, with
+   kernel.bpf_stats_enabled=1 (restored afterwards):
+   - the host's CPU time per source request: the non-idle jiffies of /proc/stat (user,
+     nice, system, irq, softirq, steal) over the run, divided by the requests the server
+     executed; the ratio agent/nothing per round, its median and its spread;
+   - the source cluster's CPU per request: the postmaster's utime+stime+cutime+cstime
+     (its backends are reaped children by the end of the run);
+   - the agent's CPU per request (utime+stime from /proc/PID/stat over the run, divided
+     by the requests it counted), and as a share of the cluster's CPU per request;
+   - BPF ns per packet of the agent's programs and of the empty program (run_time_ns /
+     run_cnt from the kernel's program statistics) and their ratio, and the agent's BPF
+     time per request.
 
 Must hold in every run with the agent (checked and printed): 100% of requests decoded —
 the agent's mirror_source_requests_total for the benchmark database equals the server's
@@ -19,21 +28,25 @@ count, which is pg_stat_statements' calls for that database since a reset just b
 run (exact here: single statements, no errors, no utility statements thanks to -n; it is
 pgbench's transaction count + 2, the two catalogue queries pgbench's main connection runs
 before a builtin script; nothing else runs in that database) — and no ring-buffer drops.
-Targets reported (figures, not a timed test): TPS ratio >= 0.97, <= 1 µs agent CPU per
-request, <= 250 ns per packet in BPF.
+Targets reported (figures, not a timed test): TPS ratio >= 0.97; agent CPU per request
+<= 1% of the source cluster's; BPF per packet <= 3x the empty program; host CPU per
+request with the agent <= 1.02x without.
 
 The server logs nothing per statement here (log_statement = none): logging every
 statement would make the server, not the agent, the thing measured.
 
 Exit status 0 when the must-hold checks passed (targets missed are reported, not fatal),
 1 otherwise. Needs root. Environment: PGSHADOW_BENCH_PAIRS (default 5),
-PGSHADOW_BENCH_SECONDS (one max-rate run, default 10), PGSHADOW_BENCH_RATE_SECONDS (the
-fixed-rate run, default 10), PGSHADOW_BENCH_SCALE (default 10), PGSHADOW_BIN.
-With the defaults the whole benchmark takes about 2.5 minutes.
+PGSHADOW_BENCH_SECONDS (one max-rate run, default 10), PGSHADOW_BENCH_RATE_SECONDS (one
+fixed-rate run, default 10), PGSHADOW_BENCH_RATE_ROUNDS (default 3),
+PGSHADOW_BENCH_SCALE (default 10), PGSHADOW_BIN, PGSHADOW_BPF_COST (default
+build/bpf_cost). With the defaults the whole benchmark takes about 4 minutes.
 """
 
 import os
+import re
 import signal
+import subprocess
 import statistics
 import sys
 import time
@@ -46,14 +59,17 @@ import pgshadow_harness as h  # noqa: E402
 PAIRS = int(os.environ.get("PGSHADOW_BENCH_PAIRS", 5))
 SECONDS = int(os.environ.get("PGSHADOW_BENCH_SECONDS", 10))
 RATE_SECONDS = int(os.environ.get("PGSHADOW_BENCH_RATE_SECONDS", 10))
+RATE_ROUNDS = int(os.environ.get("PGSHADOW_BENCH_RATE_ROUNDS", 3))
+BPF_COST = Path(os.environ.get("PGSHADOW_BPF_COST", h.REPO / "build" / "bpf_cost"))
 SCALE = int(os.environ.get("PGSHADOW_BENCH_SCALE", 10))
 CLIENTS, JOBS = 4, 2
 DB = "bench"
 PGBENCH_EXTRA_QUERIES = 2  # select count(*) from pgbench_branches + partition info query
 
 TARGET_TPS_RATIO = 0.97
-TARGET_CPU_US = 1.0
-TARGET_BPF_NS = 250.0
+TARGET_CPU_SHARE = 0.01  # agent CPU per request / source cluster CPU per request
+TARGET_BPF_RATIO = 3.0   # BPF ns per packet / the empty program's
+TARGET_HOST_RATIO = 1.02  # host CPU per request with the agent / without
 
 
 def pgbench_args(seconds, rate=None):
@@ -102,27 +118,22 @@ def bpf_prog_stats(pid):
     return out
 
 
-def checked_run(pg, binary, logdir, name, args, checks, measure=False):
+def checked_run(pg, binary, logdir, name, args, checks):
     """One pgbench run with a fresh agent; appends (description, ok, detail) to checks.
     Returns (pgbench result, figures dict)."""
     figures = {}
     with AgentRun(binary, pg, logdir, name) as run:
         pg.pgss_reset()
-        if measure:
-            bpf_before = bpf_prog_stats(run.agent.pid)
-            cpu_before = run.agent.cpu_seconds()
         res = pg.pgbench(args, DB)
         m = pgh.wait_metrics_stable(run.addr, timeout=60)
-        if measure:
-            cpu_after = run.agent.cpu_seconds()
-            bpf_after = bpf_prog_stats(run.agent.pid)
-            figures["cpu_s"] = cpu_after - cpu_before
-            ns = sum(a[1] - bpf_before.get(i, (None, 0, 0))[1] for i, a in bpf_after.items())
-            cnt = sum(a[2] - bpf_before.get(i, (None, 0, 0))[2] for i, a in bpf_after.items())
-            figures["bpf_ns"], figures["bpf_runs"] = ns, cnt
-            figures["bpf_progs"] = sorted(a[0] for a in bpf_after.values())
         server = pg.pgss_calls(DB)
         result = run.stop()
+    agent_checks(name, m, result, server, res, figures, checks)
+    return res, figures
+
+
+def agent_checks(name, m, result, server, res, figures, checks):
+    """The must-hold checks of one run with the agent; its counts into figures."""
     agent_n = m.requests(DB)
     s = result.stats or {}
     drops = int(m.get("mirror_capture_ringbuf_drops_total"))
@@ -137,7 +148,125 @@ def checked_run(pg, binary, logdir, name, args, checks, measure=False):
                    f"/metrics {drops}, stats line {s.get('ringbuf_drops')}"))
     checks.append((f"{name}: agent exited 0 after SIGINT", result.returncode == 0,
                    f"exit {result.returncode}"))
-    return res, figures
+
+
+# --------------------------------------------------------------------------- fixed rate
+
+def host_busy_ticks():
+    """Non-idle clock ticks of the whole host (/proc/stat: user nice system irq softirq
+    steal; idle and iowait left out)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f
+    return user + nice + system + irq + softirq + steal
+
+
+def postmaster_pid(pg):
+    return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+def children(pid):
+    """Number of live children of pid."""
+    n = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                n += h.proc_stat(int(entry)).ppid == pid
+            except (OSError, ValueError, IndexError):
+                pass
+    return n
+
+
+def wait_children(pid, count, timeout=20):
+    """Waits until pid has count children again (the run's backends exited and were
+    reaped, so their CPU time is in the postmaster's cutime/cstime)."""
+    deadline = time.monotonic() + timeout
+    while children(pid) > count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def cluster_ticks(pid):
+    st = h.proc_stat(pid)
+    return st.utime + st.stime + st.cutime + st.cstime
+
+
+def empty_program(seconds):
+    """bpf_cost attach-empty lo: started and attached; returns the process."""
+    proc = subprocess.Popen([str(BPF_COST), "attach-empty", "lo", str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "attached":
+        proc.kill()
+        raise AssertionError(f"bpf_cost attach-empty failed: {line!r} {proc.stderr.read()}")
+    return proc
+
+
+def empty_stats(proc):
+    """(run_time_ns, run_cnt) of the empty program, after SIGINT."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    m = re.search(r"run_cnt=(\d+) run_time_ns=(\d+)", out)
+    if not m:
+        raise AssertionError(f"bpf_cost attach-empty printed {out!r} {err!r}")
+    return int(m.group(2)), int(m.group(1))
+
+
+def fixed_run(pg, binary, logdir, kind, rate, checks, name):
+    """One fixed-rate pgbench run with nothing, the empty program or the agent attached.
+    Returns a dict of figures (see the module docstring)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pm = postmaster_pid(pg)
+    pg.pgss_reset()
+    base = children(pm) - 1  # the psql session of pgss_reset may still be exiting
+    wait_children(pm, base)
+    f, run, empty = {"kind": kind}, None, None
+    if kind == "empty":
+        empty = empty_program(RATE_SECONDS * 10 + 60)
+    elif kind == "agent":
+        run = AgentRun(binary, pg, logdir, name).__enter__()
+        bpf_before = bpf_prog_stats(run.agent.pid)
+        cpu_before = run.agent.cpu_seconds()
+    try:
+        host0, cl0 = host_busy_ticks(), cluster_ticks(pm)
+        res = pg.pgbench(pgbench_args(RATE_SECONDS, rate), DB)
+        wait_children(pm, base)
+        host1, cl1 = host_busy_ticks(), cluster_ticks(pm)
+        if kind == "agent":
+            m = pgh.wait_metrics_stable(run.addr, timeout=60)
+            f["cpu_s"] = run.agent.cpu_seconds() - cpu_before
+            bpf_after = bpf_prog_stats(run.agent.pid)
+            f["bpf_ns"] = sum(a[1] - bpf_before.get(i, (None, 0, 0))[1]
+                              for i, a in bpf_after.items())
+            f["bpf_runs"] = sum(a[2] - bpf_before.get(i, (None, 0, 0))[2]
+                                for i, a in bpf_after.items())
+        elif kind == "empty":
+            f["bpf_ns"], f["bpf_runs"] = empty_stats(empty)
+            empty = None
+        server = pg.pgss_calls(DB)
+        if kind == "agent":
+            agent_checks(name, m, run.stop(), server, res, f, checks)
+    finally:
+        if run:
+            run.__exit__(None, None, None)
+        if empty:
+            empty.kill()
+            empty.wait()
+    f.update(tps=res.tps, requests=server,
+             host_us=(host1 - host0) / tick * 1e6 / server,
+             cluster_us=(cl1 - cl0) / tick * 1e6 / server)
+    if "bpf_runs" in f:
+        f["bpf_per_packet"] = f["bpf_ns"] / max(f["bpf_runs"], 1)
+    if kind == "agent":
+        f["agent_us"] = f["cpu_s"] * 1e6 / max(f["agent"], 1)
+        f["bpf_per_request"] = f["bpf_ns"] / max(f["agent"], 1)
+    line = (f"{name}: {res.tps:6.0f} tps, host CPU {f['host_us']:6.1f} µs/request, "
+            f"cluster {f['cluster_us']:6.1f} µs/request")
+    if "bpf_runs" in f:
+        line += f", BPF {f['bpf_runs']} runs {f['bpf_per_packet']:.0f} ns/packet"
+    if kind == "agent":
+        line += (f", agent {f['agent_us']:.2f} µs/request, {f['packets']} packets, requests "
+                 f"agent {f['agent']} server {f['server']}")
+    print(line, flush=True)
+    return f
 
 
 def main():
@@ -188,21 +317,18 @@ def main():
         max_tps = statistics.median(plain)
         rate = max_tps / 2
         print(f"fixed rate: -R {rate:.0f} (half of the median {max_tps:.0f} tps without the "
-              f"agent) for {RATE_SECONDS} s with the agent, kernel.bpf_stats_enabled=1")
+              f"agent), {RATE_ROUNDS} rounds of {RATE_SECONDS} s runs with nothing, the empty "
+              f"program and the agent attached, kernel.bpf_stats_enabled=1")
+        rounds = []
         try:
             sysctl.write_text("1\n")
-            res, f = checked_run(pg, binary, logdir, "fixed rate", pgbench_args(RATE_SECONDS,
-                                                                                 rate),
-                                 checks, measure=True)
+            kinds = ["none", "empty", "agent"]
+            for r in range(RATE_ROUNDS):
+                order = kinds[r % 3:] + kinds[:r % 3]
+                rounds.append({k: fixed_run(pg, binary, logdir, k, rate, checks,
+                                            f"round {r + 1} {k}") for k in order})
         finally:
             sysctl.write_text(sysctl_before + "\n")
-        cpu_us = f["cpu_s"] * 1e6 / f["agent"] if f["agent"] else float("nan")
-        bpf_ns = f["bpf_ns"] / f["bpf_runs"] if f["bpf_runs"] else float("nan")
-        print(f"fixed rate: {res.tps:.0f} tps, requests: agent {f['agent']} server "
-              f"{f['server']}, {f['packets']} packets ({f['packets'] / max(f['agent'], 1):.2f} "
-              f"per request), agent CPU {f['cpu_s']:.2f} s = {cpu_us:.2f} µs per request; "
-              f"BPF {f['bpf_progs']}: {f['bpf_runs']} runs, {f['bpf_ns']} ns = "
-              f"{bpf_ns:.0f} ns per packet")
 
     ratio = statistics.median(ratios)
     print()
@@ -210,12 +336,38 @@ def main():
           f"{statistics.median(with_agent):.0f}; median ratio with/without {ratio:.3f}")
     print()
     print("summary")
+    med = statistics.median
+
+    def col(kind, key):
+        return [rd[kind][key] for rd in rounds]
+
+    host_ratio = [rd["agent"]["host_us"] / rd["none"]["host_us"] for rd in rounds]
+    empty_host_ratio = [rd["empty"]["host_us"] / rd["none"]["host_us"] for rd in rounds]
+    bpf_ratio = [rd["agent"]["bpf_per_packet"] / rd["empty"]["bpf_per_packet"]
+                 for rd in rounds]
+    share = [rd["agent"]["agent_us"] / rd["agent"]["cluster_us"] for rd in rounds]
+    print(f"  host CPU per request: nothing {med(col('none', 'host_us')):.1f} µs, empty "
+          f"program {med(col('empty', 'host_us')):.1f} µs, agent "
+          f"{med(col('agent', 'host_us')):.1f} µs; agent/nothing per round "
+          f"{', '.join(f'{x:.3f}' for x in host_ratio)}; empty/nothing "
+          f"{', '.join(f'{x:.3f}' for x in empty_host_ratio)}")
+    print(f"  source cluster CPU per request {med(col('agent', 'cluster_us')):.1f} µs; agent "
+          f"{med(col('agent', 'agent_us')):.2f} µs per request = "
+          f"{100 * med(share):.2f}% of it (rounds "
+          f"{', '.join(f'{100 * x:.2f}%' for x in share)})")
+    print(f"  BPF per packet: agent {med(col('agent', 'bpf_per_packet')):.0f} ns, empty "
+          f"program {med(col('empty', 'bpf_per_packet')):.0f} ns (ratio per round "
+          f"{', '.join(f'{x:.2f}' for x in bpf_ratio)}); BPF per request "
+          f"{med(col('agent', 'bpf_per_request')):.0f} ns; packets per request "
+          f"{med([rd['agent']['packets'] / max(rd['agent']['agent'], 1) for rd in rounds]):.2f}")
     rows = [("TPS ratio (median of pairs)", f"{ratio:.3f}", f">= {TARGET_TPS_RATIO}",
              ratio >= TARGET_TPS_RATIO),
-            ("agent CPU per request", f"{cpu_us:.2f} µs", f"<= {TARGET_CPU_US:g} µs",
-             cpu_us <= TARGET_CPU_US),
-            ("BPF program per packet", f"{bpf_ns:.0f} ns", f"<= {TARGET_BPF_NS:g} ns",
-             bpf_ns <= TARGET_BPF_NS)]
+            ("agent CPU / cluster CPU", f"{100 * med(share):.2f}%",
+             f"<= {100 * TARGET_CPU_SHARE:g}%", med(share) <= TARGET_CPU_SHARE),
+            ("BPF per packet / empty prog", f"{med(bpf_ratio):.2f}x",
+             f"<= {TARGET_BPF_RATIO:g}x", med(bpf_ratio) <= TARGET_BPF_RATIO),
+            ("host CPU/request agent/none", f"{med(host_ratio):.3f}",
+             f"<= {TARGET_HOST_RATIO:g}", med(host_ratio) <= TARGET_HOST_RATIO)]
     for name, value, target, ok in rows:
         print(f"  {name:<32} {value:>10}   target {target:<10} "
               f"{'met' if ok else 'NOT MET'}")

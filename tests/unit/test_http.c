@@ -124,7 +124,8 @@ static const char *raw(uint16_t port, const char *request)
 	in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	assert_int_equal(connect(fd, (struct sockaddr *)&in, sizeof(in)), 0);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	assert_int_equal(send(fd, request, strlen(request), MSG_NOSIGNAL), (ssize_t)strlen(request));
+	assert_int_equal(send(fd, request, strlen(request), MSG_NOSIGNAL),
+			 (ssize_t)strlen(request));
 	while (len < sizeof(text) - 1 && (n = recv(fd, text + len, sizeof(text) - 1 - len, 0)) > 0)
 		len += n;
 	close(fd);
@@ -461,10 +462,10 @@ static void test_server_start_errors(void **state)
 static void test_parse_listen_refusals(void **state)
 {
 	static const char *const bad[] = {
-	    "[]:80",		 /* no address */
-	    "[1.2.3.4]:80",	 /* brackets hold IPv6 */
-	    "[::1]",		 /* no port */
-	    "[::1]:http",	 /* names are not ports */
+	    "[]:80",	    /* no address */
+	    "[1.2.3.4]:80", /* brackets hold IPv6 */
+	    "[::1]",	    /* no port */
+	    "[::1]:http",   /* names are not ports */
 	    "[0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0001]:80",
 	    "1111111111.2222222222.3333333333.4444444444.5555555555.6666666666:80",
 	    ":80",
@@ -686,9 +687,9 @@ static void test_client_too_large(void **state)
 
 	(void)state;
 	f->flood = HTTP_GET_MAX_BODY + 64 * 1024;
-	assert_int_equal(fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY, err,
-				  sizeof(err)),
-			 -EPROTO);
+	assert_int_equal(
+	    fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY, err, sizeof(err)),
+	    -EPROTO);
 	snprintf(want, sizeof(want), "the answer from 127.0.0.1:%u is larger than %u bytes",
 		 f->port, HTTP_GET_MAX_BODY);
 	assert_string_equal(err, want);
@@ -700,9 +701,9 @@ static void test_client_too_large(void **state)
 	 * (HTTP_GET_MAX_BODY + 1: the body and its NUL) */
 	f = fake_start(FAKE_FLOOD, NULL);
 	f->flood = HTTP_GET_MAX_BODY;
-	assert_int_equal(fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY + 1, err,
-				  sizeof(err)),
-			 0);
+	assert_int_equal(
+	    fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY + 1, err, sizeof(err)),
+	    0);
 	assert_int_equal(status, 200);
 	assert_int_equal(body.len, HTTP_GET_MAX_BODY);
 	assert_int_equal(body.data[HTTP_GET_MAX_BODY - 1], 'x');
@@ -714,9 +715,9 @@ static void test_client_too_large(void **state)
 	f = fake_start(FAKE_FLOOD, NULL);
 	f->flood = HTTP_GET_MAX_BODY + 1;
 	status = 0;
-	assert_int_equal(fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY + 1, err,
-				  sizeof(err)),
-			 -EPROTO);
+	assert_int_equal(
+	    fake_get(f, "/", NULL, 10000, &status, &body, HTTP_GET_MAX_BODY + 1, err, sizeof(err)),
+	    -EPROTO);
 	assert_string_equal(err, "the HTTP answer is too large");
 	assert_int_equal(status, 0);
 	buf_free(&body);
@@ -837,21 +838,11 @@ static void test_client_connect_errors(void **state)
 static void test_client_bad_urls(void **state)
 {
 	static const char *const bad[] = {
-	    "ftp://127.0.0.1/",
-	    "127.0.0.1:9930",
-	    "http://",
-	    "http:///readiness",
-	    "http://:9930/",
-	    "http://host:/",
-	    "http://host:99999/",
-	    "http://host:0/",
-	    "http://host:12a/",
-	    "http://host:1234567/",
-	    "http://host#frag",
-	    "http://[::1/",
-	    "http://[::1]x/",
-	    "http://[::1]:/",
-	    "http://[]:80/",
+	    "ftp://127.0.0.1/",	    "127.0.0.1:9930",	"http://",
+	    "http:///readiness",    "http://:9930/",	"http://host:/",
+	    "http://host:99999/",   "http://host:0/",	"http://host:12a/",
+	    "http://host:1234567/", "http://host#frag", "http://[::1/",
+	    "http://[::1]x/",	    "http://[::1]:/",	"http://[]:80/",
 	};
 	char err[256], longhost[400];
 	unsigned int status = 0;
@@ -868,8 +859,7 @@ static void test_client_bad_urls(void **state)
 					 "IPv4 address or [IPv6], PORT 1-65535)");
 	}
 	snprintf(longhost, sizeof(longhost), "http://%0300d/", 0); /* longer than a name */
-	assert_int_equal(http_get(longhost, NULL, 1000, &status, &body, err, sizeof(err)),
-			 -EINVAL);
+	assert_int_equal(http_get(longhost, NULL, 1000, &status, &body, err, sizeof(err)), -EINVAL);
 	assert_int_equal(http_get("HTTPS://127.0.0.1:9930/readiness", NULL, 1000, &status, &body,
 				  err, sizeof(err)),
 			 -EINVAL);
