@@ -1,15 +1,21 @@
 #!/usr/bin/python3
-"""Capture benchmark: one TCP connection streaming 1 GiB through loopback as fast as it
+"""Capture benchmark: 1 GiB of query results streaming through loopback as fast as they
 can, without and with the agent (attached to lo, --dump-streams into tmpfs), alternating
-three pairs. Prints each run's throughput, the median with/without ratio, ring-buffer
-drops, gaps and the agent's CPU seconds, and verifies the capture:
+three pairs. The traffic is the PostgreSQL protocol, as the agent meets it on a source: a
+client sends a StartupMessage, then a Query; the test's server answers AuthenticationOk and
+ReadyForQuery, then a RowDescription, 1 GiB of 64 KiB DataRow messages, CommandComplete and
+ReadyForQuery (random bytes would measure the decoder hunting for message boundaries
+through garbage, which real result traffic never makes it do). Prints each run's
+throughput, the median with/without ratio, ring-buffer drops, gaps and the agent's CPU
+seconds, and verifies the capture:
 
 - one flow is dumped;
-- gaps == 0  => the dumped .c2s is exactly the stream sent (sha256);
+- gaps == 0  => the dumped .s2c is exactly the stream the server sent (sha256), and the
+  agent counted the one request;
 - ringbuf_drops > 0  => gaps > 0 (a lost record must show up as a gap, never as silently
   joined bytes);
 - gaps > 0  => a .gaps file exists, every dumped byte sits at its stream offset (the
-  .gaps file's "c2s offset=N missing=M" lines tell where), and dumped + missing bytes
+  .gaps file's "s2c offset=N missing=M" lines tell where), and dumped + missing bytes
   make the whole stream (a lost tail must be a gap too).
 
 Then, paced: the same transfer held at fixed fractions of the median rate measured
@@ -31,6 +37,7 @@ import random
 import shutil
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import threading
@@ -54,11 +61,35 @@ STOP_TIMEOUT = 120               # seconds for the agent to drain and exit
 KEEP_FAILED = os.environ.get("PGSHADOW_BENCH_KEEP") == "1"
 DEADLINE = 1200                  # the whole benchmark
 
-PATTERN = random.Random(20240601).randbytes(PATTERN_SIZE)
+ROW = 1 << 16                    # one DataRow message: 64 KiB
 
 
-def stream_blocks():
-    """The stream as memoryviews of BLOCK bytes (the last one may be shorter)."""
+def message(kind, body):
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def data_rows(rng, size):
+    """size bytes of DataRow messages of ROW bytes, one column of random bytes each."""
+    payload = ROW - 1 - 4 - 2 - 4
+    return b"".join(message(b"D", struct.pack("!HI", 1, payload) + rng.randbytes(payload))
+                    for _ in range(size // ROW))
+
+
+PATTERN = data_rows(random.Random(20240601), PATTERN_SIZE)  # the body repeats it
+# The server's messages around the body: after the StartupMessage, after the Query, and
+# after the last row.
+HELLO = message(b"R", struct.pack("!I", 0)) + message(b"Z", b"I")
+ROW_DESCRIPTION = message(b"T", struct.pack("!H", 1) + b"payload\0"
+                          + struct.pack("!IHIhih", 0, 0, 17, -1, -1, 0))
+DONE = message(b"C", f"SELECT {TOTAL // ROW}\0".encode()) + message(b"Z", b"I")
+STREAM_LEN = len(HELLO) + len(ROW_DESCRIPTION) + TOTAL + len(DONE)
+STARTUP = struct.pack("!II", 0, 196608) + b"user\0bench\0database\0bench\0\0"
+STARTUP = struct.pack("!I", len(STARTUP)) + STARTUP[4:]
+QUERY = message(b"Q", b"SELECT payload FROM rows\0")
+
+
+def body_blocks():
+    """The 1 GiB body as memoryviews of at most BLOCK bytes."""
     view = memoryview(PATTERN)
     sent = 0
     while sent < TOTAL:
@@ -71,26 +102,35 @@ def stream_blocks():
 def stream_sha256():
     # The stream is deterministic, so its digest is computed once, outside the timed
     # transfers (hashing while sending would slow the sender being measured).
-    digest = hashlib.sha256()
-    for block in stream_blocks():
+    digest = hashlib.sha256(HELLO + ROW_DESCRIPTION)
+    for block in body_blocks():
         digest.update(block)
+    digest.update(DONE)
     return digest.hexdigest()
 
 
 def stream_at(pos, n):
-    """n bytes of the stream starting at offset pos."""
+    """n bytes of the server's stream starting at offset pos."""
+    head = HELLO + ROW_DESCRIPTION
     out = bytearray()
     while n > 0:
-        off = pos % PATTERN_SIZE
-        take = min(n, PATTERN_SIZE - off)
-        out += PATTERN[off:off + take]
-        pos += take
-        n -= take
+        if pos < len(head):
+            piece = head[pos:pos + n]
+        elif pos < len(head) + TOTAL:
+            off = (pos - len(head)) % PATTERN_SIZE
+            piece = PATTERN[off:off + min(n, PATTERN_SIZE - off, len(head) + TOTAL - pos)]
+        else:
+            piece = DONE[pos - len(head) - TOTAL:][:n]
+            if not piece:
+                break
+        out += piece
+        pos += len(piece)
+        n -= len(piece)
     return bytes(out)
 
 
-def check_pieces_against_stream(c2s_path, gaps_path):
-    """With gaps: the .gaps file lists "c2s offset=N missing=M" (N: offset in the dump
+def check_pieces_against_stream(s2c_path, gaps_path):
+    """With gaps: the .gaps file lists "s2c offset=N missing=M" (N: offset in the dump
     file), so the dump is pieces of the stream separated by M missing bytes. Returns two
     checks [(name, ok, detail)]: every dumped byte sits at its stream offset (nothing
     silently joined), and dumped + missing bytes make the whole stream (no tail silently
@@ -100,16 +140,16 @@ def check_pieces_against_stream(c2s_path, gaps_path):
     gaps = []
     for line in gaps_path.read_text().splitlines():
         direction, off, missing = line.split()
-        if direction != "c2s":
+        if direction != "s2c":
             continue
         missing = missing.split("=")[1]
         if missing == "unknown":
             return [(pieces_name, False, f"a gap of unknown size at {off}: offsets cannot "
                                           f"be checked")]
         gaps.append((int(off.split("=")[1]), int(missing)))
-    size = c2s_path.stat().st_size
+    size = s2c_path.stat().st_size
     file_pos = stream_pos = 0
-    with open(c2s_path, "rb") as f:
+    with open(s2c_path, "rb") as f:
         for off, missing in gaps + [(size, 0)]:
             while file_pos < off:
                 n = min(4 * BLOCK, off - file_pos)
@@ -121,63 +161,81 @@ def check_pieces_against_stream(c2s_path, gaps_path):
             stream_pos += missing
     missing_total = stream_pos - size
     return [(pieces_name, True, f"{size} bytes in {len(gaps) + 1} pieces"),
-            (total_name, stream_pos == TOTAL,
+            (total_name, stream_pos == STREAM_LEN,
              f"{size} dumped + {missing_total} in gaps = {stream_pos}; the stream has "
-             f"{TOTAL}" + ("" if stream_pos == TOTAL else
-                           f": its last {TOTAL - stream_pos} bytes are neither dumped nor "
+             f"{STREAM_LEN}" + ("" if stream_pos == STREAM_LEN else
+                           f": its last {STREAM_LEN - stream_pos} bytes are neither dumped nor "
                            f"listed as a gap"))]
 
 
+def recv_exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
 def transfer(port, rate=None):
-    """Send TOTAL bytes over one loopback connection (at most rate bytes/s when given,
-    paced per block); returns seconds from connect to the receiver having read the last
-    byte."""
+    """One session over loopback: the client's StartupMessage and Query, the server's
+    answer with TOTAL bytes of rows (at most rate bytes/s of them when given, paced per
+    block). Returns seconds from the Query to the client having read the last byte."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
     listener.bind(("127.0.0.1", port))
     listener.listen(1)
     listener.settimeout(TRANSFER_TIMEOUT)
-    got = {"bytes": 0, "end": None, "error": None}
+    served = {"error": None}
 
-    def receive():
+    def serve():
         try:
             conn, _ = listener.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
             conn.settimeout(TRANSFER_TIMEOUT)
-            buf = bytearray(4 * BLOCK)
             with conn:
-                while True:
-                    n = conn.recv_into(buf)
-                    if n == 0:
-                        break
-                    got["bytes"] += n
-            got["end"] = time.monotonic()
+                recv_exactly(conn, len(STARTUP))
+                conn.sendall(HELLO)
+                recv_exactly(conn, len(QUERY))
+                conn.sendall(ROW_DESCRIPTION)
+                start, sent = time.monotonic(), 0
+                for block in body_blocks():
+                    if rate:
+                        ahead = start + sent / rate - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    conn.sendall(block)
+                    sent += len(block)
+                conn.sendall(DONE)
         except OSError as e:
-            got["error"] = e
+            served["error"] = e
 
-    receiver = threading.Thread(target=receive, daemon=True)
-    receiver.start()
-    sender = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
-    sender.settimeout(TRANSFER_TIMEOUT)
-    start = time.monotonic()
-    with sender:
-        sender.connect(("127.0.0.1", port))
-        sent = 0
-        for block in stream_blocks():
-            if rate:
-                ahead = start + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-            sender.sendall(block)
-            sent += len(block)
-        sender.shutdown(socket.SHUT_WR)
-        receiver.join(TRANSFER_TIMEOUT)
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
+    client.settimeout(TRANSFER_TIMEOUT)
+    got = 0
+    with client:
+        client.connect(("127.0.0.1", port))
+        client.sendall(STARTUP)
+        got += len(recv_exactly(client, len(HELLO)))
+        start = time.monotonic()
+        client.sendall(QUERY)
+        buf = bytearray(4 * BLOCK)
+        while True:
+            n = client.recv_into(buf)
+            if n == 0:
+                break
+            got += n
+        end = time.monotonic()
+    server.join(TRANSFER_TIMEOUT)
     listener.close()
-    if receiver.is_alive() or got["error"] or got["bytes"] != TOTAL:
-        raise RuntimeError(f"transfer failed: received {got['bytes']} of {TOTAL} bytes, "
-                           f"error {got['error']!r}")
-    return got["end"] - start
+    if server.is_alive() or served["error"] or got != STREAM_LEN:
+        raise RuntimeError(f"transfer failed: received {got} of {STREAM_LEN} bytes, "
+                           f"error {served['error']!r}")
+    return end - start
 
 
 def run_plain():
@@ -203,20 +261,22 @@ def run_with_agent(binary, expected_sha, shm_root, rate=None, ring_mb=None):
             return out
         s = result.stats
         flows, unexpected = h.read_dumps(agent.dump_dir)
-        c2s = [f for f in flows if "c2s" in f.files]
+        s2c = [f for f in flows if "s2c" in f.files]
         out["checks"].append(("one flow dumped", len(flows) == 1 and not unexpected,
                               f"{len(flows)} flows, other files {unexpected}"))
         if s.get("gaps") == 0:
-            sha = h.sha256_file(c2s[0].files["c2s"]) if c2s else None
-            size = c2s[0].files["c2s"].stat().st_size if c2s else None
-            out["checks"].append(("gaps == 0 => .c2s equals the stream sent",
+            sha = h.sha256_file(s2c[0].files["s2c"]) if s2c else None
+            size = s2c[0].files["s2c"].stat().st_size if s2c else None
+            out["checks"].append(("gaps == 0 => .s2c equals the stream sent",
                                   sha == expected_sha, f"{size} bytes, sha256 {sha}"))
+            out["checks"].append(("gaps == 0 => the one request counted",
+                                  s.get("requests") == 1, f"requests {s.get('requests')}"))
         else:
             gap_files = [f.files["gaps"] for f in flows if "gaps" in f.files]
             out["checks"].append(("gaps > 0 => a .gaps file lists them", bool(gap_files),
                                   f"{[p.name for p in gap_files]}"))
-            if gap_files and c2s:
-                out["checks"] += check_pieces_against_stream(c2s[0].files["c2s"],
+            if gap_files and s2c:
+                out["checks"] += check_pieces_against_stream(s2c[0].files["s2c"],
                                                              gap_files[0])
         if s.get("ringbuf_drops", 0) > 0:
             out["checks"].append(("ringbuf_drops > 0 => gaps > 0", s.get("gaps", 0) > 0,
@@ -276,8 +336,8 @@ def main():
     began = time.monotonic()
     expected_sha = stream_sha256()
     shm_root = tempfile.mkdtemp(prefix="pgshadow-bench-", dir="/dev/shm")
-    print(f"capture benchmark: {TOTAL / GIB:g} GiB per run over 127.0.0.1, {BLOCK >> 20} MiB "
-          f"sendall blocks, {PAIRS} pairs (without, with agent), dumps in {shm_root}")
+    print(f"capture benchmark: {TOTAL / GIB:g} GiB of rows per run over 127.0.0.1, "
+          f"{BLOCK >> 20} MiB sendall blocks, {PAIRS} pairs (without, with agent), dumps in {shm_root}")
     print(f"stream sha256 {expected_sha}")
     ratios, plain, captured, failures = [], [], [], 0
     try:
