@@ -58,13 +58,16 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 
-/* The reader polls on this timeout when no wakeup comes (records are submitted without
- * one until the ring holds wakeup_bytes, see bpf/capture.bpf.c). It bounds how long a
- * completed request waits before replay sees it, and the burst a session's replay queue
- * must absorb: 10 ms left the replay benchmark at 98.7% mirrored (queue bursts of ~30
- * requests per session), 2 ms at 99.4-100%, for ~2.5 us more agent CPU per request (measured before
- * replay_wake batched the replay thread's wakeups). */
-#define POLL_TIMEOUT_MS	      2
+/* While records flow, the reader polls on this timeout (records are submitted without a
+ * wakeup until the ring holds wakeup_bytes, see bpf/capture.bpf.c). Mirroring, it bounds
+ * how long a completed request waits before replay sees it, and the burst a session's
+ * replay queue must absorb: 10 ms left the replay benchmark at 98.7% mirrored (queue
+ * bursts of ~30 requests per session), 2 ms at 99.4-100%. Only observing, nothing waits
+ * on it (latencies are kernel timestamps, /metrics is scraped in seconds) and each wakeup
+ * costs a context switch: at 10,000 requests/s the 2 ms poll was 45% of the agent's CPU
+ * (3.3 us per request on this VM, where switches are expensive). */
+#define POLL_MIRROR_MS	      2
+#define POLL_OBSERVE_MS	      10
 #define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
 #define IDLE_AFTER_NS	      200000000ULL  /* no record for this long: the reader sleeps */
 #define IDLE_POLL_MS	      1000	    /* ... woken by the next record, or by the timers */
@@ -1407,12 +1410,13 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			reload(a);
 		}
 		clock = monotonic_ns();
-		/* busy: poll every POLL_TIMEOUT_MS (records come without wakeups); quiet for
-		 * IDLE_AFTER_NS: sleep until the next record wakes us, or a second passes */
+		/* busy: poll every POLL_MIRROR_MS or POLL_OBSERVE_MS (records come without
+		 * wakeups); quiet for IDLE_AFTER_NS: sleep until the next record wakes us, or a
+		 * second passes */
 		if (clock - last_record > IDLE_AFTER_NS)
 			n = capture_poll_idle(c, IDLE_POLL_MS);
 		else
-			n = capture_poll(c, POLL_TIMEOUT_MS);
+			n = capture_poll(c, a->replay ? POLL_MIRROR_MS : POLL_OBSERVE_MS);
 		if (n > 0)
 			last_record = monotonic_ns();
 		if (n == -EINTR)
