@@ -38,6 +38,11 @@ const volatile __u16 server_port = 5432;
  * are submitted without a wakeup and the reader finds them on its short poll timeout.
  * Waking the reader per record cost 35-45% of the source's TPS in the prototype. */
 const volatile __u64 wakeup_bytes = 1 << 20;
+/* Set by the loader: how full the ring may get with payload. The rest is kept for records
+ * without payload (a SYN, a FIN or RST, the end of a packet whose payload was lost), so
+ * that when the reader falls behind and payload is lost, where each stream ended still
+ * reaches it and the loss becomes a gap of known size instead of a silently short stream. */
+const volatile __u64 data_limit = ~0ULL;
 
 /* Written by the agent at run time: non-zero once the exclude map has entries, so the
  * common case pays no hash lookup. */
@@ -310,10 +315,9 @@ static __always_inline bool local_client(struct __sk_buff *skb, struct pkt *p, b
 }
 
 /* Picks the wakeup flag: wake the reader only once wakeup_bytes wait in the ring. */
-static __always_inline __u64 wakeup_flag(void)
+static __always_inline __u64 wakeup_flag(__u64 avail)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									     : BPF_RB_NO_WAKEUP;
+	return avail >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /*
@@ -339,15 +343,22 @@ static __always_inline void wake_idle_reader(void)
  */
 static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_event *ev,
 				   struct pkt *p, struct capture_counters *cnt, __u64 wake,
-				   __u32 off, __u64 len, const __u32 cap)
+				   __u64 *avail, __u32 off, __u64 len, const __u32 cap)
 {
+	/* a record's size in the ring: its 8-byte header, rounded up to 8 */
+	const __u64 size = 8 + ((sizeof(struct capture_event) + cap + 7) & ~7ULL);
 	struct record *rec;
 
+	if (len > 0 && *avail + size > data_limit) {
+		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
+		return -1;
+	}
 	rec = bpf_ringbuf_reserve(&events, sizeof(rec->ev) + cap, 0);
 	if (!rec) {
 		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
 		return -1;
 	}
+	*avail += size;
 	rec->ev = *ev;
 	rec->ev.chunk_off = off;
 	rec->ev.chunk_len = len;
@@ -371,34 +382,36 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
  * (bpf_ringbuf_output) cost a second copy and a third of the program's time per packet.
  */
 static __always_inline int emit(struct __sk_buff *skb, const struct capture_event *ev,
-				struct pkt *p, struct capture_counters *cnt, __u64 wake, __u32 off,
-				__u64 len)
+				struct pkt *p, struct capture_counters *cnt, __u64 wake,
+				__u64 *avail, __u32 off, __u64 len)
 {
+	if (len == 0)
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 0);
 	if (len <= 64)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 64);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 64);
 	if (len <= 96)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 96);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 96);
 	if (len <= 128)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 128);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 128);
 	if (len <= 192)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 192);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 192);
 	if (len <= 256)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 256);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 256);
 	if (len <= 384)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 384);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 384);
 	if (len <= 512)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 512);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 512);
 	if (len <= 768)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 768);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 768);
 	if (len <= 1024)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 1024);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 1024);
 	if (len <= 1536)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 1536);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 1536);
 	if (len <= 2048)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 2048);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 2048);
 	if (len <= 3072)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 3072);
-	return emit_in(skb, ev, p, cnt, wake, off, len, CAPTURE_CHUNK_MAX);
+		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 3072);
+	return emit_in(skb, ev, p, cnt, wake, avail, off, len, CAPTURE_CHUNK_MAX);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, bool ingress)
@@ -407,8 +420,9 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	struct capture_counters *cnt;
 	struct capture_event ev;
 	__u32 copy_len, off;
-	__u64 wake;
+	__u64 wake, avail;
 	__u64 n;
+	bool lost = false;
 	__u8 dir;
 	int i;
 
@@ -437,7 +451,9 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	}
 	count(cnt, CAPTURE_CNT_PACKETS, 1);
 	count(cnt, CAPTURE_CNT_BYTES, p.payload_len);
-	wake = wakeup_flag(); /* once per packet, not per chunk */
+	/* once per packet, not per chunk */
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	wake = wakeup_flag(avail);
 
 	__builtin_memset(&ev, 0, sizeof(ev));
 	ev.ts_ns = bpf_ktime_get_ns();
@@ -454,7 +470,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	ev.dir = dir;
 
 	if (p.payload_len == 0) {
-		emit(skb, &ev, &p, cnt, wake, 0, 0);
+		emit(skb, &ev, &p, cnt, wake, &avail, 0, 0);
 		wake_idle_reader();
 		return TCX_NEXT;
 	}
@@ -470,13 +486,16 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		n = copy_len - off;
 		if (n > CAPTURE_CHUNK_MAX)
 			n = CAPTURE_CHUNK_MAX;
-		if (emit(skb, &ev, &p, cnt, wake, off, n))
-			break; /* the rest of this packet is a hole downstream */
+		if (emit(skb, &ev, &p, cnt, wake, &avail, off, n)) {
+			lost = true; /* the rest of this packet is a hole downstream */
+			break;
+		}
 	}
-	/* A truncated packet's FIN/RST still has to reach user space at its true position:
-	 * an empty record at the end of the payload carries it. */
-	if (copy_len < p.payload_len && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
-		emit(skb, &ev, &p, cnt, wake, p.payload_len, 0);
+	/* The FIN/RST of a truncated packet, or of one whose payload was lost, still has to
+	 * reach user space at its true position: an empty record at the end of the payload
+	 * carries it (in the ring's reserve, see data_limit). */
+	if ((lost || copy_len < p.payload_len) && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
+		emit(skb, &ev, &p, cnt, wake, &avail, p.payload_len, 0);
 	wake_idle_reader();
 	return TCX_NEXT;
 }

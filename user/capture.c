@@ -325,6 +325,9 @@ static int load(struct capture *c, const struct capture_config *cfg, struct capt
 	}
 	c->skel->rodata->server_port = cfg->port;
 	c->skel->rodata->wakeup_bytes = cfg->wakeup_bytes;
+	/* 1/64 of the ring kept for records without payload (see data_limit in the program):
+	 * 13,000 packet ends in the default 64 MiB ring */
+	c->skel->rodata->data_limit = cfg->ringbuf_bytes - cfg->ringbuf_bytes / 64;
 	err = bpf_map__set_max_entries(c->skel->maps.events, cfg->ringbuf_bytes);
 	if (err) {
 		set_error(error, err, "invalid ring buffer size %u: %s", cfg->ringbuf_bytes,

@@ -22,8 +22,10 @@
 #include "capture_event.h"
 #include "capture.skel.h"
 
-#define PORT	    5432
-#define MAX_RECORDS 16
+#define PORT	     5432
+#define MAX_RECORDS  16
+#define RING_BYTES   (1 << 20)
+#define RING_RESERVE (64 << 10) /* kept for records without payload (data_limit) */
 
 struct record {
 	struct capture_event ev;
@@ -35,6 +37,8 @@ struct fixture {
 	struct ring_buffer *rb;
 	struct record rec[MAX_RECORDS];
 	int n;
+	struct record last[2]; /* the last two records consumed, [1] the latest */
+	long total;	       /* records consumed since the last reset */
 };
 
 static int on_record(void *ctx, void *data, size_t size)
@@ -45,6 +49,9 @@ static int on_record(void *ctx, void *data, size_t size)
 	assert_true(size <= sizeof(struct record));
 	if (f->n < MAX_RECORDS)
 		memcpy(&f->rec[f->n++], data, size);
+	f->last[0] = f->last[1];
+	memcpy(&f->last[1], data, size);
+	f->total++;
 	return 0;
 }
 
@@ -62,7 +69,8 @@ static int setup(void **state)
 		return -1;
 	f->skel->rodata->server_port = PORT;
 	f->skel->rodata->wakeup_bytes = 1;
-	bpf_map__set_max_entries(f->skel->maps.events, 1 << 20);
+	f->skel->rodata->data_limit = RING_BYTES - RING_RESERVE;
+	bpf_map__set_max_entries(f->skel->maps.events, RING_BYTES);
 	if (capture_bpf__load(f->skel))
 		return -1;
 	f->rb = ring_buffer__new(bpf_map__fd(f->skel->maps.events), on_record, f, NULL);
@@ -269,6 +277,62 @@ static void test_pure_ack_dropped_flags_kept(void **state)
 	assert_int_equal(f->rec[0].ev.tcp_flags, 0x04);
 }
 
+/* A ring filled up to data_limit refuses payload (counted as drops), but a packet's FIN
+ * still arrives, at the end of its lost payload, and so does a FIN without payload: the
+ * reader learns where the stream ended, and the loss becomes a gap of known size. */
+static void test_full_ring_keeps_packet_ends(void **state)
+{
+	struct fixture *f = get(state);
+	uint8_t payload[3000], frame[3200];
+	uint64_t drops = counter(f, CAPTURE_CNT_RB_DROPS);
+	int prog = bpf_program__fd(f->skel->progs.capture_ingress);
+	size_t len;
+
+	memset(payload, 'x', sizeof(payload));
+	len = build_frame(frame, 4, "127.0.0.1", "127.0.0.1", 40000, PORT, 1000, 0x18, payload,
+			  sizeof(payload));
+	{
+		/* 400 x 3,152 ring bytes: past data_limit, not past the ring */
+		DECLARE_LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len,
+				    .repeat = 400);
+		assert_int_equal(bpf_prog_test_run_opts(prog, &opts), 0);
+	}
+	assert_true(counter(f, CAPTURE_CNT_RB_DROPS) > drops); /* payload refused */
+	drops = counter(f, CAPTURE_CNT_RB_DROPS);
+
+	/* the last data with FIN (less room is left than its record needs): its payload
+	 * refused, its end and FIN kept */
+	len = build_frame(frame, 4, "127.0.0.1", "127.0.0.1", 40000, PORT, 5000, 0x19, payload,
+			  sizeof(payload));
+	{
+		DECLARE_LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len,
+				    .repeat = 1);
+		assert_int_equal(bpf_prog_test_run_opts(prog, &opts), 0);
+	}
+	assert_int_equal(counter(f, CAPTURE_CNT_RB_DROPS), drops + 1);
+	/* the other side's FIN, without payload */
+	len = build_frame(frame, 4, "127.0.0.1", "127.0.0.1", PORT, 40000, 9000, 0x11, NULL, 0);
+	{
+		DECLARE_LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len,
+				    .repeat = 1);
+		assert_int_equal(bpf_prog_test_run_opts(prog, &opts), 0);
+	}
+
+	f->n = 0;
+	f->total = 0;
+	ring_buffer__consume(f->rb);
+	assert_true(f->total > 250 && f->total < 400);
+	assert_int_equal(f->last[0].ev.seq, 5000);
+	assert_int_equal(f->last[0].ev.chunk_off, 3000); /* at the end of the lost payload */
+	assert_int_equal(f->last[0].ev.chunk_len, 0);
+	assert_int_equal(f->last[0].ev.payload_len, 3000);
+	assert_int_equal(f->last[0].ev.tcp_flags & 0x01, 0x01);
+	assert_int_equal(f->last[1].ev.seq, 9000);
+	assert_int_equal(f->last[1].ev.dir, CAPTURE_DIR_S2C);
+	assert_int_equal(f->last[1].ev.tcp_flags, 0x11);
+	assert_int_equal(counter(f, CAPTURE_CNT_RB_DROPS), drops + 1);
+}
+
 static void test_exclude_map(void **state)
 {
 	struct fixture *f = get(state);
@@ -322,6 +386,7 @@ int main(void)
 	    cmocka_unit_test(test_other_ports_ignored),
 	    cmocka_unit_test(test_pure_ack_dropped_flags_kept),
 	    cmocka_unit_test(test_exclude_map),
+	    cmocka_unit_test(test_full_ring_keeps_packet_ends),
 	    cmocka_unit_test(test_not_tcp_and_fragments_ignored),
 	};
 
