@@ -189,8 +189,15 @@ class PoolWatch:
         self.console_error = None
         self.states = []  # per poll: SHOW MIRROR SESSIONS states and their counts
         self.sched = []  # per poll: the replay thread's /proc schedstat (or None)
+        self.rss_anon_kib = 0  # the agent's largest RssAnon seen
 
     def poll(self):
+        try:
+            status = Path(f"/proc/{self.agent.proc.pid}/status").read_text()
+            anon = int(re.search(r"^RssAnon:\s+(\d+) kB", status, re.M).group(1))
+            self.rss_anon_kib = max(self.rss_anon_kib, anon)
+        except (OSError, AttributeError):
+            pass
         self.last = tp.pool_gauges(tm.scrape(self.agent))
         for key, value in self.last.items():
             self.largest[key] = max(self.largest.get(key, value), value)
@@ -363,7 +370,10 @@ def many_sessions(src, mir):
             ("mirror connections (sampled max)", str(most), f"<= {POOL_CAP}",
              most <= POOL_CAP),
             ("mirror_pool_connections_peak", str(f["peak"]), f"<= {POOL_CAP}",
-             0 <= f["peak"] <= POOL_CAP), settled_row(f)] + must_hold_rows(f)
+             0 <= f["peak"] <= POOL_CAP),
+            ("agent RssAnon (sampled max)", f"{f['watch'].rss_anon_kib / 1024:.1f} MiB",
+             "<= 16 MiB", f["watch"].rss_anon_kib <= 16 * 1024),
+            settled_row(f)] + must_hold_rows(f)
     return report(f"{SESSIONS} sessions", rows, f["stderr_tail"])
 
 
