@@ -66,11 +66,17 @@
  * on it (latencies are kernel timestamps, /metrics is scraped in seconds) and each wakeup
  * costs a context switch: at 10,000 requests/s the 2 ms poll was 45% of the agent's CPU
  * (3.3 us per request on this VM, where switches are expensive). */
-#define POLL_MIRROR_MS	      2
-#define POLL_OBSERVE_MS	      10
-#define TICK_INTERVAL_NS      100000000ULL  /* hole timeouts and idle expiry every 100 ms */
-#define IDLE_AFTER_NS	      200000000ULL  /* no record for this long: the reader sleeps */
-#define IDLE_POLL_MS	      1000	    /* ... woken by the next record, or by the timers */
+#define POLL_MIRROR_MS	 2
+#define POLL_OBSERVE_MS	 10
+#define TICK_INTERVAL_NS 100000000ULL /* hole timeouts and idle expiry every 100 ms */
+/* Sparse traffic: fewer records than this in the last SPARSE_WINDOW_NS (and the one
+ * before) are fewer wakeups asleep, woken by each record, than polls would be; and the
+ * answer to a query that woke the reader is decoded at once, not a poll later. */
+#define SPARSE_WINDOW_NS      100000000ULL
+#define SPARSE_RECORDS	      10
+#define SPARSE_POLL_MS	      100	    /* asleep: woken by the next record, or for the tick */
+#define IDLE_AFTER_NS	      200000000ULL  /* no record for this long: ... */
+#define IDLE_POLL_MS	      1000	    /* ... or after a second (timers run then) */
 #define READINESS_INTERVAL_NS 1000000000ULL /* readiness gauges and alerts every second */
 #define STATE_SAVE_NS	      5000000000ULL /* state_file written at most this often */
 
@@ -1400,7 +1406,8 @@ static void publish_aux(struct agent *a, struct resolver *r)
 static int run(struct agent *a, struct capture *c, struct pipeline *p, struct resolver *r)
 {
 	uint64_t k[CAPTURE_COUNTERS] = {};
-	uint64_t last_tick = 0, now, clock, last_record = monotonic_ns();
+	uint64_t last_tick = 0, now, clock, window_start = monotonic_ns(), last_record = 0;
+	uint64_t recent = 0, before = 0; /* records in this sparse window and the previous */
 	const char *limit, *meaning;
 	int n;
 
@@ -1411,14 +1418,22 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 		}
 		clock = monotonic_ns();
 		/* busy: poll every POLL_MIRROR_MS or POLL_OBSERVE_MS (records come without
-		 * wakeups); quiet for IDLE_AFTER_NS: sleep until the next record wakes us, or a
-		 * second passes */
-		if (clock - last_record > IDLE_AFTER_NS)
-			n = capture_poll_idle(c, IDLE_POLL_MS);
+		 * wakeups); sparse: sleep until the next record wakes us, or the tick is due (a
+		 * second when nothing came for IDLE_AFTER_NS) */
+		if (clock - window_start >= SPARSE_WINDOW_NS) {
+			before = clock - window_start < 2 * SPARSE_WINDOW_NS ? recent : 0;
+			recent = 0;
+			window_start = clock;
+		}
+		if (recent + before < SPARSE_RECORDS)
+			n = capture_poll_idle(
+			    c, clock - last_record > IDLE_AFTER_NS ? IDLE_POLL_MS : SPARSE_POLL_MS);
 		else
 			n = capture_poll(c, a->replay ? POLL_MIRROR_MS : POLL_OBSERVE_MS);
-		if (n > 0)
+		if (n > 0) {
+			recent += (uint64_t)n;
 			last_record = monotonic_ns();
+		}
 		if (n == -EINTR)
 			continue;
 		if (n < 0) {

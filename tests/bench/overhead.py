@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """Overhead benchmark: what attaching the agent costs a PostgreSQL source.
 
+0. Idle: a fresh agent without traffic, its CPU ticks over 10 s; then five times a query
+   after 1.5 s of silence on a session opened before, and the milliseconds until the
+   agent decoded it (its request counter, polled every millisecond).
 1. Maximum rate: `pgbench -n -S -M prepared -c 4 -j 2 -T 10` against a local source
    (one PostgreSQL 15 cluster on 127.0.0.1, pgbench -i -s 10), without and with the agent
    (attached to lo, a fresh agent per run), alternating PAIRS pairs (which one goes first
@@ -30,7 +33,8 @@ pgbench's transaction count + 2, the two catalogue queries pgbench's main connec
 before a builtin script; nothing else runs in that database) — and no ring-buffer drops.
 Targets reported (figures, not a timed test): TPS ratio >= 0.97; agent CPU per request
 <= 1% of the source cluster's; BPF per packet <= 3x the empty program; host CPU per
-request with the agent <= 1.02x without.
+request with the agent <= 1.02x without; idle <= 1 CPU tick in 10 s; a query after
+silence decoded within 5 ms.
 
 The server logs nothing per statement here (log_statement = none): logging every
 statement would make the server, not the agent, the thing measured.
@@ -70,6 +74,9 @@ TARGET_TPS_RATIO = 0.97
 TARGET_CPU_SHARE = 0.01  # agent CPU per request / source cluster CPU per request
 TARGET_BPF_RATIO = 3.0   # BPF ns per packet / the empty program's
 TARGET_HOST_RATIO = 1.02  # host CPU per request with the agent / without
+TARGET_IDLE_TICKS = 1     # CPU ticks of an idle agent in IDLE_SECONDS
+TARGET_WAKE_MS = 5.0      # a query after silence decoded within
+IDLE_SECONDS, IDLE_WAKES = 10, 5
 
 
 def pgbench_args(seconds, rate=None):
@@ -148,6 +155,42 @@ def agent_checks(name, m, result, server, res, figures, checks):
                    f"/metrics {drops}, stats line {s.get('ringbuf_drops')}"))
     checks.append((f"{name}: agent exited 0 after SIGINT", result.returncode == 0,
                    f"exit {result.returncode}"))
+
+
+# --------------------------------------------------------------------------- idle
+
+def idle_figures(pg, binary, logdir):
+    """An agent with no traffic: its CPU ticks over IDLE_SECONDS; then, IDLE_WAKES times,
+    a query on a session opened earlier after 1.5 s of silence (the reader sleeps after
+    200 ms) and the time until the agent has decoded it (its request counter, polled every
+    millisecond; the query's own round trip included)."""
+    import psycopg2
+    with AgentRun(binary, pg, logdir, "idle") as run:
+        conn = psycopg2.connect(pg.conninfo(DB))
+        conn.autocommit = True
+        try:
+            time.sleep(1)
+            st0 = h.proc_stat(run.agent.pid)
+            time.sleep(IDLE_SECONDS)
+            st1 = h.proc_stat(run.agent.pid)
+            ticks = st1.utime + st1.stime - st0.utime - st0.stime
+            delays = []
+            with conn.cursor() as cur:
+                for _ in range(IDLE_WAKES):
+                    seen = pgh.metrics(run.addr).requests(DB)
+                    time.sleep(1.5)
+                    sent = time.monotonic()
+                    cur.execute("SELECT 1")
+                    while (pgh.metrics(run.addr).requests(DB) == seen
+                           and time.monotonic() - sent < 5):
+                        time.sleep(0.001)
+                    delays.append(time.monotonic() - sent)
+        finally:
+            conn.close()
+    print(f"idle: {ticks} CPU ticks in {IDLE_SECONDS} s without traffic; a query after "
+          f"1.5 s of silence decoded after {', '.join(f'{d * 1e3:.1f}' for d in delays)} ms",
+          flush=True)
+    return {"ticks": ticks, "wake_ms": max(delays) * 1e3}
 
 
 # --------------------------------------------------------------------------- fixed rate
@@ -294,6 +337,7 @@ def main():
         pg.psql("VACUUM ANALYZE", db=DB)
         logdir = pg.dir
         pg.pgbench(pgbench_args(3), DB)  # warm the caches
+        idle = idle_figures(pg, binary, logdir)
         for i in range(PAIRS):
             order = ("without", "with") if i % 2 == 0 else ("with", "without")
             tps = {}
@@ -367,7 +411,11 @@ def main():
             ("BPF per packet / empty prog", f"{med(bpf_ratio):.2f}x",
              f"<= {TARGET_BPF_RATIO:g}x", med(bpf_ratio) <= TARGET_BPF_RATIO),
             ("host CPU/request agent/none", f"{med(host_ratio):.3f}",
-             f"<= {TARGET_HOST_RATIO:g}", med(host_ratio) <= TARGET_HOST_RATIO)]
+             f"<= {TARGET_HOST_RATIO:g}", med(host_ratio) <= TARGET_HOST_RATIO),
+            (f"idle CPU ticks in {IDLE_SECONDS} s", str(idle["ticks"]),
+             f"<= {TARGET_IDLE_TICKS}", idle["ticks"] <= TARGET_IDLE_TICKS),
+            ("decoded after silence (max)", f"{idle['wake_ms']:.1f} ms",
+             f"<= {TARGET_WAKE_MS:g} ms", idle["wake_ms"] <= TARGET_WAKE_MS)]
     for name, value, target, ok in rows:
         print(f"  {name:<32} {value:>10}   target {target:<10} "
               f"{'met' if ok else 'NOT MET'}")
