@@ -115,16 +115,16 @@ $(BUILD)/test_stats: tests/unit/test_stats.c $(BUILD)/stats.o $(BUILD)/buf.o $(B
 	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
 
 $(BUILD)/test_http: tests/unit/test_http.c $(BUILD)/http.o $(BUILD)/buf.o $(BUILD)/stats.o \
-		$(BUILD)/webauth.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
+		$(BUILD)/webauth.o tests/unit/peer.h
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -lmicrohttpd -lcrypt -lxxhash -lpthread -o $@
 
 $(BUILD)/test_explain: tests/unit/test_explain.c $(BUILD)/explain.o $(BUILD)/ownconn.o \
-		$(BUILD)/plan.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lpq -lcjson -lpthread -o $@
+		$(BUILD)/plan.o tests/unit/peer.h
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -lpq -lcjson -lpthread -o $@
 
 $(BUILD)/test_resolver: tests/unit/test_resolver.c $(BUILD)/resolver.o $(BUILD)/ownconn.o \
-		$(BUILD)/redact.o
-	$(CC) $(CFLAGS) $^ -lcmocka -lpq -lpthread -o $@
+		$(BUILD)/redact.o tests/unit/peer.h
+	$(CC) $(CFLAGS) $(filter-out %.h,$^) -lcmocka -lpq -lpthread -o $@
 
 $(BUILD)/test_readiness: tests/unit/test_readiness.c $(BUILD)/readiness.o $(BUILD)/stats.o \
 		$(BUILD)/buf.o

@@ -154,6 +154,51 @@ static __always_inline int tcp_fields(struct pkt *p, const __u8 *tcph, __u32 l4_
 }
 
 /*
+ * The IPv4 header's fields (iph in the packet or a copy of it): sets ip_len and
+ * l3_payload (what follows the IP header). Returns 0, or -1 for what is not reported (not
+ * TCP, a fragment, a header length that cannot be).
+ */
+static __always_inline int ipv4_fields(struct pkt *p, const struct iphdr *iph, __u32 skb_len,
+				       __u32 off, __u32 *ip_len, __u32 *l3_payload)
+{
+	if (iph->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(iph->frag_off) & IP_FRAG_MASK))
+		return -1;
+	*ip_len = iph->ihl * 4;
+	if (*ip_len < sizeof(*iph))
+		return -1;
+	p->family = 4;
+	p->v4_saddr = iph->saddr;
+	p->v4_daddr = iph->daddr;
+	map_v4(p->t.saddr, iph->saddr);
+	map_v4(p->t.daddr, iph->daddr);
+	/* tot_len is 0 on BIG TCP super-packets: use the skb length then. */
+	*l3_payload = bpf_ntohs(iph->tot_len);
+	if (*l3_payload == 0 || *l3_payload > skb_len - off)
+		*l3_payload = skb_len - off;
+	if (*l3_payload < *ip_len)
+		return -1;
+	*l3_payload -= *ip_len;
+	return 0;
+}
+
+/* The IPv6 header's fields, as ipv4_fields. Extension headers before TCP are rare and not
+ * followed. */
+static __always_inline int ipv6_fields(struct pkt *p, const struct ipv6hdr *ip6h, __u32 skb_len,
+				       __u32 off, __u32 *ip_len, __u32 *l3_payload)
+{
+	if (ip6h->nexthdr != IPPROTO_TCP_NUM)
+		return -1;
+	*ip_len = sizeof(*ip6h);
+	p->family = 6;
+	__builtin_memcpy(p->t.saddr, &ip6h->saddr, 16);
+	__builtin_memcpy(p->t.daddr, &ip6h->daddr, 16);
+	*l3_payload = bpf_ntohs(ip6h->payload_len);
+	if (*l3_payload == 0 || *l3_payload > skb_len - off - *ip_len)
+		*l3_payload = skb_len - off - *ip_len;
+	return 0;
+}
+
+/*
  * The common case, read in place: an IPv4 or IPv6 TCP packet whose headers lie in the
  * skb's linear area (direct packet access costs no helper call; the general parse below
  * takes three or four). Returns 0 when parsed, -1 when the packet is not one to report,
@@ -175,45 +220,21 @@ static __always_inline int parse_linear(struct __sk_buff *skb, struct pkt *p, __
 
 		if ((void *)(iph + 1) > end)
 			return 1;
-		if (iph->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(iph->frag_off) & IP_FRAG_MASK))
+		if (ipv4_fields(p, iph, skb_len, off, &ip_len, &l3_payload))
 			return -1;
-		ip_len = iph->ihl * 4;
-		if (ip_len < sizeof(*iph))
-			return -1;
-		tcph = (void *)iph + ip_len;
-		if ((void *)(tcph + 20) > end)
-			return 1;
-		p->family = 4;
-		p->v4_saddr = iph->saddr;
-		p->v4_daddr = iph->daddr;
-		map_v4(p->t.saddr, iph->saddr);
-		map_v4(p->t.daddr, iph->daddr);
-		l3_payload = bpf_ntohs(iph->tot_len);
-		if (l3_payload == 0 || l3_payload > skb_len - off)
-			l3_payload = skb_len - off;
-		if (l3_payload < ip_len)
-			return -1;
-		l3_payload -= ip_len;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h = data + off;
 
 		if ((void *)(ip6h + 1) > end)
 			return 1;
-		if (ip6h->nexthdr != IPPROTO_TCP_NUM)
+		if (ipv6_fields(p, ip6h, skb_len, off, &ip_len, &l3_payload))
 			return -1;
-		ip_len = sizeof(*ip6h);
-		tcph = (void *)(ip6h + 1);
-		if ((void *)(tcph + 20) > end)
-			return 1;
-		p->family = 6;
-		__builtin_memcpy(p->t.saddr, &ip6h->saddr, 16);
-		__builtin_memcpy(p->t.daddr, &ip6h->daddr, 16);
-		l3_payload = bpf_ntohs(ip6h->payload_len);
-		if (l3_payload == 0 || l3_payload > skb_len - off - ip_len)
-			l3_payload = skb_len - off - ip_len;
 	} else {
 		return -1;
 	}
+	tcph = data + off + ip_len;
+	if ((void *)(tcph + 20) > end)
+		return 1;
 	return tcp_fields(p, tcph, off + ip_len, l3_payload);
 }
 
@@ -237,40 +258,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr iph;
 
-		if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)))
+		if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)) ||
+		    ipv4_fields(p, &iph, skb_len, off, &ip_len, &l3_payload))
 			return -1;
-		if (iph.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(iph.frag_off) & IP_FRAG_MASK))
-			return -1;
-		ip_len = iph.ihl * 4;
-		if (ip_len < sizeof(iph))
-			return -1;
-		p->family = 4;
-		p->v4_saddr = iph.saddr;
-		p->v4_daddr = iph.daddr;
-		map_v4(p->t.saddr, iph.saddr);
-		map_v4(p->t.daddr, iph.daddr);
-		/* tot_len is 0 on BIG TCP super-packets: use the skb length then. */
-		l3_payload = bpf_ntohs(iph.tot_len);
-		if (l3_payload == 0 || l3_payload > skb_len - off)
-			l3_payload = skb_len - off;
-		if (l3_payload < ip_len)
-			return -1;
-		l3_payload -= ip_len;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6h;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6h, sizeof(ip6h)))
+		if (bpf_skb_load_bytes(skb, off, &ip6h, sizeof(ip6h)) ||
+		    ipv6_fields(p, &ip6h, skb_len, off, &ip_len, &l3_payload))
 			return -1;
-		/* Extension headers before TCP are rare and not followed. */
-		if (ip6h.nexthdr != IPPROTO_TCP_NUM)
-			return -1;
-		ip_len = sizeof(ip6h);
-		p->family = 6;
-		__builtin_memcpy(p->t.saddr, &ip6h.saddr, 16);
-		__builtin_memcpy(p->t.daddr, &ip6h.daddr, 16);
-		l3_payload = bpf_ntohs(ip6h.payload_len);
-		if (l3_payload == 0 || l3_payload > skb_len - off - ip_len)
-			l3_payload = skb_len - off - ip_len;
 	} else {
 		return -1;
 	}
@@ -343,22 +339,15 @@ static __always_inline void wake_idle_reader(void)
  */
 static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_event *ev,
 				   struct pkt *p, struct capture_counters *cnt, __u64 wake,
-				   __u64 *avail, __u32 off, __u64 len, const __u32 cap)
+				   __u32 off, __u64 len, const __u32 cap)
 {
-	/* a record's size in the ring: its 8-byte header, rounded up to 8 */
-	const __u64 size = 8 + ((sizeof(struct capture_event) + cap + 7) & ~7ULL);
 	struct record *rec;
 
-	if (len > 0 && *avail + size > data_limit) {
-		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
-		return -1;
-	}
 	rec = bpf_ringbuf_reserve(&events, sizeof(rec->ev) + cap, 0);
 	if (!rec) {
 		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
 		return -1;
 	}
-	*avail += size;
 	rec->ev = *ev;
 	rec->ev.chunk_off = off;
 	rec->ev.chunk_len = len;
@@ -382,36 +371,36 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
  * (bpf_ringbuf_output) cost a second copy and a third of the program's time per packet.
  */
 static __always_inline int emit(struct __sk_buff *skb, const struct capture_event *ev,
-				struct pkt *p, struct capture_counters *cnt, __u64 wake,
-				__u64 *avail, __u32 off, __u64 len)
+				struct pkt *p, struct capture_counters *cnt, __u64 wake, __u32 off,
+				__u64 len)
 {
 	if (len == 0)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 0);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 0);
 	if (len <= 64)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 64);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 64);
 	if (len <= 96)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 96);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 96);
 	if (len <= 128)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 128);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 128);
 	if (len <= 192)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 192);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 192);
 	if (len <= 256)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 256);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 256);
 	if (len <= 384)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 384);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 384);
 	if (len <= 512)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 512);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 512);
 	if (len <= 768)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 768);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 768);
 	if (len <= 1024)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 1024);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 1024);
 	if (len <= 1536)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 1536);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 1536);
 	if (len <= 2048)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 2048);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 2048);
 	if (len <= 3072)
-		return emit_in(skb, ev, p, cnt, wake, avail, off, len, 3072);
-	return emit_in(skb, ev, p, cnt, wake, avail, off, len, CAPTURE_CHUNK_MAX);
+		return emit_in(skb, ev, p, cnt, wake, off, len, 3072);
+	return emit_in(skb, ev, p, cnt, wake, off, len, CAPTURE_CHUNK_MAX);
 }
 
 static __always_inline int handle(struct __sk_buff *skb, bool ingress)
@@ -470,7 +459,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	ev.dir = dir;
 
 	if (p.payload_len == 0) {
-		emit(skb, &ev, &p, cnt, wake, &avail, 0, 0);
+		emit(skb, &ev, &p, cnt, wake, 0, 0);
 		wake_idle_reader();
 		return TCX_NEXT;
 	}
@@ -479,6 +468,15 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		count(cnt, CAPTURE_CNT_TRUNCATED, 1);
 		copy_len = CAPTURE_PAYLOAD_MAX;
 	}
+	/* Payload only below data_limit: at most what its records can take (a header and a
+	 * class at most half again its chunk each), checked once for the packet. */
+	if (avail + copy_len + copy_len / 2 +
+		(copy_len + CAPTURE_CHUNK_MAX - 1) / CAPTURE_CHUNK_MAX * (8 + sizeof(ev) + 64) >
+	    data_limit) {
+		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
+		lost = true;
+		copy_len = 0;
+	}
 	for (i = 0; i < CAPTURE_MAX_CHUNKS; i++) {
 		off = i * CAPTURE_CHUNK_MAX;
 		if (off >= copy_len)
@@ -486,7 +484,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		n = copy_len - off;
 		if (n > CAPTURE_CHUNK_MAX)
 			n = CAPTURE_CHUNK_MAX;
-		if (emit(skb, &ev, &p, cnt, wake, &avail, off, n)) {
+		if (emit(skb, &ev, &p, cnt, wake, off, n)) {
 			lost = true; /* the rest of this packet is a hole downstream */
 			break;
 		}
@@ -495,7 +493,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	 * reach user space at its true position: an empty record at the end of the payload
 	 * carries it (in the ring's reserve, see data_limit). */
 	if ((lost || copy_len < p.payload_len) && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
-		emit(skb, &ev, &p, cnt, wake, &avail, p.payload_len, 0);
+		emit(skb, &ev, &p, cnt, wake, p.payload_len, 0);
 	wake_idle_reader();
 	return TCX_NEXT;
 }

@@ -315,6 +315,7 @@ static int on_record(void *ctx, void *data, size_t size)
 
 static int load(struct capture *c, const struct capture_config *cfg, struct capture_error *error)
 {
+	uint32_t reserve;
 	int err;
 
 	c->skel = capture_bpf__open();
@@ -325,9 +326,15 @@ static int load(struct capture *c, const struct capture_config *cfg, struct capt
 	}
 	c->skel->rodata->server_port = cfg->port;
 	c->skel->rodata->wakeup_bytes = cfg->wakeup_bytes;
-	/* 1/64 of the ring kept for records without payload (see data_limit in the program):
-	 * 13,000 packet ends in the default 64 MiB ring */
-	c->skel->rodata->data_limit = cfg->ringbuf_bytes - cfg->ringbuf_bytes / 64;
+	/* kept for records without payload (see data_limit in the program): 1/64 of the ring
+	 * (13,000 packet ends in the default 64 MiB), at least 256 KiB (a packet checks the
+	 * limit once for all its payload, so each CPU may overshoot it by one packet), at
+	 * most a quarter of a small ring */
+	reserve = cfg->ringbuf_bytes / 64;
+	if (reserve < (256u << 10))
+		reserve =
+		    cfg->ringbuf_bytes / 4 < (256u << 10) ? cfg->ringbuf_bytes / 4 : 256u << 10;
+	c->skel->rodata->data_limit = cfg->ringbuf_bytes - reserve;
 	err = bpf_map__set_max_entries(c->skel->maps.events, cfg->ringbuf_bytes);
 	if (err) {
 		set_error(error, err, "invalid ring buffer size %u: %s", cfg->ringbuf_bytes,

@@ -1065,6 +1065,30 @@ bool stats_limit_first_hit(struct stats *st, const char **name, const char **mea
 	return false;
 }
 
+static const struct capture_metric malformed_kinds[] = {
+    {"bad_length", NULL, NULL, CAP(bad_lengths)},
+    {"protocol_error", NULL, NULL, CAP(protocol_errors)},
+    {"unmatched_response", NULL, NULL, CAP(unmatched_responses)},
+};
+
+static const struct capture_metric irregular_kinds[] = {
+    {"duplicate", NULL, NULL, CAP(dup_segments)},
+    {"out_of_order", NULL, NULL, CAP(ooo_segments)},
+};
+
+/* One sample of metric name per entry of m, labelled label="<entry's name>". */
+static bool render_labelled(struct buf *b, const char *name, const char *label,
+			    const struct capture_metric *m, size_t n, const struct stats_capture *c)
+{
+	bool ok = true;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		ok &= buf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, m[i].name,
+				 (unsigned long long)cap_field(c, m[i].offset));
+	return ok;
+}
+
 static bool render_capture(struct buf *b, struct stats *st)
 {
 	const struct stats_capture *c = &st->capture;
@@ -1082,10 +1106,8 @@ static bool render_capture(struct buf *b, struct stats *st)
 		     "Times a configured cap was reached (flows, flow_buffer, hole_timeout, "
 		     "statements, inflight, message_size, decode_buffer, portals, copy_bytes, "
 		     "databases).");
-	for (i = 0; i < sizeof(limit_metrics) / sizeof(limit_metrics[0]); i++)
-		ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"%s\"} %llu\n",
-				 limit_metrics[i].name,
-				 (unsigned long long)cap_field(c, limit_metrics[i].offset));
+	ok &= render_labelled(b, "mirror_capture_limit_hits_total", "limit", limit_metrics,
+			      sizeof(limit_metrics) / sizeof(limit_metrics[0]), c);
 	ok &= buf_printf(b, "mirror_capture_limit_hits_total{limit=\"databases\"} %llu\n",
 			 (unsigned long long)stats_database_overflow(st));
 	ok &= header(b, "mirror_capture_abandoned_requests_total", "counter",
@@ -1098,20 +1120,14 @@ static bool render_capture(struct buf *b, struct stats *st)
 		     "that cannot be: the direction hunts for a boundary), protocol_error (a "
 		     "message that breaks the protocol's rules), unmatched_response (a server "
 		     "message no request waited for: the session realigns).");
-	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"bad_length\"} %llu\n",
-			 (unsigned long long)cap_field(c, CAP(bad_lengths)));
-	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"protocol_error\"} %llu\n",
-			 (unsigned long long)cap_field(c, CAP(protocol_errors)));
-	ok &= buf_printf(b, "mirror_capture_malformed_total{kind=\"unmatched_response\"} %llu\n",
-			 (unsigned long long)cap_field(c, CAP(unmatched_responses)));
+	ok &= render_labelled(b, "mirror_capture_malformed_total", "kind", malformed_kinds,
+			      sizeof(malformed_kinds) / sizeof(malformed_kinds[0]), c);
 	ok &= header(b, "mirror_capture_irregular_segments_total", "counter",
 		     "Segments showing loss or reordering on the path: duplicate (a "
 		     "retransmission carrying no new byte), out_of_order (arrived before an "
 		     "earlier byte and held until the hole filled).");
-	ok &= buf_printf(b, "mirror_capture_irregular_segments_total{kind=\"duplicate\"} %llu\n",
-			 (unsigned long long)cap_field(c, CAP(dup_segments)));
-	ok &= buf_printf(b, "mirror_capture_irregular_segments_total{kind=\"out_of_order\"} %llu\n",
-			 (unsigned long long)cap_field(c, CAP(ooo_segments)));
+	ok &= render_labelled(b, "mirror_capture_irregular_segments_total", "kind", irregular_kinds,
+			      sizeof(irregular_kinds) / sizeof(irregular_kinds[0]), c);
 	ok &= header(b, "mirror_capture_skipped_bytes_total", "counter",
 		     "Stream bytes the decoders skipped while hunting for a message boundary.");
 	ok &= buf_printf(b, "mirror_capture_skipped_bytes_total %llu\n",

@@ -182,6 +182,21 @@ static void on_signal(int sig)
 	stop = 1;
 }
 
+/* Says "attached", then waits until end or a signal, reading rb (if any) as the agent does. */
+static void hold(struct ring_buffer *rb, time_t end)
+{
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	printf("attached\n");
+	fflush(stdout);
+	while (!stop && time(NULL) < end) {
+		if (rb)
+			ring_buffer__poll(rb, 10);
+		else
+			usleep(50000);
+	}
+}
+
 static int cmd_attach_empty(const char *iface, int seconds)
 {
 	struct bpf_prog_info info = {};
@@ -206,12 +221,7 @@ static int cmd_attach_empty(const char *iface, int seconds)
 			return 1;
 		}
 	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	printf("attached\n");
-	fflush(stdout);
-	while (!stop && time(NULL) < end)
-		usleep(50000);
+	hold(NULL, end);
 	if (bpf_obj_get_info_by_fd(prog, &info, &info_len))
 		return 1;
 	printf("empty run_cnt=%llu run_time_ns=%llu\n", (unsigned long long)info.run_cnt,
@@ -251,12 +261,7 @@ static int cmd_attach_capture(const char *iface, int port, int seconds, int ring
 		fprintf(stderr, "bpf_cost: attach on %s: %s\n", iface, strerror(errno));
 		return 1;
 	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	printf("attached\n");
-	fflush(stdout);
-	while (!stop && time(NULL) < end)
-		ring_buffer__poll(rb, 10);
+	hold(rb, end);
 	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.capture_ingress), &info,
 				   &info_len))
 		return 1;

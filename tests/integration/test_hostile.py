@@ -1286,6 +1286,18 @@ def retransmitted(ns):
     return int(re.search(r"TcpRetransSegs\s+(\d+)", out).group(1))
 
 
+def lossy_counts(m, label, namespaces):
+    """(duplicate, out_of_order) the agent counted; prints them beside the retransmissions
+    of both ends, and asserts there were some (else the case tested no loss)."""
+    retrans = sum(retransmitted(ns) for ns in namespaces)
+    dup = m.get("mirror_capture_irregular_segments_total", kind="duplicate")
+    ooo = m.get("mirror_capture_irregular_segments_total", kind="out_of_order")
+    print(f"{label}: {retrans} retransmissions; agent: duplicate {dup}, out_of_order {ooo}, "
+          f"gaps {m.get('mirror_capture_stream_gaps_total')}")
+    assert retrans > 0, "the lossy program lost nothing: the case tested no loss"
+    return dup, ooo
+
+
 def netns_metrics(agent):
     """A /metrics scrape of an agent running in a namespace (its listener is there)."""
     code = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
@@ -1311,12 +1323,8 @@ def test_lossy_link_streams_byte_exact(lab, start_agent, procs, rng, tmp_path):
     m = netns_metrics(agent)
     watch.check("lossy link, streams")
     result = agent.stop()
-    retrans = retransmitted(cli_ns) + retransmitted(host_ns)
-    dup = m.get("mirror_capture_irregular_segments_total", kind="duplicate")
-    ooo = m.get("mirror_capture_irregular_segments_total", kind="out_of_order")
-    print(f"lossy streams: {retrans} retransmissions; agent: duplicate {dup}, out_of_order "
-          f"{ooo}, gaps {m.get('mirror_capture_stream_gaps_total')}; {result.stats}")
-    assert retrans > 0, "the lossy program lost nothing: the case tested no loss"
+    dup, ooo = lossy_counts(m, "lossy streams", (cli_ns, host_ns))
+    print(f"stats at stop: {result.stats}")
     h.assert_clean_stop(result, min_bytes=h.spec_bytes(spec))
     h.check_dumps(agent.dump_dir, conns, port, client_ip=LOSSY_CLIENT,
                   server_ips={LOSSY_HOST})
@@ -1363,12 +1371,7 @@ def test_lossy_link_sessions_counted_exactly(lab, start_agent, rng):
                 break
             time.sleep(0.2)
         watch.check("lossy link, sessions")
-        retrans = retransmitted(cli_ns) + retransmitted(host_ns)
-        dup = m.get("mirror_capture_irregular_segments_total", kind="duplicate")
-        ooo = m.get("mirror_capture_irregular_segments_total", kind="out_of_order")
-        print(f"lossy sessions: {retrans} retransmissions; agent: duplicate {dup}, "
-              f"out_of_order {ooo}")
-        assert retrans > 0, "the lossy program lost nothing: the case tested no loss"
+        dup, _ = lossy_counts(m, "lossy sessions", (cli_ns, host_ns))
         assert_exact(m, pg, "lossy_pg", since)
         assert dup > 0, "retransmissions the agent saw twice were not counted"
         assert m.get("mirror_capture_stream_gaps_total") == 0

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "peer.h"
 
 #include "explain.h"
 #include "ownconn.h"
@@ -90,59 +91,6 @@ static void excl_reset(void)
 	pthread_mutex_unlock(&excl.lock);
 }
 
-/* ---- sockets ---- */
-
-static int listen_on(int family, int backlog, uint16_t *port)
-{
-	struct sockaddr_storage ss = {0};
-	socklen_t len;
-	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	assert_true(fd >= 0);
-	if (family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-
-		in->sin_family = AF_INET;
-		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		len = sizeof(*in);
-	} else {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-
-		in6->sin6_family = AF_INET6;
-		in6->sin6_addr = in6addr_loopback;
-		len = sizeof(*in6);
-	}
-	assert_int_equal(bind(fd, (struct sockaddr *)&ss, len), 0);
-	assert_int_equal(listen(fd, backlog), 0);
-	len = sizeof(ss);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&ss, &len), 0);
-	*port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-					: ((struct sockaddr_in6 *)&ss)->sin6_port);
-	return fd;
-}
-
-static uint16_t closed_port(void)
-{
-	uint16_t port;
-
-	close(listen_on(AF_INET, 1, &port));
-	return port;
-}
-
-static bool read_full(int fd, void *p, size_t n)
-{
-	ssize_t k;
-
-	while (n) {
-		k = recv(fd, p, n, 0);
-		if (k <= 0)
-			return false;
-		p = (char *)p + k;
-		n -= k;
-	}
-	return true;
-}
-
 /* ---- the mirror: a scripted PostgreSQL backend, one connection ---- */
 
 enum pg_mode {
@@ -169,31 +117,10 @@ struct pgfake {
 	char param[4][16];
 };
 
-static void pg_send(int fd, char type, const void *body, size_t len)
+/* An ErrorResponse and ReadyForQuery: the answer to a failing Sync'ed statement. */
+static void pg_fail(int fd, const char *code)
 {
-	char hdr[5];
-	uint32_t n = htonl((uint32_t)len + 4);
-
-	hdr[0] = type;
-	memcpy(hdr + 1, &n, 4);
-	send(fd, hdr, 5, MSG_NOSIGNAL);
-	if (len)
-		send(fd, body, len, MSG_NOSIGNAL);
-}
-
-static void pg_ready(int fd)
-{
-	pg_send(fd, 'Z', "I", 1);
-}
-
-static void pg_error(int fd, const char *code)
-{
-	char body[128];
-	int n = snprintf(body, sizeof(body), "SERROR%cVERROR%cC%s%cMscripted failure%c", 0, 0, code,
-			 0, 0);
-
-	body[n] = '\0';
-	pg_send(fd, 'E', body, (size_t)n + 1);
+	pg_error(fd, code);
 	pg_ready(fd);
 }
 
@@ -282,13 +209,11 @@ static void *pg_run(void *arg)
 
 	if (fd < 0)
 		return NULL;
-	if (!read_full(fd, &len, 4) || (len = ntohl(len)) < 8 || len > 10000)
-		goto out;
-	body = malloc(len);
-	if (!read_full(fd, body, len - 4))
+	body = pg_read_startup(fd, &len);
+	if (!body)
 		goto out;
 	f->excluded_at_startup = excluded_now();
-	pg_startup(f, body, len - 4);
+	pg_startup(f, body, len);
 	if (f->mode == PG_MUTE) {
 		while (recv(fd, &type, 1, 0) > 0)
 			;
@@ -300,16 +225,8 @@ static void *pg_run(void *arg)
 	pg_ready(fd);
 	for (;;) {
 		free(body);
-		body = NULL;
-		if (!read_full(fd, &type, 1) || !read_full(fd, &len, 4))
-			break;
-		len = ntohl(len);
-		if (len < 4 || len > 1 << 20)
-			break;
-		body = calloc(1, len - 4 + 1);
-		if (!read_full(fd, body, len - 4))
-			break;
-		if (type == 'X')
+		body = pg_read_message(fd, &type, &len);
+		if (!body || type == 'X')
 			break;
 		if (type == 'P') { /* statement name, then the text */
 			const char *sql = body + strlen(body) + 1;
@@ -323,7 +240,7 @@ static void *pg_run(void *arg)
 			pg_bind(f, body);
 		} else if (type == 'S' && !explain) {
 			if (f->mode == PG_SET_ERROR) {
-				pg_error(fd, "22023");
+				pg_fail(fd, "22023");
 			} else {
 				pg_send(fd, '1', NULL, 0);
 				pg_send(fd, '2', NULL, 0);
@@ -334,7 +251,7 @@ static void *pg_run(void *arg)
 		} else if (type == 'S') {
 			f->explain_seen = true;
 			if (f->mode == PG_EXPLAIN_ERROR)
-				pg_error(fd, "42601");
+				pg_fail(fd, "42601");
 			else if (f->mode == PG_PLAN)
 				pg_plan_answer(fd, f->plan);
 			/* PG_SILENT: nothing, until the client goes */

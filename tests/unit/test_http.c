@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "peer.h"
 
 #include "buf.h"
 #include "http.h"
@@ -30,47 +31,6 @@
 
 /* ---- helpers ---- */
 
-/* A listening TCP socket on host (port 0: any free one); its port in *port. */
-static int listen_on(int family, int backlog, uint16_t *port)
-{
-	struct sockaddr_storage ss = {0};
-	socklen_t len;
-	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-
-	assert_true(fd >= 0);
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (family == AF_INET) {
-		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-
-		in->sin_family = AF_INET;
-		in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		len = sizeof(*in);
-	} else {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-
-		in6->sin6_family = AF_INET6;
-		in6->sin6_addr = in6addr_loopback;
-		len = sizeof(*in6);
-	}
-	assert_int_equal(bind(fd, (struct sockaddr *)&ss, len), 0);
-	assert_int_equal(listen(fd, backlog), 0);
-	len = sizeof(ss);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&ss, &len), 0);
-	*port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-					: ((struct sockaddr_in6 *)&ss)->sin6_port);
-	return fd;
-}
-
-/* A port nothing listens on (just released). */
-static uint16_t closed_port(void)
-{
-	uint16_t port;
-
-	close(listen_on(AF_INET, 1, &port));
-	return port;
-}
-
-/* Starts a server on a free loopback port (a port taken meanwhile: another one). */
 static struct http *start(struct http_config *cfg, const char *fmt, uint16_t *port)
 {
 	char listen[64], err[256];

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "peer.h"
 
 #include "resolver.h"
 
@@ -106,62 +107,6 @@ struct source {
 	char ports[8192];    /* $1 of the last statement lookup */
 };
 
-static int listen_on(uint16_t *port)
-{
-	struct sockaddr_in in = {.sin_family = AF_INET};
-	socklen_t len = sizeof(in);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_true(fd >= 0);
-	assert_int_equal(bind(fd, (struct sockaddr *)&in, sizeof(in)), 0);
-	assert_int_equal(listen(fd, 8), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&in, &len), 0);
-	*port = ntohs(in.sin_port);
-	return fd;
-}
-
-static bool read_full(int fd, void *p, size_t n)
-{
-	ssize_t k;
-
-	while (n) {
-		k = recv(fd, p, n, 0);
-		if (k <= 0)
-			return false;
-		p = (char *)p + k;
-		n -= k;
-	}
-	return true;
-}
-
-static void pg_send(int fd, char type, const void *body, size_t len)
-{
-	char hdr[5];
-	uint32_t n = htonl((uint32_t)len + 4);
-
-	hdr[0] = type;
-	memcpy(hdr + 1, &n, 4);
-	send(fd, hdr, 5, MSG_NOSIGNAL);
-	if (len)
-		send(fd, body, len, MSG_NOSIGNAL);
-}
-
-static void pg_ready(int fd)
-{
-	pg_send(fd, 'Z', "I", 1);
-}
-
-static void pg_error(int fd, const char *code)
-{
-	char body[128];
-	int n = snprintf(body, sizeof(body), "SERROR%cVERROR%cC%s%cMscripted failure%c", 0, 0, code,
-			 0, 0);
-
-	pg_send(fd, 'E', body, (size_t)n + 1);
-}
-
-/* RowDescription of n text columns. */
 static void pg_columns(int fd, int n)
 {
 	char body[512], *w = body;
@@ -270,24 +215,16 @@ static bool serve(struct source *s, int fd)
 	char type, *body = NULL;
 	uint32_t len;
 
-	if (!read_full(fd, &len, 4) || (len = ntohl(len)) < 8 || len > 10000)
+	body = pg_read_startup(fd, &len);
+	if (!body)
 		return true;
-	body = malloc(len);
-	if (!read_full(fd, body, len - 4))
-		goto out;
 	pg_send(fd, 'R', "\0\0\0\0", 4);
 	pg_send(fd, 'S', "server_version\00015.0", 20);
 	pg_ready(fd);
 	for (;;) {
 		free(body);
-		body = NULL;
-		if (!read_full(fd, &type, 1) || !read_full(fd, &len, 4))
-			break;
-		len = ntohl(len);
-		if (len < 4 || len > 1 << 20)
-			break;
-		body = calloc(1, len - 4 + 1);
-		if (!read_full(fd, body, len - 4) || type == 'X')
+		body = pg_read_message(fd, &type, &len);
+		if (!body || type == 'X')
 			break;
 		pthread_mutex_lock(&s->lock);
 		if (type == 'Q') {
@@ -410,7 +347,7 @@ static struct source *source_start(void)
 	pthread_mutex_init(&s->lock, NULL);
 	s->query_size = 1024;
 	s->max_char = 4;
-	s->lfd = listen_on(&s->port);
+	s->lfd = listen_on(AF_INET, 8, &s->port);
 	assert_int_equal(pthread_create(&s->thread, NULL, source_run, s), 0);
 	return s;
 }
@@ -741,7 +678,7 @@ static void test_start_failures(void **state)
 	assert_int_equal(excluded, 0);
 	source_stop(s);
 
-	fd = listen_on(&port);
+	fd = listen_on(AF_INET, 8, &port);
 	close(fd);
 	{
 		char conninfo[256];
