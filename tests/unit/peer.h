@@ -90,6 +90,15 @@ static inline void pg_ready(int fd)
 	pg_send(fd, 'Z', "I", 1);
 }
 
+/* A trust-authenticated backend's answer to a startup packet. */
+static inline void pg_hello(int fd)
+{
+	pg_send(fd, 'R', "\0\0\0\0", 4);
+	pg_send(fd, 'S', "server_version\00015.0", 20);
+	pg_send(fd, 'S', "client_encoding\000UTF8", 21);
+	pg_ready(fd);
+}
+
 /* An ErrorResponse with SQLSTATE code (no ReadyForQuery). */
 static inline void pg_error(int fd, const char *code)
 {

@@ -201,7 +201,6 @@ static void pg_bind(struct pgfake *f, const char *b)
 static void *pg_run(void *arg)
 {
 	struct pgfake *f = arg;
-	static const char auth_ok[] = {0, 0, 0, 0};
 	bool explain = false;
 	uint32_t len;
 	char type, *body = NULL;
@@ -219,10 +218,7 @@ static void *pg_run(void *arg)
 			;
 		goto out;
 	}
-	pg_send(fd, 'R', auth_ok, 4);
-	pg_send(fd, 'S', "server_version\00015.0", 20);
-	pg_send(fd, 'S', "client_encoding\000UTF8", 21);
-	pg_ready(fd);
+	pg_hello(fd);
 	for (;;) {
 		free(body);
 		body = pg_read_message(fd, &type, &len);

@@ -218,9 +218,7 @@ static bool serve(struct source *s, int fd)
 	body = pg_read_startup(fd, &len);
 	if (!body)
 		return true;
-	pg_send(fd, 'R', "\0\0\0\0", 4);
-	pg_send(fd, 'S', "server_version\00015.0", 20);
-	pg_ready(fd);
+	pg_hello(fd);
 	for (;;) {
 		free(body);
 		body = pg_read_message(fd, &type, &len);
