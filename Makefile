@@ -57,7 +57,7 @@ AGENT_OBJS := $(BUILD)/main.o $(BUILD)/capture.o $(BUILD)/tcpstream.o $(BUILD)/d
               $(BUILD)/compare.o $(BUILD)/admission.o $(BUILD)/landing.o \
               $(BUILD)/statefile.o $(BUILD)/fleet.o $(BUILD)/webauth.o $(BUILD)/redact.o \
               $(BUILD)/authblank.o $(BUILD)/querystats.o $(BUILD)/plan.o $(BUILD)/explain.o \
-              $(BUILD)/scram.o
+              $(BUILD)/scram.o $(BUILD)/procnet.o $(BUILD)/tlsprobe.o
 UNIT_TESTS := $(BUILD)/test_tcpstream $(BUILD)/test_pgwire $(BUILD)/test_session \
               $(BUILD)/test_pipeline $(BUILD)/test_stats $(BUILD)/test_fingerprint \
               $(BUILD)/test_capture_bpf $(BUILD)/test_readiness

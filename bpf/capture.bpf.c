@@ -19,10 +19,15 @@
  * Payloads are copied in chunks of CAPTURE_CHUNK_MAX bytes, straight from the packet into
  * records reserved in size classes (see emit), up to CAPTURE_PAYLOAD_MAX bytes per packet
  * (nonlinear and GSO skbs included).
+ *
+ * With --tls on, the tls_* programs below also report the plaintext the server's backends
+ * read and write through libssl (uprobes on SSL_read/SSL_write), into the same ring.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "capture_event.h"
 
 #define ETH_P_IP	 0x0800
@@ -369,38 +374,55 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
  * its chunk (a 100-byte query: 28 bytes) and the chunk is copied once, straight from the
  * packet into the ring. Staging it elsewhere and copying it out with its exact size
  * (bpf_ringbuf_output) cost a second copy and a third of the program's time per packet.
+ * EMIT_CLASSES(fn, args) calls fn(args, cap) with the class for len.
  */
+#define EMIT_CLASSES(fn, len, ...)                                                                 \
+	do {                                                                                       \
+		if ((len) == 0)                                                                    \
+			return fn(__VA_ARGS__, 0);                                                 \
+		if ((len) <= 64)                                                                   \
+			return fn(__VA_ARGS__, 64);                                                \
+		if ((len) <= 96)                                                                   \
+			return fn(__VA_ARGS__, 96);                                                \
+		if ((len) <= 128)                                                                  \
+			return fn(__VA_ARGS__, 128);                                               \
+		if ((len) <= 192)                                                                  \
+			return fn(__VA_ARGS__, 192);                                               \
+		if ((len) <= 256)                                                                  \
+			return fn(__VA_ARGS__, 256);                                               \
+		if ((len) <= 384)                                                                  \
+			return fn(__VA_ARGS__, 384);                                               \
+		if ((len) <= 512)                                                                  \
+			return fn(__VA_ARGS__, 512);                                               \
+		if ((len) <= 768)                                                                  \
+			return fn(__VA_ARGS__, 768);                                               \
+		if ((len) <= 1024)                                                                 \
+			return fn(__VA_ARGS__, 1024);                                              \
+		if ((len) <= 1536)                                                                 \
+			return fn(__VA_ARGS__, 1536);                                              \
+		if ((len) <= 2048)                                                                 \
+			return fn(__VA_ARGS__, 2048);                                              \
+		if ((len) <= 3072)                                                                 \
+			return fn(__VA_ARGS__, 3072);                                              \
+		return fn(__VA_ARGS__, CAPTURE_CHUNK_MAX);                                         \
+	} while (0)
+
 static __always_inline int emit(struct __sk_buff *skb, const struct capture_event *ev,
 				struct pkt *p, struct capture_counters *cnt, __u64 wake, __u32 off,
 				__u64 len)
 {
-	if (len == 0)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 0);
-	if (len <= 64)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 64);
-	if (len <= 96)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 96);
-	if (len <= 128)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 128);
-	if (len <= 192)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 192);
-	if (len <= 256)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 256);
-	if (len <= 384)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 384);
-	if (len <= 512)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 512);
-	if (len <= 768)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 768);
-	if (len <= 1024)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 1024);
-	if (len <= 1536)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 1536);
-	if (len <= 2048)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 2048);
-	if (len <= 3072)
-		return emit_in(skb, ev, p, cnt, wake, off, len, 3072);
-	return emit_in(skb, ev, p, cnt, wake, off, len, CAPTURE_CHUNK_MAX);
+	EMIT_CLASSES(emit_in, len, skb, ev, p, cnt, wake, off, len);
+}
+
+/* Whether a packet's (or call's) copy_len bytes may go into the ring: at most what its
+ * records can take (a header and a class at most half again its chunk each) below
+ * data_limit, checked once for all of them. */
+static __always_inline bool payload_fits(__u64 avail, __u32 copy_len)
+{
+	return avail + copy_len + copy_len / 2 +
+		   (copy_len + CAPTURE_CHUNK_MAX - 1) / CAPTURE_CHUNK_MAX *
+		       (8 + sizeof(struct capture_event) + 64) <=
+	       data_limit;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, bool ingress)
@@ -468,11 +490,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		count(cnt, CAPTURE_CNT_TRUNCATED, 1);
 		copy_len = CAPTURE_PAYLOAD_MAX;
 	}
-	/* Payload only below data_limit: at most what its records can take (a header and a
-	 * class at most half again its chunk each), checked once for the packet. */
-	if (avail + copy_len + copy_len / 2 +
-		(copy_len + CAPTURE_CHUNK_MAX - 1) / CAPTURE_CHUNK_MAX * (8 + sizeof(ev) + 64) >
-	    data_limit) {
+	if (!payload_fits(avail, copy_len)) {
 		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
 		lost = true;
 		copy_len = 0;
@@ -508,6 +526,290 @@ SEC("tc")
 int capture_egress(struct __sk_buff *skb)
 {
 	return handle(skb, false);
+}
+
+/* ---- TLS plaintext: uprobes on the server's libssl (--tls on) ----------------------------
+ *
+ * A PostgreSQL backend serves one client, so what it reads with SSL_read and writes with
+ * SSL_write is that client's session in plaintext. The uprobes trap in every process that
+ * maps the library; only children of a postmaster in tls_servers (its backends) go on. The
+ * backend's connection is learnt from the socket its SSL call receives or sends on (the
+ * sock_recv_length / sock_send_length tracepoints, which carry the socket): libssl's
+ * structures are opaque, the socket is not. Loaded only with --tls on.
+ */
+
+#define AF_INET_NUM  2
+#define AF_INET6_NUM 10
+
+/* Postmasters whose backends are reported (tgid -> 1). Written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, __u8);
+} tls_servers SEC(".maps");
+
+/* One backend of a probed server. */
+struct tls_backend {
+	__u64 start_time;	/* the task's: a reused pid starts over */
+	struct capture_tuple t; /* its client connection, as a client-to-server packet */
+	__u8 family;		/* 4 or 6; 0 while the connection is unknown */
+	__u8 pad[3];
+	__u32 seq[2];	/* plaintext bytes per direction since first seen (wraps) */
+	__u64 buf[2];	/* the buffer of an SSL_read (C2S) / SSL_write (S2C) in progress */
+	__u64 exlen[2]; /* the _ex variants: where the call stores its byte count */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct tls_backend);
+} tls_backends SEC(".maps");
+
+/* The calling process's entry if it is a backend of a probed server (created on its first
+ * call), else NULL. */
+static __always_inline struct tls_backend *tls_backend_get(bool create)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_backend *b, fresh = {};
+	__u32 parent;
+	__u64 start;
+
+	parent = BPF_CORE_READ(task, real_parent, tgid);
+	if (!bpf_map_lookup_elem(&tls_servers, &parent))
+		return NULL;
+	start = BPF_CORE_READ(task, group_leader, start_time);
+	b = bpf_map_lookup_elem(&tls_backends, &tgid);
+	if (b && b->start_time == start)
+		return b;
+	if (!create)
+		return NULL;
+	fresh.start_time = start;
+	bpf_map_update_elem(&tls_backends, &tgid, &fresh, BPF_ANY);
+	return bpf_map_lookup_elem(&tls_backends, &tgid);
+}
+
+static __always_inline int tls_enter(__u8 dir, const void *buf, const void *exlen)
+{
+	struct tls_backend *b = tls_backend_get(true);
+
+	if (!b || b->buf[dir & 1])
+		return 0; /* not ours, or nested (one call inside another: the outer reports) */
+	b->buf[dir & 1] = (__u64)buf;
+	b->exlen[dir & 1] = (__u64)exlen;
+	return 0;
+}
+
+/* Copies [off, off+len) of the call's buffer into a record of class cap. */
+static __always_inline int tls_emit_in(const struct capture_event *ev, __u64 buf,
+				       struct capture_counters *cnt, __u64 wake, __u32 off,
+				       __u64 len, const __u32 cap)
+{
+	struct record *rec;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(rec->ev) + cap, 0);
+	if (!rec) {
+		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
+		return -1;
+	}
+	rec->ev = *ev;
+	rec->ev.chunk_off = off;
+	rec->ev.chunk_len = len;
+	asm volatile("" : "+r"(len));
+	if (len > cap || (len > 0 && bpf_probe_read_user(rec->data, len, (void *)(buf + off)))) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
+		return -1;
+	}
+	bpf_ringbuf_submit(rec, wake);
+	count(cnt, CAPTURE_CNT_RECORDS, 1);
+	return 0;
+}
+
+static __always_inline int tls_emit(const struct capture_event *ev, __u64 buf,
+				    struct capture_counters *cnt, __u64 wake, __u32 off, __u64 len)
+{
+	EMIT_CLASSES(tls_emit_in, len, ev, buf, cnt, wake, off, len);
+}
+
+/* The call returned n bytes (n <= 0: nothing): report them. */
+static __always_inline int tls_exit(__u8 dir, long n, bool ex)
+{
+	struct tls_backend *b = tls_backend_get(false);
+	struct capture_counters *cnt;
+	struct capture_tuple key;
+	struct capture_event ev;
+	__u32 copy_len, off;
+	__u64 buf, avail, wake, len;
+	int i;
+
+	dir &= 1;
+	if (!b || !b->buf[dir])
+		return 0;
+	buf = b->buf[dir];
+	b->buf[dir] = 0;
+	if (ex) { /* SSL_read_ex/SSL_write_ex: 1 on success, the count stored through exlen */
+		size_t done = 0;
+
+		if (n != 1 || bpf_probe_read_user(&done, sizeof(done), (void *)b->exlen[dir]))
+			return 0;
+		n = (long)done;
+	}
+	if (n <= 0)
+		return 0;
+	cnt = counters_get();
+	count(cnt, CAPTURE_CNT_TLS_CALLS, 1);
+	count(cnt, CAPTURE_CNT_TLS_BYTES, n);
+	if (!b->family) {
+		b->seq[dir] += n;
+		count(cnt, CAPTURE_CNT_TLS_UNMAPPED, 1);
+		return 0;
+	}
+	__builtin_memset(&ev, 0, sizeof(ev));
+	if (dir == CAPTURE_DIR_C2S) {
+		key = b->t;
+	} else {
+		__builtin_memcpy(key.saddr, b->t.daddr, 16);
+		__builtin_memcpy(key.daddr, b->t.saddr, 16);
+		key.sport = b->t.dport;
+		key.dport = b->t.sport;
+	}
+	if (exclude_active && bpf_map_lookup_elem(&exclude, &key)) {
+		b->seq[dir] += n;
+		count(cnt, CAPTURE_CNT_EXCLUDED, 1);
+		return 0;
+	}
+	ev.ts_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(ev.saddr, key.saddr, 16);
+	__builtin_memcpy(ev.daddr, key.daddr, 16);
+	ev.sport = key.sport;
+	ev.dport = key.dport;
+	ev.seq = b->seq[dir];
+	ev.payload_len = n;
+	ev.pid = bpf_get_current_pid_tgid() >> 32;
+	ev.family = b->family;
+	ev.dir = dir;
+	ev.origin = CAPTURE_ORIGIN_TLS;
+	b->seq[dir] += n;
+
+	copy_len = n;
+	if (n > CAPTURE_PAYLOAD_MAX) {
+		count(cnt, CAPTURE_CNT_TRUNCATED, 1);
+		copy_len = CAPTURE_PAYLOAD_MAX;
+	}
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	wake = wakeup_flag(avail);
+	if (!payload_fits(avail, copy_len)) {
+		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
+		return 0; /* the next call's seq shows the loss */
+	}
+	for (i = 0; i < CAPTURE_MAX_CHUNKS; i++) {
+		off = i * CAPTURE_CHUNK_MAX;
+		if (off >= copy_len)
+			break;
+		len = copy_len - off;
+		if (len > CAPTURE_CHUNK_MAX)
+			len = CAPTURE_CHUNK_MAX;
+		if (tls_emit(&ev, buf, cnt, wake, off, len))
+			break;
+	}
+	wake_idle_reader();
+	return 0;
+}
+
+/* A backend inside an SSL call received or sent on sk: if sk is a connection to the
+ * server port, it is the backend's client connection. */
+static __always_inline int tls_note_socket(struct sock *sk)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tls_backend *b = bpf_map_lookup_elem(&tls_backends, &tgid);
+	struct capture_tuple *t;
+	__u16 family;
+
+	if (!b || !(b->buf[0] | b->buf[1]) || BPF_CORE_READ(sk, __sk_common.skc_num) != server_port)
+		return 0;
+	t = &b->t;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET_NUM) {
+		map_v4(t->saddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		map_v4(t->daddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		b->family = 4;
+	} else if (family == AF_INET6_NUM) {
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_daddr);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_rcv_saddr);
+		/* an IPv4 client of a dual-stack listener: packets carry IPv4 */
+		b->family = (t->saddr[10] == 0xff && t->saddr[11] == 0xff &&
+			     !(*(__u64 *)t->saddr | *(__u16 *)(t->saddr + 8)))
+				? 4
+				: 6;
+	} else {
+		return 0;
+	}
+	t->sport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->dport = server_port;
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
+{
+	return tls_note_socket(sk);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
+{
+	return tls_note_socket(sk);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_read_enter, void *ssl, void *buf)
+{
+	return tls_enter(CAPTURE_DIR_C2S, buf, NULL);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_read_exit, int ret)
+{
+	return tls_exit(CAPTURE_DIR_C2S, ret, false);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_read_ex_enter, void *ssl, void *buf, __u64 num, void *readbytes)
+{
+	return tls_enter(CAPTURE_DIR_C2S, buf, readbytes);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_read_ex_exit, int ret)
+{
+	return tls_exit(CAPTURE_DIR_C2S, ret, true);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_write_enter, void *ssl, const void *buf)
+{
+	return tls_enter(CAPTURE_DIR_S2C, buf, NULL);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_write_exit, int ret)
+{
+	return tls_exit(CAPTURE_DIR_S2C, ret, false);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_write_ex_enter, void *ssl, const void *buf, __u64 num, void *written)
+{
+	return tls_enter(CAPTURE_DIR_S2C, buf, written);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_write_ex_exit, int ret)
+{
+	return tls_exit(CAPTURE_DIR_S2C, ret, true);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -7,6 +7,7 @@
 #ifndef PGSHADOW_CAPTURE_H
 #define PGSHADOW_CAPTURE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,7 @@ struct capture_config {
 	uint32_t ringbuf_bytes; /* power of two, multiple of the page size */
 	uint32_t wakeup_bytes;	/* ring fill that forces a reader wakeup */
 	int verbose;		/* pass libbpf's own messages to stderr */
+	bool tls;		/* load the TLS probes (capture_tls_add attaches them) */
 };
 
 /* Called for every valid record: ev is followed by ev->chunk_len bytes at data. */
@@ -69,6 +71,20 @@ int capture_read_counters(struct capture *c, uint64_t *out);
  * Any thread. 0 or -errno (-ENOSPC: user-space slots full, the kernel map still has it). */
 int capture_exclude_add(struct capture *c, const struct capture_tuple *t);
 int capture_exclude_remove(struct capture *c, const struct capture_tuple *t);
+
+/*
+ * --tls on (cfg.tls): reports the plaintext of the TLS sessions of postmaster's backends
+ * (CAPTURE_ORIGIN_TLS records), through uprobes on SSL_read/SSL_write (and the _ex
+ * variants when the library has them) of the libssl at path, attached once per file and
+ * system-wide (a probe on a shared library traps in every process that maps it). path may
+ * go through /proc/PID/root for a server in a container. Returns 0, or a negative errno with
+ * msg (cap bytes) saying what failed. Thread of the caller of capture_open.
+ */
+#define CAPTURE_TLS_MAX_SERVERS 16
+int capture_tls_add(struct capture *c, int postmaster, const char *path, char *msg, size_t cap);
+
+/* Stops reporting postmaster's backends (it exited); its library stays probed. */
+void capture_tls_remove(struct capture *c, int postmaster);
 
 /* A comma-separated list of the attached interfaces, e.g. "lo,eth0". */
 const char *capture_interfaces(const struct capture *c);

@@ -26,6 +26,19 @@ enum capture_dir {
 	CAPTURE_DIR_S2C = 1, /* server to client: source port == server port */
 };
 
+/*
+ * Where a record's bytes come from. A TLS record holds the plaintext one SSL_read (dir
+ * C2S) or SSL_write (S2C) of a server backend returned, read through uprobes on its libssl
+ * (--tls on): the addresses and ports are its client connection's, as a packet of that
+ * direction would carry them; seq counts the plaintext bytes of that direction the backend
+ * has read or written since the probes first saw it (so a lost call is a jump); payload_len
+ * is the call's byte count; ts_ns when the call returned; tcp_flags and ack are 0.
+ */
+enum capture_origin {
+	CAPTURE_ORIGIN_PACKET = 0, /* a TCP segment seen by the tc program */
+	CAPTURE_ORIGIN_TLS = 1,	   /* plaintext of a TLS session, from the uprobes */
+};
+
 /* TCP flags as they appear in the TCP header's flag byte. */
 #define CAPTURE_TCP_FIN 0x01
 #define CAPTURE_TCP_SYN 0x02
@@ -48,12 +61,16 @@ struct capture_event {
 	__u32 seq;	   /* TCP sequence number of the packet */
 	__u32 payload_len; /* total TCP payload length of the packet */
 	__u32 chunk_off;   /* offset of this chunk in the payload */
-	__u32 ifindex;	   /* interface the packet was seen on */
-	__u16 chunk_len;   /* payload bytes following this header */
-	__u8 family;	   /* 4 or 6 */
-	__u8 tcp_flags;	   /* CAPTURE_TCP_* */
-	__u8 dir;	   /* enum capture_dir */
-	__u8 pad[3];
+	union {
+		__u32 ifindex; /* CAPTURE_ORIGIN_PACKET: interface the packet was seen on */
+		__u32 pid;     /* CAPTURE_ORIGIN_TLS: the backend process (tgid) */
+	};
+	__u16 chunk_len; /* payload bytes following this header */
+	__u8 family;	 /* 4 or 6 */
+	__u8 tcp_flags;	 /* CAPTURE_TCP_* */
+	__u8 dir;	 /* enum capture_dir */
+	__u8 origin;	 /* enum capture_origin */
+	__u8 pad[2];
 	__u32 ack; /* TCP acknowledgment number (valid with CAPTURE_TCP_ACK) */
 		   /* chunk_len payload bytes follow the header (no flexible array: the BPF side
 		    * embeds this struct in its staging buffer) */
@@ -82,7 +99,11 @@ enum capture_counter {
 	CAPTURE_CNT_EXCLUDED,	  /* packets of excluded (the agent's own) connections */
 	CAPTURE_CNT_LOCAL_CLIENT, /* packets of this host's own outgoing connections */
 	CAPTURE_CNT_PURE_ACKS,	  /* matched packets without payload or SYN/FIN/RST */
-	CAPTURE_CNT_COPY_ERRORS,  /* bpf_skb_load_bytes failures */
+	CAPTURE_CNT_COPY_ERRORS,  /* bpf_skb_load_bytes / bpf_probe_read_user failures */
+	CAPTURE_CNT_TLS_CALLS,	  /* SSL_read/SSL_write calls of probed backends with data */
+	CAPTURE_CNT_TLS_BYTES,	  /* their plaintext bytes */
+	CAPTURE_CNT_TLS_UNMAPPED, /* such calls before the backend's connection was known:
+				   * not reported */
 	CAPTURE_CNT_MAX,
 };
 

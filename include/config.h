@@ -75,6 +75,7 @@ struct pgshadow_config {
 	char *dump_streams;	  /* directory, or NULL */
 	char *user;		  /* run as this user once started, or NULL */
 	uint64_t ringbuf_mb;	  /* power of two 1-1024 (64) */
+	bool tls;		  /* TLS probes (off) */
 	uint64_t max_flows;	  /* (65536) */
 	uint64_t flow_buffer_kb;  /* (4096) */
 	uint64_t hole_timeout_ms; /* (1000) */

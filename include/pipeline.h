@@ -23,6 +23,7 @@ struct pipeline_config {
 	struct session_config session; /* session.wire.budget is the pipeline's own */
 	uint64_t decode_buffer_bytes;  /* the decoders' budget (struct pgwire_budget;
 					* default 64 MiB; 0: none) */
+	bool tls;		       /* --tls on: TLS records may come (the probes are loaded) */
 };
 
 void pipeline_config_default(struct pipeline_config *cfg);
@@ -31,8 +32,25 @@ void pipeline_config_default(struct pipeline_config *cfg);
 struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *st,
 			      struct dump *dump);
 
-/* One ring-buffer record (ev followed by ev->chunk_len bytes at data). */
+/*
+ * One ring-buffer record (ev followed by ev->chunk_len bytes at data).
+ *
+ * A CAPTURE_ORIGIN_TLS record carries a TLS session's plaintext. It joins the flow of its
+ * connection (the TCP capture saw it first: at least the SSLRequest or the encrypted bytes
+ * of the call's data), whose session then decodes the plaintext instead of the TCP payload
+ * (session_restart: from the StartupMessage when the session's SSLRequest was seen, else
+ * by hunting as for a session caught mid-way); the TCP capture of that flow then supplies
+ * only its end. A jump in a direction's seq is a gap. A record whose flow is unknown is
+ * counted (tls_orphans in the stop line) and dropped.
+ */
 void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data);
+
+/* How many servers the TLS probes watch now (for the undecoded reasons no_probe and
+ * no_plaintext). */
+void pipeline_set_tls_servers(struct pipeline *p, int probed);
+
+/* TLS records whose connection the TCP capture had not seen: dropped. */
+uint64_t pipeline_tls_orphans(const struct pipeline *p);
 
 /* Gives up stale holes, expires idle flows, and publishes the capture-health numbers
  * (kernel: the CAPTURE_COUNTERS counters of capture_read_counters, or NULL). */

@@ -116,6 +116,7 @@ struct session_info {
 	enum session_state state;
 	bool resynced;	 /* its start was missed or it lost boundaries once */
 	char txn_status; /* from the last ReadyForQuery; 0 before the first */
+	char encryption; /* SESSION_ENCRYPTED: 'S' (TLS) or 'G' (GSS); else 0 */
 	void *user_ptr;	 /* the consumer's own per-session pointer */
 };
 
@@ -188,6 +189,16 @@ struct session *session_new(const struct session_config *cfg, const struct sessi
 void session_feed(struct session *s, enum pgwire_dir dir, const uint8_t *data, size_t len,
 		  uint64_t ts_ns);
 void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns);
+
+/*
+ * The session's bytes come from elsewhere from now on (the plaintext of a TLS session,
+ * read through the server's libssl, instead of its TCP payload): decoding starts over,
+ * from the StartupMessage when from_start (the session's SSLRequest was seen), else by
+ * hunting for boundaries as for a session caught mid-way. What was in flight is abandoned,
+ * the statements and portals decoded so far are forgotten. Database, user and the handle
+ * stay; the StartupMessage read from the new bytes names the session as usual.
+ */
+void session_restart(struct session *s, bool from_start, uint64_t ts_ns);
 
 /* Sets database and user of a session whose start was missed (resolved elsewhere,
  * e.g. pg_stat_activity); reports SESSION_EV_IDENTIFIED. Ignored if already known. */

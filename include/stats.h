@@ -155,6 +155,13 @@ struct stats_capture {
 	_Atomic uint64_t sessions_active; /* gauge */
 	_Atomic uint64_t flows_active;	  /* gauge */
 	_Atomic uint64_t encrypted_sessions, replication_sessions;
+	/* --tls on: sessions decoded through the probes; postmasters probed (gauge); the
+	 * plaintext records and bytes the probes reported, and those lost before the backend's
+	 * connection was known */
+	_Atomic uint64_t tls_sessions, tls_probed_servers, tls_calls, tls_bytes, tls_unmapped;
+	/* encrypted sessions not decoded (mirror_capture_undecoded_sessions_total{reason}) */
+	_Atomic uint64_t undecoded_tls_off, undecoded_no_probe, undecoded_no_plaintext,
+	    undecoded_gss;
 	/* caps hit (mirror_capture_limit_hits_total{limit}) */
 	_Atomic uint64_t flows_refused, flow_buffer_full, hole_timeouts, statements_evicted,
 	    inflight_overflow, bodies_too_big, decode_buffer_full, abandoned_requests,

@@ -181,6 +181,10 @@ void tcpstream_tick(struct tcpstream *ts, uint64_t now_ns);
 /* Closes every open flow now (reason SHUTDOWN), delivering held data after a gap. */
 void tcpstream_close_all(struct tcpstream *ts, uint64_t now_ns);
 
+/* The open flow of the connection from client to server, or NULL (never seen, closed). */
+struct tcpstream_flow *tcpstream_find(struct tcpstream *ts, const struct tcpstream_addr *client,
+				      const struct tcpstream_addr *server);
+
 const struct tcpstream_stats *tcpstream_stats(const struct tcpstream *ts);
 
 #endif /* PGSHADOW_TCPSTREAM_H */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -52,6 +53,15 @@ struct user_exclude {
 	_Atomic int used;
 };
 
+/* One libssl file probed for --tls on: its uprobes, entry and return of each function. */
+#define TLS_FUNCS 4
+
+struct tls_lib {
+	dev_t dev;
+	ino_t ino;
+	struct bpf_link *links[TLS_FUNCS * 2];
+};
+
 struct capture {
 	struct user_exclude excl[USER_EXCLUDE_SLOTS];
 	_Atomic int n_excl;
@@ -66,6 +76,10 @@ struct capture {
 	uint64_t malformed;
 	uint64_t user_excluded;
 	pthread_mutex_t excl_lock; /* serialises writers of excl[] */
+	bool tls;
+	struct bpf_link *tls_sock[2]; /* the socket tracepoints */
+	struct tls_lib tls_libs[CAPTURE_TLS_MAX_SERVERS];
+	int n_tls_libs;
 	char ifnames[CAPTURE_MAX_INTERFACES * (IF_NAMESIZE + 1)];
 };
 
@@ -252,10 +266,27 @@ static int attach_tc(struct capture *c, struct attachment *a, struct capture_err
 	return 0;
 }
 
+static void tls_detach(struct capture *c)
+{
+	int n, i;
+
+	for (n = 0; n < c->n_tls_libs; n++)
+		for (i = 0; i < TLS_FUNCS * 2; i++) {
+			bpf_link__destroy(c->tls_libs[n].links[i]);
+			c->tls_libs[n].links[i] = NULL;
+		}
+	c->n_tls_libs = 0;
+	for (i = 0; i < 2; i++) {
+		bpf_link__destroy(c->tls_sock[i]);
+		c->tls_sock[i] = NULL;
+	}
+}
+
 static void detach_all(struct capture *c)
 {
 	int n, i;
 
+	tls_detach(c);
 	for (n = 0; n < c->n_att; n++) {
 		struct attachment *a = &c->att[n];
 
@@ -341,6 +372,14 @@ static int load(struct capture *c, const struct capture_config *cfg, struct capt
 			  strerror(-err));
 		return err;
 	}
+	if (!cfg->tls) {
+		struct bpf_program *prog;
+
+		bpf_object__for_each_program(
+		    prog, c->skel->obj) if (!strncmp(bpf_program__name(prog), "tls_", 4))
+		    bpf_program__set_autoload(prog, false);
+		bpf_map__set_max_entries(c->skel->maps.tls_backends, 1);
+	}
 	err = capture_bpf__load(c->skel);
 	if (err) {
 		if (err == -EPERM || err == -EACCES)
@@ -403,6 +442,21 @@ struct capture *capture_open(const struct capture_config *cfg, capture_record_fn
 						    : attach_tc(c, &c->att[i], error);
 	if (err)
 		goto cleanup;
+	c->tls = cfg->tls;
+	if (c->tls) {
+		c->tls_sock[0] = bpf_program__attach(c->skel->progs.tls_sock_recv);
+		c->tls_sock[1] =
+		    c->tls_sock[0] ? bpf_program__attach(c->skel->progs.tls_sock_send) : NULL;
+		if (!c->tls_sock[1]) {
+			err = -errno;
+			set_error(
+			    error, err,
+			    "--tls on: cannot attach to the sock_recv_length/sock_send_length "
+			    "tracepoints: %s (they need Linux 6.4 or later)",
+			    strerror(-err));
+			goto cleanup;
+		}
+	}
 	c->rb = ring_buffer__new(bpf_map__fd(c->skel->maps.events), on_record, c, NULL);
 	if (!c->rb) {
 		err = -errno;
@@ -511,6 +565,87 @@ int capture_exclude_remove(struct capture *c, const struct capture_tuple *t)
 			atomic_store_explicit(&c->excl[i].used, 0, memory_order_release);
 	pthread_mutex_unlock(&c->excl_lock);
 	return 0;
+}
+
+static int tls_attach_lib(struct capture *c, struct tls_lib *lib, const char *path, char *msg,
+			  size_t cap)
+{
+	static const char *const funcs[TLS_FUNCS] = {"SSL_read", "SSL_read_ex", "SSL_write",
+						     "SSL_write_ex"};
+	struct bpf_program *progs[TLS_FUNCS * 2] = {
+	    c->skel->progs.tls_read_enter,     c->skel->progs.tls_read_exit,
+	    c->skel->progs.tls_read_ex_enter,  c->skel->progs.tls_read_ex_exit,
+	    c->skel->progs.tls_write_enter,    c->skel->progs.tls_write_exit,
+	    c->skel->progs.tls_write_ex_enter, c->skel->progs.tls_write_ex_exit,
+	};
+	int i, err;
+
+	for (i = 0; i < TLS_FUNCS * 2; i++) {
+		LIBBPF_OPTS(bpf_uprobe_opts, opts, .func_name = funcs[i / 2], .retprobe = i & 1);
+
+		lib->links[i] = bpf_program__attach_uprobe_opts(progs[i], -1, path, 0, &opts);
+		if (lib->links[i])
+			continue;
+		err = -errno;
+		if (i / 2 == 1 || i / 2 == 3)
+			continue; /* the _ex variants are OpenSSL 1.1.1 and later */
+		snprintf(msg, cap, "cannot attach a uprobe to %s in %s: %s", funcs[i / 2], path,
+			 strerror(-err));
+		for (i = 0; i < TLS_FUNCS * 2; i++) {
+			bpf_link__destroy(lib->links[i]);
+			lib->links[i] = NULL;
+		}
+		return err;
+	}
+	return 0;
+}
+
+int capture_tls_add(struct capture *c, int postmaster, const char *path, char *msg, size_t cap)
+{
+	uint32_t key = (uint32_t)postmaster;
+	uint8_t one = 1;
+	struct stat st;
+	int i, err;
+
+	if (!c->tls) {
+		snprintf(msg, cap, "the TLS probes are not loaded");
+		return -EINVAL;
+	}
+	if (stat(path, &st)) {
+		err = -errno;
+		snprintf(msg, cap, "cannot stat %s: %s", path, strerror(-err));
+		return err;
+	}
+	for (i = 0; i < c->n_tls_libs; i++)
+		if (c->tls_libs[i].dev == st.st_dev && c->tls_libs[i].ino == st.st_ino)
+			break;
+	if (i == c->n_tls_libs) {
+		if (i == CAPTURE_TLS_MAX_SERVERS) {
+			snprintf(msg, cap, "%d libraries are probed already", i);
+			return -ENOSPC;
+		}
+		err = tls_attach_lib(c, &c->tls_libs[i], path, msg, cap);
+		if (err)
+			return err;
+		c->tls_libs[i].dev = st.st_dev;
+		c->tls_libs[i].ino = st.st_ino;
+		c->n_tls_libs++;
+	}
+	if (bpf_map_update_elem(bpf_map__fd(c->skel->maps.tls_servers), &key, &one, BPF_ANY)) {
+		err = -errno;
+		snprintf(msg, cap, "cannot add postmaster %d to the probes' map: %s", postmaster,
+			 strerror(-err));
+		return err;
+	}
+	return 0;
+}
+
+void capture_tls_remove(struct capture *c, int postmaster)
+{
+	uint32_t key = (uint32_t)postmaster;
+
+	if (c->tls)
+		bpf_map_delete_elem(bpf_map__fd(c->skel->maps.tls_servers), &key);
 }
 
 const char *capture_interfaces(const struct capture *c)

@@ -90,6 +90,10 @@ const struct config_key config_keys[] = {
      "configuration file on SIGHUP. Empty: stay as started."},
     {"ringbuf_mb", CONFIG_UINT, OFF(ringbuf_mb), 1, 1024, CONFIG_F_POW2, NULL, "64", false, "N",
      "Ring buffer size in MiB."},
+    {"tls", CONFIG_BOOL, OFF(tls), 0, 0, 0, NULL, "off", false, "on|off",
+     "Decode TLS sessions: uprobes on SSL_read/SSL_write of the libssl the server on the "
+     "port maps read their plaintext. A probe on a shared library traps in every process "
+     "of the host that calls it (about 20 us per call here), hence off by default."},
     {"max_flows", CONFIG_UINT, OFF(max_flows), 1, 4000000, 0, NULL, "65536", false, "N",
      "Connections tracked at once; more are refused and counted."},
     {"flow_buffer_kb", CONFIG_UINT, OFF(flow_buffer_kb), 1, 1048576, 0, NULL, "4096", false, "N",

@@ -44,6 +44,7 @@
 #include "landing.h"
 #include "webauth.h"
 #include "statefile.h"
+#include "tlsprobe.h"
 #include "pipeline.h"
 #include "readiness.h"
 #include "replay.h"
@@ -111,6 +112,8 @@ struct agent {
 	struct stats *st;
 	struct replay *_Atomic replay; /* NULL without a mirror */
 	struct explain *explain;       /* --explain-regressions, or NULL */
+	struct tlsprobe *tls;	       /* --tls on, or NULL (capture thread) */
+	bool tls_hinted;	       /* the --tls hint was logged */
 	struct readiness_alert_state alerts;
 	uint64_t last_readiness_ns;
 	uint64_t last_state_ns;
@@ -156,6 +159,7 @@ static void pipeline_settings(const struct pgshadow_config *c, struct pipeline_c
 	p->tcp.idle_timeout_ns = c->idle_timeout_s * 1000000000ULL;
 	p->session.wire.max_body = c->max_message_kb * 1024;
 	p->decode_buffer_bytes = c->decode_buffer_mb << 20;
+	p->tls = c->tls;
 	/* the source's rows are hashed only when the mirror's are compared with them */
 	p->session.wire.keep_datarows = c->mirror_of && c->mirror_compare == REPLAY_COMPARE_ROWS;
 }
@@ -205,6 +209,7 @@ static void capture_settings(const struct pgshadow_config *c, struct capture_con
 	cc->ringbuf_bytes = c->ringbuf_mb << 20;
 	cc->wakeup_bytes = cc->ringbuf_bytes / 8;
 	cc->verbose = c->verbose;
+	cc->tls = c->tls;
 }
 
 static void admin_settings(const struct pgshadow_config *c, struct admin_config *ac)
@@ -1351,7 +1356,7 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 	    "gaps=%llu gap_bytes=%llu dump_errors=%llu sessions=%llu requests=%llu "
 	    "resyncs=%llu encrypted=%llu replication=%llu abandoned=%llu rst_ignored=%llu "
 	    "late_bytes_undelivered=%llu flows_reopened=%llu tail_gaps=%llu "
-	    "user_excluded=%llu\n",
+	    "user_excluded=%llu tls_calls=%llu tls_unmapped=%llu\n",
 	    (unsigned long long)k[CAPTURE_CNT_PACKETS], (unsigned long long)k[CAPTURE_CNT_BYTES],
 	    (unsigned long long)k[CAPTURE_CNT_RECORDS], (unsigned long long)k[CAPTURE_CNT_RB_DROPS],
 	    (unsigned long long)k[CAPTURE_CNT_TRUNCATED],
@@ -1371,7 +1376,9 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 	    (unsigned long long)ss->encrypted, (unsigned long long)ss->replication,
 	    (unsigned long long)ss->abandoned, (unsigned long long)s->rst_ignored,
 	    (unsigned long long)s->late_bytes_undelivered, (unsigned long long)s->flows_reopened,
-	    (unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED]);
+	    (unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED],
+	    (unsigned long long)k[CAPTURE_CNT_TLS_CALLS],
+	    (unsigned long long)k[CAPTURE_CNT_TLS_UNMAPPED]);
 }
 
 /* Polls until a signal; ticks the pipeline on capture time while records flow and on
@@ -1400,6 +1407,25 @@ static void publish_aux(struct agent *a, struct resolver *r)
 							  [STATS_FP_EVICTIONS] = fs.evictions,
 							  [STATS_FP_PARSE_ERRORS] = fs.parse_errors,
 							  [STATS_FP_TOO_DEEP] = fs.too_deep});
+	}
+}
+
+/* --tls on: the probed servers (a restarted postmaster is probed again); off: one hint
+ * when encrypted sessions go undecoded. */
+static void tls_tick(struct agent *a, struct pipeline *p, uint64_t clock)
+{
+	if (a->tls) {
+		pipeline_set_tls_servers(p, tlsprobe_tick(a->tls, clock));
+		return;
+	}
+	if (!a->tls_hinted &&
+	    atomic_load_explicit(&stats_capture(a->st)->undecoded_tls_off, memory_order_relaxed)) {
+		a->tls_hinted = true;
+		fprintf(stderr,
+			"pgshadow: TLS sessions are counted but not decoded "
+			"(mirror_capture_undecoded_sessions_total{reason=\"tls_off\"}): "
+			"--tls on decodes them through uprobes on the server's libssl (said "
+			"once)\n");
 	}
 }
 
@@ -1456,6 +1482,7 @@ static int run(struct agent *a, struct capture *c, struct pipeline *p, struct re
 			pipeline_tick(p, now, k);
 			last_tick = now;
 			publish_aux(a, r);
+			tls_tick(a, p, clock);
 			while (stats_limit_first_hit(a->st, &limit, &meaning))
 				fprintf(
 				    stderr,
@@ -1941,6 +1968,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pgshadow: %s\n", cerr.msg);
 		goto cleanup;
 	}
+	if (a.cfg.tls) {
+		a.tls = tlsprobe_new(c, (uint16_t)a.cfg.port);
+		if (!a.tls) {
+			fprintf(stderr, "pgshadow: --tls on: out of memory\n");
+			goto cleanup;
+		}
+		if (!tlsprobe_scan(a.tls) && !tlsprobe_unprobed(a.tls))
+			fprintf(stderr,
+				"pgshadow: tls: no server listens on port %llu yet: looking "
+				"again every 5 s\n",
+				(unsigned long long)a.cfg.port);
+		pipeline_set_tls_servers(pipe, tlsprobe_servers(a.tls));
+	}
 	if (a.cfg.source_dsn) {
 		resolver = resolver_start(a.cfg.source_dsn, c, herr, sizeof(herr));
 		if (!resolver) {
@@ -2006,6 +2046,7 @@ cleanup:
 		explicit_bzero(tls_key, strlen(tls_key));
 	free(tls_key);
 	free(tls_cert);
+	tlsprobe_free(a.tls);
 	capture_close(c);
 	pipeline_free(pipe);
 	stats_free(st);

@@ -18,6 +18,10 @@ struct pipeline {
 	struct conn *unnamed;	     /* sessions waiting for want_identity's answer */
 	struct conn *asking;	     /* sessions waiting for want_statement's answer */
 	struct pgwire_budget budget; /* every session's decoder draws on it */
+	bool tls;		     /* the probes are loaded */
+	int tls_servers;	     /* ... and watch this many servers */
+	uint64_t tls_sessions, tls_orphans;
+	uint64_t undecoded_tls_off, undecoded_no_probe, undecoded_no_plaintext, undecoded_gss;
 };
 
 /* Per-flow state, hung on tcpstream_flow.user and session_info.user_ptr. */
@@ -34,6 +38,10 @@ struct conn {
 	uint64_t asked_ns;  /* capture time of the outstanding lookup */
 	uint8_t quick_asks; /* no_match answers in a row, asked again at once (at most 3) */
 	struct conn *next_asking, **prev_asking; /* on p->asking while waiting */
+	bool tls;	      /* decoding TLS plaintext (CAPTURE_ORIGIN_TLS records) */
+	bool tls_awaited;     /* encrypted, probed: plaintext expected */
+	bool tls_known[2];    /* tls_next[dir] is set */
+	uint32_t tls_next[2]; /* the seq the direction's next record should carry */
 };
 
 static void unnamed_remove(struct conn *c)
@@ -140,6 +148,18 @@ static void on_session_event(void *ctx, struct session_info *s, enum session_eve
 		if (c->sink_open && p->hooks.session_identified)
 			p->hooks.session_identified(p->hooks.sink, c->sink_handle, s);
 		break;
+	case SESSION_EV_ENCRYPTED:
+		if (!c || c->tls)
+			break;
+		if (s->encryption == 'G')
+			p->undecoded_gss++;
+		else if (!p->tls)
+			p->undecoded_tls_off++;
+		else if (!p->tls_servers)
+			p->undecoded_no_probe++;
+		else
+			c->tls_awaited = true; /* counted at close if nothing comes */
+		break;
 	case SESSION_EV_SYNC:
 	case SESSION_EV_RESYNC:
 		if (c && c->sink_open && p->hooks.session_event)
@@ -190,14 +210,11 @@ static void on_open(void *ctx, struct tcpstream_flow *flow, uint64_t ts_ns)
 	}
 }
 
-static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
-		    const uint8_t *data, size_t len, uint64_t ts_ns)
+/* A flow's bytes (of its TCP stream, or a TLS session's plaintext) to the dump and the
+ * session. */
+static void conn_data(struct pipeline *p, struct conn *c, enum tcpstream_dir dir,
+		      const uint8_t *data, size_t len, uint64_t ts_ns)
 {
-	struct pipeline *p = ctx;
-	struct conn *c = flow->user;
-
-	if (!c)
-		return;
 	if (c->dump && dir == TCPSTREAM_C2S && !authblank_done(&c->auth)) {
 		uint8_t copy[4096]; /* authentication: a few small messages */
 		size_t off, n;
@@ -214,20 +231,33 @@ static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir d
 		session_feed(c->session, (enum pgwire_dir)dir, data, len, ts_ns);
 }
 
-static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir, uint64_t missing,
-		   uint64_t ts_ns)
+static void conn_gap(struct pipeline *p, struct conn *c, enum tcpstream_dir dir, uint64_t missing,
+		     uint64_t ts_ns)
 {
-	struct pipeline *p = ctx;
-	struct conn *c = flow->user;
-
-	if (!c)
-		return;
 	if (c->dump)
 		dump_flow_gap(p->dump, c->dump, dir, missing);
 	if (dir == TCPSTREAM_C2S)
 		authblank_gap(&c->auth);
 	if (c->session)
 		session_gap(c->session, (enum pgwire_dir)dir, ts_ns);
+}
+
+static void on_data(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir,
+		    const uint8_t *data, size_t len, uint64_t ts_ns)
+{
+	struct conn *c = flow->user;
+
+	if (c && !c->tls) /* a TLS session's bytes come from the probes */
+		conn_data(ctx, c, dir, data, len, ts_ns);
+}
+
+static void on_gap(void *ctx, struct tcpstream_flow *flow, enum tcpstream_dir dir, uint64_t missing,
+		   uint64_t ts_ns)
+{
+	struct conn *c = flow->user;
+
+	if (c && !c->tls)
+		conn_gap(ctx, c, dir, missing, ts_ns);
 }
 
 static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_close_reason reason,
@@ -241,6 +271,8 @@ static void on_close(void *ctx, struct tcpstream_flow *flow, enum tcpstream_clos
 		return;
 	unnamed_remove(c);
 	asking_remove(c);
+	if (c->tls_awaited && !c->tls)
+		p->undecoded_no_plaintext++;
 	session_free(c->session, ts_ns);
 	if (c->sink_open && p->hooks.session_close)
 		p->hooks.session_close(p->hooks.sink, c->sink_handle);
@@ -268,12 +300,73 @@ struct pipeline *pipeline_new(const struct pipeline_config *cfg, struct stats *s
 	p->session_cfg = cfg->session;
 	p->budget.max_bytes = cfg->decode_buffer_bytes;
 	p->session_cfg.wire.budget = &p->budget;
+	p->tls = cfg->tls;
 	p->tcp = tcpstream_new(&cfg->tcp, &tcp_handler, p);
 	if (!p->tcp) {
 		free(p);
 		return NULL;
 	}
 	return p;
+}
+
+/* The first plaintext of a flow's TLS session: its bytes come from the probes now. */
+static void tls_begin(struct pipeline *p, struct tcpstream_flow *flow, struct conn *c,
+		      uint64_t ts_ns)
+{
+	struct session_info *si = c->session ? session_info(c->session) : NULL;
+	/* its SSLRequest was seen: the plaintext starts with the StartupMessage */
+	bool from_start = flow->saw_syn && si && si->state == SESSION_ENCRYPTED;
+
+	c->tls = true;
+	c->tls_awaited = false;
+	p->tls_sessions++;
+	authblank_init(&c->auth, from_start);
+	if (c->dump)
+		dump_flow_gap(p->dump, c->dump, TCPSTREAM_C2S, 0);
+	if (c->dump)
+		dump_flow_gap(p->dump, c->dump, TCPSTREAM_S2C, 0);
+	if (c->session)
+		session_restart(c->session, from_start, ts_ns);
+}
+
+static void tls_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data)
+{
+	struct tcpstream_addr client, server;
+	bool c2s = ev->dir == CAPTURE_DIR_C2S;
+	enum tcpstream_dir dir = c2s ? TCPSTREAM_C2S : TCPSTREAM_S2C;
+	struct tcpstream_flow *flow;
+	struct conn *c;
+	uint32_t seq = ev->seq + ev->chunk_off;
+
+	memcpy(client.addr, c2s ? ev->saddr : ev->daddr, 16);
+	memcpy(server.addr, c2s ? ev->daddr : ev->saddr, 16);
+	client.family = server.family = ev->family;
+	client.port = c2s ? ev->sport : ev->dport;
+	server.port = c2s ? ev->dport : ev->sport;
+	flow = tcpstream_find(p->tcp, &client, &server);
+	c = flow ? flow->user : NULL;
+	if (!c) {
+		p->tls_orphans++;
+		return;
+	}
+	if (!c->tls)
+		tls_begin(p, flow, c, ev->ts_ns);
+	if (c->tls_known[dir] && seq != c->tls_next[dir])
+		conn_gap(p, c, dir, (uint32_t)(seq - c->tls_next[dir]), ev->ts_ns);
+	c->tls_known[dir] = true;
+	c->tls_next[dir] = seq + ev->chunk_len;
+	if (ev->chunk_len)
+		conn_data(p, c, dir, data, ev->chunk_len, ev->ts_ns);
+}
+
+void pipeline_set_tls_servers(struct pipeline *p, int probed)
+{
+	p->tls_servers = probed;
+}
+
+uint64_t pipeline_tls_orphans(const struct pipeline *p)
+{
+	return p->tls_orphans;
 }
 
 void pipeline_record(struct pipeline *p, const struct capture_event *ev, const uint8_t *data)
@@ -286,6 +379,13 @@ void pipeline_record(struct pipeline *p, const struct capture_event *ev, const u
 	};
 	bool c2s = ev->dir == CAPTURE_DIR_C2S;
 	uint32_t syn = ev->tcp_flags & CAPTURE_TCP_SYN ? 1 : 0;
+
+	if (ev->ts_ns > p->last_ts)
+		p->last_ts = ev->ts_ns;
+	if (ev->origin == CAPTURE_ORIGIN_TLS) {
+		tls_record(p, ev, data);
+		return;
+	}
 
 	memcpy(seg.client.addr, c2s ? ev->saddr : ev->daddr, 16);
 	memcpy(seg.server.addr, c2s ? ev->daddr : ev->saddr, 16);
@@ -301,8 +401,6 @@ void pipeline_record(struct pipeline *p, const struct capture_event *ev, const u
 		seg.flags |= ev->tcp_flags & CAPTURE_TCP_SYN;
 	if (ev->chunk_off + ev->chunk_len == ev->payload_len)
 		seg.flags |= ev->tcp_flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST);
-	if (ev->ts_ns > p->last_ts)
-		p->last_ts = ev->ts_ns;
 	tcpstream_feed(p->tcp, &seg);
 }
 
@@ -319,6 +417,9 @@ static void publish(struct pipeline *p, const uint64_t *k)
 		atomic_store_explicit(&c->ringbuf_drops, k[CAPTURE_CNT_RB_DROPS], RELAXED);
 		atomic_store_explicit(&c->truncated, k[CAPTURE_CNT_TRUNCATED], RELAXED);
 		atomic_store_explicit(&c->copy_errors, k[CAPTURE_CNT_COPY_ERRORS], RELAXED);
+		atomic_store_explicit(&c->tls_calls, k[CAPTURE_CNT_TLS_CALLS], RELAXED);
+		atomic_store_explicit(&c->tls_bytes, k[CAPTURE_CNT_TLS_BYTES], RELAXED);
+		atomic_store_explicit(&c->tls_unmapped, k[CAPTURE_CNT_TLS_UNMAPPED], RELAXED);
 	}
 	atomic_store_explicit(&c->stream_gaps, t->gaps, RELAXED);
 	atomic_store_explicit(&c->gap_bytes, t->gap_bytes, RELAXED);
@@ -331,6 +432,12 @@ static void publish(struct pipeline *p, const uint64_t *k)
 	atomic_store_explicit(&c->resyncs, s->resyncs, RELAXED);
 	atomic_store_explicit(&c->sessions_active, s->sessions_active, RELAXED);
 	atomic_store_explicit(&c->encrypted_sessions, s->encrypted, RELAXED);
+	atomic_store_explicit(&c->tls_sessions, p->tls_sessions, RELAXED);
+	atomic_store_explicit(&c->tls_probed_servers, (uint64_t)p->tls_servers, RELAXED);
+	atomic_store_explicit(&c->undecoded_tls_off, p->undecoded_tls_off, RELAXED);
+	atomic_store_explicit(&c->undecoded_no_probe, p->undecoded_no_probe, RELAXED);
+	atomic_store_explicit(&c->undecoded_no_plaintext, p->undecoded_no_plaintext, RELAXED);
+	atomic_store_explicit(&c->undecoded_gss, p->undecoded_gss, RELAXED);
 	atomic_store_explicit(&c->replication_sessions, s->replication, RELAXED);
 	atomic_store_explicit(&c->statements_evicted, s->statements_evicted, RELAXED);
 	atomic_store_explicit(&c->inflight_overflow, s->inflight_overflow, RELAXED);

@@ -1903,8 +1903,11 @@ static void be_aligned(struct session *s, const struct pgwire_msg *m)
 
 static void be_msg(struct session *s, const struct pgwire_msg *m)
 {
-	if (m->type == PGWIRE_MSG_ENC_RESPONSE)
+	if (m->type == PGWIRE_MSG_ENC_RESPONSE) {
+		if (m->len >= 1)
+			s->info.encryption = (char)m->body[0];
 		return;
+	}
 	s->be_idle = m->type == 'Z';
 	if (m->type == 'Z') {
 		s->have_z = true;
@@ -1998,6 +2001,8 @@ static void on_wire_event(void *ctx, enum pgwire_event ev, enum pgwire_dir dir, 
 	case PGWIRE_EV_ENCRYPTED:
 		lose_alignment(s);
 		s->info.state = SESSION_ENCRYPTED;
+		if (!s->info.encryption)
+			s->info.encryption = 'S'; /* the client spoke TLS first */
 		s->st->encrypted++;
 		emit_event(s, SESSION_EV_ENCRYPTED, ts);
 		break;
@@ -2102,6 +2107,39 @@ void session_gap(struct session *s, enum pgwire_dir dir, uint64_t ts_ns)
 	pgwire_gap(s->wire, dir, ts_ns);
 	s->skip_seen = pgwire_conn_stats(s->wire)->bytes_skipped;
 	wire_sync(s);
+}
+
+void session_restart(struct session *s, bool from_start, uint64_t ts_ns)
+{
+	struct pgwire_conn *wire = pgwire_conn_new(&s->cfg.wire, &wire_handler, s, from_start);
+
+	if (!wire)
+		return;	   /* then it stays as it was: not decoded */
+	lose_alignment(s); /* what was owed is abandoned */
+	portals_clear(s);
+	stmts_free(s);
+	s->nbuckets = 0;
+	s->nstmts = 0;
+	wire_sync(s);
+	pgwire_conn_free(s->wire);
+	s->wire = wire;
+	memset(&s->wire_seen, 0, sizeof(s->wire_seen));
+	s->copy_req = NULL;
+	s->fe_in_copy = false;
+	s->fe_bad = false;
+	s->have_z = false;
+	s->be_idle = false;
+	s->tentative_ended = false;
+	s->info.txn_status = 0;
+	s->info.state = from_start ? SESSION_STARTUP : SESSION_HUNTING;
+	s->info.resynced = !from_start;
+	s->aligned = s->ever_aligned = from_start;
+	s->midstream = !from_start;
+	s->synced[0] = s->synced[1] = from_start;
+	s->fed[0] = s->fed[1] = false;
+	s->be_fed = false;
+	s->fe_batch_start = true;
+	s->feed_ts = ts_ns;
 }
 
 void session_identify(struct session *s, const char *database, const char *user, uint64_t ts_ns)

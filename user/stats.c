@@ -999,8 +999,20 @@ static const struct capture_metric capture_metrics[] = {
     {"mirror_capture_sessions_active", "gauge", "PostgreSQL sessions being decoded now.",
      CAP(sessions_active)},
     {"mirror_capture_encrypted_sessions_total", "counter",
-     "Sessions the server accepted SSL/GSS encryption for (counted, never decoded).",
+     "Sessions the server accepted SSL/GSS encryption for (decoded only through the TLS "
+     "probes, --tls on).",
      CAP(encrypted_sessions)},
+    {"mirror_capture_tls_sessions_total", "counter",
+     "TLS sessions decoded from the plaintext the server's libssl read and wrote (--tls on).",
+     CAP(tls_sessions)},
+    {"mirror_capture_tls_probed_servers", "gauge",
+     "Postmasters on the port whose libssl is probed (--tls on).", CAP(tls_probed_servers)},
+    {"mirror_capture_tls_calls_total", "counter",
+     "SSL_read/SSL_write calls of probed backends that returned data.", CAP(tls_calls)},
+    {"mirror_capture_tls_bytes_total", "counter", "Plaintext bytes of those calls.",
+     CAP(tls_bytes)},
+    {"mirror_capture_tls_unmapped_calls_total", "counter",
+     "Such calls made before the backend's connection was known (not decoded).", CAP(tls_unmapped)},
     {"mirror_capture_replication_sessions_total", "counter",
      "Replication connections (counted, never decoded).", CAP(replication_sessions)},
 };
@@ -1071,6 +1083,13 @@ static const struct capture_metric malformed_kinds[] = {
     {"unmatched_response", NULL, NULL, CAP(unmatched_responses)},
 };
 
+static const struct capture_metric undecoded_reasons[] = {
+    {"tls_off", NULL, NULL, CAP(undecoded_tls_off)},
+    {"no_probe", NULL, NULL, CAP(undecoded_no_probe)},
+    {"no_plaintext", NULL, NULL, CAP(undecoded_no_plaintext)},
+    {"gss", NULL, NULL, CAP(undecoded_gss)},
+};
+
 static const struct capture_metric irregular_kinds[] = {
     {"duplicate", NULL, NULL, CAP(dup_segments)},
     {"out_of_order", NULL, NULL, CAP(ooo_segments)},
@@ -1128,6 +1147,15 @@ static bool render_capture(struct buf *b, struct stats *st)
 		     "earlier byte and held until the hole filled).");
 	ok &= render_labelled(b, "mirror_capture_irregular_segments_total", "kind", irregular_kinds,
 			      sizeof(irregular_kinds) / sizeof(irregular_kinds[0]), c);
+	ok &= header(b, "mirror_capture_undecoded_sessions_total", "counter",
+		     "Encrypted sessions that could not be decoded: tls_off (TLS while --tls is "
+		     "off), no_probe (the server's libssl could not be probed: linked statically, "
+		     "another TLS library, replaced on disk), no_plaintext (probed, but no "
+		     "plaintext came: a session older than the probes that stayed idle, or calls "
+		     "the probes missed), gss (GSS encryption).");
+	ok &= render_labelled(b, "mirror_capture_undecoded_sessions_total", "reason",
+			      undecoded_reasons,
+			      sizeof(undecoded_reasons) / sizeof(undecoded_reasons[0]), c);
 	ok &= header(b, "mirror_capture_skipped_bytes_total", "counter",
 		     "Stream bytes the decoders skipped while hunting for a message boundary.");
 	ok &= buf_printf(b, "mirror_capture_skipped_bytes_total %llu\n",

@@ -259,6 +259,15 @@ static struct flow *flow_lookup(struct tcpstream *ts, uint32_t hash,
 	return first;
 }
 
+struct tcpstream_flow *tcpstream_find(struct tcpstream *ts, const struct tcpstream_addr *client,
+				      const struct tcpstream_addr *server)
+{
+	struct tcpstream_segment key = {.client = *client, .server = *server};
+	struct flow *f = flow_lookup(ts, flow_hash(ts, client, server->port), &key);
+
+	return f && !f->lingering ? &f->pub : NULL;
+}
+
 static void flow_unhash(struct tcpstream *ts, struct flow *f)
 {
 	struct flow **pp = &ts->buckets[f->hash & ts->mask];
