@@ -126,7 +126,8 @@ static void error(struct wire *w, const char *sqlstate)
 struct conn_sim {
 	struct pipeline *p;
 	uint16_t cport;
-	uint32_t seq[2]; /* next sequence number per direction */
+	uint32_t seq[2];     /* next sequence number per direction */
+	uint32_t tls_seq[2]; /* plaintext bytes reported per direction (TLS records) */
 };
 
 /* Sends one record (one packet) in dir with flags and the bytes of w. */
@@ -523,12 +524,244 @@ static void test_statement_recovery(void **state)
 	stats_free(st);
 }
 
+/* ---- TLS sessions: plaintext records from the probes ---- */
+
+/* One TLS record: the plaintext of one SSL_read (C2S) or SSL_write (S2C). */
+static void send_tls(struct conn_sim *c, int dir, const struct wire *w, uint64_t ts)
+{
+	uint8_t buf[sizeof(struct capture_event) + 4096];
+	struct capture_event *ev = (struct capture_event *)buf;
+	uint8_t lo[16] = {[10] = 0xff, [11] = 0xff, 127, 0, 0, 1};
+
+	memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = ts;
+	memcpy(ev->saddr, lo, 16);
+	memcpy(ev->daddr, lo, 16);
+	ev->sport = dir == CAPTURE_DIR_C2S ? c->cport : PORT;
+	ev->dport = dir == CAPTURE_DIR_C2S ? PORT : c->cport;
+	ev->seq = c->tls_seq[dir];
+	ev->payload_len = w->n;
+	ev->chunk_len = w->n;
+	ev->family = 4;
+	ev->dir = dir;
+	ev->origin = CAPTURE_ORIGIN_TLS;
+	ev->pid = 4242;
+	memcpy(buf + sizeof(*ev), w->b, w->n);
+	pipeline_record(c->p, ev, buf + sizeof(*ev));
+	c->tls_seq[dir] += w->n;
+}
+
+/* Ciphertext-like bytes on the TCP stream: no PostgreSQL message. */
+static void send_cipher(struct conn_sim *c, int dir, uint64_t ts)
+{
+	struct wire w = {.n = 0};
+	int i;
+
+	put8(&w, 0x17); /* TLS application data, version 1.2, 64 bytes */
+	put8(&w, 0x03);
+	put8(&w, 0x03);
+	put8(&w, 0x00);
+	put8(&w, 64);
+	for (i = 0; i < 64; i++)
+		put8(&w, (uint8_t)(i * 37 + dir * 11 + 0x80));
+	send_rec(c, dir, 0, &w, ts);
+}
+
+static void ssl_request(struct conn_sim *c, char answer, uint64_t ts)
+{
+	struct wire w = {.n = 0};
+
+	put32(&w, 8);
+	put32(&w, answer == 'G' ? 80877104 : 80877103);
+	send_rec(c, CAPTURE_DIR_C2S, 0, &w, ts);
+	w.n = 0;
+	put8(&w, (uint8_t)answer);
+	send_rec(c, CAPTURE_DIR_S2C, 0, &w, ts + 1);
+}
+
+static void tls_query(struct conn_sim *c, const char *sql, const char *sqlstate, uint64_t ts)
+{
+	struct wire w = {.n = 0};
+
+	query(&w, sql);
+	send_tls(c, CAPTURE_DIR_C2S, &w, ts);
+	w.n = 0;
+	if (sqlstate)
+		error(&w, sqlstate);
+	else
+		complete(&w, "SELECT 1");
+	ready(&w, 'I');
+	send_tls(c, CAPTURE_DIR_S2C, &w, ts + 2 * MS);
+}
+
+/* SSLRequest accepted, the handshake and everything after it encrypted on the wire: the
+ * session is decoded from the plaintext, from its StartupMessage; the ciphertext the TCP
+ * capture keeps delivering is ignored; a call the probes lost is a gap. */
+static void test_tls_session_from_start(void **state)
+{
+	struct pipeline_config cfg;
+	struct stats *st = new_stats();
+	struct conn_sim c = {.cport = 40010, .seq = {1000, 9000}};
+	struct wire w;
+	char *text;
+
+	(void)state;
+	pipeline_config_default(&cfg);
+	cfg.tls = true;
+	c.p = pipeline_new(&cfg, st, NULL);
+	pipeline_set_tls_servers(c.p, 1);
+	send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_SYN, NULL, 1 * MS);
+	send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_SYN, NULL, 1 * MS);
+	ssl_request(&c, 'S', 2 * MS);
+	send_cipher(&c, CAPTURE_DIR_C2S, 3 * MS); /* the handshake, then the StartupMessage */
+	send_cipher(&c, CAPTURE_DIR_S2C, 3 * MS);
+	w.n = 0;
+	startup(&w, "alice", "secure");
+	send_tls(&c, CAPTURE_DIR_C2S, &w, 4 * MS);
+	w.n = 0;
+	auth_ok(&w);
+	ready(&w, 'I');
+	send_tls(&c, CAPTURE_DIR_S2C, &w, 5 * MS);
+	send_cipher(&c, CAPTURE_DIR_C2S, 9 * MS);
+	tls_query(&c, "SELECT 1", NULL, 10 * MS);
+	send_cipher(&c, CAPTURE_DIR_S2C, 12 * MS);
+	tls_query(&c, "SELECT 1/0", "22012", 20 * MS);
+	pipeline_tick(c.p, 25 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_source_requests_total{database=\"secure\"} 2\n");
+	assert_contains(
+	    text, "mirror_source_errors_total{database=\"secure\",sqlstate_class=\"22\"} 1\n");
+	assert_contains(text, "mirror_capture_encrypted_sessions_total 1\n");
+	assert_contains(text, "mirror_capture_tls_sessions_total 1\n");
+	assert_contains(text, "mirror_capture_tls_probed_servers 1\n");
+	assert_contains(text, "mirror_capture_malformed_total{kind=\"bad_length\"} 0\n");
+	assert_contains(text, "mirror_capture_skipped_bytes_total 0\n");
+	free(text);
+
+	/* a lost SSL_write: the answer of SELECT 3 never arrives; SELECT 4, asked before the
+	 * gap shows, goes with it */
+	w.n = 0;
+	query(&w, "SELECT 3");
+	send_tls(&c, CAPTURE_DIR_C2S, &w, 30 * MS);
+	c.tls_seq[CAPTURE_DIR_S2C] += 100;
+	tls_query(&c, "SELECT 4", NULL, 40 * MS);
+	pipeline_tick(c.p, 50 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_source_requests_total{database=\"secure\"} 2\n");
+	assert_contains(text, "mirror_capture_abandoned_requests_total 2\n");
+	free(text);
+
+	send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_FIN, NULL, 60 * MS);
+	send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_FIN, NULL, 60 * MS);
+	pipeline_tick(c.p, 61 * MS, NULL);
+	text = render(st);
+	assert_contains(text, "mirror_capture_sessions_active 0\n");
+	assert_contains(text,
+			"mirror_capture_undecoded_sessions_total{reason=\"no_plaintext\"} 0\n");
+	free(text);
+	pipeline_free(c.p);
+	stats_free(st);
+}
+
+/* A TLS session older than the capture: its TCP bytes are ciphertext (hunted through
+ * in vain); the plaintext, from the middle of the session, resynchronises as a plaintext
+ * session caught mid-way does. A record of a connection never captured is dropped. */
+static void test_tls_session_midstream(void **state)
+{
+	struct pipeline_config cfg;
+	struct stats *st = new_stats();
+	struct conn_sim c = {.cport = 40011, .seq = {5000, 7000}};
+	struct conn_sim other = {.cport = 40012};
+	struct wire w;
+	uint64_t unknown;
+	int i;
+
+	(void)state;
+	pipeline_config_default(&cfg);
+	cfg.tls = true;
+	c.p = other.p = pipeline_new(&cfg, st, NULL);
+	pipeline_set_tls_servers(c.p, 1);
+	send_cipher(&c, CAPTURE_DIR_S2C, 1 * MS);
+	c.tls_seq[0] = 123456; /* wherever the counts stand */
+	c.tls_seq[1] = 654321;
+	w.n = 0;
+	complete(&w, "UPDATE 1");
+	ready(&w, 'I');
+	send_tls(&c, CAPTURE_DIR_S2C, &w, 2 * MS);
+	for (i = 0; i < 4; i++) {
+		send_cipher(&c, CAPTURE_DIR_C2S, (10 + 10 * i) * MS);
+		tls_query(&c, "SELECT 1", NULL, (10 + 10 * i) * MS);
+	}
+	w.n = 0;
+	query(&w, "SELECT 1");
+	send_tls(&other, CAPTURE_DIR_C2S, &w, 60 * MS);
+	assert_int_equal(pipeline_tls_orphans(c.p), 1);
+	pipeline_tick(c.p, 61 * MS, NULL);
+	unknown = atomic_load(&stats_db(st, "unknown")->source_requests);
+	assert_true(unknown >= 3 && unknown <= 4);
+	assert_int_equal(atomic_load(&stats_capture(st)->tls_sessions), 1);
+	assert_int_equal(atomic_load(&stats_capture(st)->resyncs), 1);
+	pipeline_close_all(c.p, 70 * MS, NULL);
+	pipeline_free(c.p);
+	stats_free(st);
+}
+
+/* Encrypted sessions that cannot be decoded, each counted with its reason. */
+static void test_tls_undecoded_reasons(void **state)
+{
+	static const struct {
+		bool tls;
+		int servers;
+		char answer;
+		size_t field;
+	} cases[] = {
+	    {false, 0, 'S', offsetof(struct stats_capture, undecoded_tls_off)},
+	    {true, 0, 'S', offsetof(struct stats_capture, undecoded_no_probe)},
+	    {true, 1, 'S', offsetof(struct stats_capture, undecoded_no_plaintext)},
+	    {true, 1, 'G', offsetof(struct stats_capture, undecoded_gss)},
+	    {false, 0, 'G', offsetof(struct stats_capture, undecoded_gss)},
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct pipeline_config cfg;
+		struct stats *st = new_stats();
+		struct conn_sim c = {.cport = (uint16_t)(40020 + i), .seq = {1000, 9000}};
+		const struct stats_capture *sc = stats_capture(st);
+		uint64_t sum;
+
+		pipeline_config_default(&cfg);
+		cfg.tls = cases[i].tls;
+		c.p = pipeline_new(&cfg, st, NULL);
+		pipeline_set_tls_servers(c.p, cases[i].servers);
+		send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_SYN, NULL, 1 * MS);
+		send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_SYN, NULL, 1 * MS);
+		ssl_request(&c, cases[i].answer, 2 * MS);
+		send_cipher(&c, CAPTURE_DIR_C2S, 3 * MS);
+		send_rec(&c, CAPTURE_DIR_C2S, CAPTURE_TCP_FIN, NULL, 4 * MS);
+		send_rec(&c, CAPTURE_DIR_S2C, CAPTURE_TCP_FIN, NULL, 4 * MS);
+		pipeline_close_all(c.p, 5 * MS, NULL);
+		sum = atomic_load(&sc->undecoded_tls_off) + atomic_load(&sc->undecoded_no_probe) +
+		      atomic_load(&sc->undecoded_no_plaintext) + atomic_load(&sc->undecoded_gss);
+		assert_int_equal(
+		    atomic_load((const _Atomic uint64_t *)((const char *)sc + cases[i].field)), 1);
+		assert_int_equal(sum, 1);
+		assert_int_equal(atomic_load(&sc->encrypted_sessions), 1);
+		pipeline_free(c.p);
+		stats_free(st);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_session_from_start),
 	    cmocka_unit_test(test_midstream_session_resync_and_identify),
 	    cmocka_unit_test(test_statement_recovery),
+	    cmocka_unit_test(test_tls_session_from_start),
+	    cmocka_unit_test(test_tls_session_midstream),
+	    cmocka_unit_test(test_tls_undecoded_reasons),
 	};
 
 	return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
