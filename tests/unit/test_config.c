@@ -569,6 +569,7 @@ static const struct bad_value bad_values[] = {
      "IPv4:PORT or [IPv6]:PORT with a numeric address and a port from 1 to 65535, or nothing"},
     {"verbose", "loud", "on, off, true, false, yes, no, 1 or 0"},
     {"explain_regressions", "maybe", "on, off, true, false, yes, no, 1 or 0"},
+    {"tls", "sometimes", "on, off, true, false, yes, no, 1 or 0"},
 };
 
 static void test_bad_values_in_file(void **state)
