@@ -260,6 +260,7 @@ bench: $(BUILD)/pgshadow $(BUILD)/bpf_cost
 	$(BUILD)/bpf_cost run
 	$(PYTHON) tests/bench/capture.py
 	$(PYTHON) tests/bench/overhead.py
+	$(PYTHON) tests/bench/tls.py
 	$(PYTHON) tests/bench/replay.py
 	$(PYTHON) tests/bench/contention.py
 	$(PYTHON) tests/bench/scale.py
