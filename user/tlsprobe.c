@@ -31,6 +31,7 @@ struct tlsprobe {
 	struct server s[CAPTURE_TLS_MAX_SERVERS];
 	int n;
 	uint64_t next_check;
+	bool said_hidden; /* "a listener nobody visible holds" was logged */
 };
 
 struct tlsprobe *tlsprobe_new(struct capture *c, uint16_t port)
@@ -143,7 +144,8 @@ static long parent_of(int pid)
 }
 
 /* The processes holding a listening socket of the port whose parent does not: the
- * postmasters (a backend holds them only between fork and closing them). */
+ * postmasters (a backend holds them only between fork and closing them). -1 when the
+ * port has listeners but no process visible to us holds them. */
 static int find_postmasters(uint16_t port, int *out, int cap)
 {
 	uint64_t inodes[MAX_LISTEN];
@@ -168,6 +170,8 @@ static int find_postmasters(uint16_t port, int *out, int cap)
 			owners[n_owners++] = pid;
 	}
 	closedir(proc);
+	if (!n_owners)
+		return -1;
 	for (i = 0; i < n_owners && n < cap; i++) {
 		long ppid = parent_of(owners[i]);
 
@@ -250,6 +254,14 @@ int tlsprobe_scan(struct tlsprobe *t)
 		i++;
 	}
 	n = find_postmasters(t->port, pids, CAPTURE_TLS_MAX_SERVERS);
+	if (n < 0 && !t->said_hidden) {
+		t->said_hidden = true;
+		fprintf(stderr,
+			"pgshadow: tls: a server listens on port %u but no process the agent can "
+			"see holds the socket: reading another user's /proc/PID/fd needs "
+			"CAP_SYS_PTRACE (or root); its TLS sessions are not decoded (said once)\n",
+			t->port);
+	}
 	for (i = 0; i < n && t->n < CAPTURE_TLS_MAX_SERVERS; i++) {
 		if (known(t, pids[i]))
 			continue;
