@@ -296,7 +296,8 @@ FUZZ_LIB_fuzz_admin   := -lmicrohttpd -lcrypt -lcrypto -lxxhash -lm -lpthread
 FUZZ_SRC_fuzz_config  := user/config.c
 FUZZ_LIB_fuzz_config  := -linih -lm -lpthread
 FUZZ_SRC_fuzz_parsers := user/readiness.c user/stats.c user/buf.c user/fleet.c user/statefile.c \
-                         user/webauth.c user/redact.c user/authblank.c user/http.c
+                         user/webauth.c user/redact.c user/authblank.c user/http.c \
+                         user/procnet.c
 FUZZ_LIB_fuzz_parsers := -lcjson -lmicrohttpd -lcrypt -lxxhash -lm -lpthread
 
 # the harnesses' sources, named by target: $$(FUZZ_SRC_$$*) after the second expansion

@@ -3,7 +3,8 @@
  * fuzz_parsers — the small parsers of untrusted or operator text, chosen by byte 0: the
  * readiness JSON (`pgshadow readiness` reads an agent's answer), Prometheus's query
  * answer (`--prometheus`), the state file, the basic-auth users file, libpq message
- * redaction, listen addresses and the client's URLs, the authentication walk of dumps.
+ * redaction, listen addresses and the client's URLs, the authentication walk of dumps,
+ * and the /proc texts of the TLS probes (byte 0 from 0xf0).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include "authblank.h"
 #include "fleet.h"
 #include "http.h"
+#include "procnet.h"
 #include "readiness.h"
 #include "redact.h"
 #include "statefile.h"
@@ -37,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(text, data + 1, size - 1);
 	text[size - 1] = 0;
-	switch (data[0] % 7) {
+	switch (data[0] >= 0xf0 ? 7 : data[0] % 7) {
 	case 0:
 		readiness_parse_json(text, &r, err, sizeof(err));
 		break;
@@ -68,6 +70,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			free(copy);
 		}
 		break;
+	case 7: { /* the same text as each /proc file */
+		uint64_t inodes[4];
+		size_t n = 0;
+
+		procnet_listen_inodes(text, size - 1, (uint16_t)data[0], inodes, &n, 4);
+		procnet_maps_libssl(text, size - 1, out, sizeof(out));
+		procnet_stat_ppid(text, size - 1);
+		procnet_socket_inode(text);
+		break;
+	}
 	}
 	free(text);
 	return 0;
