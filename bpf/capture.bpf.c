@@ -595,8 +595,11 @@ static __always_inline int tls_enter(__u8 dir, const void *buf, const void *exle
 {
 	struct tls_backend *b = tls_backend_get(true);
 
-	if (!b || b->buf[dir & 1])
-		return 0; /* not ours, or nested (one call inside another: the outer reports) */
+	if (!b)
+		return 0;
+	/* libssl's public read and write functions do not call each other, so a call in
+	 * progress can only be one whose return was never seen (the process left it by a
+	 * jump): this call replaces it rather than leaving the direction blocked */
 	b->buf[dir & 1] = (__u64)buf;
 	b->exlen[dir & 1] = (__u64)exlen;
 	return 0;
