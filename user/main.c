@@ -66,9 +66,11 @@
  * bursts of ~30 requests per session), 2 ms at 99.4-100%. Only observing, nothing waits
  * on it (latencies are kernel timestamps, /metrics is scraped in seconds) and each wakeup
  * costs a context switch: at 10,000 requests/s the 2 ms poll was 45% of the agent's CPU
- * (3.3 us per request on this VM, where switches are expensive). */
+ * (3.3 us per request on this VM, where switches are expensive); at 6,000 requests/s,
+ * 10 ms cost 1.5-1.7 us per request, 25 ms 1.0-1.5 and 50 ms no less (same run, three
+ * rounds). The ring's forced wakeup (wakeup_bytes) bounds what one poll must hold. */
 #define POLL_MIRROR_MS	 2
-#define POLL_OBSERVE_MS	 10
+#define POLL_OBSERVE_MS	 25
 #define TICK_INTERVAL_NS 100000000ULL /* hole timeouts and idle expiry every 100 ms */
 /* Sparse traffic: fewer records than this in the last SPARSE_WINDOW_NS (and the one
  * before) are fewer wakeups asleep, woken by each record, than polls would be; and the
