@@ -209,6 +209,7 @@ APP, BENCH = "tls_app", "tls_bench"
 ITEMS_QUERY = ("SELECT count(*), sum(qty), md5(string_agg(id || ':' || qty || ':' || note, "
                "',' ORDER BY id)) FROM items")
 PY_ROWS = 60
+COPY_ROWS = 2000
 BENCH_CLIENTS, BENCH_TX = 4, 75        # TPC-B-like, -M prepared: 300 transactions
 SELECT_CLIENTS, SELECT_TX = 2, 100     # -S -M prepared: 200 transactions
 
@@ -243,8 +244,9 @@ def _psycopg2_app(src):
 
 
 def test_tls_sessions_decoded_and_mirrored(source, mirror, tls_agent):
-    """psql, psycopg2 and pgbench (-S and TPC-B-like, -M prepared) with sslmode=require
-    in two databases, --tls on --mirror: requests and errors per database == the source's
+    """psql (an error, COPY FROM STDIN, a 50,000-row answer), psycopg2 (transactions, a
+    duplicate key) and pgbench (-S and TPC-B-like, -M prepared) with sslmode=require in
+    two databases, --tls on --mirror: requests and errors per database == the source's
     log; every request mirrored, no mismatch, no mirror error but those the source had;
     the mirror's tables == the source's; every TLS session the server logged counted in
     mirror_capture_tls_sessions_total (and encrypted), none undecoded."""
@@ -264,6 +266,15 @@ def test_tls_sessions_decoded_and_mirrored(source, mirror, tls_agent):
         "SELECT 1/0",                                                   # 22012
         "SELECT count(*), sum(qty) FROM items; SELECT 'two'"])
     assert out.splitlines()[1:] == ["50|110", "two"], out
+    # large messages both ways: COPY data in (the server's SSL_read returns it in TLS
+    # records of at most 16 KiB), a 50,000-row answer out (many SSL_write calls)
+    rows = "".join(f"{i}\t{i % 13}\tcopied {i} {'x' * (i % 61)}\n"
+                   for i in range(1000, 1000 + COPY_ROWS))
+    out = src.psql(db=APP, sslmode="require", args=["-A", "-t"], input=(
+        f"{SSL_CHECK};\nCOPY items FROM STDIN;\n{rows}\\.\n"
+        "SELECT g, md5(g::text) FROM generate_series(1, 50000) g;\n")).stdout
+    lines = out.splitlines()
+    assert lines[0] == "t" and len(lines) == 1 + 50000, (lines[:3], len(lines))
     # -S first: each run starts by vacuuming and truncating pgbench_history (replayed too)
     results = {"select": src.pgbench(["-S", "-M", "prepared", "-c", SELECT_CLIENTS, "-j", 2,
                                       "-t", SELECT_TX], BENCH, sslmode="require")}
