@@ -338,15 +338,18 @@ static __always_inline void wake_idle_reader(void)
 }
 
 /*
- * Copies [off, off+len) of the payload into one record reserved in the ring with room for
+ * Copies [off, off+len) of a payload into one record reserved in the ring with room for
  * cap bytes (a constant: bpf_ringbuf_reserve takes only constant sizes), loaded straight
- * from the packet: one copy. Returns 0, or -1 on loss.
+ * from its source: one copy. The source is the packet (skb, its payload at base) or, when
+ * user (a constant, so each program keeps only its own helper call), a buffer of the
+ * calling process at base. Returns 0, or -1 on loss.
  */
-static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_event *ev,
-				   struct pkt *p, struct capture_counters *cnt, __u64 wake,
-				   __u32 off, __u64 len, const __u32 cap)
+static __always_inline int emit_in(struct __sk_buff *skb, __u64 base, const bool user,
+				   const struct capture_event *ev, struct capture_counters *cnt,
+				   __u64 wake, __u32 off, __u64 len, const __u32 cap)
 {
 	struct record *rec;
+	long err;
 
 	rec = bpf_ringbuf_reserve(&events, sizeof(rec->ev) + cap, 0);
 	if (!rec) {
@@ -357,8 +360,15 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
 	rec->ev.chunk_off = off;
 	rec->ev.chunk_len = len;
 	asm volatile("" : "+r"(len)); /* keep the bound check below for the verifier */
-	if (len > cap ||
-	    (len > 0 && bpf_skb_load_bytes(skb, p->payload_off + off, rec->data, len))) {
+	if (len > cap)
+		err = -1;
+	else if (len == 0)
+		err = 0;
+	else if (user)
+		err = bpf_probe_read_user(rec->data, len, (void *)(base + off));
+	else
+		err = bpf_skb_load_bytes(skb, base + off, rec->data, len);
+	if (err) {
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
 		return -1;
@@ -371,47 +381,43 @@ static __always_inline int emit_in(struct __sk_buff *skb, const struct capture_e
 /*
  * One record for one chunk, in the smallest size class that holds it: classes half an
  * octave apart from 64 bytes to CAPTURE_CHUNK_MAX, so a record wastes less than a third of
- * its chunk (a 100-byte query: 28 bytes) and the chunk is copied once, straight from the
- * packet into the ring. Staging it elsewhere and copying it out with its exact size
+ * its chunk (a 100-byte query: 28 bytes) and the chunk is copied once, straight from its
+ * source into the ring. Staging it elsewhere and copying it out with its exact size
  * (bpf_ringbuf_output) cost a second copy and a third of the program's time per packet.
- * EMIT_CLASSES(fn, args) calls fn(args, cap) with the class for len.
  */
-#define EMIT_CLASSES(fn, len, ...)                                                                 \
-	do {                                                                                       \
-		if ((len) == 0)                                                                    \
-			return fn(__VA_ARGS__, 0);                                                 \
-		if ((len) <= 64)                                                                   \
-			return fn(__VA_ARGS__, 64);                                                \
-		if ((len) <= 96)                                                                   \
-			return fn(__VA_ARGS__, 96);                                                \
-		if ((len) <= 128)                                                                  \
-			return fn(__VA_ARGS__, 128);                                               \
-		if ((len) <= 192)                                                                  \
-			return fn(__VA_ARGS__, 192);                                               \
-		if ((len) <= 256)                                                                  \
-			return fn(__VA_ARGS__, 256);                                               \
-		if ((len) <= 384)                                                                  \
-			return fn(__VA_ARGS__, 384);                                               \
-		if ((len) <= 512)                                                                  \
-			return fn(__VA_ARGS__, 512);                                               \
-		if ((len) <= 768)                                                                  \
-			return fn(__VA_ARGS__, 768);                                               \
-		if ((len) <= 1024)                                                                 \
-			return fn(__VA_ARGS__, 1024);                                              \
-		if ((len) <= 1536)                                                                 \
-			return fn(__VA_ARGS__, 1536);                                              \
-		if ((len) <= 2048)                                                                 \
-			return fn(__VA_ARGS__, 2048);                                              \
-		if ((len) <= 3072)                                                                 \
-			return fn(__VA_ARGS__, 3072);                                              \
-		return fn(__VA_ARGS__, CAPTURE_CHUNK_MAX);                                         \
-	} while (0)
-
-static __always_inline int emit(struct __sk_buff *skb, const struct capture_event *ev,
-				struct pkt *p, struct capture_counters *cnt, __u64 wake, __u32 off,
-				__u64 len)
+static __always_inline int emit(struct __sk_buff *skb, __u64 base, const bool user,
+				const struct capture_event *ev, struct capture_counters *cnt,
+				__u64 wake, __u32 off, __u64 len)
 {
-	EMIT_CLASSES(emit_in, len, skb, ev, p, cnt, wake, off, len);
+#define EMIT_CLASS(cap) emit_in(skb, base, user, ev, cnt, wake, off, len, cap)
+	if (len == 0)
+		return EMIT_CLASS(0);
+	if (len <= 64)
+		return EMIT_CLASS(64);
+	if (len <= 96)
+		return EMIT_CLASS(96);
+	if (len <= 128)
+		return EMIT_CLASS(128);
+	if (len <= 192)
+		return EMIT_CLASS(192);
+	if (len <= 256)
+		return EMIT_CLASS(256);
+	if (len <= 384)
+		return EMIT_CLASS(384);
+	if (len <= 512)
+		return EMIT_CLASS(512);
+	if (len <= 768)
+		return EMIT_CLASS(768);
+	if (len <= 1024)
+		return EMIT_CLASS(1024);
+	if (len <= 1536)
+		return EMIT_CLASS(1536);
+	if (len <= 2048)
+		return EMIT_CLASS(2048);
+	if (len <= 3072)
+		return EMIT_CLASS(3072);
+	return EMIT_CLASS(CAPTURE_CHUNK_MAX);
+#undef EMIT_CLASS
 }
 
 /* Whether a packet's (or call's) copy_len bytes may go into the ring: at most what its
@@ -481,7 +487,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	ev.dir = dir;
 
 	if (p.payload_len == 0) {
-		emit(skb, &ev, &p, cnt, wake, 0, 0);
+		emit(skb, p.payload_off, false, &ev, cnt, wake, 0, 0);
 		wake_idle_reader();
 		return TCX_NEXT;
 	}
@@ -502,7 +508,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 		n = copy_len - off;
 		if (n > CAPTURE_CHUNK_MAX)
 			n = CAPTURE_CHUNK_MAX;
-		if (emit(skb, &ev, &p, cnt, wake, off, n)) {
+		if (emit(skb, p.payload_off, false, &ev, cnt, wake, off, n)) {
 			lost = true; /* the rest of this packet is a hole downstream */
 			break;
 		}
@@ -511,7 +517,7 @@ static __always_inline int handle(struct __sk_buff *skb, bool ingress)
 	 * reach user space at its true position: an empty record at the end of the payload
 	 * carries it (in the ring's reserve, see data_limit). */
 	if ((lost || copy_len < p.payload_len) && (p.flags & (CAPTURE_TCP_FIN | CAPTURE_TCP_RST)))
-		emit(skb, &ev, &p, cnt, wake, p.payload_len, 0);
+		emit(skb, p.payload_off, false, &ev, cnt, wake, p.payload_len, 0);
 	wake_idle_reader();
 	return TCX_NEXT;
 }
@@ -605,38 +611,6 @@ static __always_inline int tls_enter(__u8 dir, const void *buf, const void *exle
 	return 0;
 }
 
-/* Copies [off, off+len) of the call's buffer into a record of class cap. */
-static __always_inline int tls_emit_in(const struct capture_event *ev, __u64 buf,
-				       struct capture_counters *cnt, __u64 wake, __u32 off,
-				       __u64 len, const __u32 cap)
-{
-	struct record *rec;
-
-	rec = bpf_ringbuf_reserve(&events, sizeof(rec->ev) + cap, 0);
-	if (!rec) {
-		count(cnt, CAPTURE_CNT_RB_DROPS, 1);
-		return -1;
-	}
-	rec->ev = *ev;
-	rec->ev.chunk_off = off;
-	rec->ev.chunk_len = len;
-	asm volatile("" : "+r"(len));
-	if (len > cap || (len > 0 && bpf_probe_read_user(rec->data, len, (void *)(buf + off)))) {
-		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-		count(cnt, CAPTURE_CNT_COPY_ERRORS, 1);
-		return -1;
-	}
-	bpf_ringbuf_submit(rec, wake);
-	count(cnt, CAPTURE_CNT_RECORDS, 1);
-	return 0;
-}
-
-static __always_inline int tls_emit(const struct capture_event *ev, __u64 buf,
-				    struct capture_counters *cnt, __u64 wake, __u32 off, __u64 len)
-{
-	EMIT_CLASSES(tls_emit_in, len, ev, buf, cnt, wake, off, len);
-}
-
 /* The call returned n bytes (n <= 0: nothing): report them. */
 static __always_inline int tls_exit(__u8 dir, long n, bool ex)
 {
@@ -715,7 +689,7 @@ static __always_inline int tls_exit(__u8 dir, long n, bool ex)
 		len = copy_len - off;
 		if (len > CAPTURE_CHUNK_MAX)
 			len = CAPTURE_CHUNK_MAX;
-		if (tls_emit(&ev, buf, cnt, wake, off, len))
+		if (emit(NULL, buf, true, &ev, cnt, wake, off, len))
 			break;
 	}
 	wake_idle_reader();

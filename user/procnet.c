@@ -40,35 +40,24 @@ static int fields(const char *line, size_t n, const char **f, size_t *fl, int ma
 	return k;
 }
 
-static bool parse_hex(const char *s, size_t n, uint64_t *out)
+/* n digits of base 10 or 16 at s, all of them. */
+static bool parse_num(const char *s, size_t n, unsigned int base, uint64_t *out)
 {
 	uint64_t v = 0;
 	size_t i;
 
-	if (n == 0 || n > 16)
+	if (n == 0 || n > (base == 16 ? 16 : 19))
 		return false;
 	for (i = 0; i < n; i++) {
-		if (!isxdigit((unsigned char)s[i]))
-			return false;
-		v = v << 4 | (uint64_t)(isdigit((unsigned char)s[i])
-					    ? s[i] - '0'
-					    : (tolower((unsigned char)s[i]) - 'a' + 10));
-	}
-	*out = v;
-	return true;
-}
+		int c = tolower((unsigned char)s[i]), d;
 
-static bool parse_dec(const char *s, size_t n, uint64_t *out)
-{
-	uint64_t v = 0;
-	size_t i;
-
-	if (n == 0 || n > 19)
-		return false;
-	for (i = 0; i < n; i++) {
-		if (!isdigit((unsigned char)s[i]))
+		if (isdigit(c))
+			d = c - '0';
+		else if (base == 16 && c >= 'a' && c <= 'f')
+			d = c - 'a' + 10;
+		else
 			return false;
-		v = v * 10 + (uint64_t)(s[i] - '0');
+		v = v * base + (uint64_t)d;
 	}
 	*out = v;
 	return true;
@@ -94,8 +83,8 @@ int procnet_listen_inodes(const char *text, size_t len, uint16_t port, uint64_t 
 		if (fields(line, ln, f, fl, 10) != 10)
 			continue;
 		colon = memchr(f[1], ':', fl[1]);
-		if (!colon || !parse_hex(colon + 1, fl[1] - (size_t)(colon + 1 - f[1]), &lport) ||
-		    !parse_hex(f[3], fl[3], &state) || !parse_dec(f[9], fl[9], &inode))
+		if (!colon || !parse_num(colon + 1, fl[1] - (size_t)(colon + 1 - f[1]), 16, &lport) ||
+		    !parse_num(f[3], fl[3], 16, &state) || !parse_num(f[9], fl[9], 10, &inode))
 			continue;
 		if (lport != port || state != 0x0A /* TCP_LISTEN */ || inode == 0)
 			continue;
@@ -114,7 +103,7 @@ uint64_t procnet_socket_inode(const char *link)
 	uint64_t inode;
 
 	if (n < 10 || strncmp(link, "socket:[", 8) || link[n - 1] != ']' ||
-	    !parse_dec(link + 8, n - 9, &inode))
+	    !parse_num(link + 8, n - 9, 10, &inode))
 		return 0;
 	return inode;
 }
@@ -133,7 +122,7 @@ long procnet_stat_ppid(const char *text, size_t len)
 		return -1;
 	p = rp + 1;
 	/* " S 1234 ..." */
-	if (fields(p, (size_t)(end - p), f, fl, 2) != 2 || !parse_dec(f[1], fl[1], &ppid) ||
+	if (fields(p, (size_t)(end - p), f, fl, 2) != 2 || !parse_num(f[1], fl[1], 10, &ppid) ||
 	    ppid > 0x7fffffff)
 		return -1;
 	return (long)ppid;

@@ -89,10 +89,10 @@ def pgbench_args(seconds, rate=None):
 class AgentRun:
     """A fresh agent on lo with /metrics on a free port; stop() returns its stats."""
 
-    def __init__(self, binary, pg, logdir, name):
+    def __init__(self, binary, pg, logdir, name, extra=()):
         self.addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}"
         self.agent = h.Agent(binary, pg.port, ["lo"], logdir=logdir, name=name,
-                             extra=["--metrics-listen", self.addr])
+                             extra=["--metrics-listen", self.addr, *extra])
 
     def __enter__(self):
         self.agent.start().wait_ready()

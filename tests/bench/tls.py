@@ -31,13 +31,10 @@ PGSHADOW_BENCH_RATE_ROUNDS (3), PGSHADOW_BENCH_PINGPONG_SECONDS (5), PGSHADOW_BI
 """
 
 import os
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -59,31 +56,11 @@ def pgbench_args(seconds, rate=None):
     return args + (["-R", int(rate)] if rate else [])
 
 
-class Run:
-    """An agent on lo with the probes on or off; figures of one pgbench run."""
+class Run(overhead.AgentRun):
+    """An agent on lo with the probes on or off."""
 
     def __init__(self, binary, pg, logdir, tls, name):
-        self.addr = f"127.0.0.1:{h.free_port(hosts=('127.0.0.1',))}"
-        self.agent = h.Agent(binary, pg.port, ["lo"], logdir=logdir, name=name,
-                             extra=["--metrics-listen", self.addr, "--tls",
-                                    "on" if tls else "off"])
-        self.tls, self.name = tls, name
-
-    def __enter__(self):
-        self.agent.start().wait_ready()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                pgh.scrape(self.addr)
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def __exit__(self, *exc):
-        self.agent.kill()
-        return False
+        super().__init__(binary, pg, logdir, name, extra=["--tls", "on" if tls else "off"])
 
 
 def tls_bpf(pid):

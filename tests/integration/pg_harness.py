@@ -530,6 +530,35 @@ PGBENCH_SUMS_SQL = ("SELECT (SELECT coalesce(sum(abalance), 0) FROM pgbench_acco
                     "(SELECT count(*) FROM pgbench_history)")
 
 
+def add_password_roles(pg, roles, hba_lines, grants=()):
+    """Creates roles {name: (method, password)} (md5, scram-sha-256 or password, the
+    stored hash to match) and puts hba_lines(role, method) — pg_hba.conf text — before the
+    existing lines, then reloads. grants: SQL run for each role, "{role}" replaced."""
+    for role, (method, pw) in roles.items():
+        enc = "md5" if method == "md5" else "scram-sha-256"
+        pg.psql([f"SET password_encryption = '{enc}'",
+                 f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"]
+                + [g.format(role=role) for g in grants])
+    hba = pg.data_dir / "pg_hba.conf"
+    hba.write_text("".join(hba_lines(role, method) for role, (method, _) in roles.items())
+                   + hba.read_text())
+    pg.psql("SELECT pg_reload_conf()")
+
+
+def inserts_then_error(cur, n):
+    """n INSERTs into table e (id, text) of a psycopg2 cursor in autocommit, a query of a
+    missing table (an error), then a count of e checked to be n: n + 2 requests."""
+    import psycopg2
+    for i in range(n):
+        cur.execute("INSERT INTO e VALUES (%s, %s)", (i, f"v{i}"))
+    try:
+        cur.execute("SELECT * FROM no_such_table_here")
+    except psycopg2.Error:
+        pass
+    cur.execute("SELECT count(*) FROM e WHERE id >= %s", (0,))
+    assert cur.fetchone()[0] == n
+
+
 def is_request_record(r):
     return (r.error_severity == "LOG" and r.backend_type == "client backend"
             and REQUEST_MESSAGE_RE.match(r.message) is not None)

@@ -28,14 +28,8 @@ ROLES = {"plainuser": ("password", "Plain-Pw-7f3a"),
 
 def test_passwords_never_in_dumps(start_agent, tmp_path):
     with pgh.pg_server(name="auth") as pg:
-        for role, (method, pw) in ROLES.items():
-            enc = "md5" if method == "md5" else "scram-sha-256"
-            pg.psql([f"SET password_encryption = '{enc}'",
-                     f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"])
-        hba = pg.data_dir / "pg_hba.conf"
-        hba.write_text("".join(f"host all {role} 127.0.0.1/32 {method}\n"
-                               for role, (method, _) in ROLES.items()) + hba.read_text())
-        pg.psql("SELECT pg_reload_conf()")
+        pgh.add_password_roles(pg, ROLES, lambda role, method:
+                               f"host all {role} 127.0.0.1/32 {method}\n")
         agent = start_agent(pg.port, ["lo"], dump=True)
         for role, (_, pw) in ROLES.items():
             conn = psycopg2.connect(host="127.0.0.1", port=pg.port, dbname="postgres",
@@ -84,15 +78,9 @@ def test_no_secret_outside_dumps(pair, mirror_agent):
     for pg in (src, mir):
         pg.psql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     mir.psql("ALTER TABLE notes ADD CHECK (body NOT LIKE 'planted-literal%')")
-    for role, (method, pw) in ROLES.items():
-        enc = "md5" if method == "md5" else "scram-sha-256"
-        src.psql([f"SET password_encryption = '{enc}'",
-                  f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'",
-                  f"GRANT ALL ON notes TO {role}"])
-    hba = src.data_dir / "pg_hba.conf"
-    hba.write_text("".join(f"host all {role} 127.0.0.1/32 {method}\n"
-                           for role, (method, _) in ROLES.items()) + hba.read_text())
-    src.psql("SELECT pg_reload_conf()")
+    pgh.add_password_roles(src, ROLES, lambda role, method:
+                           f"host all {role} 127.0.0.1/32 {method}\n",
+                           grants=["GRANT ALL ON notes TO {role}"])
     agent = mirror_agent(src, mir, extra=["--log-mismatches", 100])
     for i, (role, (_, pw)) in enumerate(ROLES.items()):
         conn = psycopg2.connect(host="127.0.0.1", port=src.port, dbname="postgres", user=role,

@@ -451,14 +451,7 @@ def test_connection_opened_before_agent(pg, source_agent, with_dsn):
             f"{ {d: before.requests(d) for d in before.databases()} }: the session's first " \
             f"query after the agent started must count once"
 
-        for i in range(RESYNC_QUERIES):
-            cur.execute("INSERT INTO e VALUES (%s, %s)", (i, f"v{i}"))
-        try:
-            cur.execute("SELECT * FROM no_such_table_here")
-        except psycopg2.Error:
-            pass
-        cur.execute("SELECT count(*) FROM e WHERE id >= %s", (0,))
-        assert cur.fetchone()[0] == RESYNC_QUERIES
+        pgh.inserts_then_error(cur, RESYNC_QUERIES)
         after, result = finish(agent)
     finally:
         conn.close()

@@ -489,14 +489,7 @@ def test_tls_session_opened_before_agent(source, tls_agent):
             f"{label!r}: the session's first query after the agent started must count " \
             f"once; {tls_view(before)}"
 
-        for i in range(LATER_QUERIES):
-            cur.execute("INSERT INTO e VALUES (%s, %s)", (i, f"v{i}"))
-        try:
-            cur.execute("SELECT * FROM no_such_table_here")
-        except psycopg2.Error:
-            pass
-        cur.execute("SELECT count(*) FROM e WHERE id >= %s", (0,))
-        assert cur.fetchone()[0] == LATER_QUERIES
+        pgh.inserts_then_error(cur, LATER_QUERIES)
         after, result = ts.finish(agent)
     finally:
         conn.close()
@@ -720,15 +713,9 @@ def test_passwords_inside_tls_never_shown(source, tls_agent):
     not in a dump file, the agent's stderr or stdout, or /metrics."""
     src = source
     src.createdb(SECRET_DB)
-    for role, (method, pw) in ROLES.items():
-        enc = "md5" if method == "md5" else "scram-sha-256"
-        src.psql([f"SET password_encryption = '{enc}'",
-                  f"CREATE ROLE {role} LOGIN PASSWORD '{pw}'"])
-    hba = src.data_dir / "pg_hba.conf"
-    hba.write_text("".join(f"hostssl   all {role} 127.0.0.1/32 {method}\n"
-                           f"hostnossl all {role} 127.0.0.1/32 reject\n"
-                           for role, (method, _) in ROLES.items()) + hba.read_text())
-    src.psql("SELECT pg_reload_conf()")
+    pgh.add_password_roles(src, ROLES, lambda role, method:
+                           f"hostssl   all {role} 127.0.0.1/32 {method}\n"
+                           f"hostnossl all {role} 127.0.0.1/32 reject\n")
     for role, (_, pw) in ROLES.items():
         _wait_hba_reloaded(src, role, pw)
     since = ts.mark(src)
@@ -784,3 +771,39 @@ def test_passwords_inside_tls_never_shown(source, tls_agent):
     n = int.from_bytes(data[at + 1:at + 5], "big") - 4
     assert n == len(ROLES["tlsplain"][1]) + 1 and data[at + 5:at + 5 + n] == bytes(n), \
         data[at:at + 5 + n]
+
+
+# --------------------------------------------------------------------------- 7. restart
+
+RESTART_DB = "tls_restart"
+REPROBE_TIMEOUT = 20  # the agent checks its postmasters every 5 s
+
+
+def test_restarted_server_probed_again(source, tls_agent):
+    """The source restarts under a running agent with --tls on: the agent notices its
+    postmaster exited (checked every 5 s), probes the new one, and a TLS session to the
+    restarted server is decoded — its requests equal the server's log."""
+    src = source
+    src.createdb(RESTART_DB)
+    agent = tls_agent(src)
+    old = postmaster_pid(src)
+    h.run(pgh.as_postgres([pgh.pg_tool("pg_ctl"), "restart", "-w", "-m", "fast", "-D",
+                           src.data_dir]), timeout=120)
+    new = postmaster_pid(src)
+    assert new and new != old, f"postmaster pid {old} -> {new} after pg_ctl restart"
+    want = f"decoding the TLS sessions of postmaster {new} on port {src.port}"
+    deadline = time.monotonic() + REPROBE_TIMEOUT
+    while want not in agent.stderr():
+        assert time.monotonic() < deadline and agent.running(), \
+            f"no {want!r} {REPROBE_TIMEOUT} s after the restart:\n{agent.stderr()}"
+        time.sleep(0.2)
+    assert f"postmaster {old} exited" in agent.stderr(), agent.stderr()
+    since = src.log_mark()
+    psql_tls(src, RESTART_DB, ["SELECT 1", "SELECT 2; SELECT 3"])
+    m, result = ts.finish(agent)
+    logged = src.count_requests(RESTART_DB, since)
+    assert logged == 3 and m.requests(RESTART_DB) == logged, \
+        f"database {RESTART_DB}: agent {m.requests(RESTART_DB)}, log {logged}; {tls_view(m)}"
+    assert m.get(TLS_SESSIONS) >= 1 and undecoded(m) == {}, tls_view(m)
+    assert m.get(PROBED) == 1, tls_view(m)
+    assert result.returncode == 0, result

@@ -130,10 +130,10 @@ struct conn_sim {
 	uint32_t tls_seq[2]; /* plaintext bytes reported per direction (TLS records) */
 };
 
-/* Sends one record (one packet) in dir with flags and the bytes of w. */
-static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wire *w, uint64_t ts)
+/* A record of c in dir at ts carrying the bytes of w (NULL: none), into buf. */
+static struct capture_event *event_init(uint8_t *buf, const struct conn_sim *c, int dir,
+					const struct wire *w, uint64_t ts)
 {
-	uint8_t buf[sizeof(struct capture_event) + 4096];
 	struct capture_event *ev = (struct capture_event *)buf;
 	uint8_t lo[16] = {[10] = 0xff, [11] = 0xff, 127, 0, 0, 1};
 	size_t len = w ? w->n : 0;
@@ -144,17 +144,26 @@ static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wi
 	memcpy(ev->daddr, lo, 16);
 	ev->sport = dir == CAPTURE_DIR_C2S ? c->cport : PORT;
 	ev->dport = dir == CAPTURE_DIR_C2S ? PORT : c->cport;
-	ev->seq = c->seq[dir];
-	ev->ack = c->seq[!dir];
 	ev->payload_len = len;
 	ev->chunk_len = len;
 	ev->family = 4;
-	ev->tcp_flags = flags | (flags & CAPTURE_TCP_SYN && dir == CAPTURE_DIR_C2S ? 0 : 0x10);
 	ev->dir = dir;
 	if (len)
 		memcpy(buf + sizeof(*ev), w->b, len);
+	return ev;
+}
+
+/* Sends one record (one packet) in dir with flags and the bytes of w. */
+static void send_rec(struct conn_sim *c, int dir, uint8_t flags, const struct wire *w, uint64_t ts)
+{
+	uint8_t buf[sizeof(struct capture_event) + 4096];
+	struct capture_event *ev = event_init(buf, c, dir, w, ts);
+
+	ev->seq = c->seq[dir];
+	ev->ack = c->seq[!dir];
+	ev->tcp_flags = flags | (flags & CAPTURE_TCP_SYN && dir == CAPTURE_DIR_C2S ? 0 : 0x10);
 	pipeline_record(c->p, ev, buf + sizeof(*ev));
-	c->seq[dir] += len + ((flags & (CAPTURE_TCP_SYN | CAPTURE_TCP_FIN)) ? 1 : 0);
+	c->seq[dir] += ev->payload_len + ((flags & (CAPTURE_TCP_SYN | CAPTURE_TCP_FIN)) ? 1 : 0);
 }
 
 static char *render(struct stats *st)
@@ -530,23 +539,11 @@ static void test_statement_recovery(void **state)
 static void send_tls(struct conn_sim *c, int dir, const struct wire *w, uint64_t ts)
 {
 	uint8_t buf[sizeof(struct capture_event) + 4096];
-	struct capture_event *ev = (struct capture_event *)buf;
-	uint8_t lo[16] = {[10] = 0xff, [11] = 0xff, 127, 0, 0, 1};
+	struct capture_event *ev = event_init(buf, c, dir, w, ts);
 
-	memset(ev, 0, sizeof(*ev));
-	ev->ts_ns = ts;
-	memcpy(ev->saddr, lo, 16);
-	memcpy(ev->daddr, lo, 16);
-	ev->sport = dir == CAPTURE_DIR_C2S ? c->cport : PORT;
-	ev->dport = dir == CAPTURE_DIR_C2S ? PORT : c->cport;
 	ev->seq = c->tls_seq[dir];
-	ev->payload_len = w->n;
-	ev->chunk_len = w->n;
-	ev->family = 4;
-	ev->dir = dir;
 	ev->origin = CAPTURE_ORIGIN_TLS;
 	ev->pid = 4242;
-	memcpy(buf + sizeof(*ev), w->b, w->n);
 	pipeline_record(c->p, ev, buf + sizeof(*ev));
 	c->tls_seq[dir] += w->n;
 }
