@@ -788,7 +788,7 @@ def test_restarted_server_probed_again(source, tls_agent):
     agent = tls_agent(src)
     old = postmaster_pid(src)
     h.run(pgh.as_postgres([pgh.pg_tool("pg_ctl"), "restart", "-w", "-m", "fast", "-D",
-                           src.data_dir]), timeout=120)
+                           src.data_dir, "-l", src.dir / "pg_ctl.log"]), timeout=120)
     new = postmaster_pid(src)
     assert new and new != old, f"postmaster pid {old} -> {new} after pg_ctl restart"
     want = f"decoding the TLS sessions of postmaster {new} on port {src.port}"
@@ -806,4 +806,52 @@ def test_restarted_server_probed_again(source, tls_agent):
         f"database {RESTART_DB}: agent {m.requests(RESTART_DB)}, log {logged}; {tls_view(m)}"
     assert m.get(TLS_SESSIONS) >= 1 and undecoded(m) == {}, tls_view(m)
     assert m.get(PROBED) == 1, tls_view(m)
+    assert result.returncode == 0, result
+
+
+# --------------------------------------------------------------------------- 8. own TLS
+
+NAMED_DB, RESOLVER_DB = "tls_named", "tls_resolver"
+
+
+def test_own_tls_connection_not_decoded(source, tls_agent):
+    """--source-dsn over TLS (sslmode=require) with --tls on: the agent's own session on
+    the source (its resolver) is excluded from the probes as from the packet capture —
+    nothing is counted in its database although the server logged its lookups there —
+    while it names a TLS session opened before the agent, whose later queries are
+    counted under their real database."""
+    src = source
+    src.createdb(NAMED_DB)
+    src.createdb(RESOLVER_DB)
+    conn = connect(src, NAMED_DB, "require")
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE e (id int, v text)")
+        since = ts.mark(src)
+        dsn = src.conninfo(RESOLVER_DB, sslmode="require")
+        agent = tls_agent(src, extra=["--source-dsn", dsn])
+        for warmup in range(1, WARMUP_MAX + 1):
+            cur.execute("SELECT %s AS warmup", (warmup,))
+            time.sleep(WARMUP_PAUSE)
+            if pgh.metrics(agent.metrics_addr).requests(NAMED_DB) >= 1:
+                break
+        else:
+            raise AssertionError(f"the early TLS session was never named {NAMED_DB}: "
+                                 f"{tls_view(pgh.metrics(agent.metrics_addr))}\n"
+                                 f"{agent.stderr()}")
+        before = ts.final_metrics(agent)
+        pgh.inserts_then_error(cur, LATER_QUERIES)
+        after, result = ts.finish(agent)
+    finally:
+        conn.close()
+    got = after.requests(NAMED_DB) - before.requests(NAMED_DB)
+    assert got == LATER_QUERIES + 2, f"{got} of {LATER_QUERIES + 2} counted; {tls_view(after)}"
+    lookups = src.count_requests(RESOLVER_DB, since)
+    assert lookups >= 1, "the resolver ran no query on the source: nothing was tested"
+    assert ssl_sessions(src, since, RESOLVER_DB), \
+        "the resolver's session was not encrypted: nothing was tested"
+    assert after.requests(RESOLVER_DB) == 0, \
+        f"the agent's own TLS session decoded: {after.requests(RESOLVER_DB)} requests " \
+        f"counted in {RESOLVER_DB} (the server logged {lookups} there)"
     assert result.returncode == 0, result
