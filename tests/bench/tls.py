@@ -9,8 +9,8 @@ difference is the probes alone.
 
 1. Maximum rate: PAIRS pairs of SECONDS-long runs, off then on (the order alternates);
    each run's TPS and the median of the on/off ratios.
-2. Fixed rate: RATE_ROUNDS pairs at half the median maximum TPS with the probes off
-   (order alternating). Per run: the host's CPU time per request (non-idle jiffies of
+2. Fixed rate: RATE_ROUNDS pairs at half the median maximum TPS with the probes on (so
+   that both runs of a pair serve the same rate; order alternating). Per run: the host's CPU time per request (non-idle jiffies of
    /proc/stat over the run / requests the server executed), the cluster's (the postmaster's
    utime+stime+cutime+cstime), the agent's; with the probes on also the BPF time of the
    tls_ programs per request (kernel.bpf_stats_enabled). The median of the host on/off
@@ -165,15 +165,15 @@ def main():
                                      "max_connections": "50"}) as pg:
             pg.createdb(DB)
             pg.pgbench_init(DB, scale=10)
-            ratios, off_tps = [], []
+            ratios, on_tps = [], []
             for i in range(PAIRS):
                 order = (False, True) if i % 2 == 0 else (True, False)
                 r = {tls: measured(pg, binary, logdir, tls, None, SECONDS,
                                    f"max {i + 1} tls={'on' if tls else 'off'}", checks)
                      for tls in order}
                 ratios.append(r[True]["tps"] / r[False]["tps"])
-                off_tps.append(r[False]["tps"])
-            rate = statistics.median(off_tps) / 2
+                on_tps.append(r[True]["tps"])
+            rate = statistics.median(on_tps) / 2
             host, on_f, off_f = [], [], []
             for i in range(RATE_ROUNDS):
                 order = (False, True) if i % 2 == 0 else (True, False)
