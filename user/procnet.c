@@ -83,7 +83,8 @@ int procnet_listen_inodes(const char *text, size_t len, uint16_t port, uint64_t 
 		if (fields(line, ln, f, fl, 10) != 10)
 			continue;
 		colon = memchr(f[1], ':', fl[1]);
-		if (!colon || !parse_num(colon + 1, fl[1] - (size_t)(colon + 1 - f[1]), 16, &lport) ||
+		if (!colon ||
+		    !parse_num(colon + 1, fl[1] - (size_t)(colon + 1 - f[1]), 16, &lport) ||
 		    !parse_num(f[3], fl[3], 16, &state) || !parse_num(f[9], fl[9], 10, &inode))
 			continue;
 		if (lport != port || state != 0x0A /* TCP_LISTEN */ || inode == 0)
