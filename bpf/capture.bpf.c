@@ -705,7 +705,9 @@ static __always_inline int tls_note_socket(struct sock *sk)
 	struct capture_tuple *t;
 	__u16 family;
 
-	if (!b || !(b->buf[0] | b->buf[1]) || BPF_CORE_READ(sk, __sk_common.skc_num) != server_port)
+	/* known already (a backend keeps its connection for life), or not inside a call */
+	if (!b || b->family || !(b->buf[0] | b->buf[1]) ||
+	    BPF_CORE_READ(sk, __sk_common.skc_num) != server_port)
 		return 0;
 	t = &b->t;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
