@@ -855,3 +855,34 @@ def test_own_tls_connection_not_decoded(source, tls_agent):
         f"the agent's own TLS session decoded: {after.requests(RESOLVER_DB)} requests " \
         f"counted in {RESOLVER_DB} (the server logged {lookups} there)"
     assert result.returncode == 0, result
+
+
+# --------------------------------------------------------------------------- 9. churn
+
+CHURN_DB = "tls_churn"
+
+
+def test_connection_per_transaction_over_tls(source, tls_agent):
+    """pgbench -C over TLS: a new backend (often a reused pid) and a full handshake per
+    transaction. Every session is decoded from its StartupMessage: requests == the
+    server's log, TLS sessions == the log's encrypted sessions, no call before its
+    backend's connection was known, no resync."""
+    src = source
+    src.createdb(CHURN_DB)
+    src.pgbench_init(CHURN_DB)
+    agent = tls_agent(src)
+    since = src.log_mark()
+    src.pgbench(["-C", "-S", "-M", "extended", "-c", 4, "-j", 2, "-t", 100], CHURN_DB,
+                sslmode="require")
+    src.pgbench(["-C", "-M", "prepared", "-c", 2, "-j", 2, "-t", 50], CHURN_DB,
+                sslmode="require")
+    m, result = ts.finish(agent)
+    logged = src.count_requests(CHURN_DB, since)
+    sessions = len(ssl_sessions(src, since, CHURN_DB))
+    assert sessions >= 500, f"{sessions} TLS sessions logged: pgbench -C did not churn"
+    assert m.requests(CHURN_DB) == logged, \
+        f"{CHURN_DB}: agent {m.requests(CHURN_DB)}, log {logged}; {tls_view(m)}"
+    assert m.get(TLS_SESSIONS) == sessions, f"log: {sessions} TLS sessions; {tls_view(m)}"
+    assert m.get("mirror_capture_tls_unmapped_calls_total") == 0, tls_view(m)
+    assert m.get("mirror_capture_resyncs_total") == 0, tls_view(m)
+    assert result.returncode == 0, result
