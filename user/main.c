@@ -1346,7 +1346,7 @@ static void apply_lookups(struct resolver *r, struct pipeline *p, uint64_t now)
 }
 
 static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
-			const struct session_stats *ss, uint64_t dump_errs)
+			const struct session_stats *ss, uint64_t dump_errs, uint64_t tls_orphans)
 {
 	fprintf(
 	    stderr,
@@ -1358,7 +1358,7 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 	    "gaps=%llu gap_bytes=%llu dump_errors=%llu sessions=%llu requests=%llu "
 	    "resyncs=%llu encrypted=%llu replication=%llu abandoned=%llu rst_ignored=%llu "
 	    "late_bytes_undelivered=%llu flows_reopened=%llu tail_gaps=%llu "
-	    "user_excluded=%llu tls_calls=%llu tls_unmapped=%llu\n",
+	    "user_excluded=%llu tls_calls=%llu tls_unmapped=%llu tls_orphans=%llu\n",
 	    (unsigned long long)k[CAPTURE_CNT_PACKETS], (unsigned long long)k[CAPTURE_CNT_BYTES],
 	    (unsigned long long)k[CAPTURE_CNT_RECORDS], (unsigned long long)k[CAPTURE_CNT_RB_DROPS],
 	    (unsigned long long)k[CAPTURE_CNT_TRUNCATED],
@@ -1380,7 +1380,7 @@ static void print_stats(const uint64_t *k, const struct tcpstream_stats *s,
 	    (unsigned long long)s->late_bytes_undelivered, (unsigned long long)s->flows_reopened,
 	    (unsigned long long)s->tail_gaps, (unsigned long long)k[CAPTURE_USER_EXCLUDED],
 	    (unsigned long long)k[CAPTURE_CNT_TLS_CALLS],
-	    (unsigned long long)k[CAPTURE_CNT_TLS_UNMAPPED]);
+	    (unsigned long long)k[CAPTURE_CNT_TLS_UNMAPPED], (unsigned long long)tls_orphans);
 }
 
 /* Polls until a signal; ticks the pipeline on capture time while records flow and on
@@ -2035,7 +2035,7 @@ int main(int argc, char **argv)
 	now = monotonic_ns();
 	pipeline_close_all(pipe, pipeline_last_ts(pipe) > now ? pipeline_last_ts(pipe) : now, k);
 	print_stats(k, pipeline_tcp_stats(pipe), pipeline_session_stats(pipe),
-		    dump ? dump_errors(dump) : 0);
+		    dump ? dump_errors(dump) : 0, pipeline_tls_orphans(pipe));
 cleanup:
 	admin_stop(console);	 /* first: SHOW MIRROR SESSIONS reads the replay engine */
 	explain_stop(a.explain); /* it reads the replay's statements */
