@@ -72,7 +72,8 @@ UNIT_TESTS += $(BUILD)/test_selfcheck $(BUILD)/test_landing $(BUILD)/test_statef
               $(BUILD)/test_fleet $(BUILD)/test_webauth $(BUILD)/test_redact \
               $(BUILD)/test_authblank $(BUILD)/test_querystats $(BUILD)/test_plan \
               $(BUILD)/test_scram $(BUILD)/test_dump $(BUILD)/test_http \
-              $(BUILD)/test_explain $(BUILD)/test_resolver $(BUILD)/test_procnet
+              $(BUILD)/test_explain $(BUILD)/test_resolver $(BUILD)/test_procnet \
+              $(BUILD)/test_rxclock
 
 .PHONY: all deps test unit integration bench demo format format-check clean install coverage
 
@@ -182,6 +183,9 @@ $(BUILD)/test_plan: tests/unit/test_plan.c $(BUILD)/plan.o
 
 $(BUILD)/test_procnet: tests/unit/test_procnet.c $(BUILD)/procnet.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
+
+$(BUILD)/test_rxclock: tests/unit/test_rxclock.c include/rxclock.h | $(BUILD)
+	$(CC) $(CFLAGS) $< -lcmocka -o $@
 
 $(BUILD)/test_redact: tests/unit/test_redact.c $(BUILD)/redact.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@

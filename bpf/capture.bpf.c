@@ -791,4 +791,43 @@ int BPF_KRETPROBE(tls_write_ex_exit, int ret)
 	return tls_exit(CAPTURE_DIR_S2C, ret, true);
 }
 
+/*
+ * When mirror answers reach the host. The replay attaches this socket filter to each of
+ * the agent's own mirror connections (SO_ATTACH_BPF): it stores the time the last segment
+ * carrying data arrived, so an answer is timed when the kernel received it, not when the
+ * replay thread woke to read it (a woken thread waits for a CPU the source's backends
+ * hold). It runs for those sockets only and keeps every packet.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* set at load: the replay's connection slots */
+	__type(key, __u64);	/* socket cookie */
+	__type(value, __u32);	/* slot in rx_times */
+} rx_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* read by the replay thread without a system call */
+	__uint(max_entries, 1);		   /* set at load, as rx_slots */
+	__type(key, __u32);
+	__type(value, __u64); /* bpf_ktime_get_ns() of the slot's last data segment */
+} rx_times SEC(".maps");
+
+SEC("socket")
+int mirror_rx(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	__u32 *slot = bpf_map_lookup_elem(&rx_slots, &cookie);
+	__u64 *t;
+	__u8 doff;
+
+	/* tcp_filter shows the segment from its TCP header: data beyond the header's length */
+	if (slot && !bpf_skb_load_bytes(skb, 12, &doff, 1) && skb->len > (__u32)(doff >> 4) * 4) {
+		t = bpf_map_lookup_elem(&rx_times, slot);
+		if (t)
+			*t = bpf_ktime_get_ns();
+	}
+	return skb->len;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -23,6 +23,7 @@ struct capture_config {
 	uint32_t wakeup_bytes;	/* ring fill that forces a reader wakeup */
 	int verbose;		/* pass libbpf's own messages to stderr */
 	bool tls;		/* load the TLS probes (capture_tls_add attaches them) */
+	uint32_t rx_slots;	/* mirror connections capture_rx_attach can time (0: none) */
 };
 
 /* Called for every valid record: ev is followed by ev->chunk_len bytes at data. */
@@ -85,6 +86,19 @@ int capture_tls_add(struct capture *c, int postmaster, const char *path, char *m
 
 /* Stops reporting postmaster's backends (it exited); its library stays probed. */
 void capture_tls_remove(struct capture *c, int postmaster);
+
+/*
+ * Kernel receive times of the agent's own mirror connections, for the replay thread
+ * (only it calls these). capture_rx_attach attaches the mirror_rx socket filter to fd, a
+ * connected TCP socket, and returns its slot (>= 0), or -ENOTSUP (no slots configured,
+ * or c is NULL), -ENOSPC (every slot in use) or another negative errno.
+ * capture_rx_time returns the CLOCK_MONOTONIC time the slot's socket last received a
+ * segment carrying data (0: none yet), read from shared memory without a system call.
+ * capture_rx_detach frees the slot: call it before closing the socket.
+ */
+int capture_rx_attach(struct capture *c, int fd);
+uint64_t capture_rx_time(const struct capture *c, int slot);
+void capture_rx_detach(struct capture *c, int slot);
 
 /* A comma-separated list of the attached interfaces, e.g. "lo,eth0". */
 const char *capture_interfaces(const struct capture *c);

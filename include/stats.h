@@ -211,7 +211,8 @@ struct stats_mirror_snapshot {
 	double latency_avg_ms, latency_max_ms; /* current window */
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
-	uint64_t pipelined, converted;	 /* sent behind another; simple queries sent extended */
+	uint64_t pipelined, converted; /* sent behind another; simple queries sent extended */
+	uint64_t answers_kernel_timed, answers_read_timed; /* mirror latency's end clock */
 	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
 	uint64_t lock_waits;		 /* of order_waits, for lock order */
@@ -314,6 +315,8 @@ void stats_mirror_order_timeout(struct stats *st);
  * connection (or the first of the pipeline); converted: a simple-protocol query sent as an
  * unnamed extended-protocol statement. */
 void stats_mirror_piped(struct stats *st, bool behind, bool converted);
+/* A mirror answer timed by the kernel's receive time (kernel) or at the replay's read. */
+void stats_mirror_answer_clock(struct stats *st, bool kernel);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);
 /* A statement prepared before capture: its text recovered and defined, or one lookup (or,
  * without --source-dsn, one statement of one session) that did not recover it. Capture

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -81,6 +82,12 @@ struct capture {
 	struct tls_lib tls_libs[CAPTURE_TLS_MAX_SERVERS];
 	int n_tls_libs;
 	char ifnames[CAPTURE_MAX_INTERFACES * (IF_NAMESIZE + 1)];
+	/* receive times of the replay's mirror connections (capture_rx_*: replay thread) */
+	const volatile uint64_t *rx_times; /* rx_times mapped, rx_slots entries */
+	size_t rx_map_bytes;
+	uint32_t rx_slots, rx_nfree;
+	uint32_t *rx_free;   /* free slots, a stack */
+	uint64_t *rx_cookie; /* the socket cookie of each slot in use */
 };
 
 static int verbose_libbpf;
@@ -386,6 +393,10 @@ static int load(struct capture *c, const struct capture_config *cfg, struct capt
 			  strerror(-err));
 		return err;
 	}
+	/* a map cannot have 0 entries: 1 when nothing is mirrored (the filter is not loaded) */
+	bpf_program__set_autoload(c->skel->progs.mirror_rx, cfg->rx_slots > 0);
+	bpf_map__set_max_entries(c->skel->maps.rx_slots, cfg->rx_slots ? cfg->rx_slots : 1);
+	bpf_map__set_max_entries(c->skel->maps.rx_times, cfg->rx_slots ? cfg->rx_slots : 1);
 	if (!cfg->tls) {
 		struct bpf_program *prog;
 
@@ -408,6 +419,80 @@ static int load(struct capture *c, const struct capture_config *cfg, struct capt
 		return err;
 	}
 	return 0;
+}
+
+/* Maps the receive times and fills the free-slot stack (nothing when slots is 0). */
+static int rx_open(struct capture *c, uint32_t slots, struct capture_error *error)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	void *m;
+	uint32_t i;
+
+	if (!slots)
+		return 0;
+	c->rx_free = calloc(slots, sizeof(*c->rx_free));
+	c->rx_cookie = calloc(slots, sizeof(*c->rx_cookie));
+	if (!c->rx_free || !c->rx_cookie) {
+		set_error(error, -ENOMEM, "out of memory");
+		return -ENOMEM;
+	}
+	c->rx_map_bytes =
+	    ((size_t)slots * sizeof(uint64_t) + (size_t)page - 1) / (size_t)page * (size_t)page;
+	m = mmap(NULL, c->rx_map_bytes, PROT_READ, MAP_SHARED, bpf_map__fd(c->skel->maps.rx_times),
+		 0);
+	if (m == MAP_FAILED) {
+		int err = -errno;
+
+		set_error(error, err, "cannot map the mirror receive times: %s", strerror(-err));
+		return err;
+	}
+	c->rx_times = m;
+	for (i = 0; i < slots; i++)
+		c->rx_free[i] = slots - 1 - i;
+	c->rx_slots = c->rx_nfree = slots;
+	return 0;
+}
+
+int capture_rx_attach(struct capture *c, int fd)
+{
+	int prog, err;
+	uint64_t cookie;
+	socklen_t len = sizeof(cookie);
+	uint32_t slot;
+
+	if (!c || !c->rx_times)
+		return -ENOTSUP;
+	if (!c->rx_nfree)
+		return -ENOSPC;
+	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len))
+		return -errno;
+	slot = c->rx_free[c->rx_nfree - 1];
+	if (bpf_map_update_elem(bpf_map__fd(c->skel->maps.rx_slots), &cookie, &slot, BPF_ANY))
+		return -errno;
+	prog = bpf_program__fd(c->skel->progs.mirror_rx);
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &prog, sizeof(prog))) {
+		err = -errno;
+		bpf_map_delete_elem(bpf_map__fd(c->skel->maps.rx_slots), &cookie);
+		return err;
+	}
+	c->rx_nfree--;
+	c->rx_cookie[slot] = cookie;
+	return (int)slot;
+}
+
+void capture_rx_detach(struct capture *c, int slot)
+{
+	if (!c || slot < 0 || (uint32_t)slot >= c->rx_slots)
+		return;
+	bpf_map_delete_elem(bpf_map__fd(c->skel->maps.rx_slots), &c->rx_cookie[slot]);
+	c->rx_free[c->rx_nfree++] = (uint32_t)slot;
+}
+
+uint64_t capture_rx_time(const struct capture *c, int slot)
+{
+	if (!c || slot < 0 || (uint32_t)slot >= c->rx_slots)
+		return 0;
+	return __atomic_load_n(&c->rx_times[slot], __ATOMIC_ACQUIRE);
 }
 
 struct capture *capture_open(const struct capture_config *cfg, capture_record_fn fn, void *ctx,
@@ -471,6 +556,9 @@ struct capture *capture_open(const struct capture_config *cfg, capture_record_fn
 			goto cleanup;
 		}
 	}
+	err = rx_open(c, cfg->rx_slots, error);
+	if (err)
+		goto cleanup;
 	c->rb = ring_buffer__new(bpf_map__fd(c->skel->maps.events), on_record, c, NULL);
 	if (!c->rb) {
 		err = -errno;
@@ -674,6 +762,10 @@ void capture_close(struct capture *c)
 	if (!c->detached)
 		detach_all(c);
 	ring_buffer__free(c->rb);
+	if (c->rx_times)
+		munmap((void *)c->rx_times, c->rx_map_bytes);
+	free(c->rx_free);
+	free(c->rx_cookie);
 	capture_bpf__destroy(c->skel);
 	pthread_mutex_destroy(&c->excl_lock);
 	free(c);

@@ -212,6 +212,9 @@ static void capture_settings(const struct pgshadow_config *c, struct capture_con
 	cc->wakeup_bytes = cc->ringbuf_bytes / 8;
 	cc->verbose = c->verbose;
 	cc->tls = c->tls;
+	/* every replay connection can be timed: the pools never hold more than
+	 * mirror_max_connections at once (a few more while closed ones are being replaced) */
+	cc->rx_slots = c->mirror_of ? (uint32_t)c->mirror_max_connections + 16 : 0;
 }
 
 static void admin_settings(const struct pgshadow_config *c, struct admin_config *ac)

@@ -87,6 +87,15 @@ struct item *replay_queue_pop(struct replay_session *s)
  * (success, query error, timeout) on the mirror as well. Skipped ones are not mirrored
  * requests.
  */
+/* The item's time on the mirror: from its send to its answer (done_ns, else now); 0 when
+ * it ended before the clock read at its send. */
+static uint64_t mirror_elapsed(const struct item *it, uint64_t now)
+{
+	uint64_t done = it->done_ns ? it->done_ns : now;
+
+	return done > it->sent_ns ? done - it->sent_ns : 0;
+}
+
 static void query_record(struct replay *r, const struct replay_session *s, const struct item *it,
 			 enum outcome o, uint64_t now)
 {
@@ -103,7 +112,7 @@ static void query_record(struct replay *r, const struct replay_session *s, const
 	ob.source_error = it->src.error;
 	ob.source_sqlstate = it->src.sqlstate;
 	ob.mirror_answered = o == OUT_SUCCESS || o == OUT_QUERY || o == OUT_TIMEOUT;
-	ob.mirror_ns = (it->done_ns ? it->done_ns : now) - it->sent_ns;
+	ob.mirror_ns = mirror_elapsed(it, now);
 	ob.mirror_error = it->m_error || o == OUT_TIMEOUT;
 	ob.mirror_sqlstate = o == OUT_TIMEOUT && !it->m_error ? "57014" : it->m_sqlstate;
 	ob.mirror_only = o == OUT_QUERY || o == OUT_TIMEOUT;
@@ -149,7 +158,7 @@ void replay_item_finish(struct replay *r, struct replay_session *s, struct item 
 		atomic_fetch_add_explicit(&s->n_skipped, 1, memory_order_relaxed);
 	switch (o) {
 	case OUT_SUCCESS:
-		stats_mirror_success(r->st, it->db, (it->done_ns ? it->done_ns : now) - it->sent_ns,
+		stats_mirror_success(r->st, it->db, mirror_elapsed(it, now),
 				     it->ord.ts_end - it->ord.ts_start,
 				     now > it->ord.ts_end ? now - it->ord.ts_end : 0, now);
 		break;

@@ -139,6 +139,8 @@ void replay_mconn_close(struct replay *r, struct mconn *c)
 	if (c->conn) {
 		if (c->watched)
 			epoll_ctl(r->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		capture_rx_detach(r->cap, c->rx_slot);
+		c->rx_slot = -1;
 		PQfinish(c->conn);
 		c->conn = NULL;
 	}
@@ -340,6 +342,15 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 	}
 	s->state = CONN_IDLE;
 	s->deadline = NEVER;
+	s->c->rx_slot = capture_rx_attach(r->cap, PQsocket(s->c->conn));
+	if (s->c->rx_slot < 0 && s->c->rx_slot != -ENOTSUP && !r->rx_warned) {
+		r->rx_warned = true;
+		fprintf(stderr,
+			"pgshadow: WARN: mirror: cannot time answers in the kernel on a mirror "
+			"connection: %s (its answers are timed when the replay reads them; "
+			"mirror_replay_answers_timed_total{clock=\"read\"})\n",
+			strerror(-s->c->rx_slot));
+	}
 	replay_conn_rewatch(r, s);
 	replay_pool_connected(r, s, now);
 	if (s->state != CONN_IDLE || !r->cfg.set_role || !*user || !strcmp(user, SESSION_UNKNOWN))
@@ -480,12 +491,12 @@ static bool send_aux(struct replay_session *s, const char *sql)
 }
 
 /* Sends the item itself (after its BEGIN, when wrapped). */
-static bool send_main(struct replay *r, struct replay_session *s, struct item *it, uint64_t now)
+static bool send_main(struct replay *r, struct replay_session *s, struct item *it)
 {
 	replay_run_reset(s);
 	it->stage = STAGE_MAIN;
-	it->sent_ns = now;
-	if (it->as_rollback) { /* the source rolled this COMMIT back */
+	it->sent_ns = now_ns(); /* not the pass's start: its earlier sends took time */
+	if (it->as_rollback) {	/* the source rolled this COMMIT back */
 		s->susp = false;
 		return PQsendQuery(s->c->conn, "ROLLBACK");
 	}
@@ -647,7 +658,7 @@ void replay_pipe_append(struct replay *r, struct replay_session *s, uint64_t now
 	struct item *it = replay_queue_pop(s);
 
 	it->stage = STAGE_MAIN;
-	it->sent_ns = now;
+	it->sent_ns = now_ns(); /* as in send_main */
 	s->last_sent = now;
 	s->last_ts_start = it->ord.ts_start;
 	s->last_unit = it->unit;
@@ -708,6 +719,7 @@ void replay_item_start(struct replay *r, struct replay_session *s, uint64_t now)
 	s->cur = it;
 	if (s->head && replay_pipelinable(r, s, it)) { /* a backlog: the first of a pipeline */
 		it->stage = STAGE_MAIN;
+		it->sent_ns = now_ns(); /* as in send_main */
 		run_piped(s, it);
 		s->piping = pipe_send(r, s, it, false);
 		if (s->piping)
@@ -720,7 +732,7 @@ void replay_item_start(struct replay *r, struct replay_session *s, uint64_t now)
 		sent(r, s, send_aux(s, "BEGIN"), now);
 		return;
 	}
-	sent(r, s, send_main(r, s, it, now), now);
+	sent(r, s, send_main(r, s, it), now);
 }
 
 /* Sends the item's COPY data, then CopyDone. 1 done, 0 blocked (wait for EPOLLOUT),
@@ -1009,7 +1021,7 @@ static void aux_complete(struct replay *r, struct replay_session *s, struct item
 		return;
 	}
 	if (it->stage == STAGE_BEGIN) {
-		sent(r, s, send_main(r, s, it, now), now);
+		sent(r, s, send_main(r, s, it), now);
 		return;
 	}
 	s->cur = NULL;
@@ -1128,6 +1140,21 @@ static void drain_notifies(PGconn *c)
 		PQfreemem(n);
 }
 
+/*
+ * When the answer completing now reached this host: the kernel's receive time of the
+ * connection's last data segment (the mirror_rx filter), when it lies between the item's
+ * send and this wakeup; else the wakeup's time, counted.
+ */
+static uint64_t answer_time(struct replay *r, struct replay_session *s, uint64_t now)
+{
+	uint64_t rx = s->c->rx_slot >= 0 ? capture_rx_time(r->cap, s->c->rx_slot) : 0;
+	uint64_t sent = s->cur ? s->cur->sent_ns : 0;
+
+	if (s->cur)
+		stats_mirror_answer_clock(r->st, rxclock_usable(sent, rx, now));
+	return rxclock_answer_time(sent, rx, now);
+}
+
 /* The session's socket is ready (epoll). */
 void replay_conn_event(struct replay *r, struct replay_session *s, uint32_t events, uint64_t now)
 {
@@ -1149,7 +1176,7 @@ void replay_conn_event(struct replay *r, struct replay_session *s, uint32_t even
 	}
 	/* a pipeline may have several answers in: each completes in turn */
 	while (s->c && (s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
-		run_complete(r, s, now);
+		run_complete(r, s, answer_time(r, s, now));
 	if (!s->c)
 		return;
 	drain_notifies(s->c->conn);

@@ -93,6 +93,7 @@
 #include "order.h"
 #include "ownconn.h"
 #include "replay.h"
+#include "rxclock.h"
 #include "sampler.h"
 
 #define CHANNEL_ITEMS_MAX  (1u << 20) /* items submitted and not finished, all sessions */
@@ -240,6 +241,7 @@ struct mconn {
 	struct mconn *next;	      /* the pool's idle list, or the graveyard */
 	PGconn *conn;		      /* NULL once closed (in the graveyard) */
 	int fd;
+	int rx_slot; /* its receive times (capture_rx_attach), -1: none */
 	uint32_t events;
 	bool watched;	     /* fd is in the epoll set */
 	bool corked;	     /* TCP_CORK set for this step's sends (cork()) */
@@ -367,6 +369,7 @@ struct replay {
 	char *mirror_options; /* the conninfo's own options ("" if none) */
 	struct stats *st;
 	struct capture *cap;
+	bool rx_warned; /* said once that a connection's answers are timed at the read */
 	int epfd, efd;
 	pthread_t thread;
 	sem_t running; /* posted by the thread once its nice value is set */

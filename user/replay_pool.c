@@ -262,6 +262,7 @@ static void open_new(struct replay *r, struct replay_session *s, struct pool *p,
 	}
 	c->pool = p;
 	c->fd = -1;
+	c->rx_slot = -1;
 	c->connecting = true;
 	atomic_fetch_add(&p->n_active, 1);
 	atomic_fetch_add(&p->n_login, 1);

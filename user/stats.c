@@ -96,6 +96,7 @@ struct mirror {
 	_Atomic uint64_t aborted[STATS_ABORT_MAX];
 	_Atomic uint64_t pool[STATS_POOL_STATE_MAX], pool_waiting, pool_peak;
 	_Atomic uint64_t pipelined, converted;
+	_Atomic uint64_t answer_clock[2]; /* answers timed at the read, by the kernel */
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
 	_Atomic uint64_t recovered, unrecovered[STATS_UNRECOVERED_MAX];
@@ -497,6 +498,11 @@ void stats_mirror_piped(struct stats *st, bool behind, bool converted)
 		atomic_fetch_add_explicit(&st->mirror.converted, 1, RELAXED);
 }
 
+void stats_mirror_answer_clock(struct stats *st, bool kernel)
+{
+	atomic_fetch_add_explicit(&st->mirror.answer_clock[kernel], 1, RELAXED);
+}
+
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent)
 {
 	atomic_store_explicit(&st->mirror.buffer_utilization, percent > 100 ? 100 : percent,
@@ -538,6 +544,8 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	out->order_waits = atomic_load_explicit(&m->order_waits, RELAXED);
 	out->pipelined = atomic_load_explicit(&m->pipelined, RELAXED);
 	out->converted = atomic_load_explicit(&m->converted, RELAXED);
+	out->answers_read_timed = atomic_load_explicit(&m->answer_clock[0], RELAXED);
+	out->answers_kernel_timed = atomic_load_explicit(&m->answer_clock[1], RELAXED);
 	out->compared = atomic_load_explicit(&m->compared, RELAXED);
 	out->mismatched = atomic_load_explicit(&m->mismatched, RELAXED);
 	out->buffer_utilization = atomic_load_explicit(&m->buffer_utilization, RELAXED);
@@ -1297,6 +1305,14 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 			       "Requests sent to the mirror behind another one still in flight on "
 			       "the same connection (a session's backlog, pipelined).",
 			       m.pipelined);
+	ok &= header(b, "mirror_replay_answers_timed_total", "counter",
+		     "Mirror answers by the clock that ended their latency: kernel (the "
+		     "receive time of their last segment) or read (the replay thread's "
+		     "wakeup: no receive time for the connection).");
+	ok &= buf_printf(b, "mirror_replay_answers_timed_total{clock=\"kernel\"} %llu\n",
+			 (unsigned long long)m.answers_kernel_timed);
+	ok &= buf_printf(b, "mirror_replay_answers_timed_total{clock=\"read\"} %llu\n",
+			 (unsigned long long)m.answers_read_timed);
 	ok &= gauge_or_counter(
 	    b, "mirror_replay_converted_total", "counter",
 	    "Simple-protocol statements sent as unnamed extended-protocol statements to "

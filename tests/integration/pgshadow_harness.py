@@ -38,11 +38,12 @@ TCPEER = TESTS_DIR / "tcpeer.py"
 MIB = 1 << 20
 
 # Names of our BPF programs (bpf/capture.bpf.c); BPF object names are cut at 15 chars.
-# The tls_ ones are loaded with --tls on only.
+# The tls_ ones are loaded with --tls on only,
 TLS_PROGS = ("tls_sock_recv", "tls_sock_send", "tls_read_enter", "tls_read_exit",
              "tls_read_ex_ent", "tls_read_ex_exi", "tls_write_enter", "tls_write_exit",
              "tls_write_ex_en", "tls_write_ex_ex")
-OUR_PROGS = ("capture_ingress", "capture_egress") + TLS_PROGS
+# mirror_rx (a socket filter on the agent's own mirror connections) with --mirror only.
+OUR_PROGS = ("capture_ingress", "capture_egress", "mirror_rx") + TLS_PROGS
 
 READY_RE = re.compile(r"pgshadow: capturing port (\d+) on (\S+) \((\w+)\)")
 STATS_RE = re.compile(r"^.*pgshadow: stats (.*)$", re.M)
