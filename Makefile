@@ -266,6 +266,7 @@ bench: $(BUILD)/pgshadow $(BUILD)/bpf_cost
 	$(PYTHON) tests/bench/overhead.py
 	$(PYTHON) tests/bench/tls.py
 	$(PYTHON) tests/bench/replay.py
+	$(PYTHON) tests/bench/mirror_clock.py
 	$(PYTHON) tests/bench/contention.py
 	$(PYTHON) tests/bench/scale.py
 	$(PYTHON) tests/bench/soak.py
