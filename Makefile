@@ -184,7 +184,7 @@ $(BUILD)/test_plan: tests/unit/test_plan.c $(BUILD)/plan.o
 $(BUILD)/test_procnet: tests/unit/test_procnet.c $(BUILD)/procnet.o
 	$(CC) $(CFLAGS) $^ -lcmocka -o $@
 
-$(BUILD)/test_rxclock: tests/unit/test_rxclock.c include/rxclock.h | $(BUILD)
+$(BUILD)/test_rxclock: tests/unit/test_rxclock.c include/rxclock.h include/capture_event.h | $(BUILD)
 	$(CC) $(CFLAGS) $< -lcmocka -o $@
 
 $(BUILD)/test_redact: tests/unit/test_redact.c $(BUILD)/redact.o

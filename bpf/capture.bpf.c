@@ -793,10 +793,11 @@ int BPF_KRETPROBE(tls_write_ex_exit, int ret)
 
 /*
  * When mirror answers reach the host. The replay attaches this socket filter to each of
- * the agent's own mirror connections (SO_ATTACH_BPF): it stores the time the last segment
- * carrying data arrived, so an answer is timed when the kernel received it, not when the
- * replay thread woke to read it (a woken thread waits for a CPU the source's backends
- * hold). It runs for those sockets only and keeps every packet.
+ * the agent's own mirror connections (SO_ATTACH_BPF): it stores when the last segment
+ * carrying data arrived and when each answer ended (struct capture_rx_slot), so an answer
+ * is timed when the kernel received it, not when the replay thread read it (a woken
+ * thread waits for a CPU the source's backends hold; answers pipelined on a connection
+ * are read together). It runs for those sockets only and keeps every packet.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -810,22 +811,47 @@ struct {
 	__uint(map_flags, BPF_F_MMAPABLE); /* read by the replay thread without a system call */
 	__uint(max_entries, 1);		   /* set at load, as rx_slots */
 	__type(key, __u32);
-	__type(value, __u64); /* bpf_ktime_get_ns() of the slot's last data segment */
+	__type(value, struct capture_rx_slot);
 } rx_times SEC(".maps");
+
+/* True when the segment's payload (from hdr to len) ends with a ReadyForQuery message. */
+static __always_inline bool ends_answer(struct __sk_buff *skb, __u32 hdr)
+{
+	__u8 t[6];
+
+	if (skb->len < hdr + 6 || bpf_skb_load_bytes(skb, skb->len - 6, t, 6))
+		return false;
+	return t[0] == 'Z' && !t[1] && !t[2] && !t[3] && t[4] == 5 &&
+	       (t[5] == 'I' || t[5] == 'T' || t[5] == 'E');
+}
 
 SEC("socket")
 int mirror_rx(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	__u32 *slot = bpf_map_lookup_elem(&rx_slots, &cookie);
-	__u64 *t;
-	__u8 doff;
+	volatile struct capture_rx_slot *r;
+	__u64 now, n;
+	__u32 hdr;
+	__u8 flags[2]; /* data offset, then FIN/SYN/RST/... */
 
 	/* tcp_filter shows the segment from its TCP header: data beyond the header's length */
-	if (slot && !bpf_skb_load_bytes(skb, 12, &doff, 1) && skb->len > (__u32)(doff >> 4) * 4) {
-		t = bpf_map_lookup_elem(&rx_times, slot);
-		if (t)
-			*t = bpf_ktime_get_ns();
+	if (!slot || bpf_skb_load_bytes(skb, 12, flags, 2))
+		return skb->len;
+	r = bpf_map_lookup_elem(&rx_times, slot);
+	if (!r)
+		return skb->len;
+	if (flags[1] & 0x05) /* FIN or RST */
+		r->fin = bpf_ktime_get_ns();
+	hdr = (__u32)(flags[0] >> 4) * 4;
+	if (skb->len <= hdr)
+		return skb->len;
+	now = bpf_ktime_get_ns();
+	r->last = now;
+	if (ends_answer(skb, hdr)) {
+		n = r->ends;
+		r->end_ns[n & (CAPTURE_RX_ENDS - 1)] = now; /* volatile: stored before ends */
+		r->ends = n + 1;
 	}
 	return skb->len;
 }

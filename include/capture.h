@@ -92,12 +92,13 @@ void capture_tls_remove(struct capture *c, int postmaster);
  * (only it calls these). capture_rx_attach attaches the mirror_rx socket filter to fd, a
  * connected TCP socket, and returns its slot (>= 0), or -ENOTSUP (no slots configured,
  * or c is NULL), -ENOSPC (every slot in use) or another negative errno.
- * capture_rx_time returns the CLOCK_MONOTONIC time the slot's socket last received a
- * segment carrying data (0: none yet), read from shared memory without a system call.
- * capture_rx_detach frees the slot: call it before closing the socket.
+ * capture_rx_read copies what the filter recorded for the slot (struct capture_rx_slot:
+ * the last data segment's time, the answers' end times) from shared memory, without a
+ * system call; false for no slot. capture_rx_detach frees the slot: call it before
+ * closing the socket.
  */
 int capture_rx_attach(struct capture *c, int fd);
-uint64_t capture_rx_time(const struct capture *c, int slot);
+bool capture_rx_read(const struct capture *c, int slot, struct capture_rx_slot *out);
 void capture_rx_detach(struct capture *c, int slot);
 
 /* A comma-separated list of the attached interfaces, e.g. "lo,eth0". */

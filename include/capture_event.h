@@ -112,4 +112,24 @@ struct capture_counters {
 	__u64 c[CAPTURE_CNT_MAX];
 };
 
+/*
+ * What the mirror_rx socket filter records for one of the agent's mirror connections (a
+ * slot of the rx_times array, mapped read-only by the replay). last: the time the last
+ * segment carrying data arrived. An answer ends with ReadyForQuery, which the server
+ * flushes at once: a segment whose last 6 bytes are one ('Z', length 5, status I/T/E) is
+ * an answer's end; end i's time is end_ns[i % CAPTURE_RX_ENDS], written before ends
+ * becomes i + 1. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC). The replay also reads
+ * from it which connections have an answer (or their end) to read, without a system call.
+ */
+#define CAPTURE_RX_ENDS 16 /* a power of two */
+
+struct capture_rx_slot {
+	__u64 last;
+	__u64 ends;
+	__u64 end_ns[CAPTURE_RX_ENDS];
+	__u64 fin; /* the time a FIN or RST came (0: none): there is something to read */
+};
+
+_Static_assert(sizeof(struct capture_rx_slot) == 152, "capture_rx_slot layout changed");
+
 #endif /* PGSHADOW_CAPTURE_EVENT_H */

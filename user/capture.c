@@ -83,7 +83,7 @@ struct capture {
 	int n_tls_libs;
 	char ifnames[CAPTURE_MAX_INTERFACES * (IF_NAMESIZE + 1)];
 	/* receive times of the replay's mirror connections (capture_rx_*: replay thread) */
-	const volatile uint64_t *rx_times; /* rx_times mapped, rx_slots entries */
+	const volatile struct capture_rx_slot *rx_times; /* rx_times mapped, rx_slots of them */
 	size_t rx_map_bytes;
 	uint32_t rx_slots, rx_nfree;
 	uint32_t *rx_free;   /* free slots, a stack */
@@ -488,11 +488,21 @@ void capture_rx_detach(struct capture *c, int slot)
 	c->rx_free[c->rx_nfree++] = (uint32_t)slot;
 }
 
-uint64_t capture_rx_time(const struct capture *c, int slot)
+bool capture_rx_read(const struct capture *c, int slot, struct capture_rx_slot *out)
 {
+	const volatile struct capture_rx_slot *r;
+	int i;
+
 	if (!c || slot < 0 || (uint32_t)slot >= c->rx_slots)
-		return 0;
-	return __atomic_load_n(&c->rx_times[slot], __ATOMIC_ACQUIRE);
+		return false;
+	r = &c->rx_times[slot];
+	/* ends before the times it counts (the filter stores them the other way round) */
+	out->ends = __atomic_load_n(&r->ends, __ATOMIC_ACQUIRE);
+	out->last = r->last;
+	for (i = 0; i < CAPTURE_RX_ENDS; i++)
+		out->end_ns[i] = r->end_ns[i];
+	out->fin = r->fin;
+	return true;
 }
 
 struct capture *capture_open(const struct capture_config *cfg, capture_record_fn fn, void *ctx,

@@ -556,15 +556,38 @@ settled:
 	return NEVER;
 }
 
+/*
+ * True when the session's answer, if one is coming, can be read late: nothing of the
+ * session is queued behind it (so no request, no causal-order waiter of another session
+ * and no pool waiter depends on it: those are queued items of active sessions), it is a
+ * plain request with a small answer ending with ReadyForQuery (which mirror_rx sees), and
+ * the connection is neither being made nor set up. Its latency does not move: the kernel
+ * timed its arrival.
+ */
+static bool answer_can_wait(const struct replay_session *s)
+{
+	const struct item *it = s->cur;
+
+	if (s->head)
+		return false;
+	if (s->state == CONN_NONE || s->state == CONN_IDLE)
+		return true;
+	return s->state == CONN_BUSY && it && s->c && s->c->rx_slot >= 0 &&
+	       it->stage == STAGE_MAIN && !s->run.copy_in && !s->run.copy_out &&
+	       (!s->run.pipeline || s->run.synced) && it->src.rows <= LAZY_MAX_ROWS;
+}
+
 /* Steps every active session; returns the epoll timeout (ms) until the next deadline. */
 static int step_all(struct replay *r, uint64_t now)
 {
 	struct replay_session *s, *next;
 	uint64_t wake = NEVER, d;
 	unsigned int util = 0, u;
-	bool freed;
+	bool freed, lazy_busy;
 
 	r->rerun = false;
+	r->lazy_ok = true;
+	lazy_busy = false;
 	for (s = r->active; s; s = next) {
 		next = s->act_next;
 		d = sess_step(r, s, now, &freed);
@@ -572,12 +595,17 @@ static int step_all(struct replay *r, uint64_t now)
 			wake = d;
 		if (freed)
 			continue;
+		if (r->lazy_ok && !answer_can_wait(s))
+			r->lazy_ok = false;
+		else if (s->state == CONN_BUSY)
+			lazy_busy = true;
 		atomic_store_explicit(&s->pub_state, (int)s->state, memory_order_relaxed);
 		u = (unsigned int)((uint64_t)atomic_load_explicit(&s->units, memory_order_relaxed) *
 				   100 / r->cfg.queue);
 		if (u > util)
 			util = u;
 	}
+	r->lazy_ok = r->lazy_ok && lazy_busy; /* idle: the usual sleep */
 	if (util > 100)
 		util = 100;
 	if (util != r->last_util) {
@@ -669,13 +697,75 @@ static void set_nice(const struct replay *r)
 			r->cfg.nice, strerror(errno), getpriority(PRIO_PROCESS, (id_t)gettid()));
 }
 
+/*
+ * Woken for new requests while every answer in flight could wait: reads the connections
+ * mirror_rx saw an answer end (or the connection end) on since their last read, from its
+ * shared memory rather than from epoll, so a connection with nothing to read costs no
+ * system call. An answer it cannot see ending (an Execute of an open Sync group) is read
+ * when LAZY_WAKE_MS passes, with every other event.
+ */
+static void read_arrived(struct replay *r, uint64_t now)
+{
+	struct replay_session *s, *next;
+	struct capture_rx_slot v;
+
+	for (s = r->active; s; s = next) {
+		next = s->act_next; /* reading s may activate others, never removes next */
+		if (s->state == CONN_BUSY && s->c && capture_rx_read(r->cap, s->c->rx_slot, &v) &&
+		    (v.ends > s->c->rx_next || v.fin != s->c->rx_fin))
+			replay_conn_event(r, s, EPOLLIN, now);
+	}
+}
+
+/* Handles the n events epoll returned, then frees the connections closed meanwhile. */
+static void continue_events(struct replay *r, const struct epoll_event *ev, int n)
+{
+	uint64_t now = now_ns();
+	struct mconn *c;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (!ev[i].data.ptr)
+			continue; /* the eventfd (edge-triggered: never read) */
+		c = ev[i].data.ptr;
+		if (!c->conn)
+			continue; /* closed earlier in this batch */
+		if (c->owner)
+			replay_conn_event(r, c->owner, ev[i].events, now);
+		else
+			replay_pool_idle_event(r, c);
+	}
+	replay_pool_bury(r);
+}
+
+/*
+ * Asleep while every answer in flight can wait (step_all's lazy_ok): for one capture poll
+ * at most, without telling the capture thread (sleeping stays false, so it posts new
+ * requests without writing the eventfd: they are taken when this returns). Then the
+ * answers mirror_rx saw come are read, and every LAZY_WAKE_MS every other event is
+ * collected from epoll. Returns those events' count (ev).
+ */
+static int lazy_wait(struct replay *r, struct epoll_event *ev, int timeout)
+{
+	uint64_t now;
+
+	if (timeout < 0 || timeout > LAZY_TICK_MS)
+		timeout = LAZY_TICK_MS;
+	if (!atomic_load(&r->chan) && epoll_wait(r->ev_ep, ev, 1, timeout) < 0)
+		return 0; /* EINTR: the loop goes on */
+	now = now_ns();
+	read_arrived(r, now);
+	if (now - r->last_harvest < LAZY_WAKE_MS * MS)
+		return 0;
+	r->last_harvest = now;
+	return epoll_wait(r->epfd, ev, EVENTS_MAX, 0);
+}
+
 static void *run(void *arg)
 {
 	struct replay *r = arg;
 	struct epoll_event ev[EVENTS_MAX];
-	struct mconn *c;
-	uint64_t now;
-	int i, n, timeout;
+	int n, timeout;
 
 	set_nice(r);
 	sem_post(&r->running);
@@ -683,6 +773,11 @@ static void *run(void *arg)
 	while (!atomic_load(&r->stop)) {
 		drain(r);
 		timeout = step_all(r, now_ns());
+		if (r->lazy_ok && timeout != 0) {
+			n = lazy_wait(r, ev, timeout);
+			continue_events(r, ev, n);
+			continue;
+		}
 		/* asleep from here: a message posted after this store wakes us (replay_wake);
 		 * one posted before it is seen here, and we only look for events */
 		atomic_store(&r->sleeping, true);
@@ -690,19 +785,8 @@ static void *run(void *arg)
 			timeout = 0;
 		n = epoll_wait(r->epfd, ev, EVENTS_MAX, timeout);
 		atomic_store(&r->sleeping, false);
-		now = now_ns();
-		for (i = 0; i < n; i++) {
-			if (!ev[i].data.ptr)
-				continue; /* the eventfd (edge-triggered: never read) */
-			c = ev[i].data.ptr;
-			if (!c->conn)
-				continue; /* closed earlier in this batch */
-			if (c->owner)
-				replay_conn_event(r, c->owner, ev[i].events, now);
-			else
-				replay_pool_idle_event(r, c);
-		}
-		replay_pool_bury(r);
+		r->last_harvest = now_ns();
+		continue_events(r, ev, n);
 	}
 	return NULL;
 }
@@ -939,7 +1023,7 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 		snprintf(err, errlen, "mirror: out of memory");
 		return NULL;
 	}
-	r->epfd = r->efd = -1;
+	r->epfd = r->efd = r->ev_ep = -1;
 	pthread_mutex_init(&r->list_lock, NULL);
 	r->lock_init = true;
 	r->cfg = *cfg;
@@ -986,7 +1070,10 @@ struct replay *replay_start(const struct replay_config *cfg, struct stats *st, s
 	r->cfg.mirror = r->mirror;
 	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	r->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (r->efd < 0 || r->epfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->efd, &ev)) {
+	r->ev_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (r->efd < 0 || r->epfd < 0 || r->ev_ep < 0 ||
+	    epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->efd, &ev) ||
+	    epoll_ctl(r->ev_ep, EPOLL_CTL_ADD, r->efd, &ev)) {
 		snprintf(err, errlen, "mirror: cannot set up epoll: %s", strerror(errno));
 		goto fail;
 	}
@@ -1035,6 +1122,8 @@ void replay_stop(struct replay *r)
 		stats_mirror_set_buffer_utilization(r->st, 0);
 	if (r->epfd >= 0)
 		close(r->epfd);
+	if (r->ev_ep >= 0)
+		close(r->ev_ep);
 	if (r->efd >= 0)
 		close(r->efd);
 	if (r->lock_init)

@@ -343,6 +343,15 @@ static void conn_ready(struct replay *r, struct replay_session *s, uint64_t now)
 	s->state = CONN_IDLE;
 	s->deadline = NEVER;
 	s->c->rx_slot = capture_rx_attach(r->cap, PQsocket(s->c->conn));
+	s->c->rx_next = 0;
+	if (s->c->rx_slot >= 0) { /* a slot is reused: its count goes on from the last user */
+		struct capture_rx_slot v;
+
+		if (capture_rx_read(r->cap, s->c->rx_slot, &v)) {
+			s->c->rx_next = v.ends;
+			s->c->rx_fin = v.fin;
+		}
+	}
 	if (s->c->rx_slot < 0 && s->c->rx_slot != -ENOTSUP && !r->rx_warned) {
 		r->rx_warned = true;
 		fprintf(stderr,
@@ -1141,18 +1150,21 @@ static void drain_notifies(PGconn *c)
 }
 
 /*
- * When the answer completing now reached this host: the kernel's receive time of the
- * connection's last data segment (the mirror_rx filter), when it lies between the item's
- * send and this wakeup; else the wakeup's time, counted.
+ * When the answer completing now reached this host: the kernel's time of its end (the
+ * mirror_rx filter, rxclock.h), else the wakeup's, counted.
  */
 static uint64_t answer_time(struct replay *r, struct replay_session *s, uint64_t now)
 {
-	uint64_t rx = s->c->rx_slot >= 0 ? capture_rx_time(r->cap, s->c->rx_slot) : 0;
-	uint64_t sent = s->cur ? s->cur->sent_ns : 0;
+	struct capture_rx_slot v;
+	uint64_t at = now;
+	bool kernel = false;
 
+	if (capture_rx_read(r->cap, s->c->rx_slot, &v))
+		at = rxclock_pick(&v, &s->c->rx_next, !s->run.pipeline || s->run.synced,
+				  s->cur ? s->cur->sent_ns : 0, now, &kernel);
 	if (s->cur)
-		stats_mirror_answer_clock(r->st, rxclock_usable(sent, rx, now));
-	return rxclock_answer_time(sent, rx, now);
+		stats_mirror_answer_clock(r->st, kernel);
+	return at;
 }
 
 /* The session's socket is ready (epoll). */

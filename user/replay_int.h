@@ -106,8 +106,17 @@
 #define OPTIONS_MAX	   65536 /* the mirror connection's options string */
 #define EVENTS_MAX	   64
 #define IDLE_WAKE_MS	   1000
-#define NEVER		   UINT64_MAX
-#define MS		   1000000ull
+/* Answers nothing waits for are read at the next wakeup for new requests (every poll
+ * of the capture thread while traffic flows), or after this long */
+#define LAZY_WAKE_MS 5
+/* ... and new requests are taken this often meanwhile: the capture thread's poll while
+ * traffic flows (POLL_MIRROR_MS in main.c), so they come no later than they are posted */
+#define LAZY_TICK_MS 2
+/* ... when they are small: the source's answer had at most this many rows (a larger one
+ * could fill the socket's receive window and hold the mirror back until the read) */
+#define LAZY_MAX_ROWS 64
+#define NEVER	      UINT64_MAX
+#define MS	      1000000ull
 /* Forces an error after an Execute that failed on the source, so that its implicit
  * transaction (and every Execute of its Sync) rolls back on the mirror too. */
 #define FORCE_ROLLBACK_SQL "SELECT 1/0 AS pgshadow_rollback"
@@ -241,7 +250,9 @@ struct mconn {
 	struct mconn *next;	      /* the pool's idle list, or the graveyard */
 	PGconn *conn;		      /* NULL once closed (in the graveyard) */
 	int fd;
-	int rx_slot; /* its receive times (capture_rx_attach), -1: none */
+	int rx_slot;	  /* its receive times (capture_rx_attach), -1: none */
+	uint64_t rx_next; /* answer ends taken from the slot (rxclock_pick) */
+	uint64_t rx_fin;  /* the slot's fin when attached (a reused slot keeps its last) */
 	uint32_t events;
 	bool watched;	     /* fd is in the epoll set */
 	bool corked;	     /* TCP_CORK set for this step's sends (cork()) */
@@ -371,6 +382,9 @@ struct replay {
 	struct capture *cap;
 	bool rx_warned; /* said once that a connection's answers are timed at the read */
 	int epfd, efd;
+	int ev_ep;    /* an epoll set of the eventfd alone: asleep while answers can wait */
+	bool lazy_ok; /* the last pass left nothing that waits for an answer (lazy reads) */
+	uint64_t last_harvest; /* the last epoll_wait on epfd (lazy_wait) */
 	pthread_t thread;
 	sem_t running; /* posted by the thread once its nice value is set */
 	bool started;
