@@ -81,12 +81,6 @@ struct item *replay_queue_pop(struct replay_session *s)
 	return it;
 }
 
-/*
- * The item's figures per statement: requests selected for the mirror (attempted, or
- * dropped waiting for a connection) count on the source; those the mirror answered
- * (success, query error, timeout) on the mirror as well. Skipped ones are not mirrored
- * requests.
- */
 /* The item's time on the mirror: from its send to its answer (done_ns, else now); 0 when
  * it ended before the clock read at its send. */
 static uint64_t mirror_elapsed(const struct item *it, uint64_t now)
@@ -96,6 +90,12 @@ static uint64_t mirror_elapsed(const struct item *it, uint64_t now)
 	return done > it->sent_ns ? done - it->sent_ns : 0;
 }
 
+/*
+ * The item's figures per statement: requests selected for the mirror (attempted, or
+ * dropped waiting for a connection) count on the source; those the mirror answered
+ * (success, query error, timeout) on the mirror as well. Skipped ones are not mirrored
+ * requests.
+ */
 static void query_record(struct replay *r, const struct replay_session *s, const struct item *it,
 			 enum outcome o, uint64_t now)
 {
@@ -587,6 +587,7 @@ static int step_all(struct replay *r, uint64_t now)
 
 	r->rerun = false;
 	r->lazy_ok = true;
+	r->lazy_txn = false;
 	lazy_busy = false;
 	for (s = r->active; s; s = next) {
 		next = s->act_next;
@@ -599,6 +600,8 @@ static int step_all(struct replay *r, uint64_t now)
 			r->lazy_ok = false;
 		else if (s->state == CONN_BUSY)
 			lazy_busy = true;
+		if (s->unit_open && s->c)
+			r->lazy_txn = true;
 		atomic_store_explicit(&s->pub_state, (int)s->state, memory_order_relaxed);
 		u = (unsigned int)((uint64_t)atomic_load_explicit(&s->units, memory_order_relaxed) *
 				   100 / r->cfg.queue);
@@ -698,11 +701,9 @@ static void set_nice(const struct replay *r)
 }
 
 /*
- * Woken for new requests while every answer in flight could wait: reads the connections
- * mirror_rx saw an answer end (or the connection end) on since their last read, from its
- * shared memory rather than from epoll, so a connection with nothing to read costs no
- * system call. An answer it cannot see ending (an Execute of an open Sync group) is read
- * when LAZY_WAKE_MS passes, with every other event.
+ * The lazy tick (lazy_wait): reads the busy connections mirror_rx saw an answer end (or
+ * the connection end) on since their last read, known from its shared memory rather than
+ * from epoll, so a connection with nothing to read costs no system call.
  */
 static void read_arrived(struct replay *r, uint64_t now)
 {
@@ -718,7 +719,7 @@ static void read_arrived(struct replay *r, uint64_t now)
 }
 
 /* Handles the n events epoll returned, then frees the connections closed meanwhile. */
-static void continue_events(struct replay *r, const struct epoll_event *ev, int n)
+static void handle_events(struct replay *r, const struct epoll_event *ev, int n)
 {
 	uint64_t now = now_ns();
 	struct mconn *c;
@@ -740,8 +741,9 @@ static void continue_events(struct replay *r, const struct epoll_event *ev, int 
 
 /*
  * Asleep while every answer in flight can wait (step_all's lazy_ok): for one capture poll
- * at most, without telling the capture thread (sleeping stays false, so it posts new
- * requests without writing the eventfd: they are taken when this returns). Then the
+ * at most, without telling the capture thread unless a transaction is open on the mirror
+ * (sleeping stays false, so it posts new requests without writing the eventfd: they are
+ * taken when this returns). Then the
  * answers mirror_rx saw come are read, and every LAZY_WAKE_MS every other event is
  * collected from epoll. Returns those events' count (ev).
  */
@@ -749,9 +751,18 @@ static int lazy_wait(struct replay *r, struct epoll_event *ev, int timeout)
 {
 	uint64_t now;
 
+	int n = 0;
+
 	if (timeout < 0 || timeout > LAZY_TICK_MS)
 		timeout = LAZY_TICK_MS;
-	if (!atomic_load(&r->chan) && epoll_wait(r->ev_ep, ev, 1, timeout) < 0)
+	/* a transaction open on the mirror holds its locks until its next statement comes:
+	 * that one is sent at once (the capture thread wakes us, as in the epoll sleep) */
+	if (r->lazy_txn)
+		atomic_store(&r->sleeping, true);
+	if (!atomic_load(&r->chan))
+		n = epoll_wait(r->ev_ep, ev, 1, timeout);
+	atomic_store(&r->sleeping, false);
+	if (n < 0)
 		return 0; /* EINTR: the loop goes on */
 	now = now_ns();
 	read_arrived(r, now);
@@ -775,7 +786,7 @@ static void *run(void *arg)
 		timeout = step_all(r, now_ns());
 		if (r->lazy_ok && timeout != 0) {
 			n = lazy_wait(r, ev, timeout);
-			continue_events(r, ev, n);
+			handle_events(r, ev, n);
 			continue;
 		}
 		/* asleep from here: a message posted after this store wakes us (replay_wake);
@@ -786,7 +797,7 @@ static void *run(void *arg)
 		n = epoll_wait(r->epfd, ev, EVENTS_MAX, timeout);
 		atomic_store(&r->sleeping, false);
 		r->last_harvest = now_ns();
-		continue_events(r, ev, n);
+		handle_events(r, ev, n);
 	}
 	return NULL;
 }

@@ -686,8 +686,8 @@ void replay_pipe_append(struct replay *r, struct replay_session *s, uint64_t now
 }
 
 /* The next pipelined item's answer is read now. Its service on the mirror began when
- * its predecessor's ended, if that was after it was sent. */
-static void pipe_advance(struct replay *r, struct replay_session *s, uint64_t now)
+ * its predecessor's answer came (at), if that was after it was sent. */
+static void pipe_advance(struct replay *r, struct replay_session *s, uint64_t now, uint64_t at)
 {
 	struct item *it = s->sent_head;
 
@@ -696,8 +696,8 @@ static void pipe_advance(struct replay *r, struct replay_session *s, uint64_t no
 		s->sent_tail = NULL;
 	it->next = NULL;
 	s->n_sent--;
-	if (it->sent_ns < now)
-		it->sent_ns = now;
+	if (it->sent_ns < at)
+		it->sent_ns = at;
 	s->cur = it;
 	run_piped(s, it);
 	PQsetSingleRowMode(s->c->conn); /* refused once its rows arrived: still correct */
@@ -1041,7 +1041,7 @@ static void aux_complete(struct replay *r, struct replay_session *s, struct item
 }
 
 /* What was in flight is complete: give the item its outcome, leave pipeline mode. */
-static void run_complete(struct replay *r, struct replay_session *s, uint64_t now)
+static void run_complete(struct replay *r, struct replay_session *s, uint64_t now, uint64_t at)
 {
 	struct item *it = s->cur;
 	unsigned int kinds;
@@ -1123,16 +1123,18 @@ static void run_complete(struct replay *r, struct replay_session *s, uint64_t no
 	if (it->wrap &&
 	    it->kind == SESSION_REQ_QUERY) { /* roll back what the source did not keep */
 		it->saved = (uint8_t)o;
-		it->done_ns = now;
+		it->done_ns = at;
 		it->stage = STAGE_ROLLBACK;
 		sent(r, s, send_aux(s, "ROLLBACK"), now);
 		return;
 	}
 	s->cur = NULL;
+	if (!it->done_ns)
+		it->done_ns = at;
 	replay_item_finish(r, s, it, o, now);
 	replay_run_reset(s);
 	if (s->n_sent) {
-		pipe_advance(r, s, now);
+		pipe_advance(r, s, now, at);
 		return;
 	}
 	s->piping = false;
@@ -1188,7 +1190,7 @@ void replay_conn_event(struct replay *r, struct replay_session *s, uint32_t even
 	}
 	/* a pipeline may have several answers in: each completes in turn */
 	while (s->c && (s->state == CONN_SETUP || s->state == CONN_BUSY) && run_results(r, s))
-		run_complete(r, s, answer_time(r, s, now));
+		run_complete(r, s, now, answer_time(r, s, now));
 	if (!s->c)
 		return;
 	drain_notifies(s->c->conn);
