@@ -382,9 +382,9 @@ struct replay {
 	struct capture *cap;
 	bool rx_warned; /* said once that a connection's answers are timed at the read */
 	int epfd, efd;
-	int ev_ep;    /* an epoll set of the eventfd alone: asleep while answers can wait */
-	bool lazy_ok; /* the last pass left nothing that waits for an answer (lazy reads) */
-	bool lazy_txn;	       /* ... and a session's transaction is open on the mirror */
+	int ev_ep;     /* an epoll set of the eventfd alone: asleep while answers can wait */
+	bool lazy_ok;  /* the last pass left nothing that waits for an answer (lazy reads) */
+	bool lazy_txn; /* ... and a session's transaction is open on the mirror */
 	uint64_t last_harvest; /* the last epoll_wait on epfd (lazy_wait) */
 	pthread_t thread;
 	sem_t running; /* posted by the thread once its nice value is set */
