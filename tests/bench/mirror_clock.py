@@ -9,7 +9,10 @@ that the replay thread wakes late. For the one statement pgbench runs, GET /quer
 the source's latency (kernel packet times) and the mirror's (send to the kernel's receive
 time of the answer, mirror_rx) as p50/p95/p99 in the same buckets, and the mean of
 mirror - source over the same requests (extra_ms). Also printed: the answers the kernel
-timed and those timed at the replay's read (mirror_replay_answers_timed_total).
+timed and those timed at the replay's read (mirror_replay_answers_timed_total), and the
+share of requests pipelined behind another of their session (mirror_replay_pipelined_total:
+those read faster than on the source, their backend found them queued; docs/DESIGN.md,
+"Where the replay's cost meets the mirror's latency").
 
 Targets per run: mirror/source p50 within 0.8-1.25 (identical clusters: the ratio must
 not carry the agent's wakeups, which made it 1.19-1.41 before the kernel timed answers,
@@ -65,6 +68,7 @@ def one_run(src, mir, hogs, workdir):
     row = next(s for s in doc["statements"] if "pgbench_accounts" in s["query"])
     kernel = m.get("mirror_replay_answers_timed_total", clock="kernel")
     read = m.get("mirror_replay_answers_timed_total", clock="read")
+    row["pipelined"] = m.get("mirror_replay_pipelined_total")
     return row, kernel, read
 
 
@@ -89,7 +93,8 @@ def main():
                 print(f"  {k[:3]}  source {s[k]:.3f} ms  mirror {mr[k]:.3f} ms  "
                       f"mirror/source {mr[k] / s[k]:.2f}")
             print(f"  mean mirror - source {row['extra_ms']:+.3f} ms; answers timed by the "
-                  f"kernel {int(kernel)}, at the read {int(read)}")
+                  f"kernel {int(kernel)}, at the read {int(read)}; pipelined behind another "
+                  f"of their session {row['pipelined'] / max(mr['calls'], 1):.0%}")
             ratio = mr["p50_ms"] / s["p50_ms"]
             share = kernel / (kernel + read) if kernel + read else 0.0
             for name, value, ok, target in (

@@ -34,7 +34,10 @@ mirror (exposure 1.0); after pgbench the benchmark waits until replay has finish
    (every thread; counting a tracepoint costs the agent a little CPU per call, which is
    then part of its figure); the agent's CPU (utime + stime, /proc/PID/stat) is read
    just before perf starts and just after it ends, and so is mirror_requests_mirrored.
-   pgbench's CPU is its own rusage (wait4). Targets: <= 2 system calls per mirrored
+   pgbench's CPU is its own rusage (wait4). Printed beside them: the capture (main) and
+   replay threads' CPU and wakeups per mirrored request (/proc/PID/task/TID/schedstat)
+   and the share of requests pipelined behind another of their session
+   (mirror_replay_pipelined_total). Targets: <= 2 system calls per mirrored
    request; agent CPU per mirrored request / pgbench CPU per request <= 0.5.
 
 Every scenario also has two must-hold lines: the metrics are consistent (the outcome
@@ -80,6 +83,9 @@ DB = "bench"
 # the system calls counted one by one in scenario 3 (besides their total)
 SYSCALLS_SHOWN = ("sendto", "recvfrom", "epoll_wait", "write", "setsockopt", "ppoll",
                   "poll", "clock_nanosleep", "nanosleep", "read")
+# the agent's threads whose CPU and wakeups scenario 3 shows: capture (the main thread)
+# and replay
+AGENT_THREADS = ("capture", "pgshadow-replay")
 SETTLE_TIMEOUT = 30  # replay at these rates ends within seconds of pgbench
 ACTIVITY_INTERVAL = 0.1
 
@@ -378,8 +384,12 @@ def many_sessions(src, mir):
 
 
 def thread_schedstat(pid, name):
-    """(run ns, runqueue wait ns, times scheduled) of the agent's thread called name."""
+    """(run ns, runqueue wait ns, times scheduled) of the agent's thread called name
+    ("capture": the main thread)."""
     try:
+        if name == "capture":
+            return tuple(int(x) for x in
+                         Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split())
         for task in Path(f"/proc/{pid}/task").iterdir():
             if (task / "comm").read_text().strip() == name:
                 return tuple(int(x) for x in (task / "schedstat").read_text().split())
@@ -424,6 +434,7 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
     try:
         rp.quiesce(src, mir)
         m0, cpu0 = tm.scrape(agent), agent.cpu_seconds()
+        threads0 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
         events = ",".join(["raw_syscalls:sys_enter"] +
                           [f"syscalls:sys_enter_{c}" for c in SYSCALLS_SHOWN])
         perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events,
@@ -432,6 +443,7 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
         run, run_cpu = pgbench_rusage(src, args)
         _, perf_err = perf.communicate(timeout=SECONDS + 60)
         m1, cpu1 = tm.scrape(agent), agent.cpu_seconds()
+        threads1 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
         m = tm.wait_settled(agent, SETTLE_TIMEOUT)
         result = stop_agent(agent)
     finally:
@@ -458,6 +470,15 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
         each = {c: perf_count(perf_err, f"syscalls:sys_enter_{c}") for c in SYSCALLS_SHOWN}
         print("  per mirrored request: " + ", ".join(
             f"{c} {n / max(window, 1):.2f}" for c, n in each.items() if n))
+    piped = m1.get("mirror_replay_pipelined_total") - m0.get("mirror_replay_pipelined_total")
+    parts = []
+    for t in AGENT_THREADS:
+        if threads0[t] and threads1[t]:
+            run_ns, _, slices = (b - a for a, b in zip(threads0[t], threads1[t]))
+            parts.append(f"{t} {run_ns / 1e3 / max(window, 1):.1f} µs and "
+                         f"{slices / max(window, 1):.2f} wakeups")
+    print(f"  per mirrored request: {'; '.join(parts)}; {piped / max(window, 1):.0%} of the "
+          f"requests pipelined behind another of their session (mirror_replay_pipelined_total)")
     print(f"  agent CPU {agent_cpu:.2f} s ({agent_us:.1f} µs per mirrored request); pgbench "
           f"CPU {run_cpu:.2f} s ({run_us:.1f} µs per request); agent/pgbench {ratio:.2f} "
           f"(agent/pgbench without the agent {agent_us / base_us if base_us else 0:.2f})")
