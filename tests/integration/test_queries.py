@@ -174,7 +174,7 @@ def regressing_pair(pair):
 
 def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     """A mirror without an index: the statement that used it leads SHOW MIRROR QUERIES and
-    /queries with a p99 ratio >= 10, the readiness report names it among its top
+    /queries judged slower (its mirror p50 >= 10x the source's), the readiness report names it among its top
     regressions, the statements criterion fails, and --explain-regressions shows its
     mirror plan, a sequential scan, without ever asking the source; a column missing on
     the mirror makes its statement fail there only (42703); the other statement does not
@@ -204,7 +204,10 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     rows = console_rows(agent, "SHOW MIRROR QUERIES app")
     top = rows[0]
     assert top["query"] == "SELECT pad FROM big WHERE k = $1", rows
-    assert top["regressed"] == "slower" and float(top["p99_ratio"]) >= 10, top
+    # the p50s, not the p99 ratio: with 60 calls a p99 is the slowest call, and one stall
+    # of the shared CPUs during one source call took the ratio to 9.5 in a CI run
+    assert top["regressed"] == "slower" and \
+        float(top["mirror_p50_ms"]) >= 10 * float(top["source_p50_ms"]), top
     assert int(top["source_calls"]) == 60 and int(top["mirror_calls"]) == 60, top
     by_query = {r["query"]: r for r in rows}
     note = by_query["SELECT note FROM small WHERE id = $1"]
