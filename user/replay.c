@@ -743,14 +743,13 @@ static void handle_events(struct replay *r, const struct epoll_event *ev, int n)
  * Asleep while every answer in flight can wait (step_all's lazy_ok): for one capture poll
  * at most, without telling the capture thread unless a transaction is open on the mirror
  * (sleeping stays false, so it posts new requests without writing the eventfd: they are
- * taken when this returns). Then the
- * answers mirror_rx saw come are read, and every LAZY_WAKE_MS every other event is
- * collected from epoll. Returns those events' count (ev).
+ * taken when this returns). Then the answers mirror_rx saw come are read, and every
+ * LAZY_WAKE_MS every other event is collected from epoll. Returns those events' count
+ * (ev).
  */
 static int lazy_wait(struct replay *r, struct epoll_event *ev, int timeout)
 {
 	uint64_t now;
-
 	int n = 0;
 
 	if (timeout < 0 || timeout > LAZY_TICK_MS)

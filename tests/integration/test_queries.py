@@ -174,8 +174,8 @@ def regressing_pair(pair):
 
 def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
     """A mirror without an index: the statement that used it leads SHOW MIRROR QUERIES and
-    /queries judged slower (its mirror p50 >= 10x the source's), the readiness report names it among its top
-    regressions, the statements criterion fails, and --explain-regressions shows its
+    /queries judged slower (its mirror p50 >= 10x the source's), the readiness report
+    names it among its top regressions, the statements criterion fails, and --explain-regressions shows its
     mirror plan, a sequential scan, without ever asking the source; a column missing on
     the mirror makes its statement fail there only (42703); the other statement does not
     regress. Per database: "other" is READY while "app" is not."""
