@@ -220,8 +220,15 @@ def test_dropped_index_and_missing_column(regressing_pair, mirror_agent):
 
     doc = queries_json(agent, "?database=app&sort=ratio&limit=1")
     assert doc["matching"] == 3 and len(doc["statements"]) == 1, doc
-    assert doc["statements"][0]["query"] == top["query"]
-    assert doc["statements"][0]["regressed"] == ["slower"]
+    # the highest p99 ratio first; which statement that is depends on the machine: the
+    # failing one has 10 calls, so its p99 is its slowest call, and one stall of the
+    # shared CPUs put it ahead of the sequential scan in a CI run
+    every = queries_json(agent, "?database=app&sort=calls&limit=10")["statements"]
+    assert len(every) == 3, every
+    assert doc["statements"][0]["p99_ratio"] == max(s["p99_ratio"] or 0 for s in every), \
+        (doc, every)
+    big = next(s for s in every if s["query"] == top["query"])
+    assert big["regressed"] == ["slower"], big
     for bad in ("?sort=bogus", "?limit=0", "?limit=x"):
         with pytest.raises(urllib.error.HTTPError) as e:
             queries_json(agent, bad)
