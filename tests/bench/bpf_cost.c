@@ -17,6 +17,13 @@
  *	was attached (kernel.bpf_stats_enabled must be 1): the same-run baseline of
  *	tests/bench/overhead.py, which runs the source with it attached and the agent not.
  *
+ *   bpf_cost attach-floor IFACE PORT SECONDS ports|copy|copy_percpu [RING_MB]
+ *	A floor from tests/bench/floor.bpf.c (build/floor.bpf.o, beside this program) on
+ *	IFACE's ingress for PORT, as the agent attaches on lo, its ring (RING_MB, default 64)
+ *	read like attach-capture's; prints "floor_KIND run_cnt=N run_time_ns=T": what any
+ *	port filter (ports), and any program copying each packet into such a ring (copy),
+ *	costs per packet under the same traffic.
+ *
  *   bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]
  *	The capture program alone on IFACE's ingress for PORT, its ring read by a loop like
  *	the agent's, without the agent's decoding: for bisecting the program's cost under
@@ -274,6 +281,71 @@ static int cmd_attach_capture(const char *iface, int port, int seconds, int ring
 	return 0;
 }
 
+/* A floor program from floor.bpf.o beside this binary, attached like cmd_attach_capture. */
+static int cmd_attach_floor(const char *self, const char *iface, int port, int seconds,
+			    const char *kind, int ring_mb)
+{
+	struct bpf_prog_info info = {};
+	uint32_t info_len = sizeof(info);
+	int ifindex = if_nametoindex(iface), link;
+	time_t end = time(NULL) + seconds;
+	char path[4096], name[32];
+	const char *slash = strrchr(self, '/');
+	struct bpf_object *obj;
+	struct bpf_program *prog;
+	struct bpf_map *rodata, *ring, *cpu_rings[2];
+	struct ring_buffer *rb;
+	uint16_t port16 = (uint16_t)port;
+
+	if (!ifindex) {
+		fprintf(stderr, "bpf_cost: no interface %s\n", iface);
+		return 2;
+	}
+	snprintf(path, sizeof(path), "%.*sfloor.bpf.o", slash ? (int)(slash - self + 1) : 0, self);
+	snprintf(name, sizeof(name), "floor_%s", kind);
+	obj = bpf_object__open_file(path, NULL);
+	if (!obj) {
+		fprintf(stderr, "bpf_cost: cannot open %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	prog = bpf_object__find_program_by_name(obj, name);
+	rodata = bpf_object__find_map_by_name(obj, ".rodata");
+	ring = bpf_object__find_map_by_name(obj, "events");
+	cpu_rings[0] = bpf_object__find_map_by_name(obj, "rb0");
+	cpu_rings[1] = bpf_object__find_map_by_name(obj, "rb1");
+	if (!prog || !rodata || !ring || !cpu_rings[0] || !cpu_rings[1]) {
+		fprintf(stderr, "bpf_cost: %s has no program %s (ports or copy)\n", path, name);
+		return 2;
+	}
+	bpf_map__set_initial_value(rodata, &port16, sizeof(port16));
+	bpf_map__set_max_entries(ring, (uint32_t)ring_mb << 20);
+	bpf_map__set_max_entries(cpu_rings[0], (uint32_t)ring_mb << 19);
+	bpf_map__set_max_entries(cpu_rings[1], (uint32_t)ring_mb << 19);
+	if (bpf_object__load(obj))
+		return 1;
+	rb = ring_buffer__new(bpf_map__fd(ring), on_record, NULL, NULL);
+	if (rb && (ring_buffer__add(rb, bpf_map__fd(cpu_rings[0]), on_record, NULL) ||
+		   ring_buffer__add(rb, bpf_map__fd(cpu_rings[1]), on_record, NULL))) {
+		ring_buffer__free(rb);
+		rb = NULL;
+	}
+	link = bpf_link_create(bpf_program__fd(prog), ifindex, (enum bpf_attach_type)TCX_INGRESS,
+			       NULL);
+	if (!rb || link < 0) {
+		fprintf(stderr, "bpf_cost: attach on %s: %s\n", iface, strerror(errno));
+		return 1;
+	}
+	hold(rb, end);
+	if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &info_len))
+		return 1;
+	printf("%s run_cnt=%llu run_time_ns=%llu\n", name, (unsigned long long)info.run_cnt,
+	       (unsigned long long)info.run_time_ns);
+	close(link);
+	ring_buffer__free(rb);
+	bpf_object__close(obj);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "attach-capture"))
@@ -283,7 +355,11 @@ int main(int argc, char **argv)
 		return cmd_run(argc >= 3 ? atoi(argv[2]) : 20000);
 	if (argc == 4 && !strcmp(argv[1], "attach-empty"))
 		return cmd_attach_empty(argv[2], atoi(argv[3]));
+	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "attach-floor"))
+		return cmd_attach_floor(argv[0], argv[2], atoi(argv[3]), atoi(argv[4]), argv[5],
+					argc == 7 ? atoi(argv[6]) : 64);
 	fprintf(stderr, "usage: bpf_cost run [REPEAT] | bpf_cost attach-empty IFACE SECONDS | "
+			"bpf_cost attach-floor IFACE PORT SECONDS ports|copy|copy_percpu [RING_MB] | "
 			"bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]\n");
 	return 2;
 }

@@ -10,9 +10,13 @@
    alternates too, so drift cancels out). Prints each run's TPS and the median of the
    with/without ratios.
 2. Fixed rate: `-R` at half the median maximum TPS measured without the agent, in
-   RATE_ROUNDS interleaved rounds of three runs (their order rotates): nothing attached,
+   RATE_ROUNDS interleaved rounds of four runs (their order rotates): nothing attached,
    an empty tcx program attached to lo's ingress and egress (tests/bench/bpf_cost.c
-   attach-empty: the floor any tcx program pays), and the agent. Measured per run, with
+   attach-empty: the floor any tcx program pays), the copy floor on lo's ingress
+   (bpf_cost attach-floor ... copy, tests/bench/floor.bpf.c: the port filter and one
+   fixed 256-byte record per packet with payload in a 64 MiB ring: what any program
+   copying each packet into a ring of the agent's default size pays), and the agent.
+   Measured per run, with
    kernel.bpf_stats_enabled=1 (restored afterwards):
    - the host's CPU time per source request: the non-idle jiffies of /proc/stat (user,
      nice, system, irq, softirq, steal) over the run, divided by the requests the server
@@ -21,9 +25,9 @@
      (its backends are reaped children by the end of the run);
    - the agent's CPU per request (utime+stime from /proc/PID/stat over the run, divided
      by the requests it counted), and as a share of the cluster's CPU per request;
-   - BPF ns per packet of the agent's programs and of the empty program (run_time_ns /
-     run_cnt from the kernel's program statistics) and their ratio, and the agent's BPF
-     time per request.
+   - BPF ns per packet of the agent's programs, of the empty program and of the copy
+     floor (run_time_ns / run_cnt from the kernel's program statistics), the agent's
+     ratio to each, and the agent's BPF time per request.
 
 Must hold in every run with the agent (checked and printed): 100% of requests decoded —
 the agent's mirror_source_requests_total for the benchmark database equals the server's
@@ -44,7 +48,7 @@ Exit status 0 when the must-hold checks passed (targets missed are reported, not
 PGSHADOW_BENCH_SECONDS (one max-rate run, default 10), PGSHADOW_BENCH_RATE_SECONDS (one
 fixed-rate run, default 10), PGSHADOW_BENCH_RATE_ROUNDS (default 3),
 PGSHADOW_BENCH_SCALE (default 10), PGSHADOW_BIN, PGSHADOW_BPF_COST (default
-build/bpf_cost). With the defaults the whole benchmark takes about 4 minutes.
+build/bpf_cost). With the defaults the whole benchmark takes about 5 minutes.
 """
 
 import os
@@ -232,29 +236,32 @@ def cluster_ticks(pid):
     return st.utime + st.stime + st.cutime + st.cstime
 
 
-def empty_program(seconds):
-    """bpf_cost attach-empty lo: started and attached; returns the process."""
-    proc = subprocess.Popen([str(BPF_COST), "attach-empty", "lo", str(seconds)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def baseline_program(kind, port, seconds):
+    """bpf_cost's empty program (kind "empty") or copy floor ("floor") on lo: started and
+    attached; returns the process."""
+    argv = ([str(BPF_COST), "attach-empty", "lo", str(seconds)] if kind == "empty" else
+            [str(BPF_COST), "attach-floor", "lo", str(port), str(seconds), "copy"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if line.strip() != "attached":
         proc.kill()
-        raise AssertionError(f"bpf_cost attach-empty failed: {line!r} {proc.stderr.read()}")
+        raise AssertionError(f"{' '.join(argv)} failed: {line!r} {proc.stderr.read()}")
     return proc
 
 
-def empty_stats(proc):
-    """(run_time_ns, run_cnt) of the empty program, after SIGINT."""
+def baseline_stats(proc):
+    """(run_time_ns, run_cnt) of a baseline_program, after SIGINT."""
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     m = re.search(r"run_cnt=(\d+) run_time_ns=(\d+)", out)
     if not m:
-        raise AssertionError(f"bpf_cost attach-empty printed {out!r} {err!r}")
+        raise AssertionError(f"{' '.join(proc.args)} printed {out!r} {err!r}")
     return int(m.group(2)), int(m.group(1))
 
 
 def fixed_run(pg, binary, logdir, kind, rate, checks, name):
-    """One fixed-rate pgbench run with nothing, the empty program or the agent attached.
+    """One fixed-rate pgbench run with nothing, the empty program, the copy floor or the
+    agent attached.
     Returns a dict of figures (see the module docstring)."""
     tick = os.sysconf("SC_CLK_TCK")
     pm = postmaster_pid(pg)
@@ -262,8 +269,8 @@ def fixed_run(pg, binary, logdir, kind, rate, checks, name):
     base = children(pm) - 1  # the psql session of pgss_reset may still be exiting
     wait_children(pm, base)
     f, run, empty = {"kind": kind}, None, None
-    if kind == "empty":
-        empty = empty_program(RATE_SECONDS * 10 + 60)
+    if kind in ("empty", "floor"):
+        empty = baseline_program(kind, pg.port, RATE_SECONDS * 10 + 60)
     elif kind == "agent":
         run = AgentRun(binary, pg, logdir, name).__enter__()
         bpf_before = bpf_prog_stats(run.agent.pid)
@@ -281,8 +288,8 @@ def fixed_run(pg, binary, logdir, kind, rate, checks, name):
                               for i, a in bpf_after.items())
             f["bpf_runs"] = sum(a[2] - bpf_before.get(i, (None, 0, 0))[2]
                                 for i, a in bpf_after.items())
-        elif kind == "empty":
-            f["bpf_ns"], f["bpf_runs"] = empty_stats(empty)
+        elif kind in ("empty", "floor"):
+            f["bpf_ns"], f["bpf_runs"] = baseline_stats(empty)
             empty = None
         server = pg.pgss_calls(DB)
         if kind == "agent":
@@ -362,13 +369,13 @@ def main():
         rate = max_tps / 2
         print(f"fixed rate: -R {rate:.0f} (half of the median {max_tps:.0f} tps without the "
               f"agent), {RATE_ROUNDS} rounds of {RATE_SECONDS} s runs with nothing, the empty "
-              f"program and the agent attached, kernel.bpf_stats_enabled=1")
+              f"program, the copy floor and the agent attached, kernel.bpf_stats_enabled=1")
         rounds = []
         try:
             sysctl.write_text("1\n")
-            kinds = ["none", "empty", "agent"]
+            kinds = ["none", "empty", "floor", "agent"]
             for r in range(RATE_ROUNDS):
-                order = kinds[r % 3:] + kinds[:r % 3]
+                order = kinds[r % 4:] + kinds[:r % 4]
                 rounds.append({k: fixed_run(pg, binary, logdir, k, rate, checks,
                                             f"round {r + 1} {k}") for k in order})
         finally:
@@ -389,6 +396,10 @@ def main():
     empty_host_ratio = [rd["empty"]["host_us"] / rd["none"]["host_us"] for rd in rounds]
     bpf_ratio = [rd["agent"]["bpf_per_packet"] / rd["empty"]["bpf_per_packet"]
                  for rd in rounds]
+    floor_ratio = [rd["agent"]["bpf_per_packet"] / rd["floor"]["bpf_per_packet"]
+                   for rd in rounds]
+    floor_empty = [rd["floor"]["bpf_per_packet"] / rd["empty"]["bpf_per_packet"]
+                   for rd in rounds]
     share = [rd["agent"]["agent_us"] / rd["agent"]["cluster_us"] for rd in rounds]
     print(f"  host CPU per request: nothing {med(col('none', 'host_us')):.1f} µs, empty "
           f"program {med(col('empty', 'host_us')):.1f} µs, agent "
@@ -404,6 +415,10 @@ def main():
           f"{', '.join(f'{x:.2f}' for x in bpf_ratio)}); BPF per request "
           f"{med(col('agent', 'bpf_per_request')):.0f} ns; packets per request "
           f"{med([rd['agent']['packets'] / max(rd['agent']['agent'], 1) for rd in rounds]):.2f}")
+    print(f"  copy floor (a port filter and one record per packet in a 64 MiB ring) "
+          f"{med(col('floor', 'bpf_per_packet')):.0f} ns per packet = "
+          f"{', '.join(f'{x:.2f}' for x in floor_empty)}x the empty program; the agent's "
+          f"program {', '.join(f'{x:.2f}' for x in floor_ratio)}x the floor")
     rows = [("TPS ratio (median of pairs)", f"{ratio:.3f}", f">= {TARGET_TPS_RATIO}",
              ratio >= TARGET_TPS_RATIO),
             ("agent CPU / cluster CPU", f"{100 * med(share):.2f}%",

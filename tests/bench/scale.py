@@ -398,6 +398,23 @@ def thread_schedstat(pid, name):
     return None
 
 
+def ipis():
+    """Rescheduling and function-call interrupts taken so far, per CPU: {cpu: count}.
+    On a VM each is an exit; waking a task on another CPU that sleeps costs one."""
+    counts = collections.Counter()
+    for line in Path("/proc/interrupts").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in ("RES:", "CAL:"):
+            for cpu, n in enumerate(f for f in fields[1:] if f.isdigit()):
+                counts[cpu] += int(n)
+    return counts
+
+
+def ipi_text(before, after, cpus, n):
+    """IPIs per request received by `cpus` between two ipis() readings."""
+    return f"{sum(after[c] - before[c] for c in cpus) / max(n, 1):.2f}"
+
+
 def sched_delta(samples, i):
     """The replay thread's CPU and mean runqueue wait per wakeup over poll i."""
     if i == 0 or i >= len(samples) or not samples[i] or not samples[i - 1]:
@@ -423,10 +440,15 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
           f"mirror host CPU {cpu_list(mirror_cpus)}): pgbench {' '.join(map(str, args))}")
     place(src, mir, source_cpus, mirror_cpus)
     rp.quiesce(src, mir)
+    ipi0 = ipis()
     base, base_cpu = pgbench_rusage(src, args)
+    ipi1 = ipis()
     base_us = base_cpu * 1e6 / max(base.transactions, 1)
     print(f"  without the agent: {base.tps:.0f} tps, pgbench CPU {base_cpu:.2f} s "
-          f"({base_us:.1f} µs per request)")
+          f"({base_us:.1f} µs per request); IPIs per request (rescheduling and function "
+          f"call) taken by the source host's CPUs "
+          f"{ipi_text(ipi0, ipi1, source_cpus, base.transactions)}, the mirror's "
+          f"{ipi_text(ipi0, ipi1, mirror_cpus, base.transactions)}")
 
     src.pgss_reset()
     agent = start_agent(src, mir, f"scale-cost-{name}")
@@ -435,6 +457,7 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
         rp.quiesce(src, mir)
         m0, cpu0 = tm.scrape(agent), agent.cpu_seconds()
         threads0 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
+        ipi0 = ipis()
         events = ",".join(["raw_syscalls:sys_enter"] +
                           [f"syscalls:sys_enter_{c}" for c in SYSCALLS_SHOWN])
         perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events,
@@ -444,6 +467,7 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
         _, perf_err = perf.communicate(timeout=SECONDS + 60)
         m1, cpu1 = tm.scrape(agent), agent.cpu_seconds()
         threads1 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
+        ipi1 = ipis()
         m = tm.wait_settled(agent, SETTLE_TIMEOUT)
         result = stop_agent(agent)
     finally:
@@ -479,6 +503,9 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
                          f"{slices / max(window, 1):.2f} wakeups")
     print(f"  per mirrored request: {'; '.join(parts)}; {piped / max(window, 1):.0%} of the "
           f"requests pipelined behind another of their session (mirror_replay_pipelined_total)")
+    print(f"  IPIs per mirrored request taken by the source host's CPUs "
+          f"{ipi_text(ipi0, ipi1, source_cpus, window)}, the mirror's "
+          f"{ipi_text(ipi0, ipi1, mirror_cpus, window)}")
     print(f"  agent CPU {agent_cpu:.2f} s ({agent_us:.1f} µs per mirrored request); pgbench "
           f"CPU {run_cpu:.2f} s ({run_us:.1f} µs per request); agent/pgbench {ratio:.2f} "
           f"(agent/pgbench without the agent {agent_us / base_us if base_us else 0:.2f})")
