@@ -280,6 +280,40 @@ def test_pgbench(pg, source_agent, mode):
     check_stop(result, m)
 
 
+def test_latency_is_the_servers(pg, source_agent):
+    """A request's latency is the time from its first byte to its answer's last on the
+    wire: for pg_sleep(0.15) it is at least the sleep and at most what the client
+    measured around the call (a record's time is the packet's own stamp from the
+    sending TCP stack, or the program's clock: either way CLOCK_MONOTONIC, so a wrong
+    clock base, a missing stamp or a stale one shows here), and a trivial SELECT over
+    loopback takes well under the 5 ms bucket."""
+    db = "latency"
+    pg.createdb(db)
+    agent = source_agent(pg)
+    sleep_s, sleeps, trivial = 0.15, 4, 50
+    conn = psycopg2.connect(pg.conninfo(db))
+    conn.autocommit = True
+    client_s = 0.0  # every request, timed around the call by the client
+    with conn.cursor() as cur:
+        for sql in [f"SELECT pg_sleep({sleep_s})"] * sleeps + ["SELECT 1"] * trivial:
+            t0 = time.monotonic()
+            cur.execute(sql)
+            cur.fetchall()
+            client_s += time.monotonic() - t0
+    conn.close()
+
+    m, result = finish(agent)
+    buckets, total_s, n = m.histogram("mirror_source_latency_seconds", database=db)
+    assert int(n) == sleeps + trivial, f"{n} requests counted, {sleeps + trivial} sent"
+    under_5ms = max((c for le, c in buckets if le <= 0.005), default=0)
+    assert int(under_5ms) >= trivial * 0.9, \
+        f"only {under_5ms} of {trivial} trivial SELECTs under 5 ms: {buckets}"
+    assert sleeps * sleep_s <= total_s <= client_s, \
+        f"latency _sum {total_s:.4f} s over {n} requests: the {sleeps} sleeps alone are " \
+        f"{sleeps * sleep_s} s, and the client measured {client_s:.4f} s for them all"
+    check_stop(result, m)
+
+
 # --------------------------------------------------------------------------- psycopg2
 
 PY_ROUNDS = 150
