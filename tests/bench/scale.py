@@ -37,7 +37,9 @@ mirror (exposure 1.0); after pgbench the benchmark waits until replay has finish
    pgbench's CPU is its own rusage (wait4). Printed beside them: the capture (main) and
    replay threads' CPU and wakeups per mirrored request (/proc/PID/task/TID/schedstat)
    and the share of requests pipelined behind another of their session
-   (mirror_replay_pipelined_total). Targets: <= 2 system calls per mirrored
+   (mirror_replay_pipelined_total), and in both runs the IPIs (rescheduling and
+   function-call interrupts, /proc/interrupts) the source host's and the mirror's CPUs
+   took per request. Targets: <= 2 system calls per mirrored
    request; agent CPU per mirrored request / pgbench CPU per request <= 0.5.
 
 Every scenario also has two must-hold lines: the metrics are consistent (the outcome
