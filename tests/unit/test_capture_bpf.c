@@ -169,8 +169,7 @@ static void run_frame(struct fixture *f, const uint8_t *frame, size_t len)
 /* run_frame with the packet's skb->tstamp set. BPF_PROG_TEST_RUN takes no tstamp_type
  * (the field must be 0: real time), so the monotonic stamp a local TCP stack leaves is
  * not reachable here; tests/bench/bpf_cost.c measures that path under real traffic. */
-static void run_frame_stamped(struct fixture *f, const uint8_t *frame, size_t len,
-			      uint64_t tstamp)
+static void run_frame_stamped(struct fixture *f, const uint8_t *frame, size_t len, uint64_t tstamp)
 {
 	struct __sk_buff ctx = {.tstamp = tstamp};
 	DECLARE_LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame, .data_size_in = len,
