@@ -269,8 +269,7 @@ static int cmd_attach_capture(const char *iface, int port, int seconds, int ring
 		return 1;
 	}
 	hold(rb, end);
-	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.capture_ingress), &info,
-				   &info_len))
+	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.capture_ingress), &info, &info_len))
 		return 1;
 	printf("capture run_cnt=%llu run_time_ns=%llu ring_bytes=%llu\n",
 	       (unsigned long long)info.run_cnt, (unsigned long long)info.run_time_ns,
@@ -358,8 +357,9 @@ int main(int argc, char **argv)
 	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "attach-floor"))
 		return cmd_attach_floor(argv[0], argv[2], atoi(argv[3]), atoi(argv[4]), argv[5],
 					argc == 7 ? atoi(argv[6]) : 64);
-	fprintf(stderr, "usage: bpf_cost run [REPEAT] | bpf_cost attach-empty IFACE SECONDS | "
-			"bpf_cost attach-floor IFACE PORT SECONDS ports|copy|copy_percpu [RING_MB] | "
-			"bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]\n");
+	fprintf(stderr,
+		"usage: bpf_cost run [REPEAT] | bpf_cost attach-empty IFACE SECONDS | "
+		"bpf_cost attach-floor IFACE PORT SECONDS ports|copy|copy_percpu [RING_MB] | "
+		"bpf_cost attach-capture IFACE PORT SECONDS [RING_MB]\n");
 	return 2;
 }
