@@ -53,7 +53,7 @@ enum capture_origin {
  * packet's first payload byte (chunk_off is relative to it).
  */
 struct capture_event {
-	__u64 ts_ns;	   /* bpf_ktime_get_ns() when the packet was seen */
+	__u64 ts_ns;	   /* CLOCK_MONOTONIC: the sending stack's stamp, else when seen */
 	__u8 saddr[16];	   /* packet source address */
 	__u8 daddr[16];	   /* packet destination address */
 	__u16 sport;	   /* packet source port */
