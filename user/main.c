@@ -2041,11 +2041,11 @@ int main(int argc, char **argv)
 		    dump ? dump_errors(dump) : 0, pipeline_tls_orphans(pipe));
 cleanup:
 	admin_stop(console);	 /* first: SHOW MIRROR SESSIONS reads the replay engine */
+	http_stop(http);	 /* so do /metrics, /queries and /readiness */
 	explain_stop(a.explain); /* it reads the replay's statements */
 	replay_stop(a.replay);	 /* after close_all: sessions closed, queues counted */
 	explain_free(a.explain); /* the replay thread, which offers it executions, is gone */
 	resolver_stop(resolver);
-	http_stop(http);
 	webauth_free(hc.auth);
 	if (tls_key)
 		explicit_bzero(tls_key, strlen(tls_key));
