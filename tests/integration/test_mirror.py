@@ -714,6 +714,62 @@ def rss_anon(pid):
     raise OSError(f"no RssAnon for pid {pid}")
 
 
+SHUTDOWN_ROUNDS = 3
+
+
+def test_scraped_while_stopping(pair, mirror_agent):
+    """/metrics, /queries and /readiness scraped without pause while the agent stops
+    (SIGINT), three times, with per-statement figures to render: the agent exits 0 and
+    its stderr has no sanitizer report. The HTTP server reads the replay engine's
+    per-statement table, so it must stop before that table is freed (under ASan a scrape
+    in between was a heap-use-after-free, found in CI by a test sampling /metrics during
+    its shutdown)."""
+    src, mir = pair
+    db = "stopping"
+    for pg in (src, mir):
+        pg.createdb(db)
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, v int)", db=db)
+    for rnd in range(SHUTDOWN_ROUNDS):
+        agent = mirror_agent(src, mir)
+        conn = connect(src, db)
+        try:
+            cur = conn.cursor()
+            for n in range(100):
+                cur.execute("INSERT INTO t VALUES (%s, %s)", (rnd * 1000 + n, n))
+                cur.execute("SELECT v FROM t WHERE id = %s", (rnd * 1000 + n,))
+                cur.execute("SELECT count(*) FROM t WHERE v < %s", (n,))
+        finally:
+            conn.close()
+        wait_settled(agent)
+        stop = threading.Event()
+        served = collections.Counter()
+
+        def scraper(path):
+            while not stop.is_set():
+                try:
+                    pgh.scrape(agent.metrics_addr, path, timeout=2)
+                    served[path] += 1
+                except OSError:
+                    if not agent.running():
+                        return
+        threads = [threading.Thread(target=scraper, args=(path,), daemon=True)
+                   for path in ("/metrics", "/queries", "/readiness", "/metrics")]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        try:
+            result = agent.stop(signal.SIGINT)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert served["/metrics"] > 0 and served["/queries"] > 0, \
+            f"round {rnd}: the scrapers were served {dict(served)} before the stop"
+        assert result.returncode == 0 and "Sanitizer" not in result.stderr, \
+            f"round {rnd}: agent exited with {result.returncode} while being scraped " \
+            f"({dict(served)} answers)\nstderr:\n{result.stderr[-6000:]}"
+
+
 def test_slow_mirror_timeouts_and_drops(pair, mirror_agent):
     """A lock held on the mirror only (ACCESS EXCLUSIVE on t, in an open transaction of a
     separate connection), --mirror-timeout-ms 500, --mirror-queue 5, 4 source sessions
