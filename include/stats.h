@@ -229,7 +229,9 @@ void stats_free(struct stats *st);
  * NULL (falls back to "other" on ENOMEM too). Takes the table mutex: cache the result. */
 struct stats_db *stats_db(struct stats *st, const char *name);
 
-/* One request the source completed. sqlstate: "" when it succeeded. */
+/* One request the source completed. sqlstate: "" when it succeeded. Called from one
+ * thread only (the capture thread): its counters are written without locked
+ * instructions. */
 void stats_source_request(struct stats_db *db, uint64_t latency_ns, bool error,
 			  const char *sqlstate);
 

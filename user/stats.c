@@ -286,14 +286,25 @@ void stats_histogram_observe(struct stats_histogram *h, uint64_t ns)
 	atomic_fetch_add_explicit(&h->sum_ns, ns, RELAXED);
 }
 
+/*
+ * A counter with one writer: a relaxed load and store, where atomic_fetch_add is a locked
+ * instruction (three per request here, ~5% of an observing agent's CPU per request).
+ * Readers still load whole values; the writer never races itself.
+ */
+static void add_one_writer(_Atomic uint64_t *x, uint64_t v)
+{
+	atomic_store_explicit(x, atomic_load_explicit(x, RELAXED) + v, RELAXED);
+}
+
+/* The source's figures have one writer, the capture thread (include/stats.h). */
 void stats_source_request(struct stats_db *db, uint64_t latency_ns, bool error,
 			  const char *sqlstate)
 {
-	atomic_fetch_add_explicit(&db->source_requests, 1, RELAXED);
+	add_one_writer(&db->source_requests, 1);
 	if (error)
-		atomic_fetch_add_explicit(&db->source_errors[stats_sqlstate_class(sqlstate)], 1,
-					  RELAXED);
-	stats_histogram_observe(&db->source_latency, latency_ns);
+		add_one_writer(&db->source_errors[stats_sqlstate_class(sqlstate)], 1);
+	add_one_writer(&db->source_latency.bucket[bucket_index(latency_ns)], 1);
+	add_one_writer(&db->source_latency.sum_ns, latency_ns);
 }
 
 /* ---- mirror outcomes ---- */
