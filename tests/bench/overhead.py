@@ -23,8 +23,9 @@
      executed; the ratio agent/nothing per round, its median and its spread;
    - the source cluster's CPU per request: the postmaster's utime+stime+cutime+cstime
      (its backends are reaped children by the end of the run);
-   - the agent's CPU per request (utime+stime from /proc/PID/stat over the run, divided
-     by the requests it counted), and as a share of the cluster's CPU per request;
+   - the agent's CPU per request (its threads' run time from /proc/PID/task/*/schedstat,
+     in nanoseconds: utime+stime count 10 ms ticks, a tenth of what an observing agent
+     spends in one run; divided by the requests it counted), and as a share of the cluster's CPU per request;
    - BPF ns per packet of the agent's programs, of the empty program and of the copy
      floor (run_time_ns / run_cnt from the kernel's program statistics), the agent's
      ratio to each, and the agent's BPF time per request.

@@ -703,7 +703,7 @@ def metrics(addr):
 
 def wait_metrics_stable(addr, interval=0.3, timeout=20):
     """Scrapes until two scrapes `interval` apart agree on every mirror_* sample (the
-    agent ingests on a ~10 ms poll and ends requests on the server's packets), at most
+    agent ingests on a poll of up to 100 ms and ends requests on the server's packets), at most
     `timeout` seconds; returns the last Metrics (raises AssertionError if never stable)."""
     deadline = time.monotonic() + timeout
     prev = metrics(addr)
