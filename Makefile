@@ -28,7 +28,11 @@ PYTHON    ?= /usr/bin/python3
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
-CFLAGS    ?= -O2 -g
+# -flto: the decoder's hot path crosses modules (pipeline, tcpstream, pgwire, session,
+# stats); link-time optimisation took an observing agent from 0.725 to 0.690 and from
+# 0.728 to 0.700 us per request (14,000 requests/s, two runs of five interleaved rounds:
+# lower in 8 of 10).
+CFLAGS    ?= -O2 -g -flto=auto
 CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Iinclude -I$(BUILD) -I/usr/include/postgresql \
              -DPGSHADOW_VERSION='"$(VERSION)"'
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude -Wall -Werror

@@ -2142,12 +2142,26 @@ void session_restart(struct session *s, bool from_start, uint64_t ts_ns)
 	s->feed_ts = ts_ns;
 }
 
+/* At most max bytes of str, NUL-terminated (strndup, written out: inlined with a string
+ * constant, strndup's bound beyond the constant's size is a -Wstringop-overread error). */
+static char *dup_at_most(const char *str, size_t max)
+{
+	size_t n = strnlen(str, max);
+	char *d = malloc(n + 1);
+
+	if (d) {
+		memcpy(d, str, n);
+		d[n] = '\0';
+	}
+	return d;
+}
+
 void session_identify(struct session *s, const char *database, const char *user, uint64_t ts_ns)
 {
 	if (s->identified || !database)
 		return;
-	s->ident_db = strndup(database, IDENT_MAX);
-	s->ident_user = strndup(user ? user : SESSION_UNKNOWN, IDENT_MAX);
+	s->ident_db = dup_at_most(database, IDENT_MAX);
+	s->ident_user = dup_at_most(user ? user : SESSION_UNKNOWN, IDENT_MAX);
 	if (!s->ident_db || !s->ident_user) {
 		free(s->ident_db);
 		free(s->ident_user);

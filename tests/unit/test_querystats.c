@@ -284,7 +284,7 @@ static void test_json(void **state)
 
 static void test_sort_parse(void **state)
 {
-	enum querystats_sort s;
+	enum querystats_sort s = QUERYSTATS_SORT_IMPACT;
 
 	(void)state;
 	assert_true(querystats_sort_parse("ratio", &s));
