@@ -105,7 +105,8 @@ const struct config_key config_keys[] = {
      "Connections silent this long are closed."},
     {"metrics_listen", CONFIG_STRING, OFF(metrics_listen), 0, 0,
      CONFIG_F_ADDRESS | CONFIG_F_NONEMPTY, NULL, "127.0.0.1:9930", false, "ADDR",
-     "Serve /, /metrics, /readiness and /healthz on ADDR, IPv4:PORT or [IPv6]:PORT."},
+     "Serve /, /metrics, /readiness, /queries and /healthz on ADDR, IPv4:PORT or "
+     "[IPv6]:PORT."},
     {"web_tls_cert_file", CONFIG_STRING, OFF(web_tls_cert_file), 0, 0, 0, NULL, NULL, false, "FILE",
      "Serve the HTTP endpoints over TLS with this PEM certificate (chain); needs "
      "web_tls_key_file. For scraping across hosts (node_exporter's tls_server_config). "
@@ -1287,7 +1288,8 @@ fail:
 static const char usage_head[] =
     "Usage: pgshadow --port PORT [OPTIONS]\n"
     "       pgshadow --config FILE [OPTIONS]\n"
-    "       pgshadow readiness [--url URL | --config FILE] [--json]\n"
+    "       pgshadow readiness [--url URL | --config FILE] [--database NAME] [--json]\n"
+    "       pgshadow readiness --prometheus URL --hosts HOST:PORT[,HOST:PORT...]\n"
     "\n"
     "Passively captures the PostgreSQL traffic of a TCP port with an eBPF program,\n"
     "rebuilds each connection's byte streams, decodes the wire protocol, serves\n"

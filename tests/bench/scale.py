@@ -29,11 +29,13 @@ mirror (exposure 1.0); after pgbench the benchmark waits until replay has finish
    as above.
 3. Replay cost at 3,000 requests/s: `pgbench -n -S -c 4 -j 2 -R 3000 -T SECONDS`, at both
    placements (split, shared), first without the agent (pgbench's own CPU per request,
-   for context), then with it. During the mirrored run `perf stat -e
-   raw_syscalls:sys_enter -p <agent> -- sleep SECONDS` counts the agent's system calls
-   (every thread; counting a tracepoint costs the agent a little CPU per call, which is
-   then part of its figure); the agent's CPU (utime + stime, /proc/PID/stat) is read
-   just before perf starts and just after it ends, and so is mirror_requests_mirrored.
+   for context), then with it. During the first half of the mirrored run `perf stat -e
+   raw_syscalls:sys_enter -p <agent> -- sleep SECONDS/2` counts the agent's system calls
+   (every thread), per request mirrored meanwhile. Counting a tracepoint costs the
+   agent CPU at every call (15% of its figure: 0.65 against 0.56 of pgbench's, three
+   interleaved rounds, 2026-12-08), so the agent's CPU (every thread's schedstat) and
+   mirror_requests_mirrored are read again when perf has ended and near pgbench's end,
+   and the agent's figure is the second half's; the first half's is printed beside it.
    pgbench's CPU is its own rusage (wait4). Printed beside them: the capture (main) and
    replay threads' CPU and wakeups per mirrored request (/proc/PID/task/TID/schedstat)
    and the share of requests pipelined behind another of their session
@@ -455,21 +457,31 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
     src.pgss_reset()
     agent = start_agent(src, mir, f"scale-cost-{name}")
     perf = None
+    half = max(SECONDS // 2, 1)
     try:
         rp.quiesce(src, mir)
-        m0, cpu0 = tm.scrape(agent), agent.cpu_seconds()
-        threads0 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
-        ipi0 = ipis()
         events = ",".join(["raw_syscalls:sys_enter"] +
                           [f"syscalls:sys_enter_{c}" for c in SYSCALLS_SHOWN])
-        perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events,
-                                 "-p", str(agent.pid), "--", "sleep", str(SECONDS)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        run, run_cpu = pgbench_rusage(src, args)
-        _, perf_err = perf.communicate(timeout=SECONDS + 60)
-        m1, cpu1 = tm.scrape(agent), agent.cpu_seconds()
-        threads1 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
-        ipi1 = ipis()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            bench = pool.submit(pgbench_rusage, src, args)
+            time.sleep(0.5)  # pgbench has its clients connected
+            # first half: perf stat counts the system calls. Counting a tracepoint costs
+            # the agent CPU at every call (15% of its figure, measured 2026-12-08), so
+            # the agent's CPU is taken over the second half, with nothing attached.
+            m0, cpu0 = tm.scrape(agent), agent.cpu_seconds()
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events,
+                                     "-p", str(agent.pid), "--", "sleep", str(half)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            _, perf_err = perf.communicate(timeout=half + 60)
+            mh, cpuh = tm.scrape(agent), agent.cpu_seconds()
+            threads0 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
+            ipi0 = ipis()
+            time.sleep(max(SECONDS - half - 1.5, 1))
+            m1, cpu1 = tm.scrape(agent), agent.cpu_seconds()
+            threads1 = {t: thread_schedstat(agent.pid, t) for t in AGENT_THREADS}
+            ipi1 = ipis()
+            run, run_cpu = bench.result()
         m = tm.wait_settled(agent, SETTLE_TIMEOUT)
         result = stop_agent(agent)
     finally:
@@ -478,25 +490,29 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
             perf.wait()
         agent.kill()
     f = figures(m, src.pgss_calls(DB), result)
-    window = int(m1.get("mirror_requests_mirrored") - m0.get("mirror_requests_mirrored"))
+    mirrored = lambda a, b: int(b.get("mirror_requests_mirrored") -  # noqa: E731
+                                a.get("mirror_requests_mirrored"))
+    counted, window = mirrored(m0, mh), mirrored(mh, m1)
     syscalls = perf_count(perf_err)
-    agent_cpu = cpu1 - cpu0
+    agent_cpu = cpu1 - cpuh
     agent_us = agent_cpu * 1e6 / max(window, 1)
+    counted_us = (cpuh - cpu0) * 1e6 / max(counted, 1)
     run_us = run_cpu * 1e6 / max(run.transactions, 1)
     ratio = agent_us / run_us if run_us else float("inf")
-    per_req = syscalls / max(window, 1) if syscalls is not None else None
+    per_req = syscalls / max(counted, 1) if syscalls is not None else None
     print(f"  with the agent: {run.tps:.0f} tps (-R {COST_RATE}), {run.transactions} "
-          f"transactions; {window} requests mirrored in the perf window")
+          f"transactions; {counted} requests mirrored while perf counted ({half} s), "
+          f"{window} in the CPU window after it")
     print_outcome(f)
     if syscalls is None:
         print(f"  perf stat counted nothing: {perf_err.strip()[-500:]}")
     else:
-        print(f"  agent system calls: {syscalls} in the window, {per_req:.2f} per mirrored "
-              f"request")
+        print(f"  agent system calls: {syscalls} while perf counted, {per_req:.2f} per "
+              f"mirrored request")
         each = {c: perf_count(perf_err, f"syscalls:sys_enter_{c}") for c in SYSCALLS_SHOWN}
         print("  per mirrored request: " + ", ".join(
-            f"{c} {n / max(window, 1):.2f}" for c, n in each.items() if n))
-    piped = m1.get("mirror_replay_pipelined_total") - m0.get("mirror_replay_pipelined_total")
+            f"{c} {n / max(counted, 1):.2f}" for c, n in each.items() if n))
+    piped = m1.get("mirror_replay_pipelined_total") - mh.get("mirror_replay_pipelined_total")
     parts = []
     for t in AGENT_THREADS:
         if threads0[t] and threads1[t]:
@@ -508,8 +524,9 @@ def replay_cost(src, mir, name, source_cpus, mirror_cpus):
     print(f"  IPIs per mirrored request taken by the source host's CPUs "
           f"{ipi_text(ipi0, ipi1, source_cpus, window)}, the mirror's "
           f"{ipi_text(ipi0, ipi1, mirror_cpus, window)}")
-    print(f"  agent CPU {agent_cpu:.2f} s ({agent_us:.1f} µs per mirrored request); pgbench "
-          f"CPU {run_cpu:.2f} s ({run_us:.1f} µs per request); agent/pgbench {ratio:.2f} "
+    print(f"  agent CPU {agent_cpu:.2f} s ({agent_us:.1f} µs per mirrored request; "
+          f"{counted_us:.1f} µs while perf counted); pgbench CPU {run_cpu:.2f} s "
+          f"({run_us:.1f} µs per request); agent/pgbench {ratio:.2f} "
           f"(agent/pgbench without the agent {agent_us / base_us if base_us else 0:.2f})")
     rows = [("system calls per mirrored request",
              f"{per_req:.2f}" if per_req is not None else "-", f"<= {TARGET_SYSCALLS:g}",
