@@ -230,8 +230,7 @@ static void sess_free(struct replay *r, struct replay_session *s)
 static bool group_continues(const struct replay_session *s, const struct item *it)
 {
 	return it && it->kind == SESSION_REQ_EXECUTE && it->sync_group == s->group_id &&
-	       !it->as_rollback && !replay_is_copy(it) &&
-	       !(s->susp && it->portal_key == s->susp_key);
+	       !it->as_rollback && !replay_is_copy(it) && !replay_susp_resumes(s, it);
 }
 
 /* Ends an open Sync group (its implicit transaction commits, as on the source). */

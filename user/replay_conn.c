@@ -159,7 +159,7 @@ void replay_conn_close(struct replay *r, struct replay_session *s)
 		s->c = NULL;
 	}
 	s->pinned = false;
-	s->susp = false;
+	s->n_susp = 0;
 	s->group_open = false;
 	replay_run_reset(s);
 }
@@ -499,6 +499,54 @@ static bool send_aux(struct replay_session *s, const char *sql)
 	return PQsendQuery(s->c->conn, sql);
 }
 
+/* Is the item an Execute resuming a portal of its unit that the mirror already ran to
+ * completion (the source suspended it at its row limit)? */
+bool replay_susp_resumes(const struct replay_session *s, const struct item *it)
+{
+	uint8_t i;
+
+	if (it->kind != SESSION_REQ_EXECUTE || it->unit != s->susp_unit)
+		return false;
+	for (i = 0; i < s->n_susp; i++)
+		if (s->susp_keys[i] == it->portal_key)
+			return true;
+	return false;
+}
+
+/* An Execute went (or was finished as a resumption): its portal is remembered while the
+ * source left it suspended, forgotten when the source ran it to its end. Past
+ * REPLAY_SUSP_MAX portals in one unit the oldest is forgotten: its resumption would run
+ * the statement again, as a new Execute. */
+void replay_susp_sent(struct replay_session *s, const struct item *it)
+{
+	uint8_t i;
+
+	if (it->kind != SESSION_REQ_EXECUTE)
+		return;
+	if (it->unit != s->susp_unit) {
+		s->n_susp = 0;
+		s->susp_unit = it->unit;
+	}
+	for (i = 0; i < s->n_susp && s->susp_keys[i] != it->portal_key; i++)
+		;
+	if (i < s->n_susp) {
+		if (it->suspended)
+			return;
+		memmove(&s->susp_keys[i], &s->susp_keys[i + 1],
+			(size_t)(s->n_susp - i - 1) * sizeof(s->susp_keys[0]));
+		s->n_susp--;
+		return;
+	}
+	if (!it->suspended)
+		return;
+	if (s->n_susp == REPLAY_SUSP_MAX) {
+		memmove(&s->susp_keys[0], &s->susp_keys[1],
+			(REPLAY_SUSP_MAX - 1) * sizeof(s->susp_keys[0]));
+		s->n_susp--;
+	}
+	s->susp_keys[s->n_susp++] = it->portal_key;
+}
+
 /* Sends the item itself (after its BEGIN, when wrapped). */
 static bool send_main(struct replay *r, struct replay_session *s, struct item *it)
 {
@@ -506,11 +554,10 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 	it->stage = STAGE_MAIN;
 	it->sent_ns = now_ns(); /* not the pass's start: its earlier sends took time */
 	if (it->as_rollback) {	/* the source rolled this COMMIT back */
-		s->susp = false;
+		s->n_susp = 0;
 		return PQsendQuery(s->c->conn, "ROLLBACK");
 	}
 	if (it->kind == SESSION_REQ_QUERY) {
-		s->susp = false;
 		if (drops_statements(it->text)) {
 			stmts_clear(s->c);
 			s->c->mangle_all = true;
@@ -521,8 +568,7 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 		return true;
 	}
 	(void)r;
-	s->susp = it->suspended;
-	s->susp_key = it->portal_key;
+	replay_susp_sent(s, it);
 	return send_execute(s, it);
 }
 
@@ -569,7 +615,7 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 	    it->as_rollback)
 		return false;
 	/* the resumption of a portal the mirror ran to completion is not sent (item_start) */
-	if (s->susp && it->kind == SESSION_REQ_EXECUTE && it->portal_key == s->susp_key)
+	if (replay_susp_resumes(s, it))
 		return false;
 	/* behind an open Sync group only the rest of that group may go */
 	if (tail_open(s, &group) && (it->kind != SESSION_REQ_EXECUTE || it->sync_group != group))
@@ -592,8 +638,7 @@ static bool send_piped(struct replay_session *s, struct item *it)
 	if (PQpipelineStatus(c) == PQ_PIPELINE_OFF && !PQenterPipelineMode(c))
 		return false;
 	/* a row-limited Execute runs to completion here: its resumptions are not sent */
-	s->susp = it->kind == SESSION_REQ_EXECUTE && it->suspended;
-	s->susp_key = it->portal_key;
+	replay_susp_sent(s, it);
 	if (it->kind == SESSION_REQ_QUERY) {
 		if (!PQsendQueryParams(c, it->text, 0, NULL, NULL, NULL, NULL, 0))
 			return false;
@@ -720,8 +765,8 @@ void replay_item_start(struct replay *r, struct replay_session *s, uint64_t now)
 	s->last_unit = it->unit;
 	s->unit_open = !it->unit_last;
 
-	if (it->kind == SESSION_REQ_EXECUTE && s->susp && it->portal_key == s->susp_key) {
-		s->susp = it->suspended;
+	if (replay_susp_resumes(s, it)) {
+		replay_susp_sent(s, it); /* forgotten once the source ran it to its end */
 		replay_item_finish(r, s, it, OUT_SUCCESS, now);
 		return;
 	}

@@ -50,7 +50,8 @@
  * Known limitations (documented, deliberate):
  * - libpq cannot express an Execute row limit: a suspended portal runs to completion on
  *   the mirror (compare.h compares it as "at least as many rows"), and the Executes that
- *   resume it on the source are counted as mirrored without running.
+ *   resume it on the source are counted as mirrored without running, also after other
+ *   statements of the unit (REPLAY_SUSP_MAX portals per unit).
  * - A named statement re-parsed with another text is prepared on the mirror under a new
  *   name ("pgshadow#<n>"); so is one whose name is reused after a DEALLOCATE or DISCARD in
  *   a simple query. At most STMTS_MAX statements are kept per mirror connection; beyond
@@ -102,6 +103,7 @@
 #define REPLY_GRACE_MS	   5000	      /* past statement_timeout: the mirror went silent */
 #define STMTS_MAX	   1024	      /* prepared statements kept per mirror connection */
 #define STMT_BUCKETS	   64
+#define REPLAY_SUSP_MAX	   8 /* suspended portals remembered per session (a unit's cursors) */
 #define COPY_CHUNK	   65536 /* bytes per PQputCopyData */
 #define OPTIONS_MAX	   65536 /* the mirror connection's options string */
 #define EVENTS_MAX	   64
@@ -355,8 +357,13 @@ struct replay_session {
 	uint64_t deadline; /* connect / reply timeout, backoff end, pool wait (NEVER = none) */
 	uint32_t backoff_ms;
 	struct run run;
-	bool susp; /* the last Execute of portal susp_key was suspended on the source */
-	uint64_t susp_key;
+	/* portals of the unit susp_unit that the source suspended at their row limit and
+	 * the mirror ran to completion (portal_key): their resumptions are not sent, also
+	 * after other statements of the unit (a driver's cursor fetched between writes).
+	 * A portal ends with its transaction, so another unit forgets them. */
+	uint64_t susp_keys[REPLAY_SUSP_MAX];
+	uint8_t n_susp;
+	uint64_t susp_unit;
 	uint64_t last_sent, last_ts_start; /* mirror_replay_timing: the previous item */
 	bool group_open;    /* in pipeline mode, Executes of one Sync sent, no Sync yet */
 	uint64_t group_id;  /* their sync group */
@@ -497,6 +504,8 @@ void replay_inflight_finish(struct replay *r, struct replay_session *s, enum out
 bool replay_is_copy(const struct item *it);
 void replay_item_start(struct replay *r, struct replay_session *s, uint64_t now);
 void replay_pipe_append(struct replay *r, struct replay_session *s, uint64_t now);
+bool replay_susp_resumes(const struct replay_session *s, const struct item *it);
+void replay_susp_sent(struct replay_session *s, const struct item *it);
 bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 			const struct item *it);
 uint64_t replay_reply_deadline(const struct replay *r, uint64_t now);

@@ -400,7 +400,7 @@ void replay_pool_release(struct replay *r, struct replay_session *s, uint64_t no
 	s->c = NULL;
 	s->state = CONN_NONE;
 	s->deadline = NEVER;
-	s->susp = false;
+	s->n_susp = 0;
 	replay_run_reset(s);
 	if (p->wait_head)
 		serve_waiter(r, p, now);

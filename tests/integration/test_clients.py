@@ -529,7 +529,10 @@ def test_asyncpg(pair, mirror_agent):
     200 times and a prepared SELECT, 100 fetchrow() calls on multi-row results (Execute
     with a row limit of 1, answered PortalSuspended), executemany of 10,000 rows in one
     call (one Sync group: one implicit transaction on the source) which must be mirrored
-    whole, a binary COPY of 2,000 records (copy_records_to_table), savepoints (one
+    whole, a cursor over INSERT ... RETURNING fetched 30 rows at a time with an UPDATE
+    between fetches (the mirror runs the INSERT once: a resumption of the suspended portal
+    after another statement is not a new execution), a binary COPY of 2,000 records
+    (copy_records_to_table), savepoints (one
     released, one rolled back after a unique violation), failing transactions (a unique
     violation inside, rolled back) and a failing autocommit statement."""
     try:
@@ -542,9 +545,10 @@ def test_asyncpg(pair, mirror_agent):
         "flag bool)",
         "CREATE TABLE copied (id int PRIMARY KEY, label text, amount numeric(12,3), "
         "at timestamptz, data bytea)",
+        "CREATE TABLE fetched (id int PRIMARY KEY, name text)",
     ]
     tables = dict(BASE_TABLES, bulk=("id", "k", "v", "note", "flag"),
-                  copied=("id", "label", "amount", "at", "data"))
+                  copied=("id", "label", "amount", "at", "data"), fetched=("id", "name"))
 
     async def workload(src, db, info):
         conn = await asyncpg.connect(host=src.host, port=src.port, user=pgh.PG_DB_USER,
@@ -568,6 +572,16 @@ def test_asyncpg(pair, mirror_agent):
                                               "ORDER BY id", k)
                 assert row is not None
                 info["fetchrow"] += 1
+
+            # a cursor: Executes with a row limit of 30 on one portal, the source
+            # answering PortalSuspended, an UPDATE between some fetches
+            async with conn.transaction():
+                async for r in conn.cursor("INSERT INTO fetched (id, name) SELECT id, name "
+                                           "FROM items RETURNING id", prefetch=30):
+                    info["cursor_rows"] += 1
+                    if r["id"] % 50 == 0:
+                        await conn.execute("UPDATE items SET name = name || '!' "
+                                           "WHERE id = $1", r["id"])
 
             await conn.executemany(
                 "INSERT INTO bulk (id, k, v, note, flag) VALUES ($1, $2, $3, $4, $5)",
@@ -634,6 +648,11 @@ def test_asyncpg(pair, mirror_agent):
         if len(bulk) != ASYNCPG_BULK:
             bad.append(f"{len(bulk)} executes of the executemany, {ASYNCPG_BULK} rows")
         bad += one_transaction(bulk, "executemany")
+        fetches = execute_records(records, r"^execute fetch from \S+: INSERT INTO fetched")
+        if not fetches:
+            bad.append("the cursor's INSERT was never resumed (no 'execute fetch from')")
+        if info.get("cursor_rows") != ASYNCPG_ITEMS:
+            bad.append(f"the cursor returned {info.get('cursor_rows')} rows")
         if not execute_records(records, r"(?i)^statement: COPY .*copied.*FROM STDIN.*binary"):
             bad.append("no binary COPY ... FROM STDIN in the log")
         if len(execute_records(records, r"^statement: SAVEPOINT ")) != 2:
@@ -645,6 +664,7 @@ def test_asyncpg(pair, mirror_agent):
 
     out = run_case(pair, mirror_agent, db, schema, tables, drive, validate)
     assert out["tables"]["bulk"] == ASYNCPG_BULK, out["tables"]
+    assert out["tables"]["fetched"] == ASYNCPG_ITEMS, out["tables"]
     # the 10,000-row batch went through the default byte budget, whole
     assert 0 < out["queue_bytes_peak"] <= QUEUE_BUDGET, out["queue_bytes_peak"]
 
