@@ -103,7 +103,7 @@
 #define REPLY_GRACE_MS	   5000	      /* past statement_timeout: the mirror went silent */
 #define STMTS_MAX	   1024	      /* prepared statements kept per mirror connection */
 #define STMT_BUCKETS	   64
-#define REPLAY_SUSP_MAX	   8 /* suspended portals remembered per session (a unit's cursors) */
+#define REPLAY_SUSP_MAX	   8	 /* suspended portals remembered per session (a unit's cursors) */
 #define COPY_CHUNK	   65536 /* bytes per PQputCopyData */
 #define OPTIONS_MAX	   65536 /* the mirror connection's options string */
 #define EVENTS_MAX	   64
