@@ -82,6 +82,7 @@ struct sampler_request {
 	char txn_after;	     /* Query: session_request.txn_status; 0 for an Execute */
 	uint64_t sync_group; /* Execute */
 	bool error;
+	const char *sqlstate;		     /* of that error ("" or NULL if none) */
 	const char *tag;		     /* the source's last command tag ("" if none) */
 	const struct fingerprint_info *info; /* of the request's text */
 };
@@ -108,7 +109,12 @@ struct sampler_decision {
 	bool txn_start;		     /* the first request of a transaction */
 	bool as_rollback;	     /* send ROLLBACK instead of the text */
 	bool wrap;		     /* run inside BEGIN ... ROLLBACK */
-	bool read;		     /* changes nothing others see: waits only for writes */
+	/* the source failed it for a reason of its concurrency, not of the statement (a
+	 * deadlock victim, a serialization failure, a lock not available): not run on the
+	 * mirror, where this SQLSTATE is raised instead, so that the transaction aborts
+	 * there too and releases what it holds. NULL: run the statement. */
+	const char *raise;
+	bool read; /* changes nothing others see: waits only for writes */
 };
 
 void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss,

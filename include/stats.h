@@ -212,6 +212,7 @@ struct stats_mirror_snapshot {
 	double last_success_seconds_ago;       /* -1 before the first success */
 	uint64_t order_waits;
 	uint64_t pipelined, converted; /* sent behind another; simple queries sent extended */
+	uint64_t raised;	       /* not run: the source's concurrency error raised */
 	uint64_t answers_kernel_timed, answers_read_timed; /* mirror latency's end clock */
 	uint64_t compared, mismatched;	 /* answers compared; those with any difference */
 	unsigned int buffer_utilization; /* 0-100 */
@@ -317,6 +318,8 @@ void stats_mirror_order_timeout(struct stats *st);
  * connection (or the first of the pipeline); converted: a simple-protocol query sent as an
  * unnamed extended-protocol statement. */
 void stats_mirror_piped(struct stats *st, bool behind, bool converted);
+/* A request the source failed for its concurrency, raised on the mirror instead of run. */
+void stats_mirror_raised(struct stats *st);
 /* A mirror answer timed by the kernel's receive time (kernel) or at the replay's read. */
 void stats_mirror_answer_clock(struct stats *st, bool kernel);
 void stats_mirror_set_buffer_utilization(struct stats *st, unsigned int percent);

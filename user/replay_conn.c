@@ -440,26 +440,24 @@ static bool drops_statements(const char *text)
 	}
 }
 
-/* Sends an Execute: [Prepare] + execution + Sync in pipeline mode, or an unnamed
- * execution outside it for COPY. False when libpq refused. */
-static bool send_execute(struct replay_session *s, struct item *it)
+/* The statement that raises the source's concurrency error (it->raise, one of the
+ * sampler's fixed SQLSTATEs) on the mirror instead of running the request. */
+static const char *raise_sql(const struct item *it, char *out, size_t len)
+{
+	snprintf(out, len,
+		 "DO $pgshadow$BEGIN RAISE EXCEPTION USING ERRCODE = '%s', MESSAGE = "
+		 "'pgshadow: not run, the source answered %s'; END$pgshadow$",
+		 it->raise, it->raise);
+	return out;
+}
+
+/* In pipeline mode: the Execute's statement ([Prepare] + execution, or unnamed). */
+static bool send_statement(struct replay_session *s, struct item *it)
 {
 	PGconn *c = s->c->conn;
 	struct stmt *st = NULL;
 	bool name_used;
 
-	it->sent_sync = true; /* a COPY, outside pipeline mode, or Sync below */
-	if (replay_is_copy(it)) {
-		if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values,
-				       it->lengths, it->formats, it->result_format))
-			return false;
-		PQsetSingleRowMode(c);
-		return true;
-	}
-	if (!s->group_open && !PQenterPipelineMode(c))
-		return false;
-	s->run.pipeline = true;
-	s->run.sets = 1;
 	if (it->stmt_name[0]) {
 		st = stmt_find(s->c, it->stmt_name, it->text_hash, &name_used);
 		if (!st) {
@@ -471,12 +469,37 @@ static bool send_execute(struct replay_session *s, struct item *it)
 				s->run.sets = 2;
 		}
 	}
-	if (st || s->run.prep) {
-		if (!PQsendQueryPrepared(c, st ? st->mname : s->run.prep->mname, it->n_params,
-					 it->values, it->lengths, it->formats, it->result_format))
+	if (st || s->run.prep)
+		return PQsendQueryPrepared(c, st ? st->mname : s->run.prep->mname, it->n_params,
+					   it->values, it->lengths, it->formats, it->result_format);
+	return PQsendQueryParams(c, it->text, it->n_params, it->types, it->values, it->lengths,
+				 it->formats, it->result_format);
+}
+
+/* Sends an Execute: [Prepare] + execution + Sync in pipeline mode, or an unnamed
+ * execution outside it for COPY. False when libpq refused. */
+static bool send_execute(struct replay_session *s, struct item *it)
+{
+	PGconn *c = s->c->conn;
+	char sql[160];
+
+	it->sent_sync = true; /* a COPY, outside pipeline mode, or Sync below */
+	if (replay_is_copy(it) && !it->raise) {
+		if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values,
+				       it->lengths, it->formats, it->result_format))
 			return false;
-	} else if (!PQsendQueryParams(c, it->text, it->n_params, it->types, it->values, it->lengths,
-				      it->formats, it->result_format)) {
+		PQsetSingleRowMode(c);
+		return true;
+	}
+	if (!s->group_open && !PQenterPipelineMode(c))
+		return false;
+	s->run.pipeline = true;
+	s->run.sets = 1;
+	if (it->raise) {
+		if (!PQsendQueryParams(c, raise_sql(it, sql, sizeof(sql)), 0, NULL, NULL, NULL,
+				       NULL, 0))
+			return false;
+	} else if (!send_statement(s, it)) {
 		return false;
 	}
 	if (it->wrap && !PQsendQueryParams(c, FORCE_ROLLBACK_SQL, 0, NULL, NULL, NULL, NULL, 0))
@@ -550,6 +573,8 @@ void replay_susp_sent(struct replay_session *s, const struct item *it)
 /* Sends the item itself (after its BEGIN, when wrapped). */
 static bool send_main(struct replay *r, struct replay_session *s, struct item *it)
 {
+	char sql[160];
+
 	replay_run_reset(s);
 	it->stage = STAGE_MAIN;
 	it->sent_ns = now_ns(); /* not the pass's start: its earlier sends took time */
@@ -557,6 +582,10 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 		s->n_susp = 0;
 		return PQsendQuery(s->c->conn, "ROLLBACK");
 	}
+	if (it->raise)
+		stats_mirror_raised(r->st);
+	if (it->kind == SESSION_REQ_QUERY && it->raise)
+		return PQsendQuery(s->c->conn, raise_sql(it, sql, sizeof(sql)));
 	if (it->kind == SESSION_REQ_QUERY) {
 		if (drops_statements(it->text)) {
 			stmts_clear(s->c);
@@ -567,7 +596,6 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 		PQsetSingleRowMode(s->c->conn);
 		return true;
 	}
-	(void)r;
 	replay_susp_sent(s, it);
 	return send_execute(s, it);
 }

@@ -187,6 +187,7 @@ struct item {
 	/* how to replay it (sampler) */
 	bool read;	     /* waits only for writes */
 	bool wrap;	     /* inside BEGIN ... ROLLBACK */
+	const char *raise;   /* not run: this SQLSTATE raised instead (sampler_decision) */
 	bool as_rollback;    /* send ROLLBACK instead of the text */
 	bool txn_start;	     /* first of a transaction (mirror_replay_timing) */
 	bool pipe_ok;	     /* an Execute, or a Query of one statement (replay_submit.c) */

@@ -641,12 +641,15 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	it->read = d->read;
 	it->ord.read = d->read;
 	it->ord.owner = rs;
-	it->ord.ends_txn = it->unit_last && !d->read;
+	/* a statement raised as the source's error instead (d->raise) aborts its
+	 * transaction at its end, as the source's did: the locks are released there */
+	it->ord.ends_txn = (it->unit_last && !d->read) || d->raise;
 	it->ord.key = it->unit_last && (fi->txn == FINGERPRINT_TXN_COMMIT ||
 					fi->txn == FINGERPRINT_TXN_ROLLBACK)
 			  ? it->ord.ts_start
 			  : it->ord.ts_end;
 	it->wrap = d->wrap;
+	it->raise = d->raise;
 	it->as_rollback = d->as_rollback;
 	it->txn_start = d->txn_start;
 	it->fingerprint = fi->fingerprint;
@@ -657,9 +660,9 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	/* a simple query of one statement means the same as an unnamed extended-protocol
 	 * statement with its own Sync (replay_conn.c pipelines it so), except for what cannot
 	 * run in an implicit transaction block of a pipeline */
-	it->pipe_ok = req->kind == SESSION_REQ_EXECUTE ||
+	it->pipe_ok = !d->raise && (req->kind == SESSION_REQ_EXECUTE ||
 		      (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->statements == 1 &&
-		       !(fi->classes & FINGERPRINT_NO_TXN_BLOCK));
+		       !(fi->classes & FINGERPRINT_NO_TXN_BLOCK)));
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);
@@ -707,6 +710,7 @@ void replay_submit(struct replay *r, struct replay_session *rs, struct stats_db 
 	sq.txn_after = req->kind == SESSION_REQ_EXECUTE ? 0 : req->txn_status;
 	sq.sync_group = req->sync_group;
 	sq.error = req->error;
+	sq.sqlstate = req->sqlstate;
 	sq.tag = req->tag;
 	sq.info = req->text ? &fi : NULL;
 	sampler_decide(&sc, &rs->c_ss, &sq, &d);

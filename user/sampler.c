@@ -52,6 +52,30 @@ static bool passes_filters(const struct sampler_config *cfg, const struct finger
 	return true;
 }
 
+/*
+ * A request the source failed because of other sessions, not because of itself: 40001
+ * (serialization failure), 40P01 (chosen as a deadlock victim), 55P03 (a lock not
+ * available: NOWAIT, lock_timeout). The mirror cannot reproduce the timing that caused
+ * it: run there, the statement may succeed (the mirror then keeps a transaction alive
+ * the source aborted), wait for a lock its replayed peers hold behind our ordering, or
+ * deadlock with another victim. Its SQLSTATE when it is one of those and the request is
+ * one statement (an Execute, or a Query of one), else NULL.
+ */
+static const char *concurrency_error(const struct sampler_request *q,
+				     const struct fingerprint_info *fi)
+{
+	static const char *const codes[] = {"40001", "40P01", "55P03"};
+	size_t i;
+
+	if (!q->error || !q->sqlstate ||
+	    (q->kind == SESSION_REQ_QUERY && !(fi->parsed && fi->statements == 1)))
+		return NULL;
+	for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (!strcmp(q->sqlstate, codes[i]))
+			return codes[i];
+	return NULL;
+}
+
 void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss,
 		    const struct sampler_request *q, struct sampler_decision *d)
 {
@@ -108,7 +132,8 @@ void sampler_decide(const struct sampler_config *cfg, struct sampler_session *ss
 				d->wrap = true;
 			}
 		}
-		d->read = !d->wrap && !d->as_rollback && fi->parsed &&
+		d->raise = concurrency_error(q, fi);
+		d->read = !d->wrap && !d->as_rollback && !d->raise && fi->parsed &&
 			  (fi->read_only || fi->classes == FINGERPRINT_SESSION ||
 			   (fi->classes == FINGERPRINT_TXN && fi->txn == FINGERPRINT_TXN_BEGIN));
 	}

@@ -95,7 +95,7 @@ struct mirror {
 	_Atomic uint64_t lock_waits, order_timeouts, queue_bytes, queue_bytes_peak;
 	_Atomic uint64_t aborted[STATS_ABORT_MAX];
 	_Atomic uint64_t pool[STATS_POOL_STATE_MAX], pool_waiting, pool_peak;
-	_Atomic uint64_t pipelined, converted;
+	_Atomic uint64_t pipelined, converted, raised;
 	_Atomic uint64_t answer_clock[2]; /* answers timed at the read, by the kernel */
 	_Atomic uint64_t compared, mismatched;
 	_Atomic uint64_t errors[STATS_ERR_MAX];
@@ -509,6 +509,11 @@ void stats_mirror_piped(struct stats *st, bool behind, bool converted)
 		atomic_fetch_add_explicit(&st->mirror.converted, 1, RELAXED);
 }
 
+void stats_mirror_raised(struct stats *st)
+{
+	atomic_fetch_add_explicit(&st->mirror.raised, 1, RELAXED);
+}
+
 void stats_mirror_answer_clock(struct stats *st, bool kernel)
 {
 	atomic_fetch_add_explicit(&st->mirror.answer_clock[kernel], 1, RELAXED);
@@ -555,6 +560,7 @@ void stats_mirror_snapshot(struct stats *st, uint64_t now_ns, struct stats_mirro
 	out->order_waits = atomic_load_explicit(&m->order_waits, RELAXED);
 	out->pipelined = atomic_load_explicit(&m->pipelined, RELAXED);
 	out->converted = atomic_load_explicit(&m->converted, RELAXED);
+	out->raised = atomic_load_explicit(&m->raised, RELAXED);
 	out->answers_read_timed = atomic_load_explicit(&m->answer_clock[0], RELAXED);
 	out->answers_kernel_timed = atomic_load_explicit(&m->answer_clock[1], RELAXED);
 	out->compared = atomic_load_explicit(&m->compared, RELAXED);
@@ -1329,6 +1335,12 @@ static bool render_mirror(struct buf *b, struct stats *st, struct stats_db **dbs
 	    "Simple-protocol statements sent as unnamed extended-protocol statements to "
 	    "pipeline a backlog (libpq pipelines only the extended protocol).",
 	    m.converted);
+	ok &= gauge_or_counter(
+	    b, "mirror_replay_raised_total", "counter",
+	    "Requests the source failed because of other sessions (40001 serialization "
+	    "failure, 40P01 deadlock victim, 55P03 lock not available): not run on the mirror, "
+	    "their SQLSTATE raised there instead, so the transaction aborts as on the source.",
+	    m.raised);
 	ok &= gauge_or_counter(b, "mirror_statements_recovered_total", "counter",
 			       "Statements prepared before capture began whose text was recovered "
 			       "from the source's pg_stat_activity (--source-dsn); their later "

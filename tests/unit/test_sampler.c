@@ -48,7 +48,8 @@ struct req {
 	char after;	/* Query: txn_status */
 	uint64_t group; /* Execute: sync_group */
 	bool error;
-	const char *tag; /* NULL: the text's first word, or "" when it failed */
+	const char *sqlstate; /* of the error (NULL: none given) */
+	const char *tag;      /* NULL: the text's first word, or "" when it failed */
 	const char *sql;
 };
 
@@ -87,6 +88,7 @@ static struct sampler_decision decide(const struct sampler_config *cfg, struct s
 	q.txn_after = r.kind == SESSION_REQ_EXECUTE ? 0 : r.after;
 	q.sync_group = r.group;
 	q.error = r.error;
+	q.sqlstate = r.sqlstate;
 	q.tag = tag;
 	q.info = info_of(r.sql);
 	memset(&d, 0x5a, sizeof(d)); /* sampler_decide sets every field */
@@ -518,6 +520,57 @@ static void test_failed_in_explicit_txn_not_wrapped(void **state)
 	assert_false(decide(&cfg, &ss, QERR('T', 'E', "INSERT INTO t VALUES (1)")).wrap);
 }
 
+/* A deadlock victim, a serialization failure, a lock not available: the source's
+ * concurrency, not the statement, made them fail. Raised on the mirror, not run; its
+ * abort releases locks, so it is not a read. Any other error runs the statement. */
+static void test_concurrency_error_raised(void **state)
+{
+	struct sampler_config cfg = config(1.0);
+	struct sampler_session ss;
+	struct sampler_decision d;
+	struct req q;
+
+	(void)state;
+	session_init(&ss, 1);
+	decide(&cfg, &ss, Q('I', 'T', "BEGIN"));
+	q = QERR('T', 'E', "UPDATE t SET a = 1 WHERE id = 2");
+	q.sqlstate = "40P01";
+	d = decide(&cfg, &ss, q);
+	check_verdict(&d, SAMPLER_REPLAY, q.sql);
+	assert_non_null(d.raise);
+	assert_string_equal(d.raise, "40P01");
+	assert_false(d.read);
+	assert_false(d.wrap);
+	assert_null(decide(&cfg, &ss, Q('E', 'I', "ROLLBACK")).raise);
+
+	/* a read in a serializable transaction, an Execute */
+	decide(&cfg, &ss, E('I', 1, "BEGIN ISOLATION LEVEL SERIALIZABLE"));
+	q = EERR('T', 2, "SELECT sum(a) FROM t");
+	q.sqlstate = "40001";
+	d = decide(&cfg, &ss, q);
+	assert_string_equal(d.raise, "40001");
+	assert_false(d.read);
+	decide(&cfg, &ss, Q('E', 'I', "ROLLBACK"));
+
+	/* NOWAIT on its own: raised, inside BEGIN ... ROLLBACK as every failed one */
+	q = QERR('I', 'I', "SELECT * FROM t WHERE id = 1 FOR UPDATE NOWAIT");
+	q.sqlstate = "55P03";
+	d = decide(&cfg, &ss, q);
+	assert_string_equal(d.raise, "55P03");
+	assert_true(d.wrap);
+
+	/* errors of the statement itself run it: the mirror must show the same */
+	q = QERR('I', 'I', "INSERT INTO t VALUES (1)");
+	q.sqlstate = "23505";
+	assert_null(decide(&cfg, &ss, q).raise);
+	q = QERR('I', 'I', "SELECT 1/0");
+	assert_null(decide(&cfg, &ss, q).raise); /* no SQLSTATE known */
+	/* a Query of two statements: which one failed is not known */
+	q = QERR('I', 'I', "UPDATE t SET a = 1; UPDATE t SET a = 2");
+	q.sqlstate = "40P01";
+	assert_null(decide(&cfg, &ss, q).raise);
+}
+
 static void test_failed_no_txn_block_skipped(void **state)
 {
 	static const char *const texts[] = {"VACUUM t", "CREATE INDEX CONCURRENTLY i ON t (a)"};
@@ -912,6 +965,7 @@ int main(void)
 	    cmocka_unit_test(test_failed_commit_replayed_as_rollback),
 	    cmocka_unit_test(test_failed_standalone_wrapped),
 	    cmocka_unit_test(test_failed_in_explicit_txn_not_wrapped),
+	    cmocka_unit_test(test_concurrency_error_raised),
 	    cmocka_unit_test(test_failed_no_txn_block_skipped),
 	    cmocka_unit_test(test_failed_standalone_txn_control_skipped),
 	    cmocka_unit_test(test_aborted_skip_query),
