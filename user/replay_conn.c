@@ -421,8 +421,8 @@ bool replay_is_copy(const struct item *it)
 	return !strncasecmp(p, "copy", 4) && !isalnum((unsigned char)p[4]) && p[4] != '_';
 }
 
-/* A simple query with a statement (at its start or after a ';') that may drop
- * protocol-level prepared statements on the mirror: DEALLOCATE or DISCARD. */
+/* A text with a statement (at its start or after a ';') that may drop protocol-level
+ * prepared statements on the mirror: DEALLOCATE or DISCARD. */
 static bool drops_statements(const char *text)
 {
 	const char *p = text;
@@ -586,11 +586,13 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 		stats_mirror_raised(r->st);
 	if (it->kind == SESSION_REQ_QUERY && it->raise)
 		return PQsendQuery(s->c->conn, raise_sql(it, sql, sizeof(sql)));
+	/* DEALLOCATE or DISCARD, as a Query or through the extended protocol (psycopg 3
+	 * sends DEALLOCATE ALL so after a rollback): the names we prepared are gone */
+	if (it->text && drops_statements(it->text)) {
+		stmts_clear(s->c);
+		s->c->mangle_all = true;
+	}
 	if (it->kind == SESSION_REQ_QUERY) {
-		if (drops_statements(it->text)) {
-			stmts_clear(s->c);
-			s->c->mangle_all = true;
-		}
 		if (!PQsendQuery(s->c->conn, it->text))
 			return false;
 		PQsetSingleRowMode(s->c->conn);
@@ -650,7 +652,8 @@ bool replay_pipelinable(const struct replay *r, const struct replay_session *s,
 		return false;
 	if (it->kind == SESSION_REQ_QUERY) /* COPY and DEALLOCATE/DISCARD: as simple queries */
 		return !replay_is_copy(it) && !drops_statements(it->text);
-	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || replay_is_copy(it))
+	if (it->kind != SESSION_REQ_EXECUTE || it->src.error || replay_is_copy(it) ||
+	    drops_statements(it->text))
 		return false;
 	return !it->stmt_name[0] || stmt_find(s->c, it->stmt_name, it->text_hash, &used);
 }

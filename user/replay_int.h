@@ -53,8 +53,8 @@
  *   resume it on the source are counted as mirrored without running, also after other
  *   statements of the unit (REPLAY_SUSP_MAX portals per unit).
  * - A named statement re-parsed with another text is prepared on the mirror under a new
- *   name ("pgshadow#<n>"); so is one whose name is reused after a DEALLOCATE or DISCARD in
- *   a simple query. At most STMTS_MAX statements are kept per mirror connection; beyond
+ *   name ("pgshadow#<n>"); so is one whose name is reused after a DEALLOCATE or DISCARD (a
+ *   simple query or an Execute). At most STMTS_MAX statements are kept per mirror connection; beyond
  *   that Executes use the unnamed statement.
  * - A COPY through the extended protocol runs outside pipeline mode as an unnamed
  *   statement.

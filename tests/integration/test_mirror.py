@@ -549,6 +549,84 @@ def test_causal_order_non_commutative(pair, mirror_agent, rng, txn):
           f"{int(m.get('mirror_replay_order_waits_total'))}")
 
 
+def test_source_concurrency_errors_raised(pair, mirror_agent):
+    """Errors the source's concurrency caused are raised on the mirror, not run there.
+    psycopg2, twice: two sessions update rows 1 and 2, then each the other's row; the
+    source's deadlock detector aborts one (40P01) and the other commits. Then a session
+    holding row 3 and another asking for it with FOR UPDATE NOWAIT (55P03). Run on the
+    mirror, the victim's statement waited for its peer's lock (held back by the ordering)
+    until statement_timeout, or deadlocked there with the other session as the victim.
+    The mirror ends with the source's rows, logs exactly the source's three errors (the
+    raised ones), and nothing is counted as a mirror error or a mismatch."""
+    src, mir = pair
+    db = "raisedb"
+    for pg in (src, mir):
+        pg.createdb(db)
+        pg.psql(["CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)",
+                 "INSERT INTO t SELECT g, 0 FROM generate_series(1, 4) g"], db=db)
+    since, msince = mark(src), mark(mir)
+    agent = mirror_agent(src, mir)
+    outcome = collections.Counter()
+
+    def txn(conn, *statements):
+        """The statements in one transaction: 'commit', or the SQLSTATE that ended it."""
+        try:
+            with conn.cursor() as cur:
+                for sql in statements:
+                    cur.execute(sql)
+            conn.commit()
+            return "commit"
+        except psycopg2.Error as e:
+            conn.rollback()
+            return e.pgcode
+
+    a, b = psycopg2.connect(src.conninfo(db)), psycopg2.connect(src.conninfo(db))
+    try:
+        for k in range(2):
+            with a.cursor() as cur:
+                cur.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+            with b.cursor() as cur:
+                cur.execute("UPDATE t SET n = n + 10 WHERE id = 2")
+            ends = {}
+            waiter = threading.Thread(target=lambda: ends.__setitem__(
+                "a", txn(a, "UPDATE t SET n = n + 1 WHERE id = 2")))
+            waiter.start()
+            time.sleep(0.3)  # a waits for b's row
+            ends["b"] = txn(b, "UPDATE t SET n = n + 10 WHERE id = 1")
+            waiter.join(30)
+            assert sorted(ends.values()) == ["40P01", "commit"], \
+                f"round {k}: the sessions ended {ends}, not one deadlock victim"
+            outcome.update(ends.values())
+        with a.cursor() as cur:
+            cur.execute("UPDATE t SET n = n + 100 WHERE id = 3")  # a holds row 3
+        outcome[txn(b, "SELECT n FROM t WHERE id = 3 FOR UPDATE NOWAIT")] += 1
+        a.commit()
+        outcome[txn(b, "UPDATE t SET n = n + 1000 WHERE id = 4")] += 1
+    finally:
+        a.close()
+        b.close()
+    assert outcome == {"commit": 3, "40P01": 2, "55P03": 1}, outcome
+
+    m, _ = finish(agent)
+    o = check_invariant(m)
+    source_errors = src.count_errors(db, since)
+    assert source_errors == {"40": 2, "55": 1}, f"the source logged {source_errors}"
+    assert m.requests(db) == src.count_requests(db, since), \
+        f"agent counted {m.requests(db)}, the source logged {src.count_requests(db, since)}"
+    assert o["connection"] + o["query"] + o["timeout"] == 0, \
+        f"mirror errors: {o}\n{mirror_error_messages(mir, db, msince)}"
+    assert o["skipped"] == 0 and o["dropped"] == 0 and o["mirrored"] == m.requests(db), o
+    assert int(m.get("mirror_replay_raised_total")) == 3, \
+        m.get("mirror_replay_raised_total")
+    mism = {k: v for k, v in m.by_label("mirror_mismatches_total", "kind").items() if v}
+    assert not mism, f"mismatches {mism}"
+    merr = mirror_errors(mir, db, msince)
+    assert merr == source_errors, \
+        f"the mirror logged {merr}: {mirror_error_messages(mir, db, msince)}"
+    rows = compare_queries(src, mir, db, {"t": "SELECT id, n FROM t ORDER BY id"})
+    print(f"t on both: {rows['t']}; outcomes {o}")
+
+
 # --------------------------------------------------------------------------- 3. mirror down
 
 DOWN_BEFORE_S = 2.0      # traffic before the mirror stops

@@ -942,3 +942,48 @@ def test_pool_wait_timeout(pair, mirror_agent):
         any(p["sv_active"] == 1 and p["cl_waiting"] >= 1 for p in during_pools), \
         f"SHOW MIRROR POOLS while A held the only connection: {during_pools}"
     check_peak(m, 1, sampler)
+
+
+def test_deallocate_through_extended_protocol(pair, mirror_agent):
+    """psycopg 3 clears its prepared-statement cache when a transaction rolls back and
+    sends DEALLOCATE ALL through the extended protocol before its next query. Three source
+    sessions, one after the other, on one pooled mirror connection
+    (--mirror-max-connections 1), each: a SELECT prepared at once (prepare=True: psycopg's
+    first name, _pg3_0, the same text in every session), a rollback, one more query,
+    commit. The mirror dropped every name at the DEALLOCATE, so the next session's _pg3_0
+    must be prepared again on that connection, not bound to the name prepared for the
+    first session (26000 "prepared statement does not exist" on the mirror before
+    2026-12-08, found with psycopg 3 sessions deadlocking under load)."""
+    try:
+        import psycopg
+    except ImportError as e:
+        pytest.fail(f"psycopg 3 is not installed ({e}): run `make deps` (python3-psycopg)")
+    src, mir = pair
+    db = "dealloc"
+    for pg in pair:
+        pg.createdb(db)
+        pg.psql(["CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)",
+                 "INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 5) g"], db=db)
+    since, msince = mark(src), mark(mir)
+    agent = mirror_agent(src, mir, extra=["--mirror-max-connections", 1])
+    for k in range(3):
+        with psycopg.connect(src.conninfo(db, application_name=APP)) as conn:
+            assert conn.execute("SELECT v FROM t WHERE id = %s", (k + 1,),
+                                prepare=True).fetchone() == ((k + 1) * 10,)
+            conn.rollback()
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (5,)
+            conn.commit()
+    m, _ = finish(agent)
+    records = src.request_records(db, since)
+    deallocs = [r for r in records if re.search(r"^execute \S+: DEALLOCATE ALL", r.message)]
+    named = [r for r in records if re.search(r"^execute _pg3_0: SELECT v FROM t", r.message)]
+    assert len(deallocs) == 3 and len(named) == 3, \
+        f"the workload is not what the test needs: {len(deallocs)} DEALLOCATE ALL " \
+        f"through the extended protocol, {len(named)} executes of _pg3_0 " \
+        f"{pgh.request_kinds(records)}"
+    o = check_invariant(m)
+    assert o["connection"] + o["query"] + o["timeout"] == 0, \
+        f"mirror errors: {o}\n{mirror_error_messages(mir, db, msince)}"
+    assert o["mirrored"] == len(records), f"{o}; the source logged {len(records)}"
+    merr = mirror_errors(mir, db, msince)
+    assert merr == {}, f"the mirror logged {merr}: {mirror_error_messages(mir, db, msince)}"
