@@ -54,8 +54,8 @@
  *   statements of the unit (REPLAY_SUSP_MAX portals per unit).
  * - A named statement re-parsed with another text is prepared on the mirror under a new
  *   name ("pgshadow#<n>"); so is one whose name is reused after a DEALLOCATE or DISCARD (a
- *   simple query or an Execute). At most STMTS_MAX statements are kept per mirror connection; beyond
- *   that Executes use the unnamed statement.
+ *   simple query or an Execute). At most STMTS_MAX statements are kept per mirror
+ *   connection; beyond that Executes use the unnamed statement.
  * - A COPY through the extended protocol runs outside pipeline mode as an unnamed
  *   statement.
  * - Host names in the mirror conninfo are resolved by libpq synchronously on the replay

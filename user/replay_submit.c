@@ -660,9 +660,10 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	/* a simple query of one statement means the same as an unnamed extended-protocol
 	 * statement with its own Sync (replay_conn.c pipelines it so), except for what cannot
 	 * run in an implicit transaction block of a pipeline */
-	it->pipe_ok = !d->raise && (req->kind == SESSION_REQ_EXECUTE ||
-		      (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->statements == 1 &&
-		       !(fi->classes & FINGERPRINT_NO_TXN_BLOCK)));
+	it->pipe_ok =
+	    !d->raise && (req->kind == SESSION_REQ_EXECUTE ||
+			  (req->kind == SESSION_REQ_QUERY && fi->parsed && fi->statements == 1 &&
+			   !(fi->classes & FINGERPRINT_NO_TXN_BLOCK)));
 	/* counted before it is visible to the replay thread, which subtracts */
 	atomic_fetch_add(&rs->queued, 1);
 	atomic_fetch_add(&r->items, 1);
