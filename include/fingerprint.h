@@ -151,12 +151,24 @@ struct fingerprint_info {
 	uint64_t fingerprint; /* libpg_query's fingerprint; 0 when it did not parse */
 	bool parsed;	      /* the text parsed (and was not too deep) */
 	bool read_only;	      /* every statement is a read (see above) */
-	uint16_t statements;  /* statements in the text */
-	uint8_t classes;      /* enum fingerprint_class bits */
-	uint8_t txn;	      /* enum fingerprint_txn */
-	uint8_t nondet;	      /* enum fingerprint_nondet bits; 0 when it did not parse */
-	uint8_t pool;	      /* enum fingerprint_pool bits; 0 when it did not parse */
-	bool too_deep;	      /* too deep to inspect (see above): parsed is false */
+	/* a statement calls a function that takes or releases an advisory lock
+	 * (pg_advisory_lock, pg_advisory_xact_lock, pg_try_..., pg_advisory_unlock, ...): not
+	 * a read. The replay orders it as a write (order.h rule 2): a lock the source granted
+	 * after another session's release is asked for on the mirror after that release too.
+	 * Ordered as reads, sessions were granted such a lock in another order on the mirror,
+	 * each then waiting for the other (one behind the lock, the other behind the
+	 * ordering) until the order wait's bound (1 s a transaction). */
+	bool advisory;
+	/* a statement calls pg_advisory_unlock, _unlock_shared or _unlock_all: as its own
+	 * transaction it is a release point keyed on its start, as a COMMIT is (the session
+	 * granted the lock may answer before it) */
+	bool unlocks;
+	uint16_t statements; /* statements in the text */
+	uint8_t classes;     /* enum fingerprint_class bits */
+	uint8_t txn;	     /* enum fingerprint_txn */
+	uint8_t nondet;	     /* enum fingerprint_nondet bits; 0 when it did not parse */
+	uint8_t pool;	     /* enum fingerprint_pool bits; 0 when it did not parse */
+	bool too_deep;	     /* too deep to inspect (see above): parsed is false */
 };
 
 struct fingerprint_stats {

@@ -323,6 +323,26 @@ static const char *const session_lock_funcs[] = {
     NULL,
 };
 
+/* Functions that take or release an advisory lock, for the session or the transaction: a
+ * statement calling one is not a read, whatever it selects (fingerprint_info.advisory). */
+static const char *const advisory_lock_funcs[] = {
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    NULL,
+};
+static const char *const advisory_unlock_funcs[] = {
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    NULL,
+};
+
 /* Whether the last component of f's name is one of names (NULL-terminated), in any case. */
 static bool func_named(const PgQuery__FuncCall *f, const char *const *names)
 {
@@ -402,6 +422,8 @@ static bool limits(const PgQuery__Node *n)
 struct nondet_walk {
 	unsigned int bits;
 	unsigned int pool; /* enum fingerprint_pool bits found under the statement */
+	bool locks;	   /* calls a function that takes an advisory lock */
+	bool unlocks;	   /* calls one that releases one */
 	/* an EXISTS subquery's SELECT: which rows its LIMIT keeps does not change the answer */
 	const ProtobufCMessage *exists_select;
 };
@@ -506,6 +528,12 @@ static void walk_nondet(const ProtobufCMessage *m, struct nondet_walk *w, unsign
 	}
 	w->bits |= message_nondet(m, w);
 	w->pool |= message_pool(m);
+	if (m->descriptor == &pg_query__func_call__descriptor) {
+		if (func_named((const PgQuery__FuncCall *)m, advisory_lock_funcs))
+			w->locks = true;
+		if (func_named((const PgQuery__FuncCall *)m, advisory_unlock_funcs))
+			w->unlocks = true;
+	}
 	if (d == &pg_query__node__descriptor) {
 		/* fast path: a Node is one oneof of ~250 members; finding its end by the scan
 		 * below would cost more than the rest of the walk */
@@ -844,6 +872,11 @@ static bool classify(const char *text, struct fingerprint_info *out)
 
 			out->classes |= stmt_classes(n, &txn);
 			walk_nondet(&n->base, &w, 0);
+			if (w.locks || w.unlocks) {
+				out->advisory = true;
+				out->read_only = false;
+			}
+			out->unlocks |= w.unlocks;
 			out->nondet |= w.bits;
 			out->pool |= stmt_pool(n) | w.pool;
 		}

@@ -645,7 +645,7 @@ static void enqueue(struct replay *r, struct replay_session *rs, struct stats_db
 	 * transaction at its end, as the source's did: the locks are released there */
 	it->ord.ends_txn = (it->unit_last && !d->read) || d->raise;
 	it->ord.key = it->unit_last && (fi->txn == FINGERPRINT_TXN_COMMIT ||
-					fi->txn == FINGERPRINT_TXN_ROLLBACK)
+					fi->txn == FINGERPRINT_TXN_ROLLBACK || fi->unlocks)
 			  ? it->ord.ts_start
 			  : it->ord.ts_end;
 	it->wrap = d->wrap;

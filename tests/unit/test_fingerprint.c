@@ -42,6 +42,12 @@ static const struct {
     {"COPY t FROM STDIN", false},
     {"SELECT 1; DELETE FROM t", false},
     {"this is not sql", false},
+    {"SELECT pg_advisory_xact_lock(42)", false},
+    {"SELECT pg_catalog.pg_advisory_lock($1), n FROM ctr", false},
+    {"SELECT pg_try_advisory_lock_shared(1, 2)", false},
+    {"SELECT count(*) FROM t WHERE pg_advisory_unlock(id)", false},
+    {"SELECT pg_advisory_unlock_all()", false},
+    {"SELECT pg_advisory_lock_not_a_lock(1)", true},
 };
 
 static void test_classification(void **state)
@@ -59,6 +65,16 @@ static void test_classification(void **state)
 	fingerprint_compute("this is not sql", &info);
 	assert_false(info.parsed);
 	assert_int_equal(info.fingerprint, 0);
+	/* advisory locks: taken, released, neither */
+	fingerprint_compute("SELECT pg_advisory_xact_lock(42)", &info);
+	assert_true(info.advisory);
+	assert_false(info.unlocks);
+	fingerprint_compute("SELECT PG_ADVISORY_UNLOCK(42)", &info);
+	assert_true(info.advisory);
+	assert_true(info.unlocks);
+	fingerprint_compute("SELECT n FROM ctr WHERE id = 1", &info);
+	assert_false(info.advisory);
+	assert_false(info.unlocks);
 	fingerprint_compute("SELECT 1; SELECT 2; SELECT 3", &info);
 	assert_true(info.parsed);
 	assert_int_equal(info.statements, 3);
