@@ -587,7 +587,7 @@ static bool send_main(struct replay *r, struct replay_session *s, struct item *i
 	if (it->kind == SESSION_REQ_QUERY && it->raise)
 		return PQsendQuery(s->c->conn, raise_sql(it, sql, sizeof(sql)));
 	/* DEALLOCATE or DISCARD, as a Query or through the extended protocol (psycopg 3
-	 * sends DEALLOCATE ALL so after a rollback): the names we prepared are gone */
+	 * sends DEALLOCATE ALL after a rollback): the names we prepared are gone */
 	if (it->text && drops_statements(it->text)) {
 		stmts_clear(s->c);
 		s->c->mangle_all = true;
